@@ -1,0 +1,292 @@
+//! BCS encodings of metadata and slivers in Walrus's wire layout.
+//!
+//! Metadata: `0x00` (version V1) || `0x01` (RS2) || u64 length || ULEB(n) ||
+//! n * (`0x01` || 32 bytes || `0x01` || 32 bytes). Sliver: ULEB(len) || data || u16 symbol size ||
+//! u16 sliver index. All integers little-endian.
+//!
+//! Decoding never trusts a declared length: every count is checked against the bytes that remain
+//! (and against the code's limits) before anything is allocated, so a 5-byte body cannot make
+//! the decoder reserve gigabytes.
+
+use crate::config::EncodingConfig;
+use crate::error::BcsError;
+use crate::metadata::{BlobMetadata, SliverPairHashes, ENCODING_TYPE_RS2};
+use crate::sliver::{Sliver, SliverKind};
+
+/// Version tag of the metadata enum (`BlobMetadata::V1`).
+pub const METADATA_VERSION_V1: u8 = 0x00;
+/// Tag of `MerkleNode::Digest`.
+const MERKLE_NODE_DIGEST: u8 = 0x01;
+/// Bytes of one encoded hash pair: two tagged 32-byte digests.
+const PAIR_WIRE_BYTES: usize = 2 * (1 + 32);
+/// Longest ULEB128 encoding of a u32 (BCS lengths are at most u32::MAX).
+const ULEB_BYTES_MAX: usize = 5;
+
+/// Bytes of `value` as ULEB128.
+pub fn uleb128_len(mut value: u64) -> usize {
+    let mut n = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_uleb(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Encodes metadata in Walrus's BCS layout.
+pub fn encode_metadata(metadata: &BlobMetadata) -> Vec<u8> {
+    let n = metadata.n_shards();
+    let mut out = Vec::with_capacity(2 + 8 + uleb128_len(n as u64) + n * PAIR_WIRE_BYTES);
+    out.push(METADATA_VERSION_V1);
+    out.push(ENCODING_TYPE_RS2);
+    out.extend_from_slice(&metadata.blob_bytes().to_le_bytes());
+    put_uleb(&mut out, n as u64);
+    for pair in metadata.pair_hashes() {
+        out.push(MERKLE_NODE_DIGEST);
+        out.extend_from_slice(&pair.primary);
+        out.push(MERKLE_NODE_DIGEST);
+        out.extend_from_slice(&pair.secondary);
+    }
+    out
+}
+
+/// Encodes a sliver in Walrus's BCS layout (the kind is not part of the body).
+pub fn encode_sliver(sliver: &Sliver) -> Vec<u8> {
+    let mut out = Vec::with_capacity(uleb128_len(sliver.data.len() as u64) + sliver.data.len() + 4);
+    put_uleb(&mut out, sliver.data.len() as u64);
+    out.extend_from_slice(&sliver.data);
+    out.extend_from_slice(&sliver.symbol_bytes.to_le_bytes());
+    out.extend_from_slice(&sliver.index.to_le_bytes());
+    out
+}
+
+/// A cursor over an untrusted body.
+struct Reader<'a> {
+    body: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize, what: &'static str) -> Result<&'a [u8], BcsError> {
+        let remaining = self.body.len() - self.offset;
+        if count > remaining {
+            return Err(BcsError::Truncated {
+                what,
+                offset: self.body.len(),
+            });
+        }
+        let bytes = &self.body[self.offset..self.offset + count];
+        self.offset += count;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, BcsError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, BcsError> {
+        let bytes = self.take(2, what)?;
+        Ok(u16::from_le_bytes([bytes[0], bytes[1]]))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, BcsError> {
+        let bytes = self.take(8, what)?;
+        Ok(u64::from_le_bytes(bytes.try_into().expect("took 8 bytes")))
+    }
+
+    /// A canonical ULEB128 value that fits u32, as BCS requires of lengths.
+    fn uleb(&mut self, what: &'static str) -> Result<u64, BcsError> {
+        let start = self.offset;
+        let mut value = 0u64;
+        for i in 0..ULEB_BYTES_MAX {
+            let byte = self.u8(what)?;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                // Canonical: no redundant trailing zero group, and within u32.
+                if (i > 0 && byte == 0) || value > u64::from(u32::MAX) {
+                    return Err(BcsError::BadLength { offset: start });
+                }
+                return Ok(value);
+            }
+        }
+        Err(BcsError::BadLength { offset: start })
+    }
+
+    fn remaining(&self) -> usize {
+        self.body.len() - self.offset
+    }
+
+    fn finish(self) -> Result<(), BcsError> {
+        match self.remaining() {
+            0 => Ok(()),
+            count => Err(BcsError::TrailingBytes { count }),
+        }
+    }
+
+    fn digest(&mut self) -> Result<[u8; 32], BcsError> {
+        let tag = self.u8("Merkle node tag")?;
+        if tag != MERKLE_NODE_DIGEST {
+            return Err(BcsError::UnknownTag {
+                what: "Merkle node (only Digest is valid in metadata)",
+                tag: tag.into(),
+            });
+        }
+        Ok(self
+            .take(32, "Merkle digest")?
+            .try_into()
+            .expect("took 32 bytes"))
+    }
+}
+
+/// Decodes metadata from Walrus's BCS layout; the whole body must be consumed.
+///
+/// The result is well-formed, not verified: check it with [`BlobMetadata::verify`].
+pub fn decode_metadata(body: &[u8]) -> Result<BlobMetadata, BcsError> {
+    let mut reader = Reader { body, offset: 0 };
+    let version = reader.u8("metadata version")?;
+    if version != METADATA_VERSION_V1 {
+        return Err(BcsError::UnknownTag {
+            what: "metadata version",
+            tag: version.into(),
+        });
+    }
+    let encoding = reader.u8("encoding type")?;
+    if encoding != ENCODING_TYPE_RS2 {
+        return Err(BcsError::UnknownTag {
+            what: "encoding type (only RS2 is supported)",
+            tag: encoding.into(),
+        });
+    }
+    let blob_bytes = reader.u64("unencoded length")?;
+    let n = reader.uleb("number of hash pairs")?;
+    let config = EncodingConfig::from_count(n).map_err(|e| BcsError::Invalid(e.to_string()))?;
+    config
+        .layout(blob_bytes)
+        .map_err(|e| BcsError::Invalid(e.to_string()))?;
+    let n = config.n_shards();
+    if n * PAIR_WIRE_BYTES > reader.remaining() {
+        return Err(BcsError::LengthExceedsBody {
+            what: "hash pairs",
+            declared: (n * PAIR_WIRE_BYTES) as u64,
+            available: reader.remaining(),
+        });
+    }
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let primary = reader.digest()?;
+        let secondary = reader.digest()?;
+        pairs.push(SliverPairHashes { primary, secondary });
+    }
+    reader.finish()?;
+    Ok(BlobMetadata::new(blob_bytes, pairs))
+}
+
+/// Decodes a sliver of `kind` from Walrus's BCS layout; the whole body must be consumed.
+///
+/// The result is well-formed, not verified: check it against the metadata.
+pub fn decode_sliver(kind: SliverKind, body: &[u8]) -> Result<Sliver, BcsError> {
+    let mut reader = Reader { body, offset: 0 };
+    let len = reader.uleb("sliver length")?;
+    // The two u16 fields follow the data.
+    let available = reader.remaining().saturating_sub(4);
+    if len > available as u64 {
+        return Err(BcsError::LengthExceedsBody {
+            what: "sliver data",
+            declared: len,
+            available,
+        });
+    }
+    let data = reader.take(len as usize, "sliver data")?.to_vec();
+    let symbol_bytes = reader.u16("symbol size")?;
+    let index = reader.u16("sliver index")?;
+    reader.finish()?;
+    if symbol_bytes == 0 || symbol_bytes % 2 == 1 {
+        return Err(BcsError::Invalid(format!(
+            "symbol size {symbol_bytes} must be even and non-zero"
+        )));
+    }
+    if data.len() % usize::from(symbol_bytes) != 0 {
+        return Err(BcsError::Invalid(format!(
+            "sliver of {} bytes is not a whole number of {symbol_bytes}-byte symbols",
+            data.len()
+        )));
+    }
+    Ok(Sliver {
+        kind,
+        index,
+        symbol_bytes,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode;
+
+    #[test]
+    fn metadata_and_slivers_round_trip() {
+        let config = EncodingConfig::new(7).unwrap();
+        let encoded = encode(&config, b"hello floe").unwrap();
+        let body = encode_metadata(encoded.metadata());
+        assert_eq!(body.len(), 2 + 8 + 1 + 7 * 66);
+        assert_eq!(&body[..2], &[0x00, 0x01]);
+        assert_eq!(decode_metadata(&body).unwrap(), *encoded.metadata());
+        for kind in [SliverKind::Primary, SliverKind::Secondary] {
+            let sliver = encoded.to_sliver(kind, 3);
+            let body = encode_sliver(&sliver);
+            assert_eq!(decode_sliver(kind, &body).unwrap(), sliver);
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_an_error() {
+        let config = EncodingConfig::new(4).unwrap();
+        let encoded = encode(&config, b"x").unwrap();
+        let body = encode_metadata(encoded.metadata());
+        for cut in 0..body.len() {
+            assert!(decode_metadata(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = body.clone();
+        long.push(0);
+        assert!(matches!(
+            decode_metadata(&long),
+            Err(BcsError::TrailingBytes { count: 1 })
+        ));
+        let sliver = encode_sliver(&encoded.to_sliver(SliverKind::Primary, 0));
+        for cut in 0..sliver.len() {
+            assert!(
+                decode_sliver(SliverKind::Primary, &sliver[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_declared_lengths_fail_before_allocating() {
+        // A 5-byte ULEB length of u32::MAX with nothing behind it.
+        let body = [0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(matches!(
+            decode_sliver(SliverKind::Primary, &body),
+            Err(BcsError::LengthExceedsBody { .. })
+        ));
+        // Metadata claiming 4096 pairs in a short body.
+        let mut body = vec![0x00, 0x01];
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&[0x80, 0x20]);
+        assert!(matches!(
+            decode_metadata(&body),
+            Err(BcsError::LengthExceedsBody { .. })
+        ));
+        // Non-canonical and overlong ULEB.
+        assert!(decode_sliver(SliverKind::Primary, &[0x80, 0x00, 0, 0, 0, 0]).is_err());
+        assert!(decode_sliver(SliverKind::Primary, &[0xff; 10]).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The Merkle tree of the RS2 format: leaves `H(0x00 || data)`, inner nodes
+//! `H(0x01 || left || right)`, odd levels padded with the all-zero node, proofs listing the
+//! siblings from leaf to root.
+
+use crate::hash::{hash_many, inner_hash, leaf_hash, Digest, HashScratch, INNER_PREFIX};
+
+/// The node that pads a level with an odd number of nodes.
+pub const EMPTY_NODE: Digest = [0u8; 32];
+
+/// Bytes of the input of an inner hash: prefix, left, right.
+const INNER_INPUT_BYTES: usize = 1 + 2 * 32;
+
+/// Replaces `level` (leaf hashes) by the next levels in turn and returns the root.
+///
+/// `level` is consumed as working space. An empty tree has the empty node as root.
+pub fn root_in_place(level: &mut Vec<Digest>, scratch: &mut HashScratch) -> Digest {
+    if level.is_empty() {
+        return EMPTY_NODE;
+    }
+    while level.len() > 1 {
+        next_level(level, scratch);
+    }
+    level[0]
+}
+
+/// Merkle root over `leaves` (already leaf-hashed).
+pub fn root_of_leaf_hashes(leaves: &[Digest], scratch: &mut HashScratch) -> Digest {
+    let mut level = std::mem::take(&mut scratch.digests);
+    level.clear();
+    level.extend_from_slice(leaves);
+    let root = root_in_place(&mut level, scratch);
+    scratch.digests = level;
+    root
+}
+
+/// Merkle root over raw leaf data items.
+pub fn root_of_items<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Digest {
+    let mut level: Vec<Digest> = items.into_iter().map(leaf_hash).collect();
+    root_in_place(&mut level, &mut HashScratch::default())
+}
+
+fn next_level(level: &mut Vec<Digest>, scratch: &mut HashScratch) {
+    if level.len() % 2 == 1 {
+        level.push(EMPTY_NODE);
+    }
+    let n_parents = level.len() / 2;
+    let buf = &mut scratch.bytes;
+    buf.clear();
+    buf.reserve(n_parents * INNER_INPUT_BYTES);
+    for pair in level.chunks_exact(2) {
+        buf.push(INNER_PREFIX);
+        buf.extend_from_slice(&pair[0]);
+        buf.extend_from_slice(&pair[1]);
+    }
+    level.truncate(n_parents);
+    hash_many(buf, INNER_INPUT_BYTES, level);
+}
+
+/// A Merkle proof: the siblings from the leaf up to (not including) the root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerkleProof {
+    pub siblings: Vec<Digest>,
+}
+
+impl MerkleProof {
+    /// Does the leaf with hash `leaf` at `leaf_index` lead to `root` through these siblings?
+    pub fn verify_leaf_hash(&self, root: &Digest, leaf: Digest, leaf_index: usize) -> bool {
+        let mut node = leaf;
+        let mut index = leaf_index;
+        for sibling in &self.siblings {
+            node = if index % 2 == 0 {
+                inner_hash(&node, sibling)
+            } else {
+                inner_hash(sibling, &node)
+            };
+            index /= 2;
+        }
+        index == 0 && node == *root
+    }
+
+    /// Does `data` at `leaf_index` lead to `root`?
+    pub fn verify(&self, root: &Digest, data: &[u8], leaf_index: usize) -> bool {
+        self.verify_leaf_hash(root, leaf_hash(data), leaf_index)
+    }
+}
+
+/// Builds the proof for `leaf_index` from all leaf hashes of the tree.
+pub fn proof(leaves: &[Digest], leaf_index: usize, scratch: &mut HashScratch) -> MerkleProof {
+    assert!(leaf_index < leaves.len(), "leaf index within the tree");
+    let mut level = leaves.to_vec();
+    let mut index = leaf_index;
+    let mut siblings = Vec::new();
+    while level.len() > 1 {
+        let sibling = level.get(index ^ 1).copied().unwrap_or(EMPTY_NODE);
+        siblings.push(sibling);
+        next_level(&mut level, scratch);
+        index /= 2;
+    }
+    MerkleProof { siblings }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deliberately naive tree, written straight from the spec's definition.
+    fn naive_root(items: &[Vec<u8>]) -> Digest {
+        let mut level: Vec<Digest> = items.iter().map(|i| leaf_hash(i)).collect();
+        while level.len() > 1 {
+            if level.len() % 2 == 1 {
+                level.push([0; 32]);
+            }
+            level = level.chunks(2).map(|p| inner_hash(&p[0], &p[1])).collect();
+        }
+        level[0]
+    }
+
+    #[test]
+    fn roots_and_proofs_agree_with_the_naive_tree() {
+        for n in 1..40usize {
+            let items: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; i % 5 + 1]).collect();
+            let root = root_of_items(items.iter().map(|v| v.as_slice()));
+            assert_eq!(root, naive_root(&items), "n = {n}");
+            let leaves: Vec<Digest> = items.iter().map(|i| leaf_hash(i)).collect();
+            let mut scratch = HashScratch::default();
+            for (index, item) in items.iter().enumerate() {
+                let proof = proof(&leaves, index, &mut scratch);
+                assert!(proof.verify(&root, item, index), "n = {n} index {index}");
+                assert!(!proof.verify(&root, b"other", index));
+                if n > 1 {
+                    assert!(!proof.verify(&root, item, (index + 1) % n));
+                }
+            }
+        }
+    }
+}

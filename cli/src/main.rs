@@ -1,1 +1,190 @@
-fn main() {}
+//! `floe`: the command-line entry point. Thin: every subcommand calls a library.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use floe_codec::{
+    decode_metadata, decode_primary, decode_sliver, encode_metadata, encode_owned, encode_sliver,
+    BlobId, EncodingConfig, SliverKind, N_SHARDS_DEFAULT,
+};
+
+/// floe: an erasure-coded blob store for hot AI data, byte-compatible with Walrus's RS2.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the blob ID of a file (the same ID Walrus gives the same bytes at the same n).
+    BlobId {
+        /// The blob.
+        file: PathBuf,
+        #[command(flatten)]
+        code: CodeArgs,
+    },
+    /// Encode a file into slivers and metadata, written to a directory for inspection.
+    Encode {
+        /// The blob.
+        file: PathBuf,
+        #[command(flatten)]
+        code: CodeArgs,
+        /// Output directory: metadata.bcs, blob-id, primary/<i>.bcs, secondary/<j>.bcs.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Decode a blob from a directory written by `floe encode`, using any k_p primary slivers
+    /// present, and verify it against the blob ID.
+    Decode {
+        /// Directory written by `floe encode`.
+        dir: PathBuf,
+        /// Where to write the blob (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Args)]
+struct CodeArgs {
+    /// Number of shards n. The default is Walrus's 1000, so that IDs match Walrus's; small n is
+    /// for test clusters.
+    #[arg(long, default_value_t = N_SHARDS_DEFAULT)]
+    shards: u16,
+    /// Worker threads for encoding (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::BlobId { file, code } => {
+            let config = EncodingConfig::new(code.shards)?;
+            let blob = read_blob(&file, &config)?;
+            let encoded = with_threads(code.threads, || encode_owned(&config, blob))??;
+            println!("{}", encoded.blob_id());
+        }
+        Command::Encode { file, code, out } => {
+            let config = EncodingConfig::new(code.shards)?;
+            let blob = read_blob(&file, &config)?;
+            let started = Instant::now();
+            let encoded = with_threads(code.threads, || encode_owned(&config, blob))??;
+            let encode_s = started.elapsed().as_secs_f64();
+            write_encoded(&out, &encoded)?;
+            let layout = encoded.layout();
+            eprintln!(
+                "encoded {} bytes at n = {} in {:.3} s: symbol size {} B, primary slivers {} B, \
+                 secondary slivers {} B, {} B in all; wrote {}",
+                layout.blob_bytes,
+                config.n_shards(),
+                encode_s,
+                layout.symbol_bytes,
+                layout.primary_sliver_bytes(),
+                layout.secondary_sliver_bytes(),
+                layout.encoded_bytes_total() + layout.metadata_bytes(),
+                out.display()
+            );
+            println!("{}", encoded.blob_id());
+        }
+        Command::Decode {
+            dir,
+            output,
+            threads,
+        } => {
+            let blob = with_threads(threads, || decode_dir(&dir))??;
+            match output {
+                Some(path) => fs::write(&path, &blob)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::Write::write_all(&mut std::io::stdout().lock(), &blob)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` on a pool of `threads` workers (all cores when `None`).
+fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(threads) = threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        builder = builder.num_threads(threads);
+    }
+    Ok(builder.build()?.install(f))
+}
+
+/// Reads a blob, refusing one too large for the code before reading it, into a buffer with
+/// room for all primary slivers so that encoding does not copy it again.
+fn read_blob(path: &Path, config: &EncodingConfig) -> Result<Vec<u8>> {
+    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let blob_bytes = file
+        .metadata()
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
+    let layout = config.layout(blob_bytes)?;
+    let capacity = config.n_shards() * layout.primary_sliver_bytes();
+    let mut blob = Vec::with_capacity(capacity.max(blob_bytes as usize));
+    file.read_to_end(&mut blob)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if blob.len() as u64 != blob_bytes {
+        bail!("{} changed size while it was read", path.display());
+    }
+    Ok(blob)
+}
+
+fn write_encoded(out: &Path, encoded: &floe_codec::EncodedBlob) -> Result<()> {
+    let n = encoded.layout().config.n_shards();
+    for kind in [SliverKind::Primary, SliverKind::Secondary] {
+        let dir = out.join(kind.as_str());
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for index in 0..n {
+            let path = dir.join(format!("{index}.bcs"));
+            fs::write(&path, encode_sliver(&encoded.to_sliver(kind, index)))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let path = out.join("metadata.bcs");
+    fs::write(&path, encode_metadata(encoded.metadata()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    let path = out.join("blob-id");
+    fs::write(&path, format!("{}\n", encoded.blob_id()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn decode_dir(dir: &Path) -> Result<Vec<u8>> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let blob_id: BlobId = String::from_utf8(read("blob-id")?)?.trim().parse()?;
+    let metadata = decode_metadata(&read("metadata.bcs")?).context("metadata.bcs")?;
+    metadata.verify(&blob_id, metadata.n_shards())?;
+    let mut slivers = Vec::new();
+    let primary_dir = dir.join("primary");
+    for entry in
+        fs::read_dir(&primary_dir).with_context(|| format!("listing {}", primary_dir.display()))?
+    {
+        let path = entry?.path();
+        let body = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        match decode_sliver(SliverKind::Primary, &body) {
+            Ok(sliver) => slivers.push(sliver),
+            Err(err) => eprintln!("skipping {}: {err}", path.display()),
+        }
+    }
+    let slivers: Vec<(usize, &[u8])> = slivers
+        .iter()
+        .map(|s| (usize::from(s.index), s.data.as_slice()))
+        .collect();
+    Ok(decode_primary(&metadata, &slivers)?)
+}

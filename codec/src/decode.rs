@@ -16,7 +16,7 @@ use crate::config::BlobLayout;
 use crate::encode::compute_metadata;
 use crate::error::{DecodeError, SliverError};
 use crate::metadata::{BlobId, BlobMetadata};
-use crate::rs::RsDecoder;
+use crate::rs::{RsDecoder, CODEWORDS_PER_BATCH, PACK_BELOW_SYMBOL_BYTES};
 use crate::sliver::{verify_sliver, SliverKind, VerifyScratch};
 use crate::util::DisjointWriter;
 
@@ -45,18 +45,29 @@ pub fn decode_primary(
             matrix[index * row_bytes..(index + 1) * row_bytes].copy_from_slice(data);
         }
     } else {
-        // Column c of the source matrix from the c-th symbol of each chosen row.
+        // Column c of the source matrix from the c-th symbol of each chosen row; a task decodes
+        // a batch of columns, which share their erasure pattern.
+        let present: Vec<usize> = chosen.iter().map(|(row, _)| *row).collect();
         let writer = DisjointWriter::new(&mut matrix);
-        (0..k_s).into_par_iter().for_each_init(
-            || (RsDecoder::default(), vec![0u8; k_p * ss]),
-            |(decoder, column), c| {
-                let symbols = chosen
-                    .iter()
-                    .map(|(row, data)| (*row, &data[c * ss..(c + 1) * ss]));
-                decoder.decode(k_p, n, ss, symbols, column);
-                for (row, symbol) in column.chunks_exact(ss).enumerate() {
-                    // SAFETY: cell (row, c) is written only by the task of column c.
-                    unsafe { writer.write((row * k_s + c) * ss, symbol) };
+        let per_task = columns_per_task(ss);
+        (0..k_s.div_ceil(per_task)).into_par_iter().for_each_init(
+            || (RsDecoder::default(), Vec::<u8>::new()),
+            |(decoder, columns), task| {
+                let first = task * per_task;
+                let count = per_task.min(k_s - first);
+                columns.resize(count * k_p * ss, 0);
+                let mut outs: Vec<&mut [u8]> = columns.chunks_exact_mut(k_p * ss).collect();
+                let symbol =
+                    |c: usize, i: usize| &chosen[i].1[(first + c) * ss..(first + c + 1) * ss];
+                decoder.decode_many(k_p, n, ss, &present, symbol, &mut outs);
+                for row in 0..k_p {
+                    // SAFETY: cells (row, first..first + count) are written by this task alone.
+                    let run = unsafe { writer.slice_mut((row * k_s + first) * ss, count * ss) };
+                    for (cell, column) in
+                        run.chunks_exact_mut(ss).zip(columns.chunks_exact(k_p * ss))
+                    {
+                        cell.copy_from_slice(&column[row * ss..(row + 1) * ss]);
+                    }
                 }
             },
         );
@@ -84,22 +95,29 @@ pub fn decode_secondary(
     let all_systematic = chosen.iter().all(|(column, _)| *column < k_s);
     let row_bytes = layout.primary_sliver_bytes();
     let mut matrix = vec![0u8; layout.padded_blob_bytes()];
-    // Row r of the source matrix from the r-th symbol of each chosen column.
-    matrix.par_chunks_mut(row_bytes).enumerate().for_each_init(
-        RsDecoder::default,
-        |decoder, (r, row)| {
-            let symbols = chosen
-                .iter()
-                .map(|(column, data)| (*column, &data[r * ss..(r + 1) * ss]));
+    // Row r of the source matrix from the r-th symbol of each chosen column; a task decodes a
+    // batch of rows, which share their erasure pattern.
+    let present: Vec<usize> = chosen.iter().map(|(column, _)| *column).collect();
+    let per_task = columns_per_task(ss);
+    matrix
+        .par_chunks_mut(per_task * row_bytes)
+        .enumerate()
+        .for_each_init(RsDecoder::default, |decoder, (task, rows)| {
+            let first = task * per_task;
+            let mut outs: Vec<&mut [u8]> = rows.chunks_exact_mut(row_bytes).collect();
             if all_systematic {
-                for (column, symbol) in symbols {
-                    row[column * ss..(column + 1) * ss].copy_from_slice(symbol);
+                for (r, row) in outs.iter_mut().enumerate() {
+                    for (column, data) in &chosen {
+                        let at = (first + r) * ss;
+                        row[column * ss..(column + 1) * ss].copy_from_slice(&data[at..at + ss]);
+                    }
                 }
             } else {
-                decoder.decode(k_s, n, ss, symbols, row);
+                let symbol =
+                    |r: usize, i: usize| &chosen[i].1[(first + r) * ss..(first + r + 1) * ss];
+                decoder.decode_many(k_s, n, ss, &present, symbol, &mut outs);
             }
-        },
-    );
+        });
     check_rows(metadata, &layout, &matrix)?;
     matrix.truncate(layout.blob_bytes as usize);
     Ok(matrix)
@@ -115,6 +133,15 @@ pub fn verify_blob(blob: &[u8], blob_id: &BlobId, n_shards: usize) -> Result<(),
         return Err(DecodeError::BlobIdMismatch);
     }
     Ok(())
+}
+
+/// Codewords one decoding task takes: a packed batch for short symbols, else one.
+fn columns_per_task(symbol_bytes: usize) -> usize {
+    if symbol_bytes < PACK_BELOW_SYMBOL_BYTES {
+        CODEWORDS_PER_BATCH
+    } else {
+        1
+    }
 }
 
 /// Picks `needed` distinct, well-shaped slivers, systematic ones first.

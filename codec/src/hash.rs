@@ -2,8 +2,9 @@
 //!
 //! The Merkle work dominates encoding: at n = 1000 a 1-byte blob already needs one million leaf
 //! hashes and two million inner hashes, each a single 128-byte BLAKE2b block. Hashing them one by
-//! one leaves the SIMD lanes idle, so the hot paths go through [`hash_many`], which feeds
-//! `blake2b_simd`'s multi-buffer implementation (four inputs per AVX2 pass).
+//! one leaves the SIMD lanes idle, so the hot paths lay their messages out in [`Slots`] and hash
+//! them eight at a time with the AVX-512 kernel of `blake2b_x8`, or four at a time with
+//! `blake2b_simd`'s AVX2 path where AVX-512 is missing.
 
 use blake2b_simd::many::{HashManyJob, MAX_DEGREE};
 use blake2b_simd::Params;
@@ -19,8 +20,11 @@ pub const LEAF_PREFIX: u8 = 0x00;
 /// Prefix of an inner Merkle node: `H(0x01 || left || right)`.
 pub const INNER_PREFIX: u8 = 0x01;
 
-/// How many jobs are handed to `blake2b_simd` per call. Why: a multiple of every SIMD degree,
-/// large enough to amortise the dispatch, small enough that the job array lives on the stack.
+/// Bytes of a BLAKE2b block: a slot is a whole number of blocks.
+const BLOCK_BYTES: usize = 128;
+
+/// How many jobs the fallback hands to `blake2b_simd` per call. Why: a multiple of every SIMD
+/// degree, large enough to amortise the dispatch, small enough to live on the stack.
 const JOBS_PER_BATCH: usize = 8 * MAX_DEGREE;
 
 fn params() -> Params {
@@ -54,37 +58,115 @@ fn to_digest(hash: &blake2b_simd::Hash) -> Digest {
     digest
 }
 
-/// Hashes `inputs.len() / input_bytes` equally sized, contiguous inputs into `out`.
+/// Equally long messages laid out for batched hashing: message `i` starts at `i * slot_bytes`,
+/// and each slot is zero past its message up to a whole number of BLAKE2b blocks.
 ///
-/// `inputs` holds the messages back to back, each `input_bytes` long (prefix included).
-pub fn hash_many(inputs: &[u8], input_bytes: usize, out: &mut [Digest]) {
-    assert!(input_bytes > 0);
+/// Invariant: every byte of `buf` outside the first `input_bytes` of each slot is zero.
+/// Writers only touch message bytes, so the invariant survives reuse with the same
+/// `input_bytes`; a new length re-zeroes the buffer.
+#[derive(Default)]
+pub struct Slots {
+    buf: Vec<u8>,
+    input_bytes: usize,
+    slot_bytes: usize,
+    count: usize,
+}
+
+impl Slots {
+    /// Lays out `count` messages of `input_bytes` each.
+    pub fn prepare(&mut self, count: usize, input_bytes: usize) {
+        if input_bytes != self.input_bytes {
+            self.buf.clear();
+            self.input_bytes = input_bytes;
+            self.slot_bytes = input_bytes.div_ceil(BLOCK_BYTES).max(1) * BLOCK_BYTES;
+        }
+        self.count = count;
+        if self.buf.len() < count * self.slot_bytes {
+            self.buf.resize(count * self.slot_bytes, 0);
+        }
+    }
+
+    /// The bytes of message `index`, to be filled in.
+    pub fn message_mut(&mut self, index: usize) -> &mut [u8] {
+        assert!(index < self.count);
+        let at = index * self.slot_bytes;
+        &mut self.buf[at..at + self.input_bytes]
+    }
+
+    /// Hashes the `count` messages into `out`.
+    pub fn hash_into(&self, out: &mut [Digest]) {
+        assert_eq!(out.len(), self.count, "one digest per message");
+        #[cfg(target_arch = "x86_64")]
+        if crate::blake2b_x8::available() {
+            return self.hash_x8(out);
+        }
+        self.hash_portable(out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn hash_x8(&self, out: &mut [Digest]) {
+        use crate::blake2b_x8::{hash8, LANES};
+        let mut digests = [[0u8; DIGEST_BYTES]; LANES];
+        for (batch, out) in out.chunks_mut(LANES).enumerate() {
+            let first = batch * LANES;
+            // Lanes past the end repeat the first message; their digests are dropped.
+            let offsets: [usize; LANES] = std::array::from_fn(|lane| {
+                let index = if lane < out.len() {
+                    first + lane
+                } else {
+                    first
+                };
+                index * self.slot_bytes
+            });
+            // SAFETY: `available()` was checked by the caller; each offset is the start of a
+            // slot of `slot_bytes` (whole blocks) within `buf`, zero past the message
+            // (invariant of `Slots`).
+            unsafe { hash8(&self.buf, offsets, self.input_bytes, &mut digests) };
+            out.copy_from_slice(&digests[..out.len()]);
+        }
+    }
+
+    fn hash_portable(&self, out: &mut [Digest]) {
+        let params = params();
+        for (batch, out) in out.chunks_mut(JOBS_PER_BATCH).enumerate() {
+            let mut jobs: [Option<HashManyJob<'_>>; JOBS_PER_BATCH] =
+                [const { None }; JOBS_PER_BATCH];
+            for (i, job) in jobs.iter_mut().take(out.len()).enumerate() {
+                let at = (batch * JOBS_PER_BATCH + i) * self.slot_bytes;
+                *job = Some(HashManyJob::new(
+                    &params,
+                    &self.buf[at..at + self.input_bytes],
+                ));
+            }
+            blake2b_simd::many::hash_many(jobs.iter_mut().flatten());
+            for (digest, job) in out.iter_mut().zip(jobs.iter().flatten()) {
+                *digest = to_digest(&job.to_hash());
+            }
+        }
+    }
+}
+
+/// Hashes `inputs` (back to back, `input_bytes` each, no prefix added) into `out`.
+pub fn hash_many(inputs: &[u8], input_bytes: usize, out: &mut [Digest], slots: &mut Slots) {
     assert_eq!(
         inputs.len(),
         input_bytes * out.len(),
         "one digest per input"
     );
-    let params = params();
-    for (inputs, out) in inputs
-        .chunks(input_bytes * JOBS_PER_BATCH)
-        .zip(out.chunks_mut(JOBS_PER_BATCH))
-    {
-        let mut jobs: [Option<HashManyJob<'_>>; JOBS_PER_BATCH] = [const { None }; JOBS_PER_BATCH];
-        for (job, input) in jobs.iter_mut().zip(inputs.chunks_exact(input_bytes)) {
-            *job = Some(HashManyJob::new(&params, input));
-        }
-        blake2b_simd::many::hash_many(jobs.iter_mut().flatten());
-        for (digest, job) in out.iter_mut().zip(jobs.iter().flatten()) {
-            *digest = to_digest(&job.to_hash());
-        }
+    slots.prepare(out.len(), input_bytes);
+    for (i, input) in inputs.chunks_exact(input_bytes.max(1)).enumerate() {
+        slots.message_mut(i).copy_from_slice(input);
     }
+    slots.hash_into(out);
 }
 
 /// Scratch space for [`leaf_hashes`] and the Merkle functions, reused across calls so that the
-/// hot loops do not allocate.
+/// hot loops do not allocate. Leaves and inner nodes keep separate slots so that alternating
+/// between them does not re-zero the buffers.
 #[derive(Default)]
 pub struct HashScratch {
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) leaves: Slots,
+    pub(crate) inner: Slots,
     pub(crate) digests: Vec<Digest>,
 }
 
@@ -96,15 +178,14 @@ pub fn leaf_hashes(
     scratch: &mut HashScratch,
 ) {
     assert_eq!(symbols.len(), symbol_bytes * out.len());
-    let input_bytes = symbol_bytes + 1;
-    let buf = &mut scratch.bytes;
-    buf.clear();
-    buf.reserve(input_bytes * out.len());
-    for symbol in symbols.chunks_exact(symbol_bytes) {
-        buf.push(LEAF_PREFIX);
-        buf.extend_from_slice(symbol);
+    let slots = &mut scratch.leaves;
+    slots.prepare(out.len(), symbol_bytes + 1);
+    for (i, symbol) in symbols.chunks_exact(symbol_bytes).enumerate() {
+        let message = slots.message_mut(i);
+        message[0] = LEAF_PREFIX;
+        message[1..].copy_from_slice(symbol);
     }
-    hash_many(buf, input_bytes, out);
+    slots.hash_into(out);
 }
 
 #[cfg(test)]
@@ -128,37 +209,41 @@ mod tests {
     }
 
     #[test]
-    fn hash_many_matches_one_at_a_time_for_every_batch_shape() {
-        for count in [
-            0,
-            1,
-            3,
-            4,
-            5,
-            JOBS_PER_BATCH - 1,
-            JOBS_PER_BATCH,
-            3 * JOBS_PER_BATCH + 2,
-        ] {
-            for symbol_bytes in [2, 126, 127, 128, 300] {
-                let symbols: Vec<u8> = (0..count * symbol_bytes)
+    fn batched_hashes_match_the_blake2_crate_for_every_shape() {
+        let mut slots = Slots::default();
+        // Reusing one `Slots` across shapes also checks that stale bytes never leak in.
+        for input_bytes in [1, 3, 65, 127, 128, 129, 255, 256, 257, 300, 65, 3] {
+            for count in [1, 7, 8, 9, 16, 17, JOBS_PER_BATCH + 3, 3] {
+                let inputs: Vec<u8> = (0..count * input_bytes)
                     .map(|i| (i * 31 % 251) as u8)
                     .collect();
                 let mut out = vec![[0u8; 32]; count];
-                leaf_hashes(
-                    &symbols,
-                    symbol_bytes,
-                    &mut out,
-                    &mut HashScratch::default(),
-                );
+                hash_many(&inputs, input_bytes, &mut out, &mut slots);
                 for (i, digest) in out.iter().enumerate() {
-                    let symbol = &symbols[i * symbol_bytes..(i + 1) * symbol_bytes];
+                    let input = &inputs[i * input_bytes..(i + 1) * input_bytes];
                     assert_eq!(
                         *digest,
-                        leaf_hash(symbol),
-                        "count {count} ss {symbol_bytes} i {i}"
+                        reference(input),
+                        "len {input_bytes} count {count} i {i}"
                     );
                 }
+                let mut portable = vec![[0u8; 32]; count];
+                slots.hash_portable(&mut portable);
+                assert_eq!(
+                    portable, out,
+                    "portable path, len {input_bytes} count {count}"
+                );
             }
+        }
+    }
+
+    #[test]
+    fn leaf_hashes_prefix_each_symbol() {
+        let symbols: Vec<u8> = (0..40).collect();
+        let mut out = vec![[0u8; 32]; 10];
+        leaf_hashes(&symbols, 4, &mut out, &mut HashScratch::default());
+        for (i, digest) in out.iter().enumerate() {
+            assert_eq!(*digest, leaf_hash(&symbols[i * 4..(i + 1) * 4]));
         }
     }
 }

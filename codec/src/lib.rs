@@ -26,6 +26,7 @@
 //! ```
 
 mod bcs;
+mod blake2b_x8;
 mod config;
 mod decode;
 mod encode;

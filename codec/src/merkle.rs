@@ -2,7 +2,7 @@
 //! `H(0x01 || left || right)`, odd levels padded with the all-zero node, proofs listing the
 //! siblings from leaf to root.
 
-use crate::hash::{hash_many, inner_hash, leaf_hash, Digest, HashScratch, INNER_PREFIX};
+use crate::hash::{inner_hash, leaf_hash, Digest, HashScratch, INNER_PREFIX};
 
 /// The node that pads a level with an odd number of nodes.
 pub const EMPTY_NODE: Digest = [0u8; 32];
@@ -44,16 +44,16 @@ fn next_level(level: &mut Vec<Digest>, scratch: &mut HashScratch) {
         level.push(EMPTY_NODE);
     }
     let n_parents = level.len() / 2;
-    let buf = &mut scratch.bytes;
-    buf.clear();
-    buf.reserve(n_parents * INNER_INPUT_BYTES);
-    for pair in level.chunks_exact(2) {
-        buf.push(INNER_PREFIX);
-        buf.extend_from_slice(&pair[0]);
-        buf.extend_from_slice(&pair[1]);
+    let slots = &mut scratch.inner;
+    slots.prepare(n_parents, INNER_INPUT_BYTES);
+    for (i, pair) in level.chunks_exact(2).enumerate() {
+        let message = slots.message_mut(i);
+        message[0] = INNER_PREFIX;
+        message[1..33].copy_from_slice(&pair[0]);
+        message[33..].copy_from_slice(&pair[1]);
     }
     level.truncate(n_parents);
-    hash_many(buf, INNER_INPUT_BYTES, level);
+    slots.hash_into(level);
 }
 
 /// A Merkle proof: the siblings from the leaf up to (not including) the root.
@@ -68,7 +68,7 @@ impl MerkleProof {
         let mut node = leaf;
         let mut index = leaf_index;
         for sibling in &self.siblings {
-            node = if index % 2 == 0 {
+            node = if index.is_multiple_of(2) {
                 inner_hash(&node, sibling)
             } else {
                 inner_hash(sibling, &node)
@@ -82,6 +82,36 @@ impl MerkleProof {
     pub fn verify(&self, root: &Digest, data: &[u8], leaf_index: usize) -> bool {
         self.verify_leaf_hash(root, leaf_hash(data), leaf_index)
     }
+}
+
+/// Every level above the leaves, bottom up; the last holds the root alone (none for one leaf).
+pub fn levels(leaves: &[Digest], scratch: &mut HashScratch) -> Vec<Vec<Digest>> {
+    let mut levels: Vec<Vec<Digest>> = Vec::new();
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        next_level(&mut level, scratch);
+        levels.push(level.clone());
+    }
+    levels
+}
+
+/// The proof for `leaf_index` from the leaves and the levels of [`levels`].
+pub fn proof_from_levels(
+    leaves: &[Digest],
+    levels: &[Vec<Digest>],
+    leaf_index: usize,
+) -> MerkleProof {
+    assert!(leaf_index < leaves.len(), "leaf index within the tree");
+    let mut siblings = Vec::with_capacity(levels.len());
+    let mut index = leaf_index;
+    for level in std::iter::once(leaves).chain(levels.iter().map(Vec::as_slice)) {
+        if level.len() == 1 {
+            break;
+        }
+        siblings.push(level.get(index ^ 1).copied().unwrap_or(EMPTY_NODE));
+        index /= 2;
+    }
+    MerkleProof { siblings }
 }
 
 /// Builds the proof for `leaf_index` from all leaf hashes of the tree.
@@ -126,6 +156,8 @@ mod tests {
             for (index, item) in items.iter().enumerate() {
                 let proof = proof(&leaves, index, &mut scratch);
                 assert!(proof.verify(&root, item, index), "n = {n} index {index}");
+                let levels = levels(&leaves, &mut scratch);
+                assert_eq!(proof_from_levels(&leaves, &levels, index), proof);
                 assert!(!proof.verify(&root, b"other", index));
                 if n > 1 {
                     assert!(!proof.verify(&root, item, (index + 1) % n));

@@ -8,7 +8,7 @@ use base64::Engine as _;
 
 use crate::config::{BlobLayout, EncodingConfig};
 use crate::error::{BlobIdParseError, MetadataError};
-use crate::hash::{hash_many, hash_parts, Digest, HashScratch, LEAF_PREFIX};
+use crate::hash::{hash_parts, Digest, HashScratch, LEAF_PREFIX};
 use crate::merkle::root_in_place;
 
 /// Encoding type byte of RS2 in the blob ID and the metadata.
@@ -136,15 +136,19 @@ impl BlobMetadata {
     pub fn compute_blob_id(&self) -> BlobId {
         // Leaf p = H(0x00 || primary_hash[p] || secondary_hash[p]); batched like every leaf.
         const LEAF_INPUT_BYTES: usize = 1 + 64;
-        let mut inputs = Vec::with_capacity(self.pair_hashes.len() * LEAF_INPUT_BYTES);
-        for pair in &self.pair_hashes {
-            inputs.push(LEAF_PREFIX);
-            inputs.extend_from_slice(&pair.primary);
-            inputs.extend_from_slice(&pair.secondary);
+        let mut scratch = HashScratch::default();
+        scratch
+            .leaves
+            .prepare(self.pair_hashes.len(), LEAF_INPUT_BYTES);
+        for (i, pair) in self.pair_hashes.iter().enumerate() {
+            let message = scratch.leaves.message_mut(i);
+            message[0] = LEAF_PREFIX;
+            message[1..33].copy_from_slice(&pair.primary);
+            message[33..].copy_from_slice(&pair.secondary);
         }
         let mut level = vec![[0u8; 32]; self.pair_hashes.len()];
-        hash_many(&inputs, LEAF_INPUT_BYTES, &mut level);
-        let root = root_in_place(&mut level, &mut HashScratch::default());
+        scratch.leaves.hash_into(&mut level);
+        let root = root_in_place(&mut level, &mut scratch);
         blob_id_from_root(self.blob_bytes, &root)
     }
 

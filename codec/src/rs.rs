@@ -6,10 +6,48 @@
 
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
+/// Codewords that [`RsEncoder::encode_many`] packs into one call when symbols are small.
+pub const CODEWORDS_PER_BATCH: usize = 32;
+
+/// Symbols at least this long are encoded one codeword per call. Why: `reed-solomon-simd` works
+/// on 64-byte chunks (32 GF(2^16) elements); a shorter symbol would leave most of every chunk as
+/// padding, which packing removes.
+pub(crate) const PACK_BELOW_SYMBOL_BYTES: usize = 64;
+
 /// A reusable encoder: `k` source symbols to `n` symbols.
 #[derive(Default)]
 pub struct RsEncoder {
     inner: Option<ReedSolomonEncoder>,
+    packed: Vec<u8>,
+    unpacked: Vec<u8>,
+}
+
+/// Position, in a packed shard, of the low byte of element `element` (the high byte is 32
+/// further). This is `reed-solomon-simd`'s layout of whole 64-byte chunks: 32 low bytes, then
+/// the 32 high bytes of the same elements.
+fn packed_low_at(element: usize) -> usize {
+    64 * (element / 32) + element % 32
+}
+
+/// Copies one short symbol (`ss < 64` bytes, so all of it a "tail" that `reed-solomon-simd` lays
+/// out as `ss/2` low bytes then `ss/2` high bytes) into codeword slot `slot` of a packed shard.
+fn pack_symbol(symbol: &[u8], slot: usize, shard: &mut [u8]) {
+    let half = symbol.len() / 2;
+    for e in 0..half {
+        let at = packed_low_at(slot * half + e);
+        shard[at] = symbol[e];
+        shard[at + 32] = symbol[half + e];
+    }
+}
+
+/// The inverse of [`pack_symbol`].
+fn unpack_symbol(shard: &[u8], slot: usize, symbol: &mut [u8]) {
+    let half = symbol.len() / 2;
+    for e in 0..half {
+        let at = packed_low_at(slot * half + e);
+        symbol[e] = shard[at];
+        symbol[half + e] = shard[at + 32];
+    }
 }
 
 impl RsEncoder {
@@ -51,10 +89,61 @@ impl RsEncoder {
     }
 }
 
+impl RsEncoder {
+    /// Encodes several codewords of the same shape and calls `sink(codeword, i, symbol)` for
+    /// each recovery symbol. Short symbols of up to [`CODEWORDS_PER_BATCH`] codewords share one
+    /// encode: the code works element by element, so interleaving the codewords' GF(2^16)
+    /// elements into one wider shard gives each codeword exactly its own recovery symbols.
+    pub fn encode_many(
+        &mut self,
+        n_source: usize,
+        n_total: usize,
+        symbol_bytes: usize,
+        sources: &[&[u8]],
+        mut sink: impl FnMut(usize, usize, &[u8]),
+    ) {
+        assert!(sources.len() <= CODEWORDS_PER_BATCH);
+        if symbol_bytes >= PACK_BELOW_SYMBOL_BYTES || sources.len() == 1 {
+            for (codeword, source) in sources.iter().enumerate() {
+                self.encode(n_source, n_total, symbol_bytes, source, |i, symbol| {
+                    sink(codeword, i, symbol)
+                });
+            }
+            return;
+        }
+        // INV: symbol_bytes is even, so CODEWORDS_PER_BATCH * symbol_bytes is a whole number of
+        // 64-byte chunks and the packed shard has no tail of its own.
+        let shard_bytes = CODEWORDS_PER_BATCH * symbol_bytes;
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.resize(n_source * shard_bytes, 0);
+        for (codeword, source) in sources.iter().enumerate() {
+            assert_eq!(source.len(), n_source * symbol_bytes);
+            for (shard, symbol) in packed
+                .chunks_exact_mut(shard_bytes)
+                .zip(source.chunks_exact(symbol_bytes))
+            {
+                pack_symbol(symbol, codeword, shard);
+            }
+        }
+        let mut unpacked = std::mem::take(&mut self.unpacked);
+        unpacked.resize(symbol_bytes, 0);
+        self.encode(n_source, n_total, shard_bytes, &packed, |i, shard| {
+            for codeword in 0..sources.len() {
+                unpack_symbol(shard, codeword, &mut unpacked);
+                sink(codeword, i, &unpacked);
+            }
+        });
+        self.packed = packed;
+        self.unpacked = unpacked;
+    }
+}
+
 /// A reusable decoder: any `k` of `n` symbols back to the `k` source symbols.
 #[derive(Default)]
 pub struct RsDecoder {
     inner: Option<ReedSolomonDecoder>,
+    packed: Vec<u8>,
+    restored: Vec<u8>,
 }
 
 impl RsDecoder {
@@ -101,6 +190,90 @@ impl RsDecoder {
         let result = decoder.decode().expect("k distinct symbols suffice");
         for (index, symbol) in result.restored_original_iter() {
             out[index * symbol_bytes..(index + 1) * symbol_bytes].copy_from_slice(symbol);
+        }
+    }
+
+    /// Decodes several codewords that lost the same positions: `present` lists the `n_source`
+    /// positions held, `symbol(codeword, i)` gives codeword `codeword`'s symbol at `present[i]`,
+    /// and `outs[codeword]` receives its source symbols. Short symbols share one decode, packed
+    /// as in [`RsEncoder::encode_many`].
+    pub fn decode_many<'a>(
+        &mut self,
+        n_source: usize,
+        n_total: usize,
+        symbol_bytes: usize,
+        present: &[usize],
+        symbol: impl Fn(usize, usize) -> &'a [u8],
+        outs: &mut [&mut [u8]],
+    ) {
+        assert!(outs.len() <= CODEWORDS_PER_BATCH);
+        if symbol_bytes >= PACK_BELOW_SYMBOL_BYTES || outs.len() == 1 {
+            for (codeword, out) in outs.iter_mut().enumerate() {
+                let symbols = present
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| (p, symbol(codeword, i)));
+                self.decode(n_source, n_total, symbol_bytes, symbols, out);
+            }
+            return;
+        }
+        let shard_bytes = CODEWORDS_PER_BATCH * symbol_bytes;
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.resize(present.len() * shard_bytes, 0);
+        for (i, shard) in packed.chunks_exact_mut(shard_bytes).enumerate() {
+            for codeword in 0..outs.len() {
+                pack_symbol(symbol(codeword, i), codeword, shard);
+            }
+        }
+        let mut restored = std::mem::take(&mut self.restored);
+        restored.resize(n_source * shard_bytes, 0);
+        let shards = present
+            .iter()
+            .copied()
+            .zip(packed.chunks_exact(shard_bytes));
+        self.decode(n_source, n_total, shard_bytes, shards, &mut restored);
+        for (shard, position) in restored.chunks_exact(shard_bytes).zip(0..n_source) {
+            for (codeword, out) in outs.iter_mut().enumerate() {
+                let at = position * symbol_bytes;
+                unpack_symbol(shard, codeword, &mut out[at..at + symbol_bytes]);
+            }
+        }
+        self.packed = packed;
+        self.restored = restored;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_encoding_equals_one_codeword_at_a_time() {
+        for symbol_bytes in [2, 4, 6, 30, 62, 64, 66] {
+            for n_codewords in [1, 2, 5, 32] {
+                let (k, n) = (5, 13);
+                let sources: Vec<Vec<u8>> = (0..n_codewords)
+                    .map(|c| {
+                        (0..k * symbol_bytes)
+                            .map(|i| (i * 13 + c * 7 + 1) as u8)
+                            .collect()
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = sources.iter().map(Vec::as_slice).collect();
+                let mut batched = vec![vec![Vec::new(); n - k]; n_codewords];
+                RsEncoder::default().encode_many(k, n, symbol_bytes, &refs, |c, i, s| {
+                    batched[c][i] = s.to_vec()
+                });
+                for (c, source) in sources.iter().enumerate() {
+                    let mut single = vec![Vec::new(); n - k];
+                    RsEncoder::default()
+                        .encode(k, n, symbol_bytes, source, |i, s| single[i] = s.to_vec());
+                    assert_eq!(
+                        batched[c], single,
+                        "ss {symbol_bytes} codewords {n_codewords} c {c}"
+                    );
+                }
+            }
         }
     }
 }

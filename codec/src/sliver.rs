@@ -86,6 +86,8 @@ pub struct ExpandedSliver {
     pub leaves: Vec<Digest>,
     /// The Merkle root over `leaves`.
     pub root: Digest,
+    /// Every level of the tree above the leaves, kept so that a proof costs no hashing.
+    levels: Vec<Vec<Digest>>,
 }
 
 /// Reusable working space for sliver verification.
@@ -229,7 +231,8 @@ impl ExpandedSliver {
             &mut leaves,
             &mut scratch.hash,
         );
-        let root = root_of_leaf_hashes(&leaves, &mut scratch.hash);
+        let levels = merkle::levels(&leaves, &mut scratch.hash);
+        let root = levels.last().map_or(leaves[0], |top| top[0]);
         if root != *kind.expected_hash(metadata, index) {
             return Err(SliverError::HashMismatch { kind, index });
         }
@@ -240,6 +243,7 @@ impl ExpandedSliver {
             symbols,
             leaves,
             root,
+            levels,
         })
     }
 
@@ -250,6 +254,6 @@ impl ExpandedSliver {
 
     /// The Merkle proof of symbol `position` against this sliver's root.
     pub fn proof(&self, position: usize) -> MerkleProof {
-        merkle::proof(&self.leaves, position, &mut HashScratch::default())
+        merkle::proof_from_levels(&self.leaves, &self.levels, position)
     }
 }

@@ -33,4 +33,18 @@ impl<'a> DisjointWriter<'a> {
         // `data` cannot alias the target, which is exclusively borrowed by this writer.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) }
     }
+
+    /// The `len` bytes at `offset`, to be written in place.
+    ///
+    /// # Safety
+    /// No other thread may access an overlapping range while the returned slice lives.
+    // Handing out `&mut` from `&self` is the point: tasks share the writer and each takes its
+    // own disjoint run, which the `unsafe` contract states.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset + len <= self.len, "range within the slice");
+        // SAFETY: in bounds (asserted); exclusive for its lifetime (caller's contract); the
+        // underlying slice is mutably borrowed by this writer for 'a.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
+    }
 }

@@ -1,7 +1,11 @@
 //! Codec benchmarks, each beside its floor: the raw `reed-solomon-simd` work of the same
-//! encodes, and BLAKE2b streamed over the same bytes (the expanded matrix), in the same run.
+//! encodes, and BLAKE2b streamed over the same bytes (every encoded sliver), in the same run.
 //!
-//! Names are `{op}/n{n}/{size}/{threads}`, `threads` being `t1` (a one-thread pool: the
+//! `encode` allocates everything per blob, as a one-off caller (and Walrus's encoder) does;
+//! `encode_reused` keeps one `Encoder` (its 32 MB leaf matrix at n = 1000) across blobs, as a
+//! node does.
+//!
+//! Names are `n{n}/{size}/{op}/{threads}`, `threads` being `t1` (a one-thread pool: the
 //! single-core figure) or `tall` (all cores). Filter with criterion's usual argument, e.g.
 //! `cargo bench -p floe-benches --bench codec -- 'n1000/1MiB'`. The 1 GiB cases at n = 1000 run
 //! only with `FLOE_BENCH_LARGE=1` (they need about 6 GiB of memory and minutes).
@@ -10,7 +14,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use floe_codec::{
-    compute_metadata, decode_primary, encode, verify_sliver, EncodedBlob, EncodingConfig,
+    compute_metadata, decode_primary, encode, verify_sliver, EncodedBlob, Encoder, EncodingConfig,
     SliverKind, VerifyScratch,
 };
 use rayon::ThreadPool;
@@ -37,17 +41,19 @@ fn cases() -> Vec<(u16, usize, &'static str)> {
     cases
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so every run encodes the same blob.
+/// Deterministic pseudo-random bytes (xorshift, eight bytes per step), so every run encodes the
+/// same blob.
 fn blob(len: usize) -> Vec<u8> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 fn pools() -> Vec<(&'static str, ThreadPool)> {
@@ -99,8 +105,6 @@ fn bench_codec(c: &mut Criterion) {
         let encoded: EncodedBlob = encode(&config, &data).unwrap();
         let layout = *encoded.layout();
         let k_p = config.n_primary_source();
-        let expanded_bytes = config.n_shards() * config.n_shards() * layout.symbol_bytes;
-        let expanded = blob(expanded_bytes);
         let systematic: Vec<(usize, &[u8])> =
             (0..k_p).map(|i| (i, encoded.primary_sliver(i))).collect();
         // A fixed "random" choice of k_p slivers with as few systematic ones as n allows:
@@ -121,6 +125,10 @@ fn bench_codec(c: &mut Criterion) {
             }
             group.bench_function(BenchmarkId::new("encode", threads), |b| {
                 b.iter(|| pool.install(|| encode(&config, &data).unwrap()))
+            });
+            let mut encoder = Encoder::new(config);
+            group.bench_function(BenchmarkId::new("encode_reused", threads), |b| {
+                b.iter(|| pool.install(|| encoder.encode(&data).unwrap()))
             });
             group.bench_function(BenchmarkId::new("metadata", threads), |b| {
                 b.iter(|| pool.install(|| compute_metadata(&config, &data).unwrap()))
@@ -154,8 +162,18 @@ fn bench_codec(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("floor_rs", "t1"), |b| {
             b.iter(|| rs_floor(&config, &data, layout.symbol_bytes))
         });
+        // BLAKE2b streamed over every encoded byte (all primary and secondary slivers, about
+        // the n^2 * ss bytes of the expanded matrix), in one pass and one state.
         group.bench_function(BenchmarkId::new("floor_blake2b", "t1"), |b| {
-            b.iter(|| blake2b_simd::Params::new().hash_length(32).hash(&expanded))
+            b.iter(|| {
+                let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
+                for kind in [SliverKind::Primary, SliverKind::Secondary] {
+                    for index in 0..config.n_shards() {
+                        state.update(encoded.sliver(kind, index));
+                    }
+                }
+                state.finalize()
+            })
         });
         group.finish();
     }

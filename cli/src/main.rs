@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use floe_codec::{
     decode_metadata, decode_primary, decode_sliver, encode_metadata, encode_owned, encode_sliver,
-    BlobId, EncodingConfig, SliverKind, N_SHARDS_DEFAULT,
+    verify_sliver, BlobId, EncodingConfig, SliverKind, VerifyScratch, N_SHARDS_DEFAULT,
 };
 
 /// floe: an erasure-coded blob store for hot AI data, byte-compatible with Walrus's RS2.
@@ -170,14 +170,38 @@ fn decode_dir(dir: &Path) -> Result<Vec<u8>> {
     let blob_id: BlobId = String::from_utf8(read("blob-id")?)?.trim().parse()?;
     let metadata = decode_metadata(&read("metadata.bcs")?).context("metadata.bcs")?;
     metadata.verify(&blob_id, metadata.n_shards())?;
-    let mut slivers = Vec::new();
+    let layout = metadata.layout()?;
+    let k_p = layout.config.n_primary_source();
     let primary_dir = dir.join("primary");
-    for entry in
-        fs::read_dir(&primary_dir).with_context(|| format!("listing {}", primary_dir.display()))?
-    {
-        let path = entry?.path();
+    let mut paths: Vec<PathBuf> = fs::read_dir(&primary_dir)
+        .with_context(|| format!("listing {}", primary_dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.sort();
+    // Verify each sliver on its own, so that a corrupt file is named and skipped rather than
+    // failing the whole decode; stop once k_p good ones are in hand.
+    let mut slivers = Vec::new();
+    let mut scratch = VerifyScratch::default();
+    for path in paths {
+        if slivers.len() == k_p {
+            break;
+        }
         let body = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        match decode_sliver(SliverKind::Primary, &body) {
+        let checked = decode_sliver(SliverKind::Primary, &body)
+            .map_err(anyhow::Error::from)
+            .and_then(|sliver| {
+                verify_sliver(
+                    &metadata,
+                    &layout,
+                    SliverKind::Primary,
+                    sliver.index.into(),
+                    sliver.symbol_bytes.into(),
+                    &sliver.data,
+                    &mut scratch,
+                )?;
+                Ok(sliver)
+            });
+        match checked {
             Ok(sliver) => slivers.push(sliver),
             Err(err) => eprintln!("skipping {}: {err}", path.display()),
         }

@@ -16,7 +16,7 @@ use crate::config::BlobLayout;
 use crate::encode::compute_metadata;
 use crate::error::{DecodeError, SliverError};
 use crate::metadata::{BlobId, BlobMetadata};
-use crate::rs::{RsDecoder, CODEWORDS_PER_BATCH, PACK_BELOW_SYMBOL_BYTES};
+use crate::rs::{RsDecoder, CODEWORDS_PER_BATCH, DECODE_PACK_BELOW_SYMBOL_BYTES};
 use crate::sliver::{verify_sliver, SliverKind, VerifyScratch};
 use crate::util::DisjointWriter;
 
@@ -137,7 +137,7 @@ pub fn verify_blob(blob: &[u8], blob_id: &BlobId, n_shards: usize) -> Result<(),
 
 /// Codewords one decoding task takes: a packed batch for short symbols, else one.
 fn columns_per_task(symbol_bytes: usize) -> usize {
-    if symbol_bytes < PACK_BELOW_SYMBOL_BYTES {
+    if symbol_bytes < DECODE_PACK_BELOW_SYMBOL_BYTES {
         CODEWORDS_PER_BATCH
     } else {
         1

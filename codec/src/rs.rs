@@ -14,6 +14,12 @@ pub const CODEWORDS_PER_BATCH: usize = 32;
 /// padding, which packing removes.
 pub(crate) const PACK_BELOW_SYMBOL_BYTES: usize = 64;
 
+/// Decoding packs longer symbols too. Why: every decode call first computes the erasure
+/// locator over the whole field (a 65536-point transform, about a millisecond), the same for
+/// every codeword that lost the same positions; packing pays it once per batch. Above this size
+/// the per-call data work dominates and packing's byte shuffling would cost more than it saves.
+pub(crate) const DECODE_PACK_BELOW_SYMBOL_BYTES: usize = 512;
+
 /// A reusable encoder: `k` source symbols to `n` symbols.
 #[derive(Default)]
 pub struct RsEncoder {
@@ -29,14 +35,29 @@ fn packed_low_at(element: usize) -> usize {
     64 * (element / 32) + element % 32
 }
 
-/// Copies one short symbol (`ss < 64` bytes, so all of it a "tail" that `reed-solomon-simd` lays
-/// out as `ss/2` low bytes then `ss/2` high bytes) into codeword slot `slot` of a packed shard.
+/// Byte positions (low, high) of GF(2^16) element `element` within one symbol of
+/// `symbol_bytes`, in `reed-solomon-simd`'s layout: whole 64-byte chunks hold 32 low bytes then
+/// the 32 high bytes; a final partial chunk of `t` bytes holds `t/2` low bytes then `t/2` high.
+fn element_at(element: usize, symbol_bytes: usize) -> (usize, usize) {
+    let whole = symbol_bytes / 64 * 32;
+    if element < whole {
+        let at = 64 * (element / 32) + element % 32;
+        (at, at + 32)
+    } else {
+        let tail_half = (symbol_bytes % 64) / 2;
+        let at = 64 * (whole / 32) + (element - whole);
+        (at, at + tail_half)
+    }
+}
+
+/// Copies one symbol's elements into codeword slot `slot` of a packed shard.
 fn pack_symbol(symbol: &[u8], slot: usize, shard: &mut [u8]) {
     let half = symbol.len() / 2;
     for e in 0..half {
+        let (lo, hi) = element_at(e, symbol.len());
         let at = packed_low_at(slot * half + e);
-        shard[at] = symbol[e];
-        shard[at + 32] = symbol[half + e];
+        shard[at] = symbol[lo];
+        shard[at + 32] = symbol[hi];
     }
 }
 
@@ -44,9 +65,10 @@ fn pack_symbol(symbol: &[u8], slot: usize, shard: &mut [u8]) {
 fn unpack_symbol(shard: &[u8], slot: usize, symbol: &mut [u8]) {
     let half = symbol.len() / 2;
     for e in 0..half {
+        let (lo, hi) = element_at(e, symbol.len());
         let at = packed_low_at(slot * half + e);
-        symbol[e] = shard[at];
-        symbol[half + e] = shard[at + 32];
+        symbol[lo] = shard[at];
+        symbol[hi] = shard[at + 32];
     }
 }
 
@@ -207,7 +229,7 @@ impl RsDecoder {
         outs: &mut [&mut [u8]],
     ) {
         assert!(outs.len() <= CODEWORDS_PER_BATCH);
-        if symbol_bytes >= PACK_BELOW_SYMBOL_BYTES || outs.len() == 1 {
+        if symbol_bytes >= DECODE_PACK_BELOW_SYMBOL_BYTES || outs.len() == 1 {
             for (codeword, out) in outs.iter_mut().enumerate() {
                 let symbols = present
                     .iter()
@@ -249,7 +271,7 @@ mod tests {
 
     #[test]
     fn packed_encoding_equals_one_codeword_at_a_time() {
-        for symbol_bytes in [2, 4, 6, 30, 62, 64, 66] {
+        for symbol_bytes in [2, 4, 6, 30, 62, 64, 66, 128, 152, 510] {
             for n_codewords in [1, 2, 5, 32] {
                 let (k, n) = (5, 13);
                 let sources: Vec<Vec<u8>> = (0..n_codewords)

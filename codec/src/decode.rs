@@ -16,7 +16,7 @@ use crate::config::BlobLayout;
 use crate::encode::compute_metadata;
 use crate::error::{DecodeError, SliverError};
 use crate::metadata::{BlobId, BlobMetadata};
-use crate::rs::{RsDecoder, CODEWORDS_PER_BATCH, DECODE_PACK_BELOW_SYMBOL_BYTES};
+use crate::rs::{slot_unit, RsDecoder, CODEWORDS_PER_BATCH, DECODE_PACK_BELOW_SYMBOL_BYTES};
 use crate::sliver::{verify_sliver, SliverKind, VerifyScratch};
 use crate::util::DisjointWriter;
 
@@ -135,13 +135,21 @@ pub fn verify_blob(blob: &[u8], blob_id: &BlobId, n_shards: usize) -> Result<(),
     Ok(())
 }
 
-/// Codewords one decoding task takes: a packed batch for short symbols, else one.
+/// Bytes of a packed shard a decoding task aims at. Why: large enough to pay the per-call
+/// erasure locator once for many codewords, small enough that a task's packed copy (n shards)
+/// stays within tens of megabytes at n = 1000.
+const DECODE_PACKED_SHARD_BYTES_MAX: usize = 32 * 1024;
+
+/// Codewords one decoding task takes: a packed batch when symbols are short enough, else one.
 fn columns_per_task(symbol_bytes: usize) -> usize {
-    if symbol_bytes < DECODE_PACK_BELOW_SYMBOL_BYTES {
-        CODEWORDS_PER_BATCH
-    } else {
-        1
+    let unit = slot_unit(symbol_bytes);
+    if symbol_bytes >= DECODE_PACK_BELOW_SYMBOL_BYTES
+        || unit * symbol_bytes > DECODE_PACKED_SHARD_BYTES_MAX
+    {
+        return 1;
     }
+    let fitting = DECODE_PACKED_SHARD_BYTES_MAX / symbol_bytes / unit * unit;
+    fitting.clamp(unit, CODEWORDS_PER_BATCH)
 }
 
 /// Picks `needed` distinct, well-shaped slivers, systematic ones first.

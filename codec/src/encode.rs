@@ -23,7 +23,7 @@ use crate::error::ConfigError;
 use crate::hash::{leaf_hashes, Digest, HashScratch};
 use crate::merkle::{root_in_place, root_of_leaf_hashes};
 use crate::metadata::{BlobId, BlobMetadata, SliverPairHashes};
-use crate::rs::{RsEncoder, CODEWORDS_PER_BATCH, PACK_BELOW_SYMBOL_BYTES};
+use crate::rs::{RsEncoder, CODEWORDS_PER_BATCH, ENCODE_PACK_BELOW_SYMBOL_BYTES};
 use crate::sliver::{Sliver, SliverKind};
 use crate::util::DisjointWriter;
 
@@ -34,6 +34,10 @@ const ROWS_PER_ROOT_TASK: usize = 16;
 /// Rows or columns one encoding task takes when symbols are long. Why: eight columns of
 /// symbols of a few hundred bytes fit in L2 while turning the scatter into runs of kilobytes.
 const LONG_SYMBOLS_PER_TASK_MAX: usize = 8;
+
+/// Fewest leaves hashed per call in step 2. Why: eight lanes of the BLAKE2b kernel, eight
+/// times over, so that a column of n = 10 does not leave most lanes idle.
+const LEAVES_PER_HASH_BATCH_MIN: usize = 64;
 
 /// A blob encoded into `n` sliver pairs, with its metadata and blob ID.
 pub struct EncodedBlob {
@@ -173,6 +177,21 @@ impl Encoder {
     }
 }
 
+/// Rows (step 1) or columns (step 2) one task takes.
+///
+/// Several per task, so that the transposed writes land as contiguous runs rather than one
+/// symbol per cache line, and so that symbols packed for Reed-Solomon (see
+/// `RsEncoder::encode_many`) fill whole packed shards: for short symbols a task takes a whole
+/// packed batch (at most 32 * n * 64 bytes of columns: 2 MiB at n = 1000). Long symbols are not
+/// packed; a task then takes few enough that small n still spreads over the pool.
+pub(crate) fn codewords_per_task(n: usize, symbol_bytes: usize) -> usize {
+    if symbol_bytes < ENCODE_PACK_BELOW_SYMBOL_BYTES {
+        CODEWORDS_PER_BATCH
+    } else {
+        (n / (2 * rayon::current_num_threads())).clamp(1, LONG_SYMBOLS_PER_TASK_MAX)
+    }
+}
+
 /// The three steps of the module docs. `primary` holds the blob; it is resized to the primary
 /// slivers (all `n` when `keep_slivers`, else only the `k_p` systematic ones).
 fn run(
@@ -192,15 +211,7 @@ fn run(
     primary.resize(n_primary_rows * primary_bytes, 0);
     let mut secondary = vec![0u8; n * secondary_bytes];
 
-    // A task takes several rows (step 1) or columns (step 2), so that its transposed writes
-    // land as contiguous runs instead of one symbol per cache line. Short symbols also share
-    // their Reed-Solomon calls (see `RsEncoder::encode_many`). Long symbols take fewer per task
-    // so that small n still spreads over the pool.
-    let per_task = if ss < PACK_BELOW_SYMBOL_BYTES {
-        CODEWORDS_PER_BATCH
-    } else {
-        (n / (4 * rayon::current_num_threads())).clamp(1, LONG_SYMBOLS_PER_TASK_MAX)
-    };
+    let per_task = codewords_per_task(n, ss);
 
     // Step 1: extend the source rows; scatter all n symbols of row r into secondary slivers.
     let (source, extension) = primary.split_at_mut(k_p * primary_bytes);
@@ -278,15 +289,20 @@ fn run(
                             }
                         }
                     }
-                    let mut roots = Vec::with_capacity(sources.len());
-                    for (column_symbols, column_leaves) in expanded
-                        .chunks_exact(column_bytes)
-                        .zip(task_leaves.chunks_exact_mut(n))
+                    // Leaves in batches of whole columns, at least LEAVES_PER_HASH_BATCH_MIN so that
+                    // small n still fills the SIMD lanes, and no more than needed so that the
+                    // message slots stay in L2.
+                    let columns_per_batch = LEAVES_PER_HASH_BATCH_MIN.div_ceil(n);
+                    for (symbols, leaves) in expanded
+                        .chunks(columns_per_batch * column_bytes)
+                        .zip(task_leaves.chunks_mut(columns_per_batch * n))
                     {
-                        leaf_hashes(column_symbols, ss, column_leaves, scratch);
-                        roots.push(root_of_leaf_hashes(column_leaves, scratch));
+                        leaf_hashes(symbols, ss, leaves, scratch);
                     }
-                    roots
+                    task_leaves
+                        .chunks_exact(n)
+                        .map(|column_leaves| root_of_leaf_hashes(column_leaves, scratch))
+                        .collect::<Vec<_>>()
                 },
             )
             .flatten_iter()

@@ -6,19 +6,20 @@
 
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
-/// Codewords that [`RsEncoder::encode_many`] packs into one call when symbols are small.
+/// Most codewords packed into one call (see [`RsEncoder::encode_many`]).
 pub const CODEWORDS_PER_BATCH: usize = 32;
 
-/// Symbols at least this long are encoded one codeword per call. Why: `reed-solomon-simd` works
-/// on 64-byte chunks (32 GF(2^16) elements); a shorter symbol would leave most of every chunk as
-/// padding, which packing removes.
-pub(crate) const PACK_BELOW_SYMBOL_BYTES: usize = 64;
+/// Encoding packs symbols shorter than this. Why: `reed-solomon-simd` works on 64-byte chunks
+/// (32 GF(2^16) elements) and pads a symbol's last chunk; packing several codewords into one
+/// shard removes that padding (a 2-byte symbol is 97% padding) and the per-call overhead.
+/// Measured: for a 152-byte symbol (32 MiB at n = 1000), whose padding is 21%, packing's extra
+/// copies cost as much as they save, so only sub-chunk symbols are packed.
+pub(crate) const ENCODE_PACK_BELOW_SYMBOL_BYTES: usize = 64;
 
 /// Decoding packs longer symbols too. Why: every decode call first computes the erasure
 /// locator over the whole field (a 65536-point transform, about a millisecond), the same for
-/// every codeword that lost the same positions; packing pays it once per batch. Above this size
-/// the per-call data work dominates and packing's byte shuffling would cost more than it saves.
-pub(crate) const DECODE_PACK_BELOW_SYMBOL_BYTES: usize = 512;
+/// every codeword that lost the same positions; packing pays it once per batch.
+pub(crate) const DECODE_PACK_BELOW_SYMBOL_BYTES: usize = 4096;
 
 /// A reusable encoder: `k` source symbols to `n` symbols.
 #[derive(Default)]
@@ -28,48 +29,102 @@ pub struct RsEncoder {
     unpacked: Vec<u8>,
 }
 
-/// Position, in a packed shard, of the low byte of element `element` (the high byte is 32
-/// further). This is `reed-solomon-simd`'s layout of whole 64-byte chunks: 32 low bytes, then
-/// the 32 high bytes of the same elements.
+/// The smallest number of codeword slots, at least `count`, whose packed shard is a whole
+/// number of 64-byte chunks (`slots * symbol_bytes % 64 == 0`), so that the packed shard has no
+/// tail of its own. At most [`CODEWORDS_PER_BATCH`], which always qualifies for even symbols.
+pub(crate) fn packed_slots(count: usize, symbol_bytes: usize) -> usize {
+    assert!(count <= CODEWORDS_PER_BATCH && symbol_bytes.is_multiple_of(2));
+    count.next_multiple_of(slot_unit(symbol_bytes))
+}
+
+/// Codeword slots come in multiples of this for `symbol_bytes`: `32 / gcd(ss / 2, 32)`.
+pub(crate) fn slot_unit(symbol_bytes: usize) -> usize {
+    let half = symbol_bytes / 2;
+    let mut gcd = (half, CODEWORDS_PER_BATCH);
+    while gcd.1 != 0 {
+        gcd = (gcd.1, gcd.0 % gcd.1);
+    }
+    CODEWORDS_PER_BATCH / gcd.0
+}
+
+/// Calls `copy(symbol_at, shard_at, len)` for the runs of bytes that move between one symbol of
+/// `symbol_bytes` and codeword slot `slot` of a packed shard.
+///
+/// `reed-solomon-simd` reads a shard as GF(2^16) elements: each whole 64-byte chunk holds the
+/// low bytes of 32 elements then their high bytes, and a final partial chunk of `t` bytes holds
+/// `t/2` low bytes then `t/2` high bytes. The code works element by element, so interleaving
+/// several codewords' elements into one wider shard (slot `s` takes packed elements
+/// `s * ss/2 ..`) encodes each codeword exactly as alone. Runs of consecutive elements stay
+/// consecutive on both sides except where a packed chunk ends, so a symbol moves in a handful of
+/// `memcpy`s.
+fn for_each_run(symbol_bytes: usize, slot: usize, mut copy: impl FnMut(usize, usize, usize)) {
+    let half = symbol_bytes / 2;
+    let whole_chunks = symbol_bytes / 64;
+    let tail_half = (symbol_bytes % 64) / 2;
+    // (first element, position of its low byte, distance to its high byte, elements)
+    let chunk_runs = (0..whole_chunks).map(|j| (32 * j, 64 * j, 32, 32));
+    let tail_run =
+        (tail_half > 0).then_some((32 * whole_chunks, 64 * whole_chunks, tail_half, tail_half));
+    for (first, low_at, high_offset, count) in chunk_runs.chain(tail_run) {
+        let mut done = 0;
+        while done < count {
+            let element = slot * half + first + done;
+            let lane = element % 32;
+            let len = (count - done).min(32 - lane);
+            let shard_low = 64 * (element / 32) + lane;
+            copy(low_at + done, shard_low, len);
+            copy(low_at + high_offset + done, shard_low + 32, len);
+            done += len;
+        }
+    }
+}
+
+/// Position, in a packed shard, of the low byte of packed element `element` (its high byte is
+/// 32 further): whole 64-byte chunks of 32 low bytes, then the 32 high bytes.
 fn packed_low_at(element: usize) -> usize {
     64 * (element / 32) + element % 32
 }
 
-/// Byte positions (low, high) of GF(2^16) element `element` within one symbol of
-/// `symbol_bytes`, in `reed-solomon-simd`'s layout: whole 64-byte chunks hold 32 low bytes then
-/// the 32 high bytes; a final partial chunk of `t` bytes holds `t/2` low bytes then `t/2` high.
-fn element_at(element: usize, symbol_bytes: usize) -> (usize, usize) {
-    let whole = symbol_bytes / 64 * 32;
-    if element < whole {
-        let at = 64 * (element / 32) + element % 32;
-        (at, at + 32)
-    } else {
-        let tail_half = (symbol_bytes % 64) / 2;
-        let at = 64 * (whole / 32) + (element - whole);
-        (at, at + tail_half)
+/// Copies one symbol into codeword slot `slot` of a packed shard.
+fn pack_symbol(symbol: &[u8], slot: usize, shard: &mut [u8]) {
+    if symbol.len() < 64 {
+        // One partial chunk: `half` low bytes then `half` high bytes, element by element.
+        let half = symbol.len() / 2;
+        for e in 0..half {
+            let at = packed_low_at(slot * half + e);
+            shard[at] = symbol[e];
+            shard[at + 32] = symbol[half + e];
+        }
+        return;
     }
+    for_each_run(symbol.len(), slot, |from, to, len| {
+        copy_run(&symbol[from..from + len], &mut shard[to..to + len])
+    });
 }
 
-/// Copies one symbol's elements into codeword slot `slot` of a packed shard.
-fn pack_symbol(symbol: &[u8], slot: usize, shard: &mut [u8]) {
-    let half = symbol.len() / 2;
-    for e in 0..half {
-        let (lo, hi) = element_at(e, symbol.len());
-        let at = packed_low_at(slot * half + e);
-        shard[at] = symbol[lo];
-        shard[at + 32] = symbol[hi];
+/// Copies a run of at most 32 bytes. Why a loop: runs are short (often one or two bytes), and
+/// a `memcpy` call per run costs more than the copy.
+#[inline(always)]
+fn copy_run(from: &[u8], to: &mut [u8]) {
+    for (to, from) in to.iter_mut().zip(from) {
+        *to = *from;
     }
 }
 
 /// The inverse of [`pack_symbol`].
 fn unpack_symbol(shard: &[u8], slot: usize, symbol: &mut [u8]) {
-    let half = symbol.len() / 2;
-    for e in 0..half {
-        let (lo, hi) = element_at(e, symbol.len());
-        let at = packed_low_at(slot * half + e);
-        symbol[lo] = shard[at];
-        symbol[hi] = shard[at + 32];
+    if symbol.len() < 64 {
+        let half = symbol.len() / 2;
+        for e in 0..half {
+            let at = packed_low_at(slot * half + e);
+            symbol[e] = shard[at];
+            symbol[half + e] = shard[at + 32];
+        }
+        return;
     }
+    for_each_run(symbol.len(), slot, |to, from, len| {
+        copy_run(&shard[from..from + len], &mut symbol[to..to + len])
+    });
 }
 
 impl RsEncoder {
@@ -113,9 +168,8 @@ impl RsEncoder {
 
 impl RsEncoder {
     /// Encodes several codewords of the same shape and calls `sink(codeword, i, symbol)` for
-    /// each recovery symbol. Short symbols of up to [`CODEWORDS_PER_BATCH`] codewords share one
-    /// encode: the code works element by element, so interleaving the codewords' GF(2^16)
-    /// elements into one wider shard gives each codeword exactly its own recovery symbols.
+    /// each recovery symbol. Up to [`CODEWORDS_PER_BATCH`] codewords of short symbols share one
+    /// encode, packed element by element (see `for_each_run`).
     pub fn encode_many(
         &mut self,
         n_source: usize,
@@ -125,7 +179,7 @@ impl RsEncoder {
         mut sink: impl FnMut(usize, usize, &[u8]),
     ) {
         assert!(sources.len() <= CODEWORDS_PER_BATCH);
-        if symbol_bytes >= PACK_BELOW_SYMBOL_BYTES || sources.len() == 1 {
+        if symbol_bytes >= ENCODE_PACK_BELOW_SYMBOL_BYTES || sources.len() == 1 {
             for (codeword, source) in sources.iter().enumerate() {
                 self.encode(n_source, n_total, symbol_bytes, source, |i, symbol| {
                     sink(codeword, i, symbol)
@@ -133,9 +187,7 @@ impl RsEncoder {
             }
             return;
         }
-        // INV: symbol_bytes is even, so CODEWORDS_PER_BATCH * symbol_bytes is a whole number of
-        // 64-byte chunks and the packed shard has no tail of its own.
-        let shard_bytes = CODEWORDS_PER_BATCH * symbol_bytes;
+        let shard_bytes = packed_slots(sources.len(), symbol_bytes) * symbol_bytes;
         let mut packed = std::mem::take(&mut self.packed);
         packed.resize(n_source * shard_bytes, 0);
         for (codeword, source) in sources.iter().enumerate() {
@@ -239,7 +291,7 @@ impl RsDecoder {
             }
             return;
         }
-        let shard_bytes = CODEWORDS_PER_BATCH * symbol_bytes;
+        let shard_bytes = packed_slots(outs.len(), symbol_bytes) * symbol_bytes;
         let mut packed = std::mem::take(&mut self.packed);
         packed.resize(present.len() * shard_bytes, 0);
         for (i, shard) in packed.chunks_exact_mut(shard_bytes).enumerate() {
@@ -271,8 +323,8 @@ mod tests {
 
     #[test]
     fn packed_encoding_equals_one_codeword_at_a_time() {
-        for symbol_bytes in [2, 4, 6, 30, 62, 64, 66, 128, 152, 510] {
-            for n_codewords in [1, 2, 5, 32] {
+        for symbol_bytes in [2, 4, 6, 30, 62, 64, 66, 128, 152, 510, 1000] {
+            for n_codewords in [1, 2, 5, 8, 32] {
                 let (k, n) = (5, 13);
                 let sources: Vec<Vec<u8>> = (0..n_codewords)
                     .map(|c| {

@@ -33,6 +33,8 @@ const IV: [u64; 8] = [
     0x5be0cd19137e2179,
 ];
 
+/// The message schedule; the rounds in `hash8` spell these rows out literally.
+#[cfg(test)]
 const SIGMA: [[usize; 16]; 12] = [
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
     [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3],
@@ -135,19 +137,37 @@ pub unsafe fn hash8(
         if last {
             v[14] = _mm512_xor_si512(v[14], _mm512_set1_epi64(-1));
         }
-        for s in &SIGMA {
-            // SAFETY: register arithmetic under this function's target feature.
-            unsafe {
-                g(&mut v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
-                g(&mut v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
-                g(&mut v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
-                g(&mut v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
-                g(&mut v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
-                g(&mut v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
-                g(&mut v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
-                g(&mut v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
-            }
+        // The twelve rounds fully unrolled with literal message indices (SIGMA), so that the
+        // message words are plain register or stack operands: no index loads or address
+        // arithmetic competing with the vector ports.
+        macro_rules! round {
+            ($($s:literal),*) => {{
+                let s = [$($s),*];
+                // SAFETY: register arithmetic under this function's target feature.
+                unsafe {
+                    g(&mut v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
+                    g(&mut v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
+                    g(&mut v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
+                    g(&mut v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
+                    g(&mut v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
+                    g(&mut v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
+                    g(&mut v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
+                    g(&mut v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
+                }
+            }};
         }
+        round!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        round!(14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3);
+        round!(11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4);
+        round!(7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8);
+        round!(9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13);
+        round!(2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9);
+        round!(12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11);
+        round!(13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10);
+        round!(6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5);
+        round!(10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0);
+        round!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        round!(14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3);
         for i in 0..8 {
             h[i] = _mm512_xor_si512(h[i], _mm512_xor_si512(v[i], v[i + 8]));
         }
@@ -161,5 +181,22 @@ pub unsafe fn hash8(
         for (i, row) in words.iter().enumerate() {
             digest[i * 8..(i + 1) * 8].copy_from_slice(&row[lane].to_le_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SIGMA;
+
+    #[test]
+    fn unrolled_rounds_spell_out_sigma() {
+        let source = include_str!("blake2b_x8.rs");
+        let rounds: Vec<Vec<usize>> = source
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("round!(")?.strip_suffix(");"))
+            .map(|args| args.split(", ").map(|a| a.parse().unwrap()).collect())
+            .collect();
+        let expected: Vec<Vec<usize>> = SIGMA.iter().map(|row| row.to_vec()).collect();
+        assert_eq!(rounds, expected);
     }
 }

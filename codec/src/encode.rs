@@ -313,30 +313,19 @@ fn run(
     let row_roots: Vec<Digest> = (0..n.div_ceil(ROWS_PER_ROOT_TASK))
         .into_par_iter()
         .map_init(
-            || {
-                (
-                    HashScratch::default(),
-                    Vec::<Digest>::new(),
-                    Vec::<Digest>::new(),
-                )
-            },
-            |(scratch, gathered, level), block| {
+            || (HashScratch::default(), Vec::<Digest>::new()),
+            |(scratch, gathered), block| {
                 let rows = block * ROWS_PER_ROOT_TASK..((block + 1) * ROWS_PER_ROOT_TASK).min(n);
-                let n_rows = rows.len();
                 // gathered[r * n + c] = leaf (rows.start + r, c).
-                gathered.resize(n_rows * n, [0; 32]);
+                gathered.resize(rows.len() * n, [0; 32]);
                 for (c, column_leaves) in leaves.chunks_exact(n).enumerate() {
                     for (r, leaf) in column_leaves[rows.clone()].iter().enumerate() {
                         gathered[r * n + c] = *leaf;
                     }
                 }
                 gathered
-                    .chunks_exact(n)
-                    .map(|row_leaves| {
-                        level.clear();
-                        level.extend_from_slice(row_leaves);
-                        root_in_place(level, scratch)
-                    })
+                    .chunks_exact_mut(n)
+                    .map(|row_leaves| root_in_place(row_leaves, scratch))
                     .collect::<Vec<_>>()
             },
         )

@@ -20,6 +20,9 @@ pub const LEAF_PREFIX: u8 = 0x00;
 /// Prefix of an inner Merkle node: `H(0x01 || left || right)`.
 pub const INNER_PREFIX: u8 = 0x01;
 
+/// Symbols up to this size are copied into leaf messages byte by byte rather than by `memcpy`.
+const SHORT_COPY_BYTES_MAX: usize = 16;
+
 /// Bytes of a BLAKE2b block: a slot is a whole number of blocks.
 const BLOCK_BYTES: usize = 128;
 
@@ -183,7 +186,14 @@ pub fn leaf_hashes(
     for (i, symbol) in symbols.chunks_exact(symbol_bytes).enumerate() {
         let message = slots.message_mut(i);
         message[0] = LEAF_PREFIX;
-        message[1..].copy_from_slice(symbol);
+        if symbol_bytes <= SHORT_COPY_BYTES_MAX {
+            // A byte loop: for tiny symbols a `memcpy` call per leaf costs more than the copy.
+            for (to, from) in message[1..].iter_mut().zip(symbol) {
+                *to = *from;
+            }
+        } else {
+            message[1..].copy_from_slice(symbol);
+        }
     }
     slots.hash_into(out);
 }

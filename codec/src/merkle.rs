@@ -10,20 +10,20 @@ pub const EMPTY_NODE: Digest = [0u8; 32];
 /// Bytes of the input of an inner hash: prefix, left, right.
 const INNER_INPUT_BYTES: usize = 1 + 2 * 32;
 
-/// Replaces `level` (leaf hashes) by the next levels in turn and returns the root.
-///
-/// `level` is consumed as working space. An empty tree has the empty node as root.
-pub fn root_in_place(level: &mut Vec<Digest>, scratch: &mut HashScratch) -> Digest {
+/// Computes the root over `level` (leaf hashes), using the slice itself as working space: each
+/// level's parents overwrite the front of the slice. An empty tree has the empty node as root.
+pub fn root_in_place(level: &mut [Digest], scratch: &mut HashScratch) -> Digest {
     if level.is_empty() {
         return EMPTY_NODE;
     }
-    while level.len() > 1 {
-        next_level(level, scratch);
+    let mut len = level.len();
+    while len > 1 {
+        len = next_level(level, len, scratch);
     }
     level[0]
 }
 
-/// Merkle root over `leaves` (already leaf-hashed).
+/// Merkle root over `leaves` (already leaf-hashed), which are left as they are.
 pub fn root_of_leaf_hashes(leaves: &[Digest], scratch: &mut HashScratch) -> Digest {
     let mut level = std::mem::take(&mut scratch.digests);
     level.clear();
@@ -39,21 +39,30 @@ pub fn root_of_items<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Digest {
     root_in_place(&mut level, &mut HashScratch::default())
 }
 
-fn next_level(level: &mut Vec<Digest>, scratch: &mut HashScratch) {
-    if level.len() % 2 == 1 {
-        level.push(EMPTY_NODE);
-    }
-    let n_parents = level.len() / 2;
+/// Hashes the `len` nodes at the front of `level` pairwise (an odd last node pairs with the
+/// empty node) into the front of `level`; returns the number of parents.
+fn next_level(level: &mut [Digest], len: usize, scratch: &mut HashScratch) -> usize {
+    let n_parents = len.div_ceil(2);
     let slots = &mut scratch.inner;
     slots.prepare(n_parents, INNER_INPUT_BYTES);
-    for (i, pair) in level.chunks_exact(2).enumerate() {
-        let message = slots.message_mut(i);
+    for parent in 0..n_parents {
+        let left = &level[2 * parent];
+        let right = level
+            .get(2 * parent + 1)
+            .filter(|_| 2 * parent + 1 < len)
+            .unwrap_or(&EMPTY_NODE);
+        let message: &mut [u8; INNER_INPUT_BYTES] = slots
+            .message_mut(parent)
+            .try_into()
+            .expect("slots sized for inner nodes");
         message[0] = INNER_PREFIX;
-        message[1..33].copy_from_slice(&pair[0]);
-        message[33..].copy_from_slice(&pair[1]);
+        // Fixed-size copies: the compiler emits two 32-byte moves, no `memcpy` call.
+        *<&mut [u8; 32]>::try_from(&mut message[1..33]).expect("32 bytes") = *left;
+        *<&mut [u8; 32]>::try_from(&mut message[33..]).expect("32 bytes") = *right;
     }
-    level.truncate(n_parents);
-    slots.hash_into(level);
+    // Every child was copied into the slots above, so overwriting the front is safe.
+    slots.hash_into(&mut level[..n_parents]);
+    n_parents
 }
 
 /// A Merkle proof: the siblings from the leaf up to (not including) the root.
@@ -89,7 +98,9 @@ pub fn levels(leaves: &[Digest], scratch: &mut HashScratch) -> Vec<Vec<Digest>> 
     let mut levels: Vec<Vec<Digest>> = Vec::new();
     let mut level = leaves.to_vec();
     while level.len() > 1 {
-        next_level(&mut level, scratch);
+        let len = level.len();
+        let len = next_level(&mut level, len, scratch);
+        level.truncate(len);
         levels.push(level.clone());
     }
     levels
@@ -116,17 +127,7 @@ pub fn proof_from_levels(
 
 /// Builds the proof for `leaf_index` from all leaf hashes of the tree.
 pub fn proof(leaves: &[Digest], leaf_index: usize, scratch: &mut HashScratch) -> MerkleProof {
-    assert!(leaf_index < leaves.len(), "leaf index within the tree");
-    let mut level = leaves.to_vec();
-    let mut index = leaf_index;
-    let mut siblings = Vec::new();
-    while level.len() > 1 {
-        let sibling = level.get(index ^ 1).copied().unwrap_or(EMPTY_NODE);
-        siblings.push(sibling);
-        next_level(&mut level, scratch);
-        index /= 2;
-    }
-    MerkleProof { siblings }
+    proof_from_levels(leaves, &levels(leaves, scratch), leaf_index)
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use floe_codec::{
-    compute_metadata, decode_primary, encode, verify_sliver, EncodedBlob, Encoder, EncodingConfig,
-    SliverKind, VerifyScratch,
+    compute_metadata, decode_primary, decode_primary_verified, encode, verify_sliver, EncodedBlob,
+    Encoder, EncodingConfig, SliverKind, VerifyScratch,
 };
 use rayon::ThreadPool;
 use reed_solomon_simd::ReedSolomonEncoder;
@@ -136,6 +136,18 @@ fn bench_codec(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("decode_systematic", threads), |b| {
                 b.iter(|| pool.install(|| decode_primary(encoded.metadata(), &systematic).unwrap()))
             });
+            // As a reader does: each sliver verified on arrival, then decoded without a second
+            // check of the rows taken straight from them.
+            group.bench_function(
+                BenchmarkId::new("decode_systematic_verified", threads),
+                |b| {
+                    b.iter(|| {
+                        pool.install(|| {
+                            decode_primary_verified(encoded.metadata(), &systematic).unwrap()
+                        })
+                    })
+                },
+            );
             group.bench_function(BenchmarkId::new("decode_nonsystematic", threads), |b| {
                 b.iter(|| pool.install(|| decode_primary(encoded.metadata(), &others).unwrap()))
             });

@@ -25,7 +25,8 @@ WALRUS_S = {
     ("10", "1MiB", "encode"): 0.0058,
 }
 
-ORDER = ["encode", "encode_reused", "metadata", "decode_systematic", "decode_nonsystematic",
+ORDER = ["encode", "encode_reused", "metadata", "decode_systematic",
+         "decode_systematic_verified", "decode_nonsystematic",
          "verify_primary", "verify_secondary", "floor_rs", "floor_blake2b"]
 SIZE_ORDER = ["1KiB", "1MiB", "max1834952B", "32MiB", "128MiB", "1GiB"]
 

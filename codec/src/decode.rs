@@ -28,6 +28,25 @@ pub fn decode_primary(
     metadata: &BlobMetadata,
     slivers: &[(usize, &[u8])],
 ) -> Result<Vec<u8>, DecodeError> {
+    decode_primary_inner(metadata, slivers, false)
+}
+
+/// Like [`decode_primary`] for slivers the caller has already verified one by one against
+/// `metadata` ([`crate::verify_sliver`]), as a reader does when slivers arrive from peers: the
+/// systematic rows taken straight from those slivers are not checked a second time, so that
+/// decoding from the systematic slivers is a copy. Rows rebuilt by decoding are still checked.
+pub fn decode_primary_verified(
+    metadata: &BlobMetadata,
+    verified_slivers: &[(usize, &[u8])],
+) -> Result<Vec<u8>, DecodeError> {
+    decode_primary_inner(metadata, verified_slivers, true)
+}
+
+fn decode_primary_inner(
+    metadata: &BlobMetadata,
+    slivers: &[(usize, &[u8])],
+    inputs_verified: bool,
+) -> Result<Vec<u8>, DecodeError> {
     let layout = metadata.layout().map_err(SliverError::from)?;
     let config = layout.config;
     let (n, k_p, k_s, ss) = (
@@ -72,7 +91,11 @@ pub fn decode_primary(
             },
         );
     }
-    check_rows(metadata, &layout, &matrix)?;
+    // Rows that came straight from a verified sliver need no second check.
+    let trusted: Vec<bool> = (0..k_p)
+        .map(|row| inputs_verified && chosen.iter().any(|(index, _)| *index == row))
+        .collect();
+    check_rows(metadata, &layout, &matrix, &trusted)?;
     matrix.truncate(layout.blob_bytes as usize);
     Ok(matrix)
 }
@@ -118,7 +141,7 @@ pub fn decode_secondary(
                 decoder.decode_many(k_s, n, ss, &present, symbol, &mut outs);
             }
         });
-    check_rows(metadata, &layout, &matrix)?;
+    check_rows(metadata, &layout, &matrix, &[])?;
     matrix.truncate(layout.blob_bytes as usize);
     Ok(matrix)
 }
@@ -190,16 +213,22 @@ fn choose<'a>(
     Ok(chosen)
 }
 
-/// Checks every systematic row of the decoded matrix against the metadata.
+/// Checks every systematic row of the decoded matrix against the metadata, but those marked in
+/// `trusted`.
 fn check_rows(
     metadata: &BlobMetadata,
     layout: &BlobLayout,
     matrix: &[u8],
+    trusted: &[bool],
 ) -> Result<(), DecodeError> {
     let row_bytes = layout.primary_sliver_bytes();
-    matrix.par_chunks(row_bytes).enumerate().try_for_each_init(
-        VerifyScratch::default,
-        |scratch, (row_index, row)| {
+    let untrusted =
+        |(row_index, _): &(usize, &[u8])| !trusted.get(*row_index).copied().unwrap_or(false);
+    matrix
+        .par_chunks(row_bytes)
+        .enumerate()
+        .filter(untrusted)
+        .try_for_each_init(VerifyScratch::default, |scratch, (row_index, row)| {
             verify_sliver(
                 metadata,
                 layout,
@@ -210,6 +239,5 @@ fn check_rows(
                 scratch,
             )
             .map_err(|_| DecodeError::Inconsistent { row_index })
-        },
-    )
+        })
 }

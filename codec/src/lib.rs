@@ -47,7 +47,7 @@ pub use bcs::{
 pub use config::{
     BlobLayout, EncodingConfig, N_SHARDS_DEFAULT, N_SHARDS_MAX, N_SHARDS_MIN, SYMBOL_BYTES_MAX,
 };
-pub use decode::{decode_primary, decode_secondary, verify_blob};
+pub use decode::{decode_primary, decode_primary_verified, decode_secondary, verify_blob};
 pub use encode::{compute_metadata, encode, encode_owned, EncodedBlob, Encoder};
 pub use error::{
     BcsError, BlobIdParseError, ConfigError, DecodeError, MetadataError, RangeError, RecoveryError,

@@ -3,8 +3,9 @@
 //! Every test prints its seed; set `FLOE_TEST_SEED=<seed>` to replay a failure exactly.
 
 use floe_codec::{
-    decode_primary, decode_secondary, encode, recover_sliver, verify_blob, verify_sliver,
-    DecodeError, EncodedBlob, EncodingConfig, ExpandedSliver, SliverKind, VerifyScratch,
+    decode_primary, decode_primary_verified, decode_secondary, encode, recover_sliver, verify_blob,
+    verify_sliver, DecodeError, EncodedBlob, EncodingConfig, ExpandedSliver, SliverKind,
+    VerifyScratch,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -89,6 +90,10 @@ fn check_decodes(rng: &mut StdRng, n: u16, blob: &[u8], exhaustive: bool, random
         let decoded = decode_primary(metadata, &pick(&encoded, SliverKind::Primary, set))
             .unwrap_or_else(|e| panic!("n {n} len {} primary {set:?}: {e}", blob.len()));
         assert!(decoded == blob, "n {n} len {} primary {set:?}", blob.len());
+        let given = pick(&encoded, SliverKind::Primary, set);
+        let decoded = decode_primary_verified(metadata, &given)
+            .unwrap_or_else(|e| panic!("n {n} len {} verified {set:?}: {e}", blob.len()));
+        assert!(decoded == blob, "n {n} len {} verified {set:?}", blob.len());
     }
     let all: Vec<usize> = (0..n).collect();
     for _ in 0..random_subsets.max(1) {
@@ -209,6 +214,13 @@ fn any_single_flipped_bit_in_a_sliver_is_rejected() {
         match decode_primary(encoded.metadata(), &given) {
             Err(DecodeError::Inconsistent { .. }) => {}
             other => panic!("n {n}: corrupted sliver gave {:?}", other.map(|b| b.len())),
+        }
+        match decode_primary_verified(encoded.metadata(), &given) {
+            Err(DecodeError::Inconsistent { .. }) => {}
+            other => panic!(
+                "n {n}: corrupted sliver (as verified) gave {:?}",
+                other.map(|b| b.len())
+            ),
         }
     }
 }

@@ -22,6 +22,7 @@ WALRUS_S = {
     ("1000", "32MiB", "encode"): 1.14,
     ("1000", "32MiB", "decode_nonsystematic"): 0.68,
     ("1000", "32MiB", "decode_systematic"): 0.040,
+    ("1000", "32MiB", "decode_systematic_verified"): 0.040,
     ("10", "1MiB", "encode"): 0.0058,
 }
 

@@ -1,0 +1,512 @@
+//! The sliver store: an append-only log of checksummed records in segment files, with an
+//! in-memory index rebuilt at open.
+//!
+//! Writes are batched: [`Store::put`] appends a batch of records as one commit (one block-aligned
+//! write and one sync) and returns only once the commit is durable, so a caller that groups the
+//! slivers of many requests gets group commit. A failed commit is never acknowledged and its
+//! region is never reused, so it cannot tear a later one. Reads check the record's blake3
+//! checksum and key; a record that fails is reported, dropped from the index and returned as
+//! `Corrupt`, never served.
+//!
+//! Recovery ([`Store::open`]) scans every segment: records whose checksum holds are indexed (the
+//! highest sequence wins, tombstones shadow older records of their blob); a bad region followed
+//! by valid commits is corruption (reported, skipped); a bad region at the end of the last
+//! segment is the torn tail of a commit that was never acknowledged.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use thiserror::Error;
+
+use crate::device::{Dir, File};
+use crate::format::{
+    parse_segment_header, parse_segment_name, segment_header, segment_name, RecordHeader,
+    RecordKind, BLOCK_BYTES, RECORD_DATA_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_BYTES_MAX,
+    SEGMENT_HEADER_BYTES,
+};
+
+/// What a record is stored under. Ordered by blob first, so that a blob's records are a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub blob_id: [u8; 32],
+    /// `Metadata`, `Primary` or `Secondary`.
+    pub kind: RecordKind,
+    /// The shard the sliver belongs to (0 for metadata, which is kept once per node).
+    pub shard: u16,
+}
+
+/// One record to store.
+#[derive(Clone, Copy, Debug)]
+pub struct Put<'a> {
+    pub key: Key,
+    /// Last epoch the blob is stored for.
+    pub end_epoch: u32,
+    pub data: &'a [u8],
+}
+
+/// Errors of the store, each naming the operation.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("no space left on the data directory's disk while {op}; stored data stays readable")]
+    NoSpace { op: &'static str },
+    #[error("I/O error while {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("record of {kind:?} for shard {shard} failed its checksum and is treated as missing")]
+    Corrupt { kind: RecordKind, shard: u16 },
+    #[error("record of {bytes} bytes exceeds the limit of {max} bytes")]
+    TooLarge { bytes: usize, max: u32 },
+    #[error("a batch may not contain tombstones; use delete_blob")]
+    TombstoneInBatch,
+    #[error("segment {name} is unreadable: {why}")]
+    BadSegment { name: String, why: String },
+}
+
+fn io_error(op: &'static str) -> impl FnOnce(io::Error) -> StoreError {
+    move |source| {
+        if source.raw_os_error() == Some(28) {
+            StoreError::NoSpace { op }
+        } else {
+            StoreError::Io { op, source }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Location {
+    segment: u64,
+    offset: u64,
+    data_bytes: u32,
+    sequence: u64,
+    end_epoch: u32,
+}
+
+/// What [`Store::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub records: usize,
+    /// Regions that failed their checksums but were followed by valid commits: corruption.
+    pub corrupt_regions: Vec<(u64, u64)>,
+    /// Bytes after the last valid record of the last segment: an unacknowledged torn commit.
+    pub torn_tail_bytes: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    pub commits: u64,
+    pub records_written: u64,
+    pub bytes_written: u64,
+    pub corrupt_records: u64,
+    pub failed_commits: u64,
+}
+
+/// The store of one data directory.
+pub struct Store<D: Dir> {
+    dir: D,
+    files: BTreeMap<u64, D::File>,
+    active: u64,
+    write_offset: u64,
+    next_sequence: u64,
+    index: BTreeMap<Key, Location>,
+    counters: StoreCounters,
+    /// Found at recovery: keys whose newest record failed its checksum, with its sequence.
+    corrupt_keys: Vec<(Key, u64)>,
+}
+
+fn align_up(value: u64) -> u64 {
+    value.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64
+}
+
+impl<D: Dir> Store<D> {
+    /// Opens the store in `dir`, creating the first segment if there is none, and rebuilds the
+    /// index from the segments.
+    pub async fn open(dir: D) -> Result<(Self, RecoveryReport), StoreError> {
+        let mut ids: Vec<u64> = dir
+            .list()
+            .await
+            .map_err(io_error("listing the data directory"))?
+            .iter()
+            .filter_map(|name| parse_segment_name(name))
+            .collect();
+        ids.sort_unstable();
+        let mut store = Self {
+            dir,
+            files: BTreeMap::new(),
+            active: 0,
+            write_offset: 0,
+            next_sequence: 1,
+            index: BTreeMap::new(),
+            counters: StoreCounters::default(),
+            corrupt_keys: Vec::new(),
+        };
+        let mut report = RecoveryReport::default();
+        let mut tombstones: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let last = i + 1 == ids.len();
+            let file = store
+                .dir
+                .open(&segment_name(id))
+                .await
+                .map_err(io_error("opening a segment"))?;
+            let len = file
+                .size_bytes()
+                .await
+                .map_err(io_error("sizing a segment"))?;
+            let bytes = file
+                .read_at(0, len as usize)
+                .await
+                .map_err(io_error("reading a segment"))?;
+            match parse_segment_header(&bytes) {
+                Ok(found) if found == id => {}
+                // The newest segment may have been created but never synced: nothing in it was
+                // acknowledged, so it is replaced.
+                _ if last && len <= SEGMENT_HEADER_BYTES as u64 => {
+                    store
+                        .dir
+                        .remove(&segment_name(id))
+                        .await
+                        .map_err(io_error("removing a torn segment"))?;
+                    continue;
+                }
+                Ok(found) => {
+                    return Err(StoreError::BadSegment {
+                        name: segment_name(id),
+                        why: format!("header names segment {found}"),
+                    })
+                }
+                Err(why) => {
+                    return Err(StoreError::BadSegment {
+                        name: segment_name(id),
+                        why,
+                    })
+                }
+            }
+            let end = store.scan(id, &bytes, last, &mut report, &mut tombstones);
+            report.segments += 1;
+            store.files.insert(id, file);
+            if last {
+                store.active = id;
+                store.write_offset = align_up(end);
+            }
+        }
+        store.index.retain(|key, location| {
+            tombstones
+                .get(&key.blob_id)
+                .is_none_or(|&deleted| deleted < location.sequence)
+        });
+        if store.files.is_empty() {
+            store.roll(1).await?;
+        }
+        Ok((store, report))
+    }
+
+    /// Indexes the valid records of one segment; returns the end of its last valid record.
+    fn scan(
+        &mut self,
+        id: u64,
+        bytes: &[u8],
+        last: bool,
+        report: &mut RecoveryReport,
+        tombstones: &mut BTreeMap<[u8; 32], u64>,
+    ) -> u64 {
+        let mut offset = SEGMENT_HEADER_BYTES;
+        let mut valid_end = offset;
+        let mut bad_since: Option<usize> = None;
+        while offset + RECORD_HEADER_BYTES <= bytes.len() {
+            let record = RecordHeader::parse(&bytes[offset..]).filter(|h| {
+                offset + h.record_bytes() <= bytes.len()
+                    && RecordHeader::checksum_holds(&bytes[offset..offset + h.record_bytes()])
+            });
+            match record {
+                Some(header) => {
+                    if let Some(start) = bad_since.take() {
+                        report.corrupt_regions.push((id, start as u64));
+                    }
+                    self.apply(id, offset as u64, &header, tombstones);
+                    report.records += 1;
+                    offset += header.record_bytes();
+                    valid_end = offset;
+                }
+                None => {
+                    // A header that still parses names the record whose data went bad: an older
+                    // copy of that key must not stand in for it.
+                    if let Some(header) = RecordHeader::parse(&bytes[offset..]) {
+                        if header.kind != RecordKind::Tombstone {
+                            self.corrupt_keys.push((
+                                Key {
+                                    blob_id: header.blob_id,
+                                    kind: header.kind,
+                                    shard: header.shard,
+                                },
+                                header.sequence,
+                            ));
+                        }
+                    }
+                    // Padding after a commit is zero; anything else is a bad region. Either way
+                    // the next commit starts on a block boundary.
+                    let next_block = (offset / BLOCK_BYTES + 1) * BLOCK_BYTES;
+                    let padding = bytes[offset..next_block.min(bytes.len())]
+                        .iter()
+                        .all(|b| *b == 0);
+                    if !padding && bad_since.is_none() {
+                        bad_since = Some(offset);
+                    }
+                    offset = next_block;
+                }
+            }
+        }
+        if let Some(start) = bad_since {
+            if last {
+                report.torn_tail_bytes += bytes.len() as u64 - start as u64;
+            } else {
+                report.corrupt_regions.push((id, start as u64));
+            }
+        }
+        if last && bad_since.is_some() {
+            // Never write over the torn tail's blocks in place of a sync-less rewrite: start
+            // after everything that is there.
+            return bytes.len() as u64;
+        }
+        valid_end as u64
+    }
+
+    fn apply(
+        &mut self,
+        segment: u64,
+        offset: u64,
+        header: &RecordHeader,
+        tombstones: &mut BTreeMap<[u8; 32], u64>,
+    ) {
+        self.next_sequence = self.next_sequence.max(header.sequence + 1);
+        if header.kind == RecordKind::Tombstone {
+            let deleted = tombstones.entry(header.blob_id).or_insert(0);
+            *deleted = (*deleted).max(header.sequence);
+            return;
+        }
+        let key = Key {
+            blob_id: header.blob_id,
+            kind: header.kind,
+            shard: header.shard,
+        };
+        let location = Location {
+            segment,
+            offset,
+            data_bytes: header.data_bytes,
+            sequence: header.sequence,
+            end_epoch: header.end_epoch,
+        };
+        match self.index.get(&key) {
+            Some(existing) if existing.sequence > header.sequence => {}
+            _ => {
+                self.index.insert(key, location);
+            }
+        }
+    }
+
+    /// Starts segment `id`: header written and synced, directory synced.
+    async fn roll(&mut self, id: u64) -> Result<(), StoreError> {
+        let name = segment_name(id);
+        let file = self
+            .dir
+            .create(&name)
+            .await
+            .map_err(io_error("creating a segment"))?;
+        file.write_at(0, &segment_header(id))
+            .await
+            .map_err(io_error("writing a segment header"))?;
+        file.sync()
+            .await
+            .map_err(io_error("syncing a segment header"))?;
+        self.dir
+            .sync()
+            .await
+            .map_err(io_error("syncing the data directory"))?;
+        self.files.insert(id, file);
+        self.active = id;
+        self.write_offset = SEGMENT_HEADER_BYTES as u64;
+        Ok(())
+    }
+
+    /// Stores a batch of records as one commit; returns once it is durable. On error nothing
+    /// of the batch is visible, and everything stored before stays readable.
+    pub async fn put(&mut self, batch: &[Put<'_>]) -> Result<(), StoreError> {
+        let mut buffer = Vec::new();
+        let mut headers = Vec::with_capacity(batch.len());
+        for put in batch {
+            if put.key.kind == RecordKind::Tombstone {
+                return Err(StoreError::TombstoneInBatch);
+            }
+            let header = self.header(
+                put.key.kind,
+                put.key.blob_id,
+                put.key.shard,
+                put.end_epoch,
+                put.data,
+            )?;
+            headers.push((buffer.len() as u64, header));
+            header.write(put.data, &mut buffer);
+        }
+        let at = self.commit(buffer).await?;
+        for (put, (offset, header)) in batch.iter().zip(headers) {
+            self.index.insert(
+                put.key,
+                Location {
+                    segment: self.active,
+                    offset: at + offset,
+                    data_bytes: header.data_bytes,
+                    sequence: header.sequence,
+                    end_epoch: header.end_epoch,
+                },
+            );
+        }
+        self.counters.records_written += batch.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes every record of a blob (durably, with a tombstone).
+    pub async fn delete_blob(&mut self, blob_id: &[u8; 32]) -> Result<(), StoreError> {
+        let header = self.header(RecordKind::Tombstone, *blob_id, 0, 0, &[])?;
+        let mut buffer = Vec::new();
+        header.write(&[], &mut buffer);
+        self.commit(buffer).await?;
+        let keys: Vec<Key> = self.keys_of(blob_id).collect();
+        for key in keys {
+            self.index.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn header(
+        &mut self,
+        kind: RecordKind,
+        blob_id: [u8; 32],
+        shard: u16,
+        end_epoch: u32,
+        data: &[u8],
+    ) -> Result<RecordHeader, StoreError> {
+        let data_bytes = u32::try_from(data.len())
+            .ok()
+            .filter(|b| *b <= RECORD_DATA_BYTES_MAX)
+            .ok_or(StoreError::TooLarge {
+                bytes: data.len(),
+                max: RECORD_DATA_BYTES_MAX,
+            })?;
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        Ok(RecordHeader {
+            kind,
+            shard,
+            end_epoch,
+            data_bytes,
+            sequence,
+            blob_id,
+        })
+    }
+
+    /// Writes one commit (padded to whole blocks) and syncs it; returns its offset.
+    async fn commit(&mut self, mut buffer: Vec<u8>) -> Result<u64, StoreError> {
+        buffer.resize(align_up(buffer.len() as u64) as usize, 0);
+        if self.write_offset > SEGMENT_HEADER_BYTES as u64
+            && self.write_offset + buffer.len() as u64 > SEGMENT_BYTES_MAX
+        {
+            self.roll(self.active + 1).await?;
+        }
+        let at = self.write_offset;
+        let file = self
+            .files
+            .get(&self.active)
+            .expect("the active segment is open");
+        let written = match file.write_at(at, &buffer).await {
+            Ok(()) => file.sync().await.map_err(io_error("syncing a commit")),
+            Err(err) => Err(io_error("writing a commit")(err)),
+        };
+        if let Err(err) = written {
+            self.counters.failed_commits += 1;
+            // The region may hold part of the batch; never write there again, so that a torn
+            // remnant cannot merge with a later commit. (No space: nothing was written.)
+            if !matches!(err, StoreError::NoSpace { .. }) {
+                self.write_offset += buffer.len() as u64;
+            }
+            return Err(err);
+        }
+        self.write_offset += buffer.len() as u64;
+        self.counters.commits += 1;
+        self.counters.bytes_written += buffer.len() as u64;
+        Ok(at)
+    }
+
+    /// Reads a record: `Ok(None)` if absent; `Err(Corrupt)` if it failed its checksum (it is
+    /// then dropped from the index, so the node treats it as missing and heals it).
+    pub async fn get(&mut self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(location) = self.index.get(key).copied() else {
+            return Ok(None);
+        };
+        let file = self
+            .files
+            .get(&location.segment)
+            .expect("indexed segments are open");
+        let bytes = file
+            .read_at(
+                location.offset,
+                RECORD_HEADER_BYTES + location.data_bytes as usize,
+            )
+            .await
+            .map_err(io_error("reading a record"))?;
+        let intact = RecordHeader::parse(&bytes).is_some_and(|h| {
+            h.kind == key.kind
+                && h.shard == key.shard
+                && h.blob_id == key.blob_id
+                && h.sequence == location.sequence
+        }) && RecordHeader::checksum_holds(&bytes);
+        if !intact {
+            self.index.remove(key);
+            self.counters.corrupt_records += 1;
+            return Err(StoreError::Corrupt {
+                kind: key.kind,
+                shard: key.shard,
+            });
+        }
+        let mut data = bytes;
+        data.drain(..RECORD_HEADER_BYTES);
+        Ok(Some(data))
+    }
+
+    /// The keys stored for a blob.
+    pub fn keys_of(&self, blob_id: &[u8; 32]) -> impl Iterator<Item = Key> + '_ {
+        let first = Key {
+            blob_id: *blob_id,
+            kind: RecordKind::Metadata,
+            shard: 0,
+        };
+        let last = Key {
+            blob_id: *blob_id,
+            kind: RecordKind::Tombstone,
+            shard: u16::MAX,
+        };
+        self.index.range(first..=last).map(|(key, _)| *key)
+    }
+
+    /// Number of records indexed.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The end epoch a record was stored with.
+    pub fn end_epoch(&self, key: &Key) -> Option<u32> {
+        self.index.get(key).map(|l| l.end_epoch)
+    }
+
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+}

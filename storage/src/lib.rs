@@ -2,12 +2,13 @@
 //!
 //! Today: the on-disk format ([`format`], drawn in `docs/format.md`), the narrow device
 //! interface it is written against with a fault-injecting in-memory implementation
-//! ([`device`]), and the store itself ([`store`]): an append-only log of blake3-checksummed
-//! records with batched, durable commits and crash recovery, tested against a simple model
-//! under injected I/O errors, torn writes, lost unsynced writes, bit flips and a full disk.
-//! Still to come (issue 3): the glommio `DmaFile` backend, memory-mapped reads of sealed
+//! ([`device`]), the real backend on glommio `DmaFile` (io_uring, O_DIRECT; [`glommio_dir`]),
+//! and the store itself ([`store`]): an append-only log of blake3-checksummed records with
+//! batched, durable commits and crash recovery, tested against a simple model under injected
+//! I/O errors, torn writes, lost unsynced writes, bit flips and a full disk, and on the real
+//! backend with restarts and torn tails. Still to come (issue 3): memory-mapped reads of sealed
 //! segments, segment footers for a bounded restart, reclaiming space (compaction and expiry),
-//! the background scrubber, and the benchmarks against fio.
+//! several data directories, the background scrubber, and the benchmarks against fio.
 //!
 //! ```
 //! use floe_storage::device::MemDir;
@@ -32,4 +33,5 @@
 
 pub mod device;
 pub mod format;
+pub mod glommio_dir;
 pub mod store;

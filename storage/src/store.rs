@@ -105,9 +105,25 @@ pub struct StoreCounters {
     pub failed_commits: u64,
 }
 
+/// Settings of a [`Store`].
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// A segment is sealed once the next commit would take it past this many bytes.
+    pub segment_bytes_max: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes_max: SEGMENT_BYTES_MAX,
+        }
+    }
+}
+
 /// The store of one data directory.
 pub struct Store<D: Dir> {
     dir: D,
+    options: StoreOptions,
     files: BTreeMap<u64, D::File>,
     active: u64,
     write_offset: u64,
@@ -126,6 +142,19 @@ impl<D: Dir> Store<D> {
     /// Opens the store in `dir`, creating the first segment if there is none, and rebuilds the
     /// index from the segments.
     pub async fn open(dir: D) -> Result<(Self, RecoveryReport), StoreError> {
+        Self::open_with(dir, StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with explicit settings.
+    pub async fn open_with(
+        dir: D,
+        options: StoreOptions,
+    ) -> Result<(Self, RecoveryReport), StoreError> {
+        assert!(
+            options.segment_bytes_max.is_multiple_of(BLOCK_BYTES as u64)
+                && options.segment_bytes_max > SEGMENT_HEADER_BYTES as u64,
+            "segments hold whole blocks beyond their header"
+        );
         let mut ids: Vec<u64> = dir
             .list()
             .await
@@ -136,6 +165,7 @@ impl<D: Dir> Store<D> {
         ids.sort_unstable();
         let mut store = Self {
             dir,
+            options,
             files: BTreeMap::new(),
             active: 0,
             write_offset: 0,
@@ -189,10 +219,9 @@ impl<D: Dir> Store<D> {
             let end = store.scan(id, &bytes, last, &mut report, &mut tombstones);
             report.segments += 1;
             store.files.insert(id, file);
-            if last {
-                store.active = id;
-                store.write_offset = align_up(end);
-            }
+            // The newest surviving segment is the active one.
+            store.active = id;
+            store.write_offset = align_up(end);
         }
         store.index.retain(|key, location| {
             tombstones
@@ -267,11 +296,10 @@ impl<D: Dir> Store<D> {
                 report.corrupt_regions.push((id, start as u64));
             }
         }
-        if last && bad_since.is_some() {
-            // Never write over the torn tail's blocks in place of a sync-less rewrite: start
-            // after everything that is there.
-            return bytes.len() as u64;
-        }
+        // New commits go right after the last valid record, over a torn tail if there is one:
+        // the tail holds no valid record (else it would be a corrupt region) and was never
+        // acknowledged, and every record validates itself, so whatever of it survives a later
+        // crash reads as torn again, never as data.
         valid_end as u64
     }
 
@@ -308,14 +336,37 @@ impl<D: Dir> Store<D> {
         }
     }
 
+    /// Before the active segment is sealed, zeroes whatever lies past its last commit (the torn
+    /// tail of a commit that failed or was cut by a crash), so that a sealed segment ends
+    /// cleanly and any bad region found in it later is corruption, not an old torn tail.
+    async fn seal_active(&mut self) -> Result<(), StoreError> {
+        let file = self
+            .files
+            .get(&self.active)
+            .expect("the active segment is open");
+        let size = file
+            .size_bytes()
+            .await
+            .map_err(io_error("sizing a segment"))?;
+        if size > self.write_offset {
+            let zeros = vec![0u8; (align_up(size) - self.write_offset) as usize];
+            file.write_at(self.write_offset, &zeros)
+                .await
+                .map_err(io_error("sealing a segment"))?;
+            file.sync().await.map_err(io_error("sealing a segment"))?;
+        }
+        Ok(())
+    }
+
     /// Starts segment `id`: header written and synced, directory synced.
     async fn roll(&mut self, id: u64) -> Result<(), StoreError> {
         let name = segment_name(id);
-        let file = self
-            .dir
-            .create(&name)
-            .await
-            .map_err(io_error("creating a segment"))?;
+        // A roll that failed after creating the file left it behind, unacknowledged: reuse it.
+        let file = match self.dir.create(&name).await {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => self.dir.open(&name).await,
+            other => other,
+        }
+        .map_err(io_error("creating a segment"))?;
         file.write_at(0, &segment_header(id))
             .await
             .map_err(io_error("writing a segment header"))?;
@@ -412,8 +463,9 @@ impl<D: Dir> Store<D> {
     async fn commit(&mut self, mut buffer: Vec<u8>) -> Result<u64, StoreError> {
         buffer.resize(align_up(buffer.len() as u64) as usize, 0);
         if self.write_offset > SEGMENT_HEADER_BYTES as u64
-            && self.write_offset + buffer.len() as u64 > SEGMENT_BYTES_MAX
+            && self.write_offset + buffer.len() as u64 > self.options.segment_bytes_max
         {
+            self.seal_active().await?;
             self.roll(self.active + 1).await?;
         }
         let at = self.write_offset;
@@ -427,11 +479,10 @@ impl<D: Dir> Store<D> {
         };
         if let Err(err) = written {
             self.counters.failed_commits += 1;
-            // The region may hold part of the batch; never write there again, so that a torn
-            // remnant cannot merge with a later commit. (No space: nothing was written.)
-            if !matches!(err, StoreError::NoSpace { .. }) {
-                self.write_offset += buffer.len() as u64;
-            }
+            // The next commit goes to the same offset. The region may hold part of this batch,
+            // even whole records; records validate themselves, so remnants read as a torn tail
+            // or, if whole, as records of a put that reported failure (which callers must
+            // treat as "may or may not be stored"), never as anything else.
             return Err(err);
         }
         self.write_offset += buffer.len() as u64;
@@ -489,6 +540,11 @@ impl<D: Dir> Store<D> {
             shard: u16::MAX,
         };
         self.index.range(first..=last).map(|(key, _)| *key)
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.files.len()
     }
 
     /// Number of records indexed.

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use floe_storage::device::{Faults, MemDir};
 use floe_storage::format::{segment_name, RecordKind};
-use floe_storage::store::{Key, Put, Store, StoreError};
+use floe_storage::store::{Key, Put, Store, StoreError, StoreOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -106,7 +106,12 @@ fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
     for seed in seeds("crash", 40) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut dir = MemDir::new(seed);
-        let (mut store, _) = block_on(Store::open(dir.clone())).expect("fresh store opens");
+        // Small segments, so that sealing and starting segments happens under faults too.
+        let options = StoreOptions {
+            segment_bytes_max: 64 * 1024,
+        };
+        let (mut store, _) =
+            block_on(Store::open_with(dir.clone(), options)).expect("fresh store opens");
         let mut model: BTreeMap<Key, Allowed> = BTreeMap::new();
         for step in 0..150 {
             dir.set_faults(Faults {
@@ -170,7 +175,7 @@ fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
                 _ => {
                     // Power loss: the disk as it could be now; reopen from it.
                     dir = dir.crash_image(seed ^ step);
-                    let (reopened, _) = block_on(Store::open(dir.clone()))
+                    let (reopened, _) = block_on(Store::open_with(dir.clone(), options))
                         .unwrap_or_else(|e| panic!("seed {seed} step {step}: reopen failed: {e}"));
                     store = reopened;
                     dir.set_faults(Faults::default());

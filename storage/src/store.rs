@@ -75,6 +75,18 @@ fn io_error(op: &'static str) -> impl FnOnce(io::Error) -> StoreError {
     }
 }
 
+/// What [`Store::reclaim`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    pub segments_removed: usize,
+    pub bytes_freed: u64,
+    pub records_moved: usize,
+}
+
+/// Bytes copied per commit while reclaiming. Why: bounds the copy buffer while amortising the
+/// sync over many records (one record larger than this is copied alone).
+const RECLAIM_COMMIT_BYTES: usize = 8 * 1024 * 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Location {
     segment: u64,
@@ -132,6 +144,15 @@ pub struct Store<D: Dir> {
     counters: StoreCounters,
     /// Found at recovery: keys whose newest record failed its checksum, with its sequence.
     corrupt_keys: Vec<(Key, u64)>,
+    /// The newest tombstone of each deleted blob. Kept (and carried forward when its segment
+    /// is reclaimed) so that older records of the blob never come back.
+    tombstones: BTreeMap<[u8; 32], Location>,
+}
+
+impl Location {
+    fn record_bytes(&self) -> u64 {
+        (RECORD_HEADER_BYTES + self.data_bytes as usize) as u64
+    }
 }
 
 fn align_up(value: u64) -> u64 {
@@ -173,9 +194,9 @@ impl<D: Dir> Store<D> {
             index: BTreeMap::new(),
             counters: StoreCounters::default(),
             corrupt_keys: Vec::new(),
+            tombstones: BTreeMap::new(),
         };
         let mut report = RecoveryReport::default();
-        let mut tombstones: BTreeMap<[u8; 32], u64> = BTreeMap::new();
         for (i, &id) in ids.iter().enumerate() {
             let last = i + 1 == ids.len();
             let file = store
@@ -216,18 +237,20 @@ impl<D: Dir> Store<D> {
                     })
                 }
             }
-            let end = store.scan(id, &bytes, last, &mut report, &mut tombstones);
+            let end = store.scan(id, &bytes, last, &mut report);
             report.segments += 1;
             store.files.insert(id, file);
             // The newest surviving segment is the active one.
             store.active = id;
             store.write_offset = align_up(end);
         }
+        let tombstones = std::mem::take(&mut store.tombstones);
         store.index.retain(|key, location| {
             tombstones
                 .get(&key.blob_id)
-                .is_none_or(|&deleted| deleted < location.sequence)
+                .is_none_or(|deleted| deleted.sequence < location.sequence)
         });
+        store.tombstones = tombstones;
         if store.files.is_empty() {
             store.roll(1).await?;
         }
@@ -235,14 +258,7 @@ impl<D: Dir> Store<D> {
     }
 
     /// Indexes the valid records of one segment; returns the end of its last valid record.
-    fn scan(
-        &mut self,
-        id: u64,
-        bytes: &[u8],
-        last: bool,
-        report: &mut RecoveryReport,
-        tombstones: &mut BTreeMap<[u8; 32], u64>,
-    ) -> u64 {
+    fn scan(&mut self, id: u64, bytes: &[u8], last: bool, report: &mut RecoveryReport) -> u64 {
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut valid_end = offset;
         let mut bad_since: Option<usize> = None;
@@ -256,7 +272,7 @@ impl<D: Dir> Store<D> {
                     if let Some(start) = bad_since.take() {
                         report.corrupt_regions.push((id, start as u64));
                     }
-                    self.apply(id, offset as u64, &header, tombstones);
+                    self.apply(id, offset as u64, &header);
                     report.records += 1;
                     offset += header.record_bytes();
                     valid_end = offset;
@@ -303,30 +319,26 @@ impl<D: Dir> Store<D> {
         valid_end as u64
     }
 
-    fn apply(
-        &mut self,
-        segment: u64,
-        offset: u64,
-        header: &RecordHeader,
-        tombstones: &mut BTreeMap<[u8; 32], u64>,
-    ) {
+    fn apply(&mut self, segment: u64, offset: u64, header: &RecordHeader) {
         self.next_sequence = self.next_sequence.max(header.sequence + 1);
-        if header.kind == RecordKind::Tombstone {
-            let deleted = tombstones.entry(header.blob_id).or_insert(0);
-            *deleted = (*deleted).max(header.sequence);
-            return;
-        }
-        let key = Key {
-            blob_id: header.blob_id,
-            kind: header.kind,
-            shard: header.shard,
-        };
         let location = Location {
             segment,
             offset,
             data_bytes: header.data_bytes,
             sequence: header.sequence,
             end_epoch: header.end_epoch,
+        };
+        if header.kind == RecordKind::Tombstone {
+            let newest = self.tombstones.entry(header.blob_id).or_insert(location);
+            if newest.sequence <= header.sequence {
+                *newest = location;
+            }
+            return;
+        }
+        let key = Key {
+            blob_id: header.blob_id,
+            kind: header.kind,
+            shard: header.shard,
         };
         match self.index.get(&key) {
             Some(existing) if existing.sequence > header.sequence => {}
@@ -424,7 +436,17 @@ impl<D: Dir> Store<D> {
         let header = self.header(RecordKind::Tombstone, *blob_id, 0, 0, &[])?;
         let mut buffer = Vec::new();
         header.write(&[], &mut buffer);
-        self.commit(buffer).await?;
+        let at = self.commit(buffer).await?;
+        self.tombstones.insert(
+            *blob_id,
+            Location {
+                segment: self.active,
+                offset: at,
+                data_bytes: 0,
+                sequence: header.sequence,
+                end_epoch: 0,
+            },
+        );
         let keys: Vec<Key> = self.keys_of(blob_id).collect();
         for key in keys {
             self.index.remove(&key);
@@ -525,6 +547,136 @@ impl<D: Dir> Store<D> {
         let mut data = bytes;
         data.drain(..RECORD_HEADER_BYTES);
         Ok(Some(data))
+    }
+
+    /// Drops every record whose blob's end epoch is before `current_epoch` from the index; their
+    /// space is freed by [`Store::reclaim`]. Call after every open, as epochs advance.
+    /// Returns how many records expired.
+    pub fn expire(&mut self, current_epoch: u32) -> usize {
+        let before = self.index.len();
+        self.index
+            .retain(|_, location| location.end_epoch >= current_epoch);
+        before - self.index.len()
+    }
+
+    /// Frees the space of deleted, overwritten and expired records: every sealed segment whose
+    /// live bytes are at most `live_fraction_max` of its size has its live records (and
+    /// tombstones) copied into the active segment, durably, and is then removed.
+    ///
+    /// Why whole segments: a segment is removed by one unlink, and copying is bounded by
+    /// `live_fraction_max`, so a store that deletes blob by blob pays at most that fraction of
+    /// rewriting per freed byte; crash-safe because the copies are durable before the unlink,
+    /// and a copy keeps its record's sequence, so a duplicate left by a crash is harmless.
+    pub async fn reclaim(&mut self, live_fraction_max: f64) -> Result<ReclaimReport, StoreError> {
+        let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+        for location in self.index.values().chain(self.tombstones.values()) {
+            *live.entry(location.segment).or_default() += location.record_bytes();
+        }
+        let mut report = ReclaimReport::default();
+        let sealed: Vec<u64> = self
+            .files
+            .keys()
+            .copied()
+            .filter(|id| *id != self.active)
+            .collect();
+        for id in sealed {
+            let size = self.files[&id]
+                .size_bytes()
+                .await
+                .map_err(io_error("sizing a segment"))?;
+            let live_bytes = live.get(&id).copied().unwrap_or(0);
+            if live_bytes as f64 > live_fraction_max * size as f64 {
+                continue;
+            }
+            self.move_live_records(id, &mut report).await?;
+            self.files.remove(&id);
+            self.dir
+                .remove(&segment_name(id))
+                .await
+                .map_err(io_error("removing a reclaimed segment"))?;
+            self.dir
+                .sync()
+                .await
+                .map_err(io_error("syncing the data directory"))?;
+            report.segments_removed += 1;
+            report.bytes_freed += size;
+        }
+        Ok(report)
+    }
+
+    /// Copies the live records and tombstones of segment `id` to the active segment.
+    async fn move_live_records(
+        &mut self,
+        id: u64,
+        report: &mut ReclaimReport,
+    ) -> Result<(), StoreError> {
+        // (key, or the tombstone's blob) of each live record, in file order.
+        let mut moving: Vec<(Result<Key, [u8; 32]>, Location)> = self
+            .index
+            .iter()
+            .filter(|(_, l)| l.segment == id)
+            .map(|(k, l)| (Ok(*k), *l))
+            .chain(
+                self.tombstones
+                    .iter()
+                    .filter(|(_, l)| l.segment == id)
+                    .map(|(b, l)| (Err(*b), *l)),
+            )
+            .collect();
+        moving.sort_by_key(|(_, l)| l.offset);
+        let mut buffer = Vec::new();
+        let mut placed = Vec::new();
+        for (owner, location) in moving {
+            let bytes = self.files[&id]
+                .read_at(location.offset, location.record_bytes() as usize)
+                .await
+                .map_err(io_error("reading a record to reclaim"))?;
+            if !RecordHeader::checksum_holds(&bytes) {
+                // Corrupt: not copied; the node heals it like any other missing sliver.
+                if let Ok(key) = owner {
+                    self.index.remove(&key);
+                }
+                self.counters.corrupt_records += 1;
+                continue;
+            }
+            placed.push((owner, location, buffer.len() as u64));
+            buffer.extend_from_slice(&bytes);
+            if buffer.len() >= RECLAIM_COMMIT_BYTES {
+                self.commit_moved(
+                    std::mem::take(&mut buffer),
+                    std::mem::take(&mut placed),
+                    report,
+                )
+                .await?;
+            }
+        }
+        if !placed.is_empty() {
+            self.commit_moved(buffer, placed, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits copied records and points the index (or the tombstones) at the copies.
+    async fn commit_moved(
+        &mut self,
+        buffer: Vec<u8>,
+        placed: Vec<(Result<Key, [u8; 32]>, Location, u64)>,
+        report: &mut ReclaimReport,
+    ) -> Result<(), StoreError> {
+        let at = self.commit(buffer).await?;
+        for (owner, location, relative) in placed {
+            let moved = Location {
+                segment: self.active,
+                offset: at + relative,
+                ..location
+            };
+            match owner {
+                Ok(key) => self.index.insert(key, moved),
+                Err(blob) => self.tombstones.insert(blob, moved),
+            };
+            report.records_moved += 1;
+        }
+        Ok(())
     }
 
     /// The keys stored for a blob.

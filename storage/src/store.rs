@@ -75,6 +75,20 @@ fn io_error(op: &'static str) -> impl FnOnce(io::Error) -> StoreError {
     }
 }
 
+/// What one [`Store::scrub`] call did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub records_checked: usize,
+    pub bytes_checked: u64,
+    /// Records that failed their checksum, now dropped from the index.
+    pub corrupt: Vec<Key>,
+    /// The scrubber went past the last key; the next call starts a new pass.
+    pub pass_complete: bool,
+}
+
+/// Keys one scrub call looks at, at most. Why: bounds the key list a call collects.
+const SCRUB_KEYS_PER_CALL_MAX: usize = 4096;
+
 /// What [`Store::reclaim`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReclaimReport {
@@ -144,10 +158,29 @@ pub struct Store<D: Dir> {
     counters: StoreCounters,
     /// Found at recovery: keys whose newest record failed its checksum, with its sequence.
     corrupt_keys: Vec<(Key, u64)>,
+    /// Where the scrubber stopped (the last key it checked).
+    scrub_cursor: Option<Key>,
     /// The newest tombstone of each deleted blob. Kept (and carried forward when its segment
     /// is reclaimed) so that older records of the blob never come back.
     tombstones: BTreeMap<[u8; 32], Location>,
 }
+
+/// Reads a whole file in chunks of [`READ_CHUNK_BYTES`]. Why chunks: one direct read larger
+/// than the device's `max_sectors_kb` can hang some kernels (glommio issue 633), and chunks
+/// keep each I/O a size the device handles well.
+async fn read_whole<F: File>(file: &F, len: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(len as usize);
+    let mut offset = 0u64;
+    while offset < len {
+        let chunk = (len - offset).min(READ_CHUNK_BYTES as u64) as usize;
+        bytes.extend_from_slice(&file.read_at(offset, chunk).await?);
+        offset += chunk as u64;
+    }
+    Ok(bytes)
+}
+
+/// Size of each read when a whole segment is read (recovery, scrubbing).
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
 impl Location {
     fn record_bytes(&self) -> u64 {
@@ -195,6 +228,7 @@ impl<D: Dir> Store<D> {
             counters: StoreCounters::default(),
             corrupt_keys: Vec::new(),
             tombstones: BTreeMap::new(),
+            scrub_cursor: None,
         };
         let mut report = RecoveryReport::default();
         for (i, &id) in ids.iter().enumerate() {
@@ -208,8 +242,7 @@ impl<D: Dir> Store<D> {
                 .size_bytes()
                 .await
                 .map_err(io_error("sizing a segment"))?;
-            let bytes = file
-                .read_at(0, len as usize)
+            let bytes = read_whole(&file, len)
                 .await
                 .map_err(io_error("reading a segment"))?;
             match parse_segment_header(&bytes) {
@@ -654,6 +687,46 @@ impl<D: Dir> Store<D> {
             self.commit_moved(buffer, placed, report).await?;
         }
         Ok(())
+    }
+
+    /// Re-reads up to `bytes_max` bytes of stored records, in order, picking up where the last
+    /// call stopped, and checks each against its checksum; a record that fails is dropped from
+    /// the index (so the node heals it from peers) and counted. The node calls this from a
+    /// background task at the configured scrub rate; a full pass ends when it returns
+    /// `pass_complete`.
+    pub async fn scrub(&mut self, bytes_max: u64) -> Result<ScrubReport, StoreError> {
+        let mut report = ScrubReport::default();
+        let mut keys: Vec<Key> = self
+            .index
+            .range(self.after_scrub_cursor())
+            .map(|(key, _)| *key)
+            .collect();
+        keys.truncate(SCRUB_KEYS_PER_CALL_MAX);
+        for key in keys {
+            if report.bytes_checked >= bytes_max {
+                return Ok(report);
+            }
+            let location = self.index[&key];
+            report.bytes_checked += location.record_bytes();
+            report.records_checked += 1;
+            self.scrub_cursor = Some(key);
+            if let Err(StoreError::Corrupt { .. }) = self.get(&key).await {
+                report.corrupt.push(key);
+            }
+        }
+        if self.index.range(self.after_scrub_cursor()).next().is_none() {
+            self.scrub_cursor = None;
+            report.pass_complete = true;
+        }
+        Ok(report)
+    }
+
+    /// The keys after the scrubber's cursor.
+    fn after_scrub_cursor(&self) -> (std::ops::Bound<Key>, std::ops::Bound<Key>) {
+        let start = self
+            .scrub_cursor
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        (start, std::ops::Bound::Unbounded)
     }
 
     /// Commits copied records and points the index (or the tombstones) at the copies.

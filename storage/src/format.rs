@@ -61,6 +61,8 @@ pub enum RecordKind {
     Secondary = 3,
     /// Deletes every record of the blob written before it (no data).
     Tombstone = 4,
+    /// The index of a sealed segment: one [`FooterEntry`] per record (see [`TRAILER_MAGIC`]).
+    Footer = 5,
 }
 
 impl RecordKind {
@@ -70,6 +72,7 @@ impl RecordKind {
             2 => Self::Primary,
             3 => Self::Secondary,
             4 => Self::Tombstone,
+            5 => Self::Footer,
             _ => return None,
         })
     }
@@ -198,6 +201,83 @@ pub fn parse_segment_header(block: &[u8]) -> Result<u64, String> {
             .try_into()
             .expect("8 bytes"),
     ))
+}
+
+/// One record of a sealed segment, as listed in its footer, so that opening the store reads
+/// the footers instead of every record. Layout (64 bytes): kind u8 @0, shard u16 @2, end epoch
+/// u32 @4, data bytes u32 @8, sequence u64 @16, offset u64 @24, blob ID @32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FooterEntry {
+    pub header: RecordHeader,
+    /// Where the record starts in its segment.
+    pub offset: u64,
+}
+
+pub const FOOTER_ENTRY_BYTES: usize = 64;
+
+impl FooterEntry {
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + FOOTER_ENTRY_BYTES, 0);
+        let e = &mut out[start..];
+        let h = &self.header;
+        e[0] = h.kind as u8;
+        e[2..4].copy_from_slice(&h.shard.to_le_bytes());
+        e[4..8].copy_from_slice(&h.end_epoch.to_le_bytes());
+        e[8..12].copy_from_slice(&h.data_bytes.to_le_bytes());
+        e[16..24].copy_from_slice(&h.sequence.to_le_bytes());
+        e[24..32].copy_from_slice(&self.offset.to_le_bytes());
+        e[32..64].copy_from_slice(&h.blob_id);
+    }
+
+    pub fn parse(e: &[u8]) -> Option<Self> {
+        let kind = RecordKind::from_u8(e[0])?;
+        Some(Self {
+            header: RecordHeader {
+                kind,
+                shard: u16::from_le_bytes([e[2], e[3]]),
+                end_epoch: u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
+                data_bytes: u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")),
+                sequence: u64::from_le_bytes(e[16..24].try_into().expect("8 bytes")),
+                blob_id: e[32..64].try_into().expect("32 bytes"),
+            },
+            offset: u64::from_le_bytes(e[24..32].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// The last block of a sealed segment: where its footer record is.
+pub const TRAILER_MAGIC: [u8; 8] = *b"FLOEEND\0";
+pub const TRAILER_BYTES: usize = BLOCK_BYTES;
+pub const TRAILER_FOOTER_AT_AT: usize = 8;
+pub const TRAILER_FOOTER_BYTES_AT: usize = 16;
+pub const TRAILER_CHECKSUM_AT: usize = 24;
+
+/// The trailer block pointing at a footer record of `footer_bytes` bytes at `footer_at`.
+pub fn trailer(footer_at: u64, footer_bytes: u64) -> Vec<u8> {
+    let mut block = vec![0u8; TRAILER_BYTES];
+    block[..8].copy_from_slice(&TRAILER_MAGIC);
+    block[TRAILER_FOOTER_AT_AT..][..8].copy_from_slice(&footer_at.to_le_bytes());
+    block[TRAILER_FOOTER_BYTES_AT..][..8].copy_from_slice(&footer_bytes.to_le_bytes());
+    let sum = blake3::hash(&block[..TRAILER_CHECKSUM_AT]);
+    block[TRAILER_CHECKSUM_AT..][..RECORD_CHECKSUM_BYTES]
+        .copy_from_slice(&sum.as_bytes()[..RECORD_CHECKSUM_BYTES]);
+    block
+}
+
+/// `(footer_at, footer_bytes)` of a valid trailer block.
+pub fn parse_trailer(block: &[u8]) -> Option<(u64, u64)> {
+    if block.len() != TRAILER_BYTES || block[..8] != TRAILER_MAGIC {
+        return None;
+    }
+    let sum = blake3::hash(&block[..TRAILER_CHECKSUM_AT]);
+    if block[TRAILER_CHECKSUM_AT..][..RECORD_CHECKSUM_BYTES]
+        != sum.as_bytes()[..RECORD_CHECKSUM_BYTES]
+    {
+        return None;
+    }
+    let at = |i: usize| u64::from_le_bytes(block[i..i + 8].try_into().expect("8 bytes"));
+    Some((at(TRAILER_FOOTER_AT_AT), at(TRAILER_FOOTER_BYTES_AT)))
 }
 
 /// File name of segment `id`.

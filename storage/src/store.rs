@@ -20,9 +20,9 @@ use thiserror::Error;
 
 use crate::device::{Dir, File};
 use crate::format::{
-    parse_segment_header, parse_segment_name, segment_header, segment_name, RecordHeader,
-    RecordKind, BLOCK_BYTES, RECORD_DATA_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_BYTES_MAX,
-    SEGMENT_HEADER_BYTES,
+    parse_segment_header, parse_segment_name, parse_trailer, segment_header, segment_name, trailer,
+    FooterEntry, RecordHeader, RecordKind, BLOCK_BYTES, FOOTER_ENTRY_BYTES, RECORD_DATA_BYTES_MAX,
+    RECORD_HEADER_BYTES, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES, TRAILER_BYTES,
 };
 
 /// What a record is stored under. Ordered by blob first, so that a blob's records are a range.
@@ -59,7 +59,7 @@ pub enum StoreError {
     Corrupt { kind: RecordKind, shard: u16 },
     #[error("record of {bytes} bytes exceeds the limit of {max} bytes")]
     TooLarge { bytes: usize, max: u32 },
-    #[error("a batch may not contain tombstones; use delete_blob")]
+    #[error("a batch holds metadata and slivers only (use delete_blob to delete)")]
     TombstoneInBatch,
     #[error("segment {name} is unreadable: {why}")]
     BadSegment { name: String, why: String },
@@ -119,6 +119,8 @@ pub struct RecoveryReport {
     pub corrupt_regions: Vec<(u64, u64)>,
     /// Bytes after the last valid record of the last segment: an unacknowledged torn commit.
     pub torn_tail_bytes: u64,
+    /// Sealed segments indexed from their footers (not scanned record by record).
+    pub segments_from_footer: usize,
 }
 
 /// Counters for `/metrics`.
@@ -165,16 +167,16 @@ pub struct Store<D: Dir> {
     tombstones: BTreeMap<[u8; 32], Location>,
 }
 
-/// Reads a whole file in chunks of [`READ_CHUNK_BYTES`]. Why chunks: one direct read larger
+/// Reads `len` bytes at `start` in chunks of [`READ_CHUNK_BYTES`]. Why chunks: one direct read larger
 /// than the device's `max_sectors_kb` can hang some kernels (glommio issue 633), and chunks
 /// keep each I/O a size the device handles well.
-async fn read_whole<F: File>(file: &F, len: u64) -> io::Result<Vec<u8>> {
+async fn read_range<F: File>(file: &F, start: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(len as usize);
-    let mut offset = 0u64;
-    while offset < len {
-        let chunk = (len - offset).min(READ_CHUNK_BYTES as u64) as usize;
-        bytes.extend_from_slice(&file.read_at(offset, chunk).await?);
-        offset += chunk as u64;
+    let mut done = 0u64;
+    while done < len {
+        let chunk = (len - done).min(READ_CHUNK_BYTES as u64) as usize;
+        bytes.extend_from_slice(&file.read_at(start + done, chunk).await?);
+        done += chunk as u64;
     }
     Ok(bytes)
 }
@@ -231,6 +233,7 @@ impl<D: Dir> Store<D> {
             scrub_cursor: None,
         };
         let mut report = RecoveryReport::default();
+        let mut active_sealed = false;
         for (i, &id) in ids.iter().enumerate() {
             let last = i + 1 == ids.len();
             let file = store
@@ -242,7 +245,19 @@ impl<D: Dir> Store<D> {
                 .size_bytes()
                 .await
                 .map_err(io_error("sizing a segment"))?;
-            let bytes = read_whole(&file, len)
+            // A sealed segment lists its records in a footer: read that, not every record.
+            if let Some(records) = store.load_footer(id, &file, len).await? {
+                report.segments += 1;
+                report.records += records;
+                report.segments_from_footer += 1;
+                store.files.insert(id, file);
+                store.active = id;
+                // Never written again: a new segment is started below if this is the newest.
+                store.write_offset = len;
+                active_sealed = true;
+                continue;
+            }
+            let bytes = read_range(&file, 0, len)
                 .await
                 .map_err(io_error("reading a segment"))?;
             match parse_segment_header(&bytes) {
@@ -270,6 +285,7 @@ impl<D: Dir> Store<D> {
                     })
                 }
             }
+            active_sealed = false;
             let end = store.scan(id, &bytes, last, &mut report);
             report.segments += 1;
             store.files.insert(id, file);
@@ -286,6 +302,9 @@ impl<D: Dir> Store<D> {
         store.tombstones = tombstones;
         if store.files.is_empty() {
             store.roll(1).await?;
+        } else if active_sealed {
+            // The newest segment was sealed but its successor never made it to disk.
+            store.roll(store.active + 1).await?;
         }
         Ok((store, report))
     }
@@ -361,6 +380,9 @@ impl<D: Dir> Store<D> {
             sequence: header.sequence,
             end_epoch: header.end_epoch,
         };
+        if header.kind == RecordKind::Footer {
+            return;
+        }
         if header.kind == RecordKind::Tombstone {
             let newest = self.tombstones.entry(header.blob_id).or_insert(location);
             if newest.sequence <= header.sequence {
@@ -381,26 +403,130 @@ impl<D: Dir> Store<D> {
         }
     }
 
-    /// Before the active segment is sealed, zeroes whatever lies past its last commit (the torn
-    /// tail of a commit that failed or was cut by a crash), so that a sealed segment ends
-    /// cleanly and any bad region found in it later is corruption, not an old torn tail.
+    /// Seals the active segment: writes a footer record listing its live records and
+    /// tombstones, then a trailer block pointing at the footer as the file's last block, and
+    /// syncs. Whatever lay past the last commit (the torn tail of a commit that failed or was
+    /// cut by a crash) is zeroed on the way, so a sealed segment ends cleanly.
     async fn seal_active(&mut self) -> Result<(), StoreError> {
-        let file = self
-            .files
-            .get(&self.active)
-            .expect("the active segment is open");
+        let id = self.active;
+        let mut entries = Vec::new();
+        let live = self
+            .index
+            .iter()
+            .map(|(key, l)| (key.blob_id, key.kind, key.shard, l))
+            .chain(
+                self.tombstones
+                    .iter()
+                    .map(|(blob, l)| (*blob, RecordKind::Tombstone, 0, l)),
+            );
+        for (blob_id, kind, shard, location) in live.filter(|(.., l)| l.segment == id) {
+            let header = RecordHeader {
+                kind,
+                shard,
+                end_epoch: location.end_epoch,
+                data_bytes: location.data_bytes,
+                sequence: location.sequence,
+                blob_id,
+            };
+            FooterEntry {
+                header,
+                offset: location.offset,
+            }
+            .write(&mut entries);
+        }
+        let file = self.files.get(&id).expect("the active segment is open");
         let size = file
             .size_bytes()
             .await
             .map_err(io_error("sizing a segment"))?;
-        if size > self.write_offset {
-            let zeros = vec![0u8; (align_up(size) - self.write_offset) as usize];
-            file.write_at(self.write_offset, &zeros)
+        let footer_at = self.write_offset;
+        let mut buffer = Vec::new();
+        let footer = u32::try_from(entries.len())
+            .ok()
+            .filter(|b| *b <= RECORD_DATA_BYTES_MAX);
+        if let Some(data_bytes) = footer {
+            let header = RecordHeader {
+                kind: RecordKind::Footer,
+                shard: 0,
+                end_epoch: 0,
+                data_bytes,
+                sequence: 0,
+                blob_id: [0; 32],
+            };
+            header.write(&entries, &mut buffer);
+        }
+        let footer_bytes = buffer.len() as u64;
+        let footer_end = footer_at + align_up(footer_bytes);
+        if footer.is_some() {
+            // The trailer must be the file's last block, past any torn tail.
+            let trailer_at = footer_end.max(align_up(size).saturating_sub(TRAILER_BYTES as u64));
+            buffer.resize((trailer_at - footer_at) as usize, 0);
+            buffer.extend_from_slice(&trailer(footer_at, footer_bytes));
+        } else {
+            // Too many records for one footer: no trailer; opening scans this segment.
+            buffer.resize((align_up(size).max(footer_end) - footer_at) as usize, 0);
+        }
+        if !buffer.is_empty() {
+            file.write_at(footer_at, &buffer)
                 .await
                 .map_err(io_error("sealing a segment"))?;
             file.sync().await.map_err(io_error("sealing a segment"))?;
         }
         Ok(())
+    }
+
+    /// Indexes a sealed segment from its footer; `None` if it has no usable one (then it is
+    /// scanned record by record).
+    async fn load_footer(
+        &mut self,
+        id: u64,
+        file: &D::File,
+        len: u64,
+    ) -> Result<Option<usize>, StoreError> {
+        let blocks = (SEGMENT_HEADER_BYTES + TRAILER_BYTES) as u64;
+        if len < blocks || !len.is_multiple_of(BLOCK_BYTES as u64) {
+            return Ok(None);
+        }
+        let read = |offset: u64, bytes: u64| read_range(file, offset, bytes);
+        let header = read(0, SEGMENT_HEADER_BYTES as u64)
+            .await
+            .map_err(io_error("reading a segment header"))?;
+        if parse_segment_header(&header) != Ok(id) {
+            return Ok(None);
+        }
+        let tail = read(len - TRAILER_BYTES as u64, TRAILER_BYTES as u64)
+            .await
+            .map_err(io_error("reading a segment trailer"))?;
+        let Some((footer_at, footer_bytes)) = parse_trailer(&tail) else {
+            return Ok(None);
+        };
+        if footer_at + footer_bytes > len - TRAILER_BYTES as u64
+            || footer_bytes < RECORD_HEADER_BYTES as u64
+        {
+            return Ok(None);
+        }
+        let record = read(footer_at, footer_bytes)
+            .await
+            .map_err(io_error("reading a segment footer"))?;
+        let valid = RecordHeader::parse(&record).is_some_and(|h| {
+            h.kind == RecordKind::Footer
+                && h.record_bytes() as u64 == footer_bytes
+                && (h.data_bytes as usize).is_multiple_of(FOOTER_ENTRY_BYTES)
+        }) && RecordHeader::checksum_holds(&record);
+        if !valid {
+            return Ok(None);
+        }
+        let entries: Option<Vec<FooterEntry>> = record[RECORD_HEADER_BYTES..]
+            .chunks_exact(FOOTER_ENTRY_BYTES)
+            .map(FooterEntry::parse)
+            .collect();
+        let Some(entries) = entries else {
+            return Ok(None);
+        };
+        for entry in &entries {
+            self.apply(id, entry.offset, &entry.header);
+        }
+        Ok(Some(entries.len()))
     }
 
     /// Starts segment `id`: header written and synced, directory synced.
@@ -434,7 +560,7 @@ impl<D: Dir> Store<D> {
         let mut buffer = Vec::new();
         let mut headers = Vec::with_capacity(batch.len());
         for put in batch {
-            if put.key.kind == RecordKind::Tombstone {
+            if matches!(put.key.kind, RecordKind::Tombstone | RecordKind::Footer) {
                 return Err(StoreError::TombstoneInBatch);
             }
             let header = self.header(

@@ -114,6 +114,11 @@ fn random_operations_with_restarts_and_a_torn_tail() {
                         .unwrap();
                 store = reopened;
                 assert!(report.corrupt_regions.is_empty(), "seed {seed}: {report:?}");
+                assert_eq!(
+                    report.segments_from_footer,
+                    report.segments - 1,
+                    "seed {seed}: sealed segments open from their footers: {report:?}"
+                );
                 if round % 2 == 1 {
                     assert!(report.torn_tail_bytes > 0, "seed {seed}: torn tail seen");
                 }

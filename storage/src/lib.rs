@@ -6,10 +6,10 @@
 //! and the store itself ([`store`]): an append-only log of blake3-checksummed records with
 //! batched, durable commits and crash recovery, tested against a simple model under injected
 //! I/O errors, torn writes, lost unsynced writes, bit flips and a full disk, and on the real
-//! backend with restarts and torn tails; expiry by end epoch and reclaiming the space of dead
-//! records segment by segment. Still to come (issue 3): memory-mapped reads of sealed
-//! segments, segment footers for a bounded restart, several data directories, the background
-//! scrubber, and the benchmarks against fio.
+//! backend with restarts and torn tails; expiry by end epoch; reclaiming the space of dead
+//! records segment by segment; a bounded scrubber; and sealed-segment footers, so restart reads
+//! an index per segment instead of every record. Still to come (issue 3): memory-mapped reads
+//! of sealed segments, several data directories, and the benchmarks against fio.
 //!
 //! ```
 //! use floe_storage::device::MemDir;

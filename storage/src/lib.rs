@@ -8,8 +8,9 @@
 //! I/O errors, torn writes, lost unsynced writes, bit flips and a full disk, and on the real
 //! backend with restarts and torn tails; expiry by end epoch; reclaiming the space of dead
 //! records segment by segment; a bounded scrubber; and sealed-segment footers, so restart reads
-//! an index per segment instead of every record. Still to come (issue 3): memory-mapped reads
-//! of sealed segments, several data directories, and the benchmarks against fio.
+//! an index per segment instead of every record; and several data directories ([`disks`]).
+//! Still to come (issue 3): memory-mapped reads of sealed segments and the benchmarks against
+//! fio.
 //!
 //! ```
 //! use floe_storage::device::MemDir;
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod device;
+pub mod disks;
 pub mod format;
 pub mod glommio_dir;
 pub mod store;

@@ -428,3 +428,56 @@ fn the_scrubber_finds_cold_corruption() {
     );
     assert!(calls > 1, "the pass took several bounded calls");
 }
+
+/// Shards are spread over data directories: losing one directory (a dead disk replaced by an
+/// empty one) loses only its shards' slivers; every other sliver and all metadata survive.
+#[test]
+fn losing_one_disk_loses_only_its_shards() {
+    use floe_storage::disks::Disks;
+    let dirs: Vec<MemDir> = (0..3).map(MemDir::new).collect();
+    let options = StoreOptions::default();
+    let (mut disks, _) = block_on(Disks::open(dirs.clone(), options)).unwrap();
+    let mut puts = Vec::new();
+    for blob in 0..5u8 {
+        puts.push((
+            Key {
+                blob_id: [blob; 32],
+                kind: RecordKind::Metadata,
+                shard: 0,
+            },
+            vec![blob; 300],
+        ));
+        for shard in 0..9u16 {
+            let data = vec![blob ^ shard as u8; 500];
+            puts.push((
+                Key {
+                    blob_id: [blob; 32],
+                    kind: RecordKind::Primary,
+                    shard,
+                },
+                data,
+            ));
+        }
+    }
+    let batch: Vec<Put> = puts
+        .iter()
+        .map(|(key, data)| Put {
+            key: *key,
+            end_epoch: 1,
+            data,
+        })
+        .collect();
+    block_on(disks.put(&batch)).unwrap();
+    // Disk 1 dies and is replaced by an empty one.
+    let mut after = dirs.clone();
+    after[1] = MemDir::new(99);
+    let (mut disks, _) = block_on(Disks::open(after, options)).unwrap();
+    for (key, data) in &puts {
+        let got = block_on(disks.get(key)).unwrap();
+        if key.kind == RecordKind::Primary && disks.disk_of(key.shard) == 1 {
+            assert_eq!(got, None, "{key:?} was on the lost disk");
+        } else {
+            assert_eq!(got.as_ref(), Some(data), "{key:?} survives");
+        }
+    }
+}

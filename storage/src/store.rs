@@ -167,6 +167,18 @@ pub struct Store<D: Dir> {
     tombstones: BTreeMap<[u8; 32], Location>,
 }
 
+/// Writes `data` at `offset` and syncs: the only way the store writes, so that nothing it
+/// relies on is ever left unsynced.
+async fn write_durably<F: File>(
+    file: &F,
+    offset: u64,
+    data: &[u8],
+    op: &'static str,
+) -> Result<(), StoreError> {
+    file.write_at(offset, data).await.map_err(io_error(op))?;
+    file.sync().await.map_err(io_error(op))
+}
+
 /// Reads `len` bytes at `start` in chunks of [`READ_CHUNK_BYTES`]. Why chunks: one direct read larger
 /// than the device's `max_sectors_kb` can hang some kernels (glommio issue 633), and chunks
 /// keep each I/O a size the device handles well.
@@ -467,10 +479,7 @@ impl<D: Dir> Store<D> {
             buffer.resize((align_up(size).max(footer_end) - footer_at) as usize, 0);
         }
         if !buffer.is_empty() {
-            file.write_at(footer_at, &buffer)
-                .await
-                .map_err(io_error("sealing a segment"))?;
-            file.sync().await.map_err(io_error("sealing a segment"))?;
+            write_durably(file, footer_at, &buffer, "sealing a segment").await?;
         }
         Ok(())
     }
@@ -538,12 +547,7 @@ impl<D: Dir> Store<D> {
             other => other,
         }
         .map_err(io_error("creating a segment"))?;
-        file.write_at(0, &segment_header(id))
-            .await
-            .map_err(io_error("writing a segment header"))?;
-        file.sync()
-            .await
-            .map_err(io_error("syncing a segment header"))?;
+        write_durably(&file, 0, &segment_header(id), "writing a segment header").await?;
         self.dir
             .sync()
             .await
@@ -654,10 +658,7 @@ impl<D: Dir> Store<D> {
             .files
             .get(&self.active)
             .expect("the active segment is open");
-        let written = match file.write_at(at, &buffer).await {
-            Ok(()) => file.sync().await.map_err(io_error("syncing a commit")),
-            Err(err) => Err(io_error("writing a commit")(err)),
-        };
+        let written = write_durably(file, at, &buffer, "writing a commit").await;
         if let Err(err) = written {
             self.counters.failed_commits += 1;
             // The next commit goes to the same offset. The region may hold part of this batch,

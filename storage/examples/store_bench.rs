@@ -16,7 +16,11 @@ use glommio::LocalExecutorBuilder;
 fn key(i: usize) -> Key {
     let mut blob_id = [0u8; 32];
     blob_id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    Key { blob_id, kind: RecordKind::Primary, shard: 0 }
+    Key {
+        blob_id,
+        kind: RecordKind::Primary,
+        shard: 0,
+    }
 }
 
 fn main() {
@@ -29,19 +33,30 @@ fn main() {
     LocalExecutorBuilder::default()
         .io_memory(4 << 20)
         .spawn(move || async move {
-            let (mut store, _) = Store::open(GlommioDir::open(&dir).await.unwrap()).await.unwrap();
+            let (mut store, _) = Store::open(GlommioDir::open(&dir).await.unwrap())
+                .await
+                .unwrap();
             let data = vec![0xa5u8; sliver_bytes];
             let started = Instant::now();
             match mode.as_str() {
                 "write" => {
                     for first in (0..count).step_by(extra) {
                         let keys: Vec<Key> = (first..(first + extra).min(count)).map(key).collect();
-                        let batch: Vec<Put> =
-                            keys.iter().map(|k| Put { key: *k, end_epoch: 1, data: &data }).collect();
+                        let batch: Vec<Put> = keys
+                            .iter()
+                            .map(|k| Put {
+                                key: *k,
+                                end_epoch: 1,
+                                data: &data,
+                            })
+                            .collect();
                         store.put(&batch).await.unwrap();
                     }
                     let secs = started.elapsed().as_secs_f64();
-                    println!("store write: {:.1} MB/s", (count * sliver_bytes) as f64 / secs / 1e6);
+                    println!(
+                        "store write: {:.1} MB/s",
+                        (count * sliver_bytes) as f64 / secs / 1e6
+                    );
                 }
                 "read" => {
                     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -49,7 +64,11 @@ fn main() {
                         state ^= state << 13;
                         state ^= state >> 7;
                         state ^= state << 17;
-                        let got = store.get(&key(state as usize % count)).await.unwrap().expect("written");
+                        let got = store
+                            .get(&key(state as usize % count))
+                            .await
+                            .unwrap()
+                            .expect("written");
                         assert_eq!(got.len(), sliver_bytes);
                     }
                     let secs = started.elapsed().as_secs_f64();

@@ -149,20 +149,6 @@ impl Slots {
     }
 }
 
-/// Hashes `inputs` (back to back, `input_bytes` each, no prefix added) into `out`.
-pub fn hash_many(inputs: &[u8], input_bytes: usize, out: &mut [Digest], slots: &mut Slots) {
-    assert_eq!(
-        inputs.len(),
-        input_bytes * out.len(),
-        "one digest per input"
-    );
-    slots.prepare(out.len(), input_bytes);
-    for (i, input) in inputs.chunks_exact(input_bytes.max(1)).enumerate() {
-        slots.message_mut(i).copy_from_slice(input);
-    }
-    slots.hash_into(out);
-}
-
 /// Scratch space for [`leaf_hashes`] and the Merkle functions, reused across calls so that the
 /// hot loops do not allocate. Leaves and inner nodes keep separate slots so that alternating
 /// between them does not re-zero the buffers.
@@ -203,6 +189,20 @@ mod tests {
     use super::*;
     use blake2::digest::consts::U32;
     use blake2::{Blake2b, Digest as _};
+
+    /// Hashes `inputs` (back to back, `input_bytes` each, no prefix added) into `out`.
+    fn hash_many(inputs: &[u8], input_bytes: usize, out: &mut [Digest], slots: &mut Slots) {
+        assert_eq!(
+            inputs.len(),
+            input_bytes * out.len(),
+            "one digest per input"
+        );
+        slots.prepare(out.len(), input_bytes);
+        for (i, input) in inputs.chunks_exact(input_bytes.max(1)).enumerate() {
+            slots.message_mut(i).copy_from_slice(input);
+        }
+        slots.hash_into(out);
+    }
 
     fn reference(data: &[u8]) -> Digest {
         Blake2b::<U32>::digest(data).into()

@@ -31,7 +31,7 @@ pub struct RsEncoder {
 
 /// The smallest number of codeword slots, at least `count`, whose packed shard is a whole
 /// number of 64-byte chunks (`slots * symbol_bytes % 64 == 0`), so that the packed shard has no
-/// tail of its own. At most [`CODEWORDS_PER_BATCH`], which always qualifies for even symbols.
+/// tail of its own. At most `CODEWORDS_PER_BATCH`, which always qualifies for even symbols.
 pub(crate) fn packed_slots(count: usize, symbol_bytes: usize) -> usize {
     assert!(count <= CODEWORDS_PER_BATCH && symbol_bytes.is_multiple_of(2));
     count.next_multiple_of(slot_unit(symbol_bytes))
@@ -168,7 +168,7 @@ impl RsEncoder {
 
 impl RsEncoder {
     /// Encodes several codewords of the same shape and calls `sink(codeword, i, symbol)` for
-    /// each recovery symbol. Up to [`CODEWORDS_PER_BATCH`] codewords of short symbols share one
+    /// each recovery symbol. Up to `CODEWORDS_PER_BATCH` codewords of short symbols share one
     /// encode, packed element by element (see `for_each_run`).
     pub fn encode_many(
         &mut self,

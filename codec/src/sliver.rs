@@ -144,14 +144,14 @@ fn expand_into(
     });
 }
 
-/// Computes the Merkle root of a sliver, re-encoded to `n` symbols, without checking it.
-pub fn sliver_root(
+/// Extends a sliver to `n` symbols into `scratch.symbols` and leaf-hashes them into
+/// `scratch.leaves`.
+fn expand_and_hash_leaves(
     layout: &BlobLayout,
     kind: SliverKind,
     data: &[u8],
     scratch: &mut VerifyScratch,
-) -> Digest {
-    let n = layout.config.n_shards();
+) {
     expand_into(
         layout,
         kind,
@@ -159,13 +159,23 @@ pub fn sliver_root(
         &mut scratch.encoder,
         &mut scratch.symbols,
     );
-    scratch.leaves.resize(n, [0; 32]);
+    scratch.leaves.resize(layout.config.n_shards(), [0; 32]);
     leaf_hashes(
         &scratch.symbols,
         layout.symbol_bytes,
         &mut scratch.leaves,
         &mut scratch.hash,
     );
+}
+
+/// Computes the Merkle root of a sliver, re-encoded to `n` symbols, without checking it.
+pub fn sliver_root(
+    layout: &BlobLayout,
+    kind: SliverKind,
+    data: &[u8],
+    scratch: &mut VerifyScratch,
+) -> Digest {
+    expand_and_hash_leaves(layout, kind, data, scratch);
     root_of_leaf_hashes(&scratch.leaves, &mut scratch.hash)
 }
 
@@ -220,16 +230,11 @@ impl ExpandedSliver {
         data: &[u8],
     ) -> Result<Self, SliverError> {
         check_shape(layout, kind, index, layout.symbol_bytes, data)?;
-        let n = layout.config.n_shards();
         let mut scratch = VerifyScratch::default();
-        let mut symbols = Vec::new();
-        expand_into(layout, kind, data, &mut scratch.encoder, &mut symbols);
-        let mut leaves = vec![[0u8; 32]; n];
-        leaf_hashes(
-            &symbols,
-            layout.symbol_bytes,
-            &mut leaves,
-            &mut scratch.hash,
+        expand_and_hash_leaves(layout, kind, data, &mut scratch);
+        let (symbols, leaves) = (
+            std::mem::take(&mut scratch.symbols),
+            std::mem::take(&mut scratch.leaves),
         );
         let levels = merkle::levels(&leaves, &mut scratch.hash);
         let root = levels.last().map_or(leaves[0], |top| top[0]);

@@ -1,6 +1,6 @@
 //! The storage of a floe node: blob metadata and slivers, by blob ID and shard.
 //!
-//! Today: the on-disk format ([`format`](crate::format), drawn in `docs/format.md`), the narrow device
+//! Today: the on-disk format ([`crate::format`], drawn in `docs/format.md`), the narrow device
 //! interface it is written against with a fault-injecting in-memory implementation
 //! ([`device`]), the real backend on glommio `DmaFile` (io_uring, O_DIRECT; [`glommio_dir`]),
 //! and the store itself ([`store`]): an append-only log of blake3-checksummed records with

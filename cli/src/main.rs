@@ -23,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a storage node. With no options: a single node owning all n = 1000 shards, data in
+    /// ./floe-data, listening on 127.0.0.1:31415.
+    Node(NodeArgs),
     /// Print the blob ID of a file (the same ID Walrus gives the same bytes at the same n).
     BlobId {
         /// The blob.
@@ -55,6 +58,31 @@ enum Command {
 }
 
 #[derive(Args)]
+struct NodeArgs {
+    /// node.toml (every key optional; see README).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, IP:port (port 0 picks a free one); overrides `listen`.
+    #[arg(long)]
+    listen: Option<String>,
+    /// A data directory (repeat for several disks); overrides `data_dirs`.
+    #[arg(long = "data-dir")]
+    data_dirs: Vec<PathBuf>,
+    /// Executor threads, one per core (0 = all cores); overrides `cores`.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Shards of a single-node deployment; overrides `n_shards`.
+    #[arg(long)]
+    shards: Option<u16>,
+    /// This node's name in the committee; overrides `name`.
+    #[arg(long)]
+    name: Option<String>,
+    /// The committee file; overrides `committee`.
+    #[arg(long)]
+    committee: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct CodeArgs {
     /// Number of shards n. The default is Walrus's 1000, so that IDs match Walrus's; small n is
     /// for test clusters.
@@ -78,6 +106,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Node(args) => run_node(args)?,
         Command::BlobId { file, code } => {
             let config = EncodingConfig::new(code.shards)?;
             let blob = read_blob(&file, &config)?;
@@ -119,6 +148,65 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn run_node(args: NodeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = match &args.config {
+        Some(path) => floe_server::NodeConfig::load(path)?,
+        None => floe_server::NodeConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !args.data_dirs.is_empty() {
+        config.data_dirs = args.data_dirs;
+    }
+    if let Some(cores) = args.cores {
+        config.cores = cores;
+    }
+    if let Some(shards) = args.shards {
+        config.n_shards = shards;
+    }
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    if let Some(committee) = args.committee {
+        config.committee = Some(committee);
+    }
+    floe_server::run(config, |ready| {
+        let url = format!("http://{}", ready.address);
+        let dirs: Vec<String> = ready
+            .data_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        println!(
+            "floe node {:?} listening on {url} ({} cores; n = {} shards, {} held here; data in {})",
+            ready.name,
+            ready.cores,
+            ready.n_shards,
+            ready.shards_owned,
+            dirs.join(", ")
+        );
+        println!("  health:  curl {url}/v1/health");
+        println!("  metrics: curl {url}/metrics");
+        println!(
+            "  store:   floe put FILE --node {url}     (prints the blob ID; encodes at n = {})",
+            ready.n_shards
+        );
+        println!("  read:    floe get BLOB_ID --node {url} -o FILE");
+        println!("  stop:    Ctrl-C or SIGTERM (in-flight requests finish first)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })?;
     Ok(())
 }
 

@@ -10,7 +10,9 @@
 
 use crate::config::EncodingConfig;
 use crate::error::BcsError;
+use crate::merkle::MerkleProof;
 use crate::metadata::{BlobMetadata, SliverPairHashes, ENCODING_TYPE_RS2};
+use crate::recovery::RecoverySymbol;
 use crate::sliver::{Sliver, SliverKind};
 
 /// Version tag of the metadata enum (`BlobMetadata::V1`).
@@ -226,10 +228,129 @@ pub fn decode_sliver(kind: SliverKind, body: &[u8]) -> Result<Sliver, BcsError> 
     })
 }
 
+/// Smallest encoding of one recovery symbol: kind, two u16 indices, two ULEB lengths, an empty
+/// symbol and proof. Bounds the count a body can declare.
+const RECOVERY_SYMBOL_WIRE_BYTES_MIN: usize = 1 + 2 + 2 + 1 + 1;
+/// Longest Merkle proof: a tree over at most 4096 leaves has 12 levels below the root.
+const PROOF_SIBLINGS_MAX: u64 = 12;
+
+/// Encodes recovery symbols (floe's peer API, `GET .../recoverySymbols`): ULEB(count), then
+/// per symbol: u8 source kind (0 primary, 1 secondary) || u16 source index || u16 target index
+/// || ULEB(len) || symbol || ULEB(siblings) || siblings * 32 bytes.
+pub fn encode_recovery_symbols(symbols: &[RecoverySymbol]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_uleb(&mut out, symbols.len() as u64);
+    for symbol in symbols {
+        out.push(match symbol.source_kind {
+            SliverKind::Primary => 0,
+            SliverKind::Secondary => 1,
+        });
+        out.extend_from_slice(&(symbol.source_index as u16).to_le_bytes());
+        out.extend_from_slice(&(symbol.target_index as u16).to_le_bytes());
+        put_uleb(&mut out, symbol.data.len() as u64);
+        out.extend_from_slice(&symbol.data);
+        put_uleb(&mut out, symbol.proof.siblings.len() as u64);
+        for sibling in &symbol.proof.siblings {
+            out.extend_from_slice(sibling);
+        }
+    }
+    out
+}
+
+/// Decodes recovery symbols written by [`encode_recovery_symbols`]; the whole body must be
+/// consumed. The symbols are well-formed, not verified: check each with
+/// [`RecoverySymbol::verify`] (which [`crate::recover_sliver`] does).
+pub fn decode_recovery_symbols(body: &[u8]) -> Result<Vec<RecoverySymbol>, BcsError> {
+    let mut reader = Reader { body, offset: 0 };
+    let count = reader.uleb("symbol count")?;
+    if count > (reader.remaining() / RECOVERY_SYMBOL_WIRE_BYTES_MIN) as u64 {
+        return Err(BcsError::LengthExceedsBody {
+            what: "recovery symbols",
+            declared: count,
+            available: reader.remaining(),
+        });
+    }
+    let mut symbols = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let source_kind = match reader.u8("source kind")? {
+            0 => SliverKind::Primary,
+            1 => SliverKind::Secondary,
+            tag => {
+                return Err(BcsError::UnknownTag {
+                    what: "sliver kind",
+                    tag: tag.into(),
+                })
+            }
+        };
+        let source_index = reader.u16("source index")?.into();
+        let target_index = reader.u16("target index")?.into();
+        let len = reader.uleb("symbol length")?;
+        if len > reader.remaining() as u64 {
+            return Err(BcsError::LengthExceedsBody {
+                what: "symbol",
+                declared: len,
+                available: reader.remaining(),
+            });
+        }
+        let data = reader.take(len as usize, "symbol")?.to_vec();
+        let siblings = reader.uleb("proof length")?;
+        if siblings > PROOF_SIBLINGS_MAX {
+            return Err(BcsError::Invalid(format!(
+                "a proof of {siblings} siblings is longer than any tree of at most 4096 leaves"
+            )));
+        }
+        let siblings = (0..siblings)
+            .map(|_| {
+                reader
+                    .take(32, "proof sibling")
+                    .map(|b| b.try_into().expect("took 32 bytes"))
+            })
+            .collect::<Result<Vec<[u8; 32]>, _>>()?;
+        symbols.push(RecoverySymbol {
+            source_kind,
+            source_index,
+            target_index,
+            data,
+            proof: MerkleProof { siblings },
+        });
+    }
+    reader.finish()?;
+    Ok(symbols)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::encode;
+
+    #[test]
+    fn recovery_symbols_round_trip_and_reject_bad_bodies() {
+        let config = EncodingConfig::new(10).unwrap();
+        let encoded = encode(&config, &[7u8; 500]).unwrap();
+        let layout = *encoded.layout();
+        let symbols: Vec<RecoverySymbol> = (0..3)
+            .map(|j| {
+                crate::ExpandedSliver::new(
+                    encoded.metadata(),
+                    &layout,
+                    SliverKind::Secondary,
+                    j,
+                    encoded.secondary_sliver(j),
+                )
+                .unwrap()
+                .recovery_symbol(5)
+            })
+            .collect();
+        let body = encode_recovery_symbols(&symbols);
+        assert_eq!(decode_recovery_symbols(&body).unwrap(), symbols);
+        for cut in 0..body.len() {
+            assert!(
+                decode_recovery_symbols(&body[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(decode_recovery_symbols(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
 
     #[test]
     fn metadata_and_slivers_round_trip() {

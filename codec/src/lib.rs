@@ -41,8 +41,8 @@ mod sliver;
 mod util;
 
 pub use bcs::{
-    decode_metadata, decode_sliver, encode_metadata, encode_sliver, uleb128_len,
-    METADATA_VERSION_V1,
+    decode_metadata, decode_recovery_symbols, decode_sliver, encode_metadata,
+    encode_recovery_symbols, encode_sliver, uleb128_len, METADATA_VERSION_V1,
 };
 pub use config::{
     BlobLayout, EncodingConfig, N_SHARDS_DEFAULT, N_SHARDS_MAX, N_SHARDS_MIN, SYMBOL_BYTES_MAX,

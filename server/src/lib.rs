@@ -1,4 +1,21 @@
-//! The floe storage node: thread-per-core glommio HTTP server for the node, user and operator APIs (issues 4 and 5; not built yet).
+//! The floe storage node: one glommio executor per core, shared-nothing, serving the node
+//! (peer) API, and the operator endpoints over HTTP/1.1 (hyper).
 //!
-//! This crate has a place in the workspace map so that the layout shows the architecture;
-//! it exports nothing until its issue is done. See ARCHITECTURE.md.
+//! - [`config`]: `node.toml` and the committee file.
+//! - [`route`]: request line to [`route::Route`] (pure; fuzzed).
+//! - [`api`]: the handlers.
+//! - [`owner`]: which core owns which shard, and the owner task that serves its storage.
+//! - [`node`]: startup checks, executors, graceful shutdown.
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod api;
+pub mod config;
+pub mod error;
+mod hyper_io;
+pub mod metrics;
+pub mod node;
+pub mod owner;
+pub mod route;
+
+pub use config::NodeConfig;
+pub use node::{run, NodeError, Ready};

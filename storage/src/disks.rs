@@ -80,6 +80,11 @@ impl<D: Dir> Disks<D> {
         Ok(())
     }
 
+    /// The per-directory stores, in the order of the directories.
+    pub fn stores(&self) -> &[Store<D>] {
+        &self.stores
+    }
+
     /// The per-directory stores, for expiry, reclaiming, scrubbing and metrics.
     pub fn stores_mut(&mut self) -> &mut [Store<D>] {
         &mut self.stores

@@ -131,6 +131,8 @@ pub struct StoreCounters {
     pub bytes_written: u64,
     pub corrupt_records: u64,
     pub failed_commits: u64,
+    /// Record reads the device failed (I/O errors, not checksum failures).
+    pub read_errors: u64,
 }
 
 /// Settings of a [`Store`].
@@ -683,13 +685,19 @@ impl<D: Dir> Store<D> {
             .files
             .get(&location.segment)
             .expect("indexed segments are open");
-        let bytes = file
+        let read = file
             .read_at(
                 location.offset,
                 RECORD_HEADER_BYTES + location.data_bytes as usize,
             )
-            .await
-            .map_err(io_error("reading a record"))?;
+            .await;
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.counters.read_errors += 1;
+                return Err(io_error("reading a record")(err));
+            }
+        };
         let intact = RecordHeader::parse(&bytes).is_some_and(|h| {
             h.kind == key.kind
                 && h.shard == key.shard

@@ -1,0 +1,783 @@
+//! The request handlers: one function per route, each returning a response or an
+//! [`ApiError`]. They run on the core that accepted the connection; storage operations go to
+//! the owning core through [`Owners`](crate::owner::Owners).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use floe_codec::{
+    decode_metadata, decode_sliver, encode_recovery_symbols, BlobId, BlobLayout, BlobMetadata,
+    ExpandedSliver, SliverKind, VerifyScratch, SYMBOL_BYTES_MAX,
+};
+use floe_storage::format::RecordKind;
+use floe_storage::store::Key;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::config::{Committee, Member, NodeConfig};
+use crate::error::ApiError;
+use crate::metrics::{fs_space, Metrics, ReasonLabel};
+use crate::owner::{Held, Op, Owners, Record, StorageFailure};
+use crate::route::Route;
+
+/// What every core shares (read-only, or atomics).
+pub struct Shared {
+    pub config: NodeConfig,
+    pub committee: Committee,
+    pub me: Member,
+    /// `owned[s]`: this node holds shard `s`.
+    pub owned: Vec<bool>,
+    pub owners: Owners,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+}
+
+/// Metadata kept on a core after it was verified, for checking slivers against.
+pub struct CachedMetadata {
+    pub metadata: BlobMetadata,
+    pub layout: BlobLayout,
+    pub end_epoch: u32,
+}
+
+/// Verified metadata cached per core. Why bounded by count: at n = 1000 one entry is ~64 KiB.
+const METADATA_CACHE_ENTRIES: usize = 256;
+
+/// Verified metadata by blob, with insertion order for eviction.
+#[derive(Default)]
+struct MetadataCache {
+    entries: HashMap<[u8; 32], Rc<CachedMetadata>>,
+    order: VecDeque<[u8; 32]>,
+}
+
+/// One core's state: limits' counters and caches. Never shared with another core.
+pub struct CoreState {
+    pub shared: Arc<Shared>,
+    pub core: usize,
+    pub in_flight: Cell<usize>,
+    pub connections: Cell<usize>,
+    pub buffer_bytes: Cell<u64>,
+    metadata_cache: RefCell<MetadataCache>,
+    scratch: RefCell<VerifyScratch>,
+}
+
+pub type Body = Full<Bytes>;
+
+impl CoreState {
+    pub fn new(shared: Arc<Shared>, core: usize) -> Self {
+        Self {
+            shared,
+            core,
+            in_flight: Cell::new(0),
+            connections: Cell::new(0),
+            buffer_bytes: Cell::new(0),
+            metadata_cache: RefCell::new(Default::default()),
+            scratch: RefCell::new(VerifyScratch::default()),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.shared.committee.n_shards.into()
+    }
+
+    async fn call<T>(
+        &self,
+        core: usize,
+        op: impl FnOnce(futures::channel::oneshot::Sender<T>) -> Op,
+    ) -> Result<T, ApiError> {
+        self.shared
+            .owners
+            .call(self.core, core, &self.shared.metrics, op)
+            .await
+            .map_err(storage_error)
+    }
+
+    /// The blob's verified metadata: from this core's cache, or from its home core.
+    async fn metadata(&self, blob_id: &BlobId) -> Result<Option<Rc<CachedMetadata>>, ApiError> {
+        if let Some(hit) = self.metadata_cache.borrow().entries.get(&blob_id.0) {
+            return Ok(Some(hit.clone()));
+        }
+        let home = self.shared.owners.home_of(&blob_id.0);
+        let key = metadata_key(blob_id);
+        let found = self.call(home, |reply| Op::Get { key, reply }).await?;
+        let Some((bytes, end_epoch)) = found.map_err(storage_error)? else {
+            return Ok(None);
+        };
+        // It was verified before it was stored, and its checksum held on this read.
+        let metadata = decode_metadata(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storageError",
+                format!("stored metadata does not decode: {e}"),
+            )
+        })?;
+        let layout = metadata.layout().map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storageError",
+                e.to_string(),
+            )
+        })?;
+        let cached = Rc::new(CachedMetadata {
+            metadata,
+            layout,
+            end_epoch,
+        });
+        self.remember(blob_id, cached.clone());
+        Ok(Some(cached))
+    }
+
+    fn remember(&self, blob_id: &BlobId, cached: Rc<CachedMetadata>) {
+        let mut cache = self.metadata_cache.borrow_mut();
+        if cache.entries.insert(blob_id.0, cached).is_none() {
+            cache.order.push_back(blob_id.0);
+            if cache.order.len() > METADATA_CACHE_ENTRIES {
+                let oldest = cache.order.pop_front().expect("not empty");
+                cache.entries.remove(&oldest);
+            }
+        }
+    }
+}
+
+fn metadata_key(blob_id: &BlobId) -> Key {
+    Key {
+        blob_id: blob_id.0,
+        kind: RecordKind::Metadata,
+        shard: 0,
+    }
+}
+
+fn record_kind(kind: SliverKind) -> RecordKind {
+    match kind {
+        SliverKind::Primary => RecordKind::Primary,
+        SliverKind::Secondary => RecordKind::Secondary,
+    }
+}
+
+fn storage_error(failure: StorageFailure) -> ApiError {
+    match failure {
+        StorageFailure::NoSpace => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "noSpace",
+            "the node's disk is full; everything stored before stays readable",
+        ),
+        StorageFailure::Corrupt => ApiError::not_found(
+            "notHeld",
+            "the stored copy failed its checksum and is treated as missing",
+        ),
+        StorageFailure::Other(message) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storageError", message)
+        }
+    }
+}
+
+/// Bytes of request bodies this core holds; released on drop.
+pub struct BufferReservation {
+    state: Rc<CoreState>,
+    bytes: u64,
+}
+
+impl Drop for BufferReservation {
+    fn drop(&mut self) {
+        let b = &self.state.buffer_bytes;
+        b.set(b.get() - self.bytes);
+    }
+}
+
+fn reserve(state: &Rc<CoreState>, bytes: u64) -> Result<BufferReservation, ApiError> {
+    let limit = state.shared.config.limits.buffer_bytes_per_core;
+    let used = state.buffer_bytes.get();
+    if used + bytes > limit {
+        state
+            .shared
+            .metrics
+            .rejected
+            .get_or_create(&ReasonLabel {
+                reason: "buffer_bytes",
+            })
+            .inc();
+        return Err(ApiError::unavailable(
+            "overloaded",
+            format!("memory for request bodies on this core is in use ({used} of {limit} bytes); retry later"),
+        ));
+    }
+    state.buffer_bytes.set(used + bytes);
+    Ok(BufferReservation {
+        state: state.clone(),
+        bytes,
+    })
+}
+
+/// Reads a whole body of at most `limit` bytes. A body that ends early (truncated upload, a
+/// client that went away) is an error, and nothing of it is kept.
+async fn read_body(
+    state: &Rc<CoreState>,
+    request: Request<Incoming>,
+    limit: u64,
+) -> Result<(Bytes, BufferReservation), ApiError> {
+    let too_large = |what: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bodyTooLarge",
+            format!("{what}; the limit here is {limit} bytes"),
+        )
+    };
+    let declared = match request.headers().get(header::CONTENT_LENGTH) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalidHeader", "Content-Length is not a number")
+                })?,
+        ),
+        None => None,
+    };
+    if let Some(bytes) = declared.filter(|b| *b > limit) {
+        return Err(too_large(format!("the body declares {bytes} bytes")));
+    }
+    let reservation = reserve(state, declared.unwrap_or(limit))?;
+    let collected = Limited::new(request.into_body(), limit as usize)
+        .collect()
+        .await;
+    match collected {
+        Ok(body) => {
+            let bytes = body.to_bytes();
+            state
+                .shared
+                .metrics
+                .received_bytes
+                .inc_by(bytes.len() as u64);
+            Ok((bytes, reservation))
+        }
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(too_large("the body is longer".into()))
+        }
+        Err(err) => Err(ApiError::bad_request(
+            "incompleteBody",
+            format!("the request body ended early or could not be read: {err}"),
+        )),
+    }
+}
+
+fn check_token(state: &CoreState, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = &state.shared.config.write_token else {
+        return Ok(());
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit, so timing does not reveal a prefix.
+    let matches = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "writes need `Authorization: Bearer <token>` with the node's write token",
+        ))
+    }
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&value).expect("JSON values serialise"),
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn octets(bytes: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(bytes));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+}
+
+/// The response for an error.
+pub fn error_response(err: &ApiError) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(err.body())));
+    *response.status_mut() = err.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    match err.status {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        StatusCode::UNAUTHORIZED => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = if err.message.contains("PUT") {
+                "GET, HEAD, PUT"
+            } else {
+                "GET, HEAD"
+            };
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        _ => {}
+    }
+    response
+}
+
+/// Serves one routed request.
+pub async fn dispatch(
+    state: &Rc<CoreState>,
+    route: Route,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    match route {
+        Route::Health => Ok(health(state)),
+        Route::Metrics => metrics(state),
+        Route::Metadata {
+            blob_id,
+            method,
+            epochs,
+        } => {
+            if method == Method::PUT {
+                check_token(state, &request)?;
+                put_metadata(state, blob_id, epochs, request).await
+            } else {
+                get_metadata(state, blob_id).await
+            }
+        }
+        Route::Sliver {
+            blob_id,
+            method,
+            pair,
+            kind,
+        } => {
+            let shard = shard_of(state, &blob_id, pair)?;
+            if method == Method::PUT {
+                check_token(state, &request)?;
+                put_sliver(state, blob_id, pair, shard, kind, request).await
+            } else {
+                get_sliver(state, blob_id, shard, kind).await
+            }
+        }
+        Route::RecoverySymbols {
+            blob_id,
+            target_pair,
+            target_kind,
+            limit,
+        } => recovery_symbols(state, blob_id, target_pair, target_kind, limit).await,
+        Route::Status { blob_id } => status(state, blob_id).await,
+    }
+}
+
+/// The shard holding `pair`, if this node holds it.
+fn shard_of(state: &CoreState, blob_id: &BlobId, pair: u16) -> Result<u16, ApiError> {
+    let n = state.n();
+    if usize::from(pair) >= n {
+        return Err(ApiError::bad_request(
+            "pairOutOfRange",
+            format!("sliver pair index {pair} is out of range: the committee has n = {n} shards"),
+        ));
+    }
+    let shard = blob_id.shard_for_pair(pair.into(), n) as u16;
+    if !state.shared.owned[usize::from(shard)] {
+        let owner = state
+            .shared
+            .committee
+            .members
+            .iter()
+            .find(|m| m.shards.binary_search(&shard).is_ok());
+        let hint = owner.map_or(String::new(), |m| {
+            format!(" (it is held by {} at {})", m.name, m.address)
+        });
+        return Err(ApiError::not_found(
+            "shardNotHeld",
+            format!("pair {pair} of this blob lives on shard {shard}, which this node does not hold{hint}"),
+        ));
+    }
+    Ok(shard)
+}
+
+fn health(state: &CoreState) -> Response<Body> {
+    let shared = &state.shared;
+    let dirs = &shared.config.data_dirs;
+    let mut disks = Vec::new();
+    let mut healthy_dirs = Vec::new();
+    for dir in dirs {
+        let space = fs_space(dir);
+        let ok = space.is_some_and(|(free, _)| free > 0);
+        healthy_dirs.push(ok);
+        disks.push(json!({
+            "dir": dir.display().to_string(),
+            "freeBytes": space.map(|s| s.0),
+            "totalBytes": space.map(|s| s.1),
+            "healthy": ok,
+        }));
+    }
+    let healthy = shared
+        .me
+        .shards
+        .iter()
+        .filter(|s| healthy_dirs[usize::from(**s) % dirs.len()])
+        .count();
+    let owned = shared.me.shards.len();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "status": if healthy == owned { "ok" } else { "degraded" },
+            "name": shared.me.name,
+            "epoch": shared.committee.current_epoch(),
+            "nShards": shared.committee.n_shards,
+            "shardsOwned": owned,
+            "shardsHealthy": healthy,
+            "cores": shared.owners.cores(),
+            "disks": disks,
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    )
+}
+
+fn metrics(state: &CoreState) -> Result<Response<Body>, ApiError> {
+    state
+        .shared
+        .metrics
+        .refresh_disks(&state.shared.config.data_dirs);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.shared.registry).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metricsError",
+            e.to_string(),
+        )
+    })?;
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+fn verification_failed(state: &CoreState, what: &'static str, message: String) -> ApiError {
+    state
+        .shared
+        .metrics
+        .verification_failures
+        .get_or_create(&ReasonLabel { reason: what })
+        .inc();
+    ApiError::bad_request("verificationFailed", message)
+}
+
+async fn put_metadata(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    epochs: u32,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let n = state.n();
+    // Version, encoding, length, ULEB(n) and n tagged pairs.
+    let format_max = (2 + 8 + 5 + n * 66) as u64;
+    let limit = format_max.min(state.shared.config.limits.body_bytes_max);
+    let (body, _reservation) = read_body(state, request, limit).await?;
+    let metadata = decode_metadata(&body)
+        .map_err(|e| ApiError::bad_request("invalidBcs", format!("metadata: {e}")))?;
+    metadata
+        .verify(&blob_id, n)
+        .map_err(|e| verification_failed(state, "metadata", e.to_string()))?;
+    let layout = metadata
+        .layout()
+        .map_err(|e| verification_failed(state, "metadata", e.to_string()))?;
+    let committee = &state.shared.committee;
+    let mut end_epoch = committee.current_epoch().saturating_add(epochs);
+    if let Some(known) = state.metadata(&blob_id).await? {
+        // A second store can extend the lifetime, never shorten it.
+        end_epoch = end_epoch.max(known.end_epoch);
+    }
+    let home = state.shared.owners.home_of(&blob_id.0);
+    let record = Record {
+        key: metadata_key(&blob_id),
+        end_epoch,
+        data: body,
+    };
+    state
+        .call(home, |reply| Op::Put {
+            records: vec![record],
+            reply,
+        })
+        .await?
+        .map_err(storage_error)?;
+    state.remember(
+        &blob_id,
+        Rc::new(CachedMetadata {
+            metadata,
+            layout,
+            end_epoch,
+        }),
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"blobId": blob_id.to_string(), "stored": "metadata", "endEpoch": end_epoch}),
+    ))
+}
+
+async fn get_metadata(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>, ApiError> {
+    let home = state.shared.owners.home_of(&blob_id.0);
+    let key = metadata_key(&blob_id);
+    let found = state.call(home, |reply| Op::Get { key, reply }).await?;
+    match found.map_err(storage_error)? {
+        Some((bytes, _)) => {
+            state.shared.metrics.sent_bytes.inc_by(bytes.len() as u64);
+            Ok(octets(Bytes::from(bytes)))
+        }
+        None => Err(ApiError::not_found(
+            "blobNotFound",
+            format!("this node has no metadata for blob {blob_id}"),
+        )),
+    }
+}
+
+/// The index of the sliver of `kind` in pair `pair`.
+fn sliver_index(kind: SliverKind, pair: u16, n: usize) -> usize {
+    match kind {
+        SliverKind::Primary => pair.into(),
+        SliverKind::Secondary => n - 1 - usize::from(pair),
+    }
+}
+
+async fn put_sliver(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    pair: u16,
+    shard: u16,
+    kind: SliverKind,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let n = state.n();
+    let config = floe_codec::EncodingConfig::new(n as u16).expect("the committee's n is valid");
+    let symbols = kind.n_symbols(&config.layout(0).expect("an empty blob has a layout"));
+    // ULEB length, the symbols at the largest symbol size, symbol size and index.
+    let format_max = (5 + symbols * SYMBOL_BYTES_MAX + 4) as u64;
+    let limit = format_max.min(state.shared.config.limits.body_bytes_max);
+    let (body, _reservation) = read_body(state, request, limit).await?;
+    let Some(known) = state.metadata(&blob_id).await? else {
+        return Err(ApiError::not_found(
+            "blobNotFound",
+            format!("this node has no metadata for blob {blob_id}: store the metadata first"),
+        ));
+    };
+    let sliver = decode_sliver(kind, &body)
+        .map_err(|e| ApiError::bad_request("invalidBcs", format!("{kind} sliver: {e}")))?;
+    let index = sliver_index(kind, pair, n);
+    if usize::from(sliver.index) != index {
+        return Err(ApiError::bad_request(
+            "wrongSliverIndex",
+            format!(
+                "pair {pair} holds {kind} sliver {index}, the body is sliver {}",
+                sliver.index
+            ),
+        ));
+    }
+    floe_codec::verify_sliver(
+        &known.metadata,
+        &known.layout,
+        kind,
+        index,
+        sliver.symbol_bytes.into(),
+        &sliver.data,
+        &mut state.scratch.borrow_mut(),
+    )
+    .map_err(|e| verification_failed(state, "sliver", e.to_string()))?;
+    drop(sliver);
+    let record = Record {
+        key: Key {
+            blob_id: blob_id.0,
+            kind: record_kind(kind),
+            shard,
+        },
+        end_epoch: known.end_epoch,
+        data: body,
+    };
+    let core = state.shared.owners.core_of_shard(shard);
+    state
+        .call(core, |reply| Op::Put {
+            records: vec![record],
+            reply,
+        })
+        .await?
+        .map_err(storage_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"blobId": blob_id.to_string(), "stored": kind.as_str(), "pair": pair, "shard": shard}),
+    ))
+}
+
+async fn load_sliver(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    shard: u16,
+    kind: SliverKind,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let key = Key {
+        blob_id: blob_id.0,
+        kind: record_kind(kind),
+        shard,
+    };
+    let core = state.shared.owners.core_of_shard(shard);
+    match state.call(core, |reply| Op::Get { key, reply }).await? {
+        Ok(found) => Ok(found.map(|(bytes, _)| bytes)),
+        // Failed its checksum: missing, to be healed; never served.
+        Err(StorageFailure::Corrupt) => Ok(None),
+        Err(other) => Err(storage_error(other)),
+    }
+}
+
+async fn get_sliver(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    shard: u16,
+    kind: SliverKind,
+) -> Result<Response<Body>, ApiError> {
+    match load_sliver(state, &blob_id, shard, kind).await? {
+        Some(bytes) => {
+            state.shared.metrics.sent_bytes.inc_by(bytes.len() as u64);
+            Ok(octets(Bytes::from(bytes)))
+        }
+        None => Err(ApiError::not_found(
+            "sliverNotFound",
+            format!(
+                "this node does not hold the {kind} sliver of shard {shard} for blob {blob_id}"
+            ),
+        )),
+    }
+}
+
+/// Everything this node holds for a blob, from every core.
+async fn held(state: &Rc<CoreState>, blob_id: &BlobId) -> Result<Vec<Held>, ApiError> {
+    let mut all = Vec::new();
+    for core in 0..state.shared.owners.cores() {
+        let blob = blob_id.0;
+        let held = state
+            .call(core, |reply| Op::Keys {
+                blob_id: blob,
+                reply,
+            })
+            .await?;
+        for h in held {
+            if h.kind != RecordKind::Metadata || !all.iter().any(|a: &Held| a.kind == h.kind) {
+                all.push(h);
+            }
+        }
+    }
+    Ok(all)
+}
+
+async fn status(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>, ApiError> {
+    let n = state.n();
+    let held = held(state, &blob_id).await?;
+    let metadata = held.iter().find(|h| h.kind == RecordKind::Metadata);
+    let pairs = |kind: RecordKind| {
+        let mut pairs: Vec<usize> = held
+            .iter()
+            .filter(|h| h.kind == kind)
+            .map(|h| blob_id.pair_for_shard(h.shard.into(), n))
+            .collect();
+        pairs.sort_unstable();
+        pairs
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "blobId": blob_id.to_string(),
+            "known": metadata.is_some(),
+            "endEpoch": metadata.map(|m| m.end_epoch),
+            "primaryPairs": pairs(RecordKind::Primary),
+            "secondaryPairs": pairs(RecordKind::Secondary),
+        }),
+    ))
+}
+
+async fn recovery_symbols(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    target_pair: u16,
+    target_kind: SliverKind,
+    limit: Option<u32>,
+) -> Result<Response<Body>, ApiError> {
+    let n = state.n();
+    if usize::from(target_pair) >= n {
+        return Err(ApiError::bad_request(
+            "pairOutOfRange",
+            format!("targetPair {target_pair} is out of range: the committee has n = {n} shards"),
+        ));
+    }
+    let Some(known) = state.metadata(&blob_id).await? else {
+        return Err(ApiError::not_found(
+            "blobNotFound",
+            format!("this node has no metadata for blob {blob_id}"),
+        ));
+    };
+    let target_index = sliver_index(target_kind, target_pair, n);
+    let source_kind = target_kind.orthogonal();
+    let needed = target_kind.n_symbols(&known.layout);
+    let limit = limit.map_or(needed, |l| (l as usize).min(needed));
+    let sources: Vec<Held> = held(state, &blob_id)
+        .await?
+        .into_iter()
+        .filter(|h| h.kind == record_kind(source_kind))
+        .collect();
+    let mut symbols = Vec::with_capacity(limit.min(sources.len()));
+    for source in sources {
+        if symbols.len() == limit {
+            break;
+        }
+        let Some(bytes) = load_sliver(state, &blob_id, source.shard, source_kind).await? else {
+            continue;
+        };
+        let pair = blob_id.pair_for_shard(source.shard.into(), n) as u16;
+        let source_index = sliver_index(source_kind, pair, n);
+        // Stored slivers were verified on arrival and passed their checksum on this read; the
+        // expansion checks the root again anyway, and a failure means skip, never send.
+        let Ok(sliver) = decode_sliver(source_kind, &bytes) else {
+            continue;
+        };
+        let Ok(expanded) = ExpandedSliver::new(
+            &known.metadata,
+            &known.layout,
+            source_kind,
+            source_index,
+            &sliver.data,
+        ) else {
+            continue;
+        };
+        symbols.push(expanded.recovery_symbol(target_index));
+    }
+    if symbols.is_empty() {
+        return Err(ApiError::not_found(
+            "sliverNotFound",
+            format!("this node holds no {source_kind} sliver of blob {blob_id} to recover from"),
+        ));
+    }
+    let body = encode_recovery_symbols(&symbols);
+    state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
+    Ok(octets(Bytes::from(body)))
+}

@@ -1,0 +1,436 @@
+//! Node configuration (`node.toml`) and the committee file, with defaults that make
+//! `floe node` with no arguments a working single-node deployment.
+//!
+//! Every value has a default; a file only names what it changes. Unknown keys are errors (a
+//! typo must not silently fall back to a default). Secrets come from the environment:
+//! `FLOE_WRITE_TOKEN` overrides `write_token`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use floe_codec::N_SHARDS_DEFAULT;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default listen address (`api.md`).
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:31415";
+/// Default data directory, relative to the working directory.
+pub const DATA_DIR_DEFAULT: &str = "./floe-data";
+/// Environment variable that overrides `write_token`.
+pub const WRITE_TOKEN_ENV: &str = "FLOE_WRITE_TOKEN";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Limits that keep a node responsive under overload or abuse.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted (413 above it; the format's own limit also applies).
+    pub body_bytes_max: u64,
+    /// Open connections per core; further connections get a 503 and are closed.
+    pub connections_per_core: usize,
+    /// Requests being served at once per core; further requests get a 503 at once.
+    pub in_flight_per_core: usize,
+    /// Bytes of request bodies held in memory at once per core; a request that would go over
+    /// gets a 503 (before its body is read, when it declares its length).
+    pub buffer_bytes_per_core: u64,
+    /// A connection with no progress for this long is closed (a stuck or slow client).
+    pub idle_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes_max: 256 << 20,
+            connections_per_core: 4096,
+            in_flight_per_core: 512,
+            buffer_bytes_per_core: 1 << 30,
+            idle_timeout_seconds: 30,
+        }
+    }
+}
+
+/// `node.toml`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's name in the committee.
+    pub name: String,
+    pub listen: String,
+    /// One directory per disk.
+    pub data_dirs: Vec<PathBuf>,
+    /// Executor threads (one per core); 0 = every available core.
+    pub cores: usize,
+    /// Pin each executor to its own CPU.
+    pub pin_cores: bool,
+    /// The committee file; without one the node is a committee of one owning all `n_shards`.
+    pub committee: Option<PathBuf>,
+    /// Shards of the single-node committee (ignored with a committee file).
+    pub n_shards: u16,
+    /// Token required on writes (`Authorization: Bearer <token>`); none = writes are open.
+    pub write_token: Option<String>,
+    /// Locked memory glommio registers per core for its DMA buffers. `ulimit -l` must allow
+    /// `cores * io_memory_bytes`.
+    pub io_memory_bytes: usize,
+    /// After SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub shutdown_grace_seconds: u64,
+    /// Length of an epoch (blob lifetimes are counted in epochs) for the single-node committee.
+    pub epoch_seconds: u64,
+    pub limits: Limits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: "floe-0".into(),
+            listen: LISTEN_DEFAULT.into(),
+            data_dirs: vec![PathBuf::from(DATA_DIR_DEFAULT)],
+            cores: 0,
+            pin_cores: true,
+            committee: None,
+            n_shards: N_SHARDS_DEFAULT,
+            write_token: None,
+            io_memory_bytes: 1 << 20,
+            shutdown_grace_seconds: 10,
+            epoch_seconds: 24 * 3600,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A shard list entry: one shard, or an inclusive range written `"a-b"`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ShardSpec {
+    One(u16),
+    Range(String),
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct CommitteeFile {
+    n_shards: u16,
+    #[serde(default = "epoch_seconds_default")]
+    epoch_seconds: u64,
+    /// Unix time at which epoch 0 began.
+    #[serde(default)]
+    genesis_unix_seconds: u64,
+    nodes: Vec<NodeFile>,
+}
+
+fn epoch_seconds_default() -> u64 {
+    24 * 3600
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    name: String,
+    address: String,
+    shards: Vec<ShardSpec>,
+}
+
+/// One member of the committee.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub address: String,
+    /// Sorted.
+    pub shards: Vec<u16>,
+}
+
+/// The committee: who holds which shard. The same on every node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committee {
+    pub n_shards: u16,
+    pub epoch_seconds: u64,
+    pub genesis_unix_seconds: u64,
+    pub members: Vec<Member>,
+}
+
+fn parse_range(text: &str) -> Option<(u16, u16)> {
+    let (a, b) = text.split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a <= b).then_some((a, b))
+}
+
+impl Committee {
+    /// A committee of one node owning every shard.
+    pub fn single(name: &str, address: &str, n_shards: u16, epoch_seconds: u64) -> Self {
+        Self {
+            n_shards,
+            epoch_seconds,
+            genesis_unix_seconds: 0,
+            members: vec![Member {
+                name: name.into(),
+                address: address.into(),
+                shards: (0..n_shards).collect(),
+            }],
+        }
+    }
+
+    /// Parses and checks a committee file's text.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: CommitteeFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let invalid =
+            |message: String| ConfigError::Invalid(format!("{}: {message}", path.display()));
+        floe_codec::EncodingConfig::new(file.n_shards).map_err(|e| invalid(e.to_string()))?;
+        if file.epoch_seconds == 0 {
+            return Err(invalid("epoch_seconds must be at least 1".into()));
+        }
+        let n = file.n_shards;
+        let mut owner: Vec<Option<usize>> = vec![None; n.into()];
+        let mut members = Vec::new();
+        for (i, node) in file.nodes.iter().enumerate() {
+            if file.nodes[..i].iter().any(|other| other.name == node.name) {
+                return Err(invalid(format!("node name {:?} appears twice", node.name)));
+            }
+            let mut shards = Vec::new();
+            for spec in &node.shards {
+                let (a, b) = match spec {
+                    ShardSpec::One(s) => (*s, *s),
+                    ShardSpec::Range(text) => parse_range(text).ok_or_else(|| {
+                        invalid(format!(
+                            "node {:?}: shard range {text:?} is not \"first-last\"",
+                            node.name
+                        ))
+                    })?,
+                };
+                for shard in a..=b {
+                    if shard >= n {
+                        return Err(invalid(format!(
+                            "node {:?}: shard {shard} is out of range for n_shards = {n}",
+                            node.name
+                        )));
+                    }
+                    if let Some(other) = owner[usize::from(shard)] {
+                        return Err(invalid(format!(
+                            "shard {shard} is listed for both {:?} and {:?}",
+                            file.nodes[other].name, node.name
+                        )));
+                    }
+                    owner[usize::from(shard)] = Some(i);
+                    shards.push(shard);
+                }
+            }
+            shards.sort_unstable();
+            members.push(Member {
+                name: node.name.clone(),
+                address: node.address.clone(),
+                shards,
+            });
+        }
+        if let Some(shard) = owner.iter().position(Option::is_none) {
+            return Err(invalid(format!(
+                "shard {shard} belongs to no node: every shard 0..{n} needs exactly one"
+            )));
+        }
+        Ok(Self {
+            n_shards: n,
+            epoch_seconds: file.epoch_seconds,
+            genesis_unix_seconds: file.genesis_unix_seconds,
+            members,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The epoch at `unix_seconds`.
+    pub fn epoch_at(&self, unix_seconds: u64) -> u32 {
+        let since = unix_seconds.saturating_sub(self.genesis_unix_seconds);
+        u32::try_from(since / self.epoch_seconds).unwrap_or(u32::MAX)
+    }
+
+    /// The current epoch.
+    pub fn current_epoch(&self) -> u32 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.epoch_at(now)
+    }
+
+    /// `f`: shards that may be lost or lie.
+    pub fn n_faults(&self) -> usize {
+        (usize::from(self.n_shards) - 1) / 3
+    }
+}
+
+impl NodeConfig {
+    /// Reads `node.toml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies environment overrides (secrets).
+    pub fn apply_env(&mut self) {
+        if let Ok(token) = std::env::var(WRITE_TOKEN_ENV) {
+            self.write_token = (!token.is_empty()).then_some(token);
+        }
+    }
+
+    /// Executor threads to run.
+    pub fn core_count(&self) -> usize {
+        if self.cores > 0 {
+            self.cores
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "listen address {:?} is not IP:port ({e}); for example {LISTEN_DEFAULT}",
+                self.listen
+            ))
+        })
+    }
+
+    /// The committee this node belongs to (loaded, or the single-node default), checked
+    /// against this node's name.
+    pub fn committee(&self) -> Result<Committee, ConfigError> {
+        let committee = match &self.committee {
+            Some(path) => Committee::load(path)?,
+            None => {
+                floe_codec::EncodingConfig::new(self.n_shards)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                if self.epoch_seconds == 0 {
+                    return Err(ConfigError::Invalid(
+                        "epoch_seconds must be at least 1".into(),
+                    ));
+                }
+                Committee::single(&self.name, &self.listen, self.n_shards, self.epoch_seconds)
+            }
+        };
+        if committee.member(&self.name).is_none() {
+            let names: Vec<&str> = committee.members.iter().map(|m| m.name.as_str()).collect();
+            return Err(ConfigError::Invalid(format!(
+                "this node's name {:?} is not in the committee (members: {}); set `name` in \
+                 node.toml",
+                self.name,
+                names.join(", ")
+            )));
+        }
+        Ok(committee)
+    }
+
+    /// Checks values that have no sensible meaning (before anything starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.data_dirs.is_empty() {
+            return invalid("data_dirs needs at least one directory");
+        }
+        if self.core_count() > 256 {
+            return invalid("cores must be at most 256");
+        }
+        let l = &self.limits;
+        if l.connections_per_core == 0 || l.in_flight_per_core == 0 {
+            return invalid(
+                "limits.connections_per_core and limits.in_flight_per_core must be at least 1",
+            );
+        }
+        if l.idle_timeout_seconds == 0 {
+            return invalid("limits.idle_timeout_seconds must be at least 1");
+        }
+        if l.buffer_bytes_per_core < l.body_bytes_max {
+            return invalid("limits.buffer_bytes_per_core must be at least limits.body_bytes_max");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committee_parses_ranges_and_checks_coverage() {
+        let text = r#"
+            n_shards = 10
+            [[nodes]]
+            name = "a"
+            address = "127.0.0.1:1"
+            shards = ["0-4", 9]
+            [[nodes]]
+            name = "b"
+            address = "127.0.0.1:2"
+            shards = ["5-8"]
+        "#;
+        let c = Committee::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.member("a").unwrap().shards, vec![0, 1, 2, 3, 4, 9]);
+        assert_eq!(c.n_faults(), 3);
+        let missing = text.replace("\"5-8\"", "\"5-7\"");
+        let err = Committee::parse(&missing, Path::new("c.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("shard 8 belongs to no node"),
+            "{err}"
+        );
+        let twice = text.replace("\"5-8\"", "\"4-8\"");
+        let err = Committee::parse(&twice, Path::new("c.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("shard 4 is listed for both"),
+            "{err}"
+        );
+        let typo = text.replace("address", "adress");
+        assert!(Committee::parse(&typo, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn node_defaults_are_a_single_node() {
+        let config: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(config, NodeConfig::default());
+        let committee = config.committee().unwrap();
+        assert_eq!(committee.n_shards, 1000);
+        assert_eq!(committee.members[0].shards.len(), 1000);
+        assert!(toml::from_str::<NodeConfig>("listn = \"x\"").is_err());
+        let partial: NodeConfig = toml::from_str("[limits]\nbody_bytes_max = 10").unwrap();
+        assert_eq!(partial.limits.body_bytes_max, 10);
+        assert_eq!(
+            partial.limits.in_flight_per_core,
+            Limits::default().in_flight_per_core
+        );
+    }
+
+    #[test]
+    fn epochs_count_from_genesis() {
+        let mut c = Committee::single("a", "x", 10, 100);
+        c.genesis_unix_seconds = 1000;
+        assert_eq!(c.epoch_at(999), 0);
+        assert_eq!(c.epoch_at(1099), 0);
+        assert_eq!(c.epoch_at(1100), 1);
+    }
+}

@@ -1,0 +1,221 @@
+//! The node's Prometheus metrics (`GET /metrics`).
+//!
+//! One registry for the whole node; every metric is a set of atomics, so each core updates
+//! them without a lock or a cross-core message. Names follow `api.md`: counters end in
+//! `_total`, sizes in `_bytes`, durations are seconds, and no label holds a blob ID (label
+//! values come from small fixed sets: routes, statuses, cores, data directories).
+
+use std::path::Path;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CoreLabel {
+    pub core: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabel {
+    pub dir: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 us to ~26 s.
+    Histogram::new(exponential_buckets(50e-6, 2.0, 20))
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    pub requests: Family<RouteStatus, Counter>,
+    pub request_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub received_bytes: Counter,
+    pub sent_bytes: Counter,
+    pub in_flight: Family<CoreLabel, Gauge>,
+    pub connections: Family<CoreLabel, Gauge>,
+    /// Requests or connections turned away by a limit, by which limit.
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// Metadata or slivers that failed verification on PUT.
+    pub verification_failures: Family<ReasonLabel, Counter>,
+    pub disk_used_bytes: Family<DirLabel, Gauge>,
+    pub disk_free_bytes: Family<DirLabel, Gauge>,
+    pub disk_io_errors: Family<DirLabel, Counter>,
+    pub corrupt_records: Family<DirLabel, Counter>,
+    /// Storage operations a connection's core sent to another core.
+    pub cross_core_hops: Counter,
+    pub cross_core_hop_seconds: Histogram,
+    /// Records written per group commit.
+    pub records_per_commit: Histogram,
+}
+
+impl Metrics {
+    /// The metrics, registered in a new registry.
+    pub fn new() -> (Self, Registry) {
+        let metrics = Self {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            received_bytes: Counter::default(),
+            sent_bytes: Counter::default(),
+            in_flight: Family::default(),
+            connections: Family::default(),
+            rejected: Family::default(),
+            verification_failures: Family::default(),
+            disk_used_bytes: Family::default(),
+            disk_free_bytes: Family::default(),
+            disk_io_errors: Family::default(),
+            corrupt_records: Family::default(),
+            cross_core_hops: Counter::default(),
+            cross_core_hop_seconds: latency_histogram(),
+            records_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+        };
+        let mut registry = Registry::with_prefix("floe");
+        let r = &mut registry;
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            metrics.requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "Time from request head to response head, by route",
+            Unit::Seconds,
+            metrics.request_seconds.clone(),
+        );
+        r.register_with_unit(
+            "http_received",
+            "Request body bytes received",
+            Unit::Bytes,
+            metrics.received_bytes.clone(),
+        );
+        r.register_with_unit(
+            "http_sent",
+            "Response body bytes sent",
+            Unit::Bytes,
+            metrics.sent_bytes.clone(),
+        );
+        r.register(
+            "http_in_flight_requests",
+            "Requests being served, per core",
+            metrics.in_flight.clone(),
+        );
+        r.register(
+            "http_connections",
+            "Open connections, per core",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "http_rejected",
+            "Requests or connections turned away by a limit",
+            metrics.rejected.clone(),
+        );
+        r.register(
+            "verification_failures",
+            "Metadata or slivers refused because they failed verification",
+            metrics.verification_failures.clone(),
+        );
+        r.register_with_unit(
+            "disk_used",
+            "Bytes of floe's files in each data directory",
+            Unit::Bytes,
+            metrics.disk_used_bytes.clone(),
+        );
+        r.register_with_unit(
+            "disk_free",
+            "Free bytes on each data directory's file system",
+            Unit::Bytes,
+            metrics.disk_free_bytes.clone(),
+        );
+        r.register(
+            "disk_io_errors",
+            "Failed reads and commits, per data directory",
+            metrics.disk_io_errors.clone(),
+        );
+        r.register(
+            "corrupt_records",
+            "Records that failed their checksum on read (treated as missing), per data directory",
+            metrics.corrupt_records.clone(),
+        );
+        r.register(
+            "cross_core_hops",
+            "Storage operations sent to the core that owns the shard",
+            metrics.cross_core_hops.clone(),
+        );
+        r.register_with_unit(
+            "cross_core_hop_duration",
+            "Round trip of a storage operation sent to another core",
+            Unit::Seconds,
+            metrics.cross_core_hop_seconds.clone(),
+        );
+        r.register(
+            "records_per_commit",
+            "Records written per group commit",
+            metrics.records_per_commit.clone(),
+        );
+        (metrics, registry)
+    }
+
+    /// Refreshes the per-directory space gauges (called on scrape).
+    pub fn refresh_disks(&self, dirs: &[std::path::PathBuf]) {
+        for dir in dirs {
+            let label = DirLabel {
+                dir: dir.display().to_string(),
+            };
+            if let Some((free, _total)) = fs_space(dir) {
+                self.disk_free_bytes.get_or_create(&label).set(free as i64);
+            }
+            self.disk_used_bytes
+                .get_or_create(&label)
+                .set(dir_bytes(dir) as i64);
+        }
+    }
+}
+
+/// Free and total bytes of the file system holding `path`.
+pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some((stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize))
+}
+
+/// Bytes of the files under `path` (two levels: the per-core directories and their segments).
+pub fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            if let Ok(inner) = std::fs::read_dir(entry.path()) {
+                total += inner
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum::<u64>();
+            }
+        } else {
+            total += meta.len();
+        }
+    }
+    total
+}

@@ -1,0 +1,559 @@
+//! Starting and stopping a node: checks before anything starts, one glommio executor per
+//! core, and a two-phase graceful shutdown.
+//!
+//! Startup checks the configuration, the committee, the locked-memory limit, each data
+//! directory and the listen address, and fails with the fix in the message. Then each core
+//! opens its stores (`DATA_DIR/core-C-of-N`), starts its owner task, binds the listen address
+//! with `SO_REUSEPORT` (the kernel spreads connections over cores) and serves.
+//!
+//! Shutdown (SIGTERM/SIGINT): phase 1, every core stops accepting and lets in-flight requests
+//! finish (hyper's graceful shutdown) within the grace period; phase 2, once every core is
+//! drained, the owners stop. Every acknowledged write was durable before it was acknowledged,
+//! so nothing needs flushing.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use futures::future::{select, Either};
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use floe_storage::disks::Disks;
+use floe_storage::glommio_dir::GlommioDir;
+use floe_storage::store::StoreOptions;
+
+use crate::api::{dispatch, error_response, Body, CoreState, Shared};
+use crate::config::NodeConfig;
+use crate::error::ApiError;
+use crate::hyper_io::HyperStream;
+use crate::metrics::{CoreLabel, Metrics, ReasonLabel};
+use crate::owner::{run_owner, Owners};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct NodeError(pub String);
+
+impl From<crate::config::ConfigError> for NodeError {
+    fn from(err: crate::config::ConfigError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+/// What a started node reports once every core serves.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub address: SocketAddr,
+    pub cores: usize,
+    pub name: String,
+    pub n_shards: u16,
+    pub shards_owned: usize,
+    pub data_dirs: Vec<PathBuf>,
+}
+
+enum Event {
+    Ready { address: SocketAddr },
+    Failed(String),
+    Drained,
+    Signal(i32),
+}
+
+/// Runs a node until SIGTERM or SIGINT; `on_ready` is called once every core serves.
+pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
+    config.apply_env();
+    config.validate()?;
+    let committee = config.committee()?;
+    let me = committee
+        .member(&config.name)
+        .cloned()
+        .expect("committee() checked membership");
+    let cores = config.core_count();
+    check_memlock(cores, config.io_memory_bytes)?;
+    for dir in &config.data_dirs {
+        prepare_data_dir(dir, cores)?;
+    }
+    let address = probe_listen(config.listen_addr()?)?;
+
+    let (metrics, registry) = Metrics::new();
+    let metrics = Arc::new(metrics);
+    let (owners, queues) = Owners::new(cores);
+    let mut owned = vec![false; committee.n_shards.into()];
+    for shard in &me.shards {
+        owned[usize::from(*shard)] = true;
+    }
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        committee: committee.clone(),
+        me: me.clone(),
+        owned,
+        owners,
+        metrics,
+        registry,
+    });
+
+    let (events, events_rx) = std_mpsc::channel::<Event>();
+    let mut stops = Vec::new();
+    let mut finishes = Vec::new();
+    let mut threads = Vec::new();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Core 0 binds first, so that a port of 0 becomes one port that every core shares.
+    let mut bound = address;
+    for (core, queue) in queues.into_iter().enumerate() {
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (finish, finish_rx) = oneshot::channel::<()>();
+        stops.push(stop);
+        finishes.push(finish);
+        let placement = if config.pin_cores {
+            Placement::Fixed(core % cpus)
+        } else {
+            Placement::Unbound
+        };
+        let shared = shared.clone();
+        let events = events.clone();
+        let thread = LocalExecutorBuilder::new(placement)
+            .name(&format!("floe-core-{core}"))
+            .io_memory(config.io_memory_bytes)
+            .spawn(move || async move {
+                core_main(shared, core, bound, queue, stop_rx, finish_rx, events).await
+            })
+            .map_err(|e| NodeError(format!("starting the executor of core {core}: {e}")))?;
+        threads.push(thread);
+        // Wait for this core before starting the next: its port is theirs.
+        match events_rx.recv() {
+            Ok(Event::Ready { address }) => bound = address,
+            Ok(Event::Failed(message)) => {
+                stop_all(stops, finishes);
+                join_all(threads);
+                return Err(NodeError(message));
+            }
+            _ => unreachable!("a starting core reports ready or failed first"),
+        }
+    }
+
+    let signal_events = events.clone();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| NodeError(format!("installing signal handlers: {e}")))?;
+    let signal_handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = signal_events.send(Event::Signal(signal));
+        }
+    });
+
+    on_ready(&Ready {
+        address: bound,
+        cores,
+        name: me.name.clone(),
+        n_shards: committee.n_shards,
+        shards_owned: me.shards.len(),
+        data_dirs: config.data_dirs.clone(),
+    });
+
+    let mut failure = None;
+    match events_rx.recv() {
+        Ok(Event::Signal(signal)) => info!(
+            signal,
+            "shutting down: no new connections, finishing requests"
+        ),
+        Ok(Event::Failed(message)) => failure = Some(message),
+        _ => failure = Some("a core stopped unexpectedly".into()),
+    }
+    signal_handle.close();
+    let started = Instant::now();
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    let mut drained = 0;
+    while drained < cores {
+        match events_rx.recv() {
+            Ok(Event::Drained) => drained += 1,
+            Ok(Event::Failed(message)) => {
+                failure.get_or_insert(message);
+                drained += 1;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    for finish in finishes {
+        let _ = finish.send(());
+    }
+    join_all(threads);
+    info!(seconds = started.elapsed().as_secs_f64(), "stopped");
+    match failure {
+        Some(message) => Err(NodeError(message)),
+        None => Ok(()),
+    }
+}
+
+fn stop_all(stops: Vec<oneshot::Sender<()>>, finishes: Vec<oneshot::Sender<()>>) {
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for finish in finishes {
+        let _ = finish.send(());
+    }
+}
+
+fn join_all(threads: Vec<glommio::ExecutorJoinHandle<()>>) {
+    for thread in threads {
+        if thread.join().is_err() {
+            warn!("an executor thread panicked");
+        }
+    }
+}
+
+/// The locked-memory limit must cover glommio's registered I/O memory on every core.
+fn check_memlock(cores: usize, io_memory: usize) -> Result<(), NodeError> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
+    let Some(current) = limit.current else {
+        return Ok(()); // unlimited
+    };
+    // glommio also locks a little for its rings; leave a quarter of a MiB per core for that.
+    let needed = cores as u64 * (io_memory as u64 + (256 << 10));
+    if current < needed {
+        return Err(NodeError(format!(
+            "the locked-memory limit (ulimit -l) is {} KiB, but {cores} cores x io_memory_bytes \
+             {} KiB need {} KiB. Fix: raise it (`ulimit -l unlimited` as root, or \
+             LimitMEMLOCK=infinity in the systemd unit), or lower `cores` or `io_memory_bytes` \
+             in node.toml",
+            current / 1024,
+            io_memory / 1024,
+            needed / 1024
+        )));
+    }
+    Ok(())
+}
+
+/// The per-core directory of a data directory.
+pub fn core_dir(data_dir: &Path, core: usize, cores: usize) -> PathBuf {
+    data_dir.join(format!("core-{core}-of-{cores}"))
+}
+
+/// Creates the data directory, checks it is writable, and that it was not written by a node
+/// with another number of cores (shards would be looked up on the wrong core).
+fn prepare_data_dir(dir: &Path, cores: usize) -> Result<(), NodeError> {
+    let fail = |what: &str, err: std::io::Error| {
+        NodeError(format!(
+            "data directory {} is not usable ({what}: {err}). Fix: create it and make it \
+             writable by this user, or choose another with --data-dir or `data_dirs` in node.toml",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail("creating it", e))?;
+    let probe = dir.join(".floe-write-test");
+    std::fs::write(&probe, b"floe").map_err(|e| fail("writing a file in it", e))?;
+    std::fs::remove_file(&probe).map_err(|e| fail("removing a file from it", e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| fail("listing it", e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix("core-") else {
+            continue;
+        };
+        let Some((_, of)) = rest.split_once("-of-") else {
+            continue;
+        };
+        if of.parse::<usize>().ok() != Some(cores) {
+            return Err(NodeError(format!(
+                "data directory {} was written by a node with {of} cores ({name}), this one \
+                 runs {cores}: each core owns its shards' files. Fix: start with --cores {of} \
+                 (or `cores = {of}` in node.toml)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the listen address is free (a plain bind, without `SO_REUSEPORT`, so that another
+/// process serving there is found rather than silently sharing the port), and resolves port 0.
+fn probe_listen(address: SocketAddr) -> Result<SocketAddr, NodeError> {
+    match std::net::TcpListener::bind(address) {
+        Ok(listener) => listener
+            .local_addr()
+            .map_err(|e| NodeError(format!("reading the bound address: {e}"))),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(NodeError(format!(
+            "{address} is already in use (another floe node?). Fix: stop that process, or \
+             listen elsewhere with --listen or `listen` in node.toml"
+        ))),
+        Err(err) => Err(NodeError(format!(
+            "cannot listen on {address}: {err}. Fix: use an address of this machine with \
+             --listen or `listen` in node.toml"
+        ))),
+    }
+}
+
+/// Tells connections to finish up.
+#[derive(Default)]
+struct Stopping {
+    flag: std::cell::Cell<bool>,
+    event: event_listener::Event,
+}
+
+async fn core_main(
+    shared: Arc<Shared>,
+    core: usize,
+    address: SocketAddr,
+    queue: futures::channel::mpsc::Receiver<crate::owner::Op>,
+    stop: oneshot::Receiver<()>,
+    finish: oneshot::Receiver<()>,
+    events: std_mpsc::Sender<Event>,
+) {
+    let config = &shared.config;
+    let cores = shared.owners.cores();
+    let mut dirs = Vec::new();
+    for data_dir in &config.data_dirs {
+        let path = core_dir(data_dir, core, cores);
+        match GlommioDir::open(&path).await {
+            Ok(dir) => dirs.push(dir),
+            Err(err) => {
+                let _ = events.send(Event::Failed(format!(
+                    "core {core}: opening {}: {err}",
+                    path.display()
+                )));
+                return;
+            }
+        }
+    }
+    let disks = match Disks::open(dirs, StoreOptions::default()).await {
+        Ok((disks, reports)) => {
+            for (dir, report) in config.data_dirs.iter().zip(reports) {
+                info!(
+                    core,
+                    dir = %dir.display(),
+                    records = report.records,
+                    segments = report.segments,
+                    corrupt_regions = report.corrupt_regions.len(),
+                    torn_tail_bytes = report.torn_tail_bytes,
+                    "store opened"
+                );
+            }
+            disks
+        }
+        Err(err) => {
+            let _ = events.send(Event::Failed(format!(
+                "core {core}: opening the stores: {err}"
+            )));
+            return;
+        }
+    };
+    let labels = config
+        .data_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    let owner = glommio::spawn_local(run_owner(disks, queue, shared.metrics.clone(), labels));
+    let listener = match TcpListener::bind(address) {
+        Ok(listener) => listener,
+        Err(err) => {
+            let _ = events.send(Event::Failed(format!(
+                "core {core}: listening on {address}: {err}"
+            )));
+            return;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(address);
+    let _ = events.send(Event::Ready { address: bound });
+    debug!(core, %bound, "serving");
+
+    let state = Rc::new(CoreState::new(shared.clone(), core));
+    let stopping = Rc::new(Stopping::default());
+    let gate = Rc::new(glommio::sync::Gate::new());
+    let mut stop = stop;
+    loop {
+        match select(Box::pin(listener.accept()), &mut stop).await {
+            Either::Left((Ok(stream), _)) => {
+                let limit = config.limits.connections_per_core;
+                if state.connections.get() >= limit {
+                    shared
+                        .metrics
+                        .rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: "connections",
+                        })
+                        .inc();
+                    // A dropped glommio task is cancelled: detach it; the gate still waits for it.
+                    if let Ok(task) = gate.spawn(refuse_connection(stream, limit)) {
+                        task.detach();
+                    }
+                    continue;
+                }
+                let (state, stopping) = (state.clone(), stopping.clone());
+                if let Ok(task) = gate.spawn(serve_connection(state, stream, stopping)) {
+                    task.detach();
+                }
+            }
+            Either::Left((Err(err), _)) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(core, %err, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            Either::Right(_) => break,
+        }
+    }
+    drop(listener);
+    stopping.flag.set(true);
+    stopping.event.notify(usize::MAX);
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    if glommio::timer::timeout(grace, async {
+        let _ = gate.close().await;
+        Ok(())
+    })
+    .await
+    .is_err()
+    {
+        warn!(
+            core,
+            "connections still open after the grace period; closing them"
+        );
+    }
+    let _ = events.send(Event::Drained);
+    let _ = finish.await;
+    drop(state);
+    // The owner ends once no sender is left; `Shared` holds them, so close the queue.
+    shared.owners.close(core);
+    owner.await;
+}
+
+/// Answers 503 on a connection over the limit and closes it.
+async fn refuse_connection(mut stream: TcpStream, limit: usize) {
+    let err = ApiError::unavailable(
+        "tooManyConnections",
+        format!("this core serves {limit} connections already; retry later"),
+    );
+    let body = err.body();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.close().await;
+}
+
+/// Largest request head hyper buffers. Why: bounds per-connection memory; real heads are
+/// well under 16 KiB.
+const HEAD_BYTES_MAX: usize = 64 << 10;
+
+async fn serve_connection(state: Rc<CoreState>, stream: TcpStream, stopping: Rc<Stopping>) {
+    let idle = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
+    let _ = stream.set_read_timeout(Some(idle));
+    let _ = stream.set_write_timeout(Some(idle));
+    let _ = stream.set_nodelay(true);
+    let metrics = state.shared.metrics.clone();
+    let label = CoreLabel {
+        core: state.core as u16,
+    };
+    state.connections.set(state.connections.get() + 1);
+    metrics.connections.get_or_create(&label).inc();
+    let service_state = state.clone();
+    let service = service_fn(move |request| {
+        let state = service_state.clone();
+        async move { Ok::<_, Infallible>(handle(state, request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .header_read_timeout(None)
+        .max_buf_size(HEAD_BYTES_MAX.max(8192))
+        .keep_alive(true);
+    let connection = builder.serve_connection(HyperStream(stream), service);
+    futures::pin_mut!(connection);
+    let listener = stopping.event.listen();
+    let result = if stopping.flag.get() {
+        connection.as_mut().graceful_shutdown();
+        connection.await
+    } else {
+        match select(connection.as_mut(), listener).await {
+            Either::Left((result, _)) => result,
+            Either::Right(((), _)) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    };
+    if let Err(err) = result {
+        debug!(%err, "connection ended with an error");
+    }
+    state.connections.set(state.connections.get() - 1);
+    metrics.connections.get_or_create(&label).dec();
+}
+
+/// Serves one request: the in-flight limit, routing, the handler, metrics.
+async fn handle(state: Rc<CoreState>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let metrics = state.shared.metrics.clone();
+    let limit = state.shared.config.limits.in_flight_per_core;
+    if state.in_flight.get() >= limit {
+        metrics
+            .rejected
+            .get_or_create(&ReasonLabel {
+                reason: "in_flight",
+            })
+            .inc();
+        let err = ApiError::unavailable(
+            "overloaded",
+            format!("this core is serving {limit} requests already; retry later"),
+        );
+        return finish(&metrics, "overloaded", started, error_response(&err));
+    }
+    let label = CoreLabel {
+        core: state.core as u16,
+    };
+    state.in_flight.set(state.in_flight.get() + 1);
+    metrics.in_flight.get_or_create(&label).inc();
+    let route = crate::route::parse(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
+    let (name, response) = match route {
+        Ok(route) => {
+            let name = route.name();
+            let response = dispatch(&state, route, request)
+                .await
+                .unwrap_or_else(|err| error_response(&err));
+            (name, response)
+        }
+        Err(err) => ("unknown", error_response(&err)),
+    };
+    state.in_flight.set(state.in_flight.get() - 1);
+    metrics.in_flight.get_or_create(&label).dec();
+    finish(&metrics, name, started, response)
+}
+
+fn finish(
+    metrics: &Metrics,
+    route: &'static str,
+    started: Instant,
+    response: Response<Body>,
+) -> Response<Body> {
+    metrics
+        .requests
+        .get_or_create(&crate::metrics::RouteStatus {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    metrics
+        .request_seconds
+        .get_or_create(&crate::metrics::RouteLabel { route })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

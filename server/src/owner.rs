@@ -1,0 +1,251 @@
+//! Shard ownership across cores: each core owns the storage of some shards, and a task on that
+//! core (the "owner") is the only thing that touches it.
+//!
+//! Shard `s` belongs to core `s % cores`; a blob's metadata to core `blob_id % cores` (its
+//! "home"). A connection is served on whatever core accepted it; it verifies what it receives
+//! itself (spreading the hashing over cores) and sends storage operations to the owning core as
+//! an [`Op`] over a channel: the one explicit cross-core hop, counted and timed in `/metrics`.
+//! An owner drains every operation waiting in its queue before writing, so the slivers of many
+//! concurrent requests become one durable commit (group commit).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use floe_storage::device::Dir;
+use floe_storage::disks::Disks;
+use floe_storage::format::RecordKind;
+use floe_storage::store::{Key, Put, StoreError};
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+
+use crate::metrics::{DirLabel, Metrics};
+
+/// One record to store.
+pub struct Record {
+    pub key: Key,
+    pub end_epoch: u32,
+    pub data: bytes::Bytes,
+}
+
+/// A storage failure, as sent back to the requesting core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageFailure {
+    /// The disk is full; what was stored before stays readable.
+    NoSpace,
+    /// The record failed its checksum: treated as missing.
+    Corrupt,
+    /// Anything else, with the store's message.
+    Other(String),
+}
+
+impl From<StoreError> for StorageFailure {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NoSpace { .. } => Self::NoSpace,
+            StoreError::Corrupt { .. } => Self::Corrupt,
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+/// What a record key holds for a blob, as listed by [`Op::Keys`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub kind: RecordKind,
+    pub shard: u16,
+    pub end_epoch: u32,
+}
+
+/// A record's bytes and end epoch, `None` if absent.
+pub type GetResult = Result<Option<(Vec<u8>, u32)>, StorageFailure>;
+
+/// An operation for the core that owns the data.
+pub enum Op {
+    /// Store records durably (all of them, or report failure).
+    Put {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<(), StorageFailure>>,
+    },
+    /// Read a record.
+    Get {
+        key: Key,
+        reply: oneshot::Sender<GetResult>,
+    },
+    /// List the records this core holds for a blob.
+    Keys {
+        blob_id: [u8; 32],
+        reply: oneshot::Sender<Vec<Held>>,
+    },
+}
+
+/// Senders to every core's owner, indexed by core. Cheap to clone; `Send`.
+#[derive(Clone)]
+pub struct Owners {
+    senders: Vec<mpsc::Sender<Op>>,
+}
+
+/// The owner's queue length. Why: bounded so that a burst waits for capacity rather than
+/// growing memory; each core's in-flight limit keeps it from filling in practice.
+pub const QUEUE_LEN: usize = 1024;
+
+impl Owners {
+    /// Channels for `cores` owners: the senders, and each core's receiver.
+    pub fn new(cores: usize) -> (Self, Vec<mpsc::Receiver<Op>>) {
+        let (senders, receivers) = (0..cores).map(|_| mpsc::channel(QUEUE_LEN)).unzip();
+        (Self { senders }, receivers)
+    }
+
+    /// Closes `core`'s queue: its owner finishes what is queued, then ends.
+    pub fn close(&self, core: usize) {
+        self.senders[core].clone().close_channel();
+    }
+
+    pub fn cores(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// The core that owns `shard`'s slivers.
+    pub fn core_of_shard(&self, shard: u16) -> usize {
+        usize::from(shard) % self.senders.len()
+    }
+
+    /// The core that keeps a blob's metadata.
+    pub fn home_of(&self, blob_id: &[u8; 32]) -> usize {
+        let head = u64::from_le_bytes(blob_id[..8].try_into().expect("8 bytes"));
+        (head % self.senders.len() as u64) as usize
+    }
+
+    /// Sends `op` (built around a reply channel) to `core` and awaits the reply. A hop to
+    /// another core than `from` is counted and timed.
+    pub async fn call<T>(
+        &self,
+        from: usize,
+        core: usize,
+        metrics: &Metrics,
+        op: impl FnOnce(oneshot::Sender<T>) -> Op,
+    ) -> Result<T, StorageFailure> {
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        let mut sender = self.senders[core].clone();
+        let gone = || StorageFailure::Other("the node is shutting down".into());
+        futures::SinkExt::send(&mut sender, op(reply))
+            .await
+            .map_err(|_| gone())?;
+        let result = answer.await.map_err(|_| gone())?;
+        if core != from {
+            metrics.cross_core_hops.inc();
+            metrics
+                .cross_core_hop_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(result)
+    }
+}
+
+/// Bytes one group commit gathers at most. Why: bounds the commit buffer and the time one
+/// commit holds up reads queued behind it.
+const COMMIT_BYTES_MAX: usize = 64 << 20;
+
+/// The owner task of one core: serves operations until every sender is gone.
+pub async fn run_owner<D: Dir>(
+    mut disks: Disks<D>,
+    mut queue: mpsc::Receiver<Op>,
+    metrics: Arc<Metrics>,
+    dir_labels: Vec<String>,
+) {
+    let mut seen = vec![(0u64, 0u64, 0u64); dir_labels.len()];
+    while let Some(first) = queue.next().await {
+        let mut puts = Vec::new();
+        let mut others = Vec::new();
+        let mut bytes = 0;
+        let mut sort = |op: Op, bytes: &mut usize| match op {
+            Op::Put { records, reply } => {
+                *bytes += records.iter().map(|r| r.data.len()).sum::<usize>();
+                puts.push((records, reply));
+            }
+            other => others.push(other),
+        };
+        sort(first, &mut bytes);
+        while bytes < COMMIT_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(op) => sort(op, &mut bytes),
+                _ => break,
+            }
+        }
+        if !puts.is_empty() {
+            let batch: Vec<Put> = puts
+                .iter()
+                .flat_map(|(records, _)| records.iter())
+                .map(|r| Put {
+                    key: r.key,
+                    end_epoch: r.end_epoch,
+                    data: &r.data,
+                })
+                .collect();
+            let result = disks.put(&batch).await.map_err(StorageFailure::from);
+            if result.is_ok() {
+                metrics.records_per_commit.observe(batch.len() as f64);
+            }
+            drop(batch);
+            for (_, reply) in puts {
+                let _ = reply.send(result.clone());
+            }
+        }
+        for op in others {
+            match op {
+                Op::Put { .. } => unreachable!("puts were sorted out"),
+                Op::Get { key, reply } => {
+                    let result = match disks.get(&key).await {
+                        Ok(Some(data)) => {
+                            let end_epoch = end_epoch_of(&disks, &key).unwrap_or(0);
+                            Ok(Some((data, end_epoch)))
+                        }
+                        Ok(None) => Ok(None),
+                        Err(err) => Err(StorageFailure::from(err)),
+                    };
+                    let _ = reply.send(result);
+                }
+                Op::Keys { blob_id, reply } => {
+                    let mut held: Vec<Held> = Vec::new();
+                    for store in disks.stores() {
+                        for key in store.keys_of(&blob_id) {
+                            if key.kind == RecordKind::Metadata
+                                && held.iter().any(|h| h.kind == RecordKind::Metadata)
+                            {
+                                continue;
+                            }
+                            held.push(Held {
+                                kind: key.kind,
+                                shard: key.shard,
+                                end_epoch: store.end_epoch(&key).unwrap_or(0),
+                            });
+                        }
+                    }
+                    let _ = reply.send(held);
+                }
+            }
+        }
+        // Per-directory error counters, as deltas of the stores' own counters.
+        for ((store, label), last) in disks.stores().iter().zip(&dir_labels).zip(&mut seen) {
+            let c = store.counters();
+            let now = (c.failed_commits, c.read_errors, c.corrupt_records);
+            let dir = DirLabel { dir: label.clone() };
+            let io = (now.0 + now.1).saturating_sub(last.0 + last.1);
+            if io > 0 {
+                metrics.disk_io_errors.get_or_create(&dir).inc_by(io);
+            }
+            if now.2 > last.2 {
+                metrics
+                    .corrupt_records
+                    .get_or_create(&dir)
+                    .inc_by(now.2 - last.2);
+            }
+            *last = now;
+        }
+    }
+}
+
+/// The end epoch a record was stored with, from whichever directory holds it.
+fn end_epoch_of<D: Dir>(disks: &Disks<D>, key: &Key) -> Option<u32> {
+    disks.stores().iter().find_map(|s| s.end_epoch(key))
+}

@@ -1,0 +1,357 @@
+//! Request routing: method, path and query to a [`Route`], or the [`ApiError`] to answer.
+//!
+//! Pure and total (no I/O, never panics), so that it can be fuzzed: every input is either a
+//! route or a 400/404/405 with a message naming what was wrong.
+
+use floe_codec::{BlobId, SliverKind};
+use hyper::{Method, StatusCode};
+
+use crate::error::ApiError;
+
+/// What a request asks for, with its parameters parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v1/health`
+    Health,
+    /// `GET /metrics`
+    Metrics,
+    /// `PUT|GET /v1/blobs/{id}/metadata`; `epochs` (ext, PUT only): how many epochs from the
+    /// current one the blob is stored for (default 1).
+    Metadata {
+        blob_id: BlobId,
+        method: Method,
+        epochs: u32,
+    },
+    /// `PUT|GET /v1/blobs/{id}/slivers/{pair}/{primary|secondary}`
+    Sliver {
+        blob_id: BlobId,
+        method: Method,
+        pair: u16,
+        kind: SliverKind,
+    },
+    /// `GET /v1/blobs/{id}/recoverySymbols?targetPair=P&targetKind=primary|secondary[&limit=L]`:
+    /// symbols of the slivers this node holds, for rebuilding one sliver elsewhere.
+    RecoverySymbols {
+        blob_id: BlobId,
+        target_pair: u16,
+        target_kind: SliverKind,
+        limit: Option<u32>,
+    },
+    /// `GET /v1/blobs/{id}/status`
+    Status { blob_id: BlobId },
+}
+
+impl Route {
+    /// A short fixed name for metrics labels (never a blob ID).
+    pub fn name(&self) -> &'static str {
+        let put = |m: &Method| *m == Method::PUT;
+        match self {
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+            Route::Metadata { method, .. } if put(method) => "put_metadata",
+            Route::Metadata { .. } => "get_metadata",
+            Route::Sliver { method, .. } if put(method) => "put_sliver",
+            Route::Sliver { .. } => "get_sliver",
+            Route::RecoverySymbols { .. } => "recovery_symbols",
+            Route::Status { .. } => "status",
+        }
+    }
+}
+
+/// Longest path or query accepted. Why: every legitimate one is far shorter, and it bounds
+/// the work of a hostile one.
+pub const PATH_BYTES_MAX: usize = 512;
+
+fn method_not_allowed(method: &Method, allowed: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "methodNotAllowed",
+        format!("{method} is not allowed here; allowed: {allowed}"),
+    )
+}
+
+fn parse_blob_id(text: &str) -> Result<BlobId, ApiError> {
+    text.parse().map_err(|e: floe_codec::BlobIdParseError| {
+        ApiError::bad_request("invalidBlobId", e.to_string())
+    })
+}
+
+fn parse_kind(text: &str, what: &str) -> Result<SliverKind, ApiError> {
+    match text {
+        "primary" => Ok(SliverKind::Primary),
+        "secondary" => Ok(SliverKind::Secondary),
+        _ => Err(ApiError::bad_request(
+            "invalidSliverKind",
+            format!("{what} must be `primary` or `secondary`, got {text:?}"),
+        )),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
+    // Plain decimal digits only: no sign, no spaces, no empty string.
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(
+            "invalidNumber",
+            format!("{what} must be a decimal number, got {text:?}"),
+        ));
+    }
+    text.parse().map_err(|_| {
+        ApiError::bad_request("invalidNumber", format!("{what} is out of range: {text}"))
+    })
+}
+
+/// `key=value` pairs of a query string; a key given twice, an unknown key or a pair without
+/// `=` is an error.
+fn query_pairs<'a>(
+    query: Option<&'a str>,
+    known: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(ApiError::bad_request(
+                "invalidQuery",
+                format!("query parameter {pair:?} has no value"),
+            ));
+        };
+        if !known.contains(&key) {
+            return Err(ApiError::bad_request(
+                "invalidQuery",
+                format!(
+                    "unknown query parameter {key:?}; known here: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        if pairs.iter().any(|(k, _)| *k == key) {
+            return Err(ApiError::bad_request(
+                "invalidQuery",
+                format!("query parameter {key:?} is given twice"),
+            ));
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+fn lookup<'a>(pairs: &[(&'a str, &'a str)], key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// Parses a request line into a route.
+pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, ApiError> {
+    if path.len() > PATH_BYTES_MAX || query.is_some_and(|q| q.len() > PATH_BYTES_MAX) {
+        return Err(ApiError::bad_request(
+            "invalidPath",
+            format!("path or query longer than {PATH_BYTES_MAX} bytes"),
+        ));
+    }
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let no_query = |route: Route| -> Result<Route, ApiError> {
+        query_pairs(query, &[])?;
+        Ok(route)
+    };
+    let get_only = |route: Route| -> Result<Route, ApiError> {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(method_not_allowed(method, "GET, HEAD"));
+        }
+        no_query(route)
+    };
+    let get_or_put = |method: &Method| -> Result<Method, ApiError> {
+        match *method {
+            Method::GET | Method::HEAD | Method::PUT => Ok(method.clone()),
+            _ => Err(method_not_allowed(method, "GET, HEAD, PUT")),
+        }
+    };
+    match segments.as_slice() {
+        ["v1", "health"] => get_only(Route::Health),
+        ["metrics"] => get_only(Route::Metrics),
+        ["v1", "blobs", id, "metadata"] => {
+            let blob_id = parse_blob_id(id)?;
+            let method = get_or_put(method)?;
+            let known: &[&str] = if method == Method::PUT {
+                &["epochs"]
+            } else {
+                &[]
+            };
+            let pairs = query_pairs(query, known)?;
+            let epochs = match lookup(&pairs, "epochs") {
+                Some(text) => parse_number::<u32>(text, "epochs")?,
+                None => 1,
+            };
+            if epochs == 0 {
+                return Err(ApiError::bad_request(
+                    "invalidNumber",
+                    "epochs must be at least 1",
+                ));
+            }
+            Ok(Route::Metadata {
+                blob_id,
+                method,
+                epochs,
+            })
+        }
+        ["v1", "blobs", id, "slivers", pair, kind] => {
+            let blob_id = parse_blob_id(id)?;
+            let pair = parse_number::<u16>(pair, "sliver pair index")?;
+            let kind = parse_kind(kind, "sliver kind")?;
+            let method = get_or_put(method)?;
+            query_pairs(query, &[])?;
+            Ok(Route::Sliver {
+                blob_id,
+                method,
+                pair,
+                kind,
+            })
+        }
+        ["v1", "blobs", id, "recoverySymbols"] => {
+            let blob_id = parse_blob_id(id)?;
+            if method != Method::GET && method != Method::HEAD {
+                return Err(method_not_allowed(method, "GET, HEAD"));
+            }
+            let pairs = query_pairs(query, &["targetPair", "targetKind", "limit"])?;
+            let missing = |key: &str| {
+                ApiError::bad_request(
+                    "invalidQuery",
+                    format!("query parameter {key} is required (targetPair=P&targetKind=primary|secondary)"),
+                )
+            };
+            let target_pair = parse_number::<u16>(
+                lookup(&pairs, "targetPair").ok_or_else(|| missing("targetPair"))?,
+                "targetPair",
+            )?;
+            let target_kind = parse_kind(
+                lookup(&pairs, "targetKind").ok_or_else(|| missing("targetKind"))?,
+                "targetKind",
+            )?;
+            let limit = lookup(&pairs, "limit")
+                .map(|text| parse_number::<u32>(text, "limit"))
+                .transpose()?;
+            Ok(Route::RecoverySymbols {
+                blob_id,
+                target_pair,
+                target_kind,
+                limit,
+            })
+        }
+        ["v1", "blobs", id, "status"] => {
+            let blob_id = parse_blob_id(id)?;
+            get_only(Route::Status { blob_id })
+        }
+        _ => Err(ApiError::not_found(
+            "unknownPath",
+            format!("no endpoint at {path:?}; see /v1/health and the API reference (api.md)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "RcU82Mwf-CFkv1LaI_2qcpANwpGUuG3TMwnVzZxD2kY";
+
+    #[test]
+    fn routes_parse() {
+        let id: BlobId = ID.parse().unwrap();
+        assert_eq!(parse(&Method::GET, "/v1/health", None), Ok(Route::Health));
+        assert_eq!(
+            parse(
+                &Method::PUT,
+                &format!("/v1/blobs/{ID}/slivers/7/secondary"),
+                None
+            ),
+            Ok(Route::Sliver {
+                blob_id: id,
+                method: Method::PUT,
+                pair: 7,
+                kind: SliverKind::Secondary
+            })
+        );
+        assert_eq!(
+            parse(
+                &Method::PUT,
+                &format!("/v1/blobs/{ID}/metadata"),
+                Some("epochs=5")
+            ),
+            Ok(Route::Metadata {
+                blob_id: id,
+                method: Method::PUT,
+                epochs: 5
+            })
+        );
+        assert_eq!(
+            parse(
+                &Method::GET,
+                &format!("/v1/blobs/{ID}/recoverySymbols"),
+                Some("targetPair=3&targetKind=primary")
+            ),
+            Ok(Route::RecoverySymbols {
+                blob_id: id,
+                target_pair: 3,
+                target_kind: SliverKind::Primary,
+                limit: None
+            })
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let status = |m: Method, p: &str, q: Option<&str>| parse(&m, p, q).unwrap_err().status;
+        let sliver = format!("/v1/blobs/{ID}/slivers/1/primary");
+        assert_eq!(status(Method::GET, "/v1/blobs/short/metadata", None), 400);
+        assert_eq!(
+            status(
+                Method::GET,
+                &format!("/v1/blobs/{ID}/slivers/-1/primary"),
+                None
+            ),
+            400
+        );
+        assert_eq!(
+            status(
+                Method::GET,
+                &format!("/v1/blobs/{ID}/slivers/70000/primary"),
+                None
+            ),
+            400
+        );
+        assert_eq!(
+            status(
+                Method::GET,
+                &format!("/v1/blobs/{ID}/slivers/1/tertiary"),
+                None
+            ),
+            400
+        );
+        assert_eq!(status(Method::GET, &sliver, Some("x=1")), 400);
+        assert_eq!(status(Method::POST, &sliver, None), 405);
+        assert_eq!(status(Method::DELETE, "/v1/health", None), 405);
+        assert_eq!(status(Method::GET, "/v2/nothing", None), 404);
+        assert_eq!(
+            status(
+                Method::PUT,
+                &format!("/v1/blobs/{ID}/metadata"),
+                Some("epochs=0")
+            ),
+            400
+        );
+        assert_eq!(
+            status(
+                Method::PUT,
+                &format!("/v1/blobs/{ID}/metadata"),
+                Some("epochs=1&epochs=2")
+            ),
+            400
+        );
+        assert_eq!(
+            status(
+                Method::GET,
+                &format!("/v1/blobs/{ID}/recoverySymbols"),
+                Some("targetPair=1")
+            ),
+            400
+        );
+        assert_eq!(status(Method::GET, &"/a".repeat(300), None), 400);
+    }
+}

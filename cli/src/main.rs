@@ -1,5 +1,7 @@
 //! `floe`: the command-line entry point. Thin: every subcommand calls a library.
 
+mod client;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,31 @@ enum Command {
     /// Run a storage node. With no options: a single node owning all n = 1000 shards, data in
     /// ./floe-data, listening on 127.0.0.1:31415.
     Node(NodeArgs),
+    /// Store a file on a node that holds every shard (single-node deployment); prints the
+    /// blob ID.
+    Put {
+        file: PathBuf,
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:31415")]
+        node: String,
+        /// Epochs to store the blob for.
+        #[arg(long, default_value_t = 1)]
+        epochs: u32,
+        /// Worker threads for encoding (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Read a blob from a node, verified against its ID.
+    Get {
+        /// The blob ID (it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
+        blob_id: String,
+        #[arg(long, default_value = "http://127.0.0.1:31415")]
+        node: String,
+        /// Where to write the blob (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Print the blob ID of a file (the same ID Walrus gives the same bytes at the same n).
     BlobId {
         /// The blob.
@@ -107,6 +134,37 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args)?,
+        Command::Put {
+            file,
+            node,
+            epochs,
+            threads,
+        } => {
+            let token = std::env::var("FLOE_WRITE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            let client = client::Node::new(&node);
+            let n = client.n_shards()?;
+            let config = EncodingConfig::new(n)?;
+            let blob = read_blob(&file, &config)?;
+            let encoded = with_threads(threads, || encode_owned(&config, blob))??;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            client::put_blob(&client, &encoded, epochs, token.as_deref(), progress)?;
+            println!("{}", encoded.blob_id());
+        }
+        Command::Get {
+            blob_id,
+            node,
+            output,
+        } => {
+            let id: BlobId = blob_id.parse()?;
+            let blob = client::get_blob(&client::Node::new(&node), &id)?;
+            match output {
+                Some(path) => fs::write(&path, &blob)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::Write::write_all(&mut std::io::stdout().lock(), &blob)?,
+            }
+        }
         Command::BlobId { file, code } => {
             let config = EncodingConfig::new(code.shards)?;
             let blob = read_blob(&file, &config)?;

@@ -1,0 +1,598 @@
+//! End-to-end tests of `floe node`: the real binary on a free loopback port, driven over HTTP
+//! like a client drives it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use floe_codec::{encode, encode_metadata, encode_sliver, EncodedBlob, EncodingConfig, SliverKind};
+
+/// A running node; stopped (SIGTERM, then SIGKILL) when dropped.
+struct NodeProcess {
+    child: Child,
+    url: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+fn start(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+    try_start(args, env).unwrap_or_else(|err| panic!("node did not start: {err}"))
+}
+
+fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<NodeProcess, String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_floe"));
+    command
+        .arg("node")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("run floe node");
+    let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = stderr_text.clone();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        sink.lock().unwrap().push_str(&text);
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    // Keep draining stdout so the node never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+        let status = child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        return Err(format!("{status}: {}", stderr_text.lock().unwrap()));
+    };
+    Ok(NodeProcess {
+        url: url.to_string(),
+        child,
+        stderr: stderr_text,
+    })
+}
+
+impl NodeProcess {
+    /// SIGTERM, and the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        send_signal(self.child.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(
+                    status.success(),
+                    "node exited with {status}: {}",
+                    self.stderr.lock().unwrap()
+                );
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn address(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn send_signal(pid: u32, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    content_type: String,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts an error answer: the status and a JSON error body with a code and message.
+    fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.content_type, "application/json");
+        let json = self.json();
+        assert_eq!(json["error"]["code"], code, "{json}");
+        assert!(!json["error"]["message"].as_str().unwrap().is_empty());
+    }
+}
+
+fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Answer {
+    let agent = agent();
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let mut response = match body {
+        Some(body) => agent.run(request.body(body.to_vec()).unwrap()),
+        None => agent.run(request.body(()).unwrap()),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    Answer {
+        status: response.status().as_u16(),
+        body: response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap(),
+        content_type,
+    }
+}
+
+fn get(url: &str) -> Answer {
+    call("GET", url, None, &[])
+}
+
+fn put(url: &str, body: &[u8]) -> Answer {
+    call("PUT", url, Some(body), &[])
+}
+
+fn store(node: &NodeProcess, blob: &EncodedBlob) {
+    let id = blob.blob_id();
+    let n = blob.layout().config.n_shards();
+    let answer = put(
+        &format!("{}/v1/blobs/{id}/metadata?epochs=3", node.url),
+        &encode_metadata(blob.metadata()),
+    );
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    for pair in 0..n {
+        for (kind, index) in [
+            (SliverKind::Primary, pair),
+            (SliverKind::Secondary, n - 1 - pair),
+        ] {
+            let url = format!("{}/v1/blobs/{id}/slivers/{pair}/{kind}", node.url);
+            let answer = put(&url, &encode_sliver(&blob.to_sliver(kind, index)));
+            assert_eq!(
+                answer.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+    }
+}
+
+fn check_stored(node: &NodeProcess, blob: &EncodedBlob) {
+    let id = blob.blob_id();
+    let n = blob.layout().config.n_shards();
+    let meta = get(&format!("{}/v1/blobs/{id}/metadata", node.url));
+    assert_eq!(meta.status, 200);
+    assert_eq!(meta.content_type, "application/octet-stream");
+    assert_eq!(meta.body, encode_metadata(blob.metadata()));
+    for pair in 0..n {
+        for (kind, index) in [
+            (SliverKind::Primary, pair),
+            (SliverKind::Secondary, n - 1 - pair),
+        ] {
+            let answer = get(&format!("{}/v1/blobs/{id}/slivers/{pair}/{kind}", node.url));
+            assert_eq!(answer.status, 200);
+            assert_eq!(
+                answer.body,
+                encode_sliver(&blob.to_sliver(kind, index)),
+                "{kind} {pair}"
+            );
+        }
+    }
+    let status = get(&format!("{}/v1/blobs/{id}/status", node.url)).json();
+    assert_eq!(status["known"], true);
+    let all: Vec<serde_json::Value> = (0..n).map(|p| p.into()).collect();
+    assert_eq!(status["primaryPairs"].as_array().unwrap(), &all);
+    assert_eq!(status["secondaryPairs"].as_array().unwrap(), &all);
+}
+
+fn blob_bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn stores_reads_back_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let config = EncodingConfig::new(10).unwrap();
+    let blobs: Vec<EncodedBlob> = [0usize, 1, 33, 100_000]
+        .iter()
+        .enumerate()
+        .map(|(i, len)| encode(&config, &blob_bytes(*len, i as u8)).unwrap())
+        .collect();
+    let mut node = start(&["--data-dir", data, "--shards", "10", "--cores", "2"], &[]);
+    let health = get(&format!("{}/v1/health", node.url)).json();
+    assert_eq!(health["nShards"], 10);
+    assert_eq!(health["shardsOwned"], 10);
+    assert_eq!(health["shardsHealthy"], 10);
+    for blob in &blobs {
+        store(&node, blob);
+        check_stored(&node, blob);
+    }
+    // Storing again is harmless.
+    store(&node, &blobs[2]);
+    let metrics = get(&format!("{}/metrics", node.url));
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains("floe_http_requests_total{route=\"put_sliver\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(text.contains("floe_disk_free_bytes{dir="), "{text}");
+    assert!(
+        text.contains("floe_http_in_flight_requests{core="),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&blobs[0].blob_id().to_string()),
+        "no blob IDs in labels"
+    );
+    let status = node.stop();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    let node = start(&["--data-dir", data, "--shards", "10", "--cores", "2"], &[]);
+    for blob in &blobs {
+        check_stored(&node, blob);
+    }
+    // Recovery symbols from the restarted node rebuild a sliver.
+    let blob = &blobs[3];
+    let id = blob.blob_id();
+    let answer = get(&format!(
+        "{}/v1/blobs/{id}/recoverySymbols?targetPair=4&targetKind=primary",
+        node.url
+    ));
+    assert_eq!(answer.status, 200);
+    let symbols = floe_codec::decode_recovery_symbols(&answer.body).unwrap();
+    let rebuilt =
+        floe_codec::recover_sliver(blob.metadata(), SliverKind::Primary, 4, &symbols).unwrap();
+    assert_eq!(rebuilt.data, blob.primary_sliver(4));
+    assert!(rebuilt.rejected_sources.is_empty());
+}
+
+#[test]
+fn put_and_get_commands_round_trip_at_the_default_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["--data-dir", dir.path().to_str().unwrap()], &[]);
+    let file = dir.path().join("blob");
+    std::fs::write(&file, blob_bytes(300_000, 9)).unwrap();
+    let floe = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let id = floe(&["put", file.to_str().unwrap(), "--node", &node.url]);
+    let id = id.trim();
+    assert_eq!(id, floe(&["blob-id", file.to_str().unwrap()]).trim());
+    let back = dir.path().join("back");
+    floe(&["get", id, "--node", &node.url, "-o", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
+}
+
+#[test]
+fn every_node_api_error_is_a_json_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--shards",
+            "10",
+            "--cores",
+            "1",
+        ],
+        &[],
+    );
+    let url = &node.url;
+    let config = EncodingConfig::new(10).unwrap();
+    let blob = encode(&config, &blob_bytes(5000, 1)).unwrap();
+    let other = encode(&config, &blob_bytes(5000, 2)).unwrap();
+    let id = blob.blob_id();
+    let sliver = |b: &EncodedBlob, i| encode_sliver(&b.to_sliver(SliverKind::Primary, i));
+
+    // Malformed path, query, blob ID, method.
+    get(&format!("{url}/v1/nothing")).assert_error(404, "unknownPath");
+    get(&format!("{url}/v1/blobs/not-an-id/metadata")).assert_error(400, "invalidBlobId");
+    get(&format!("{url}/v1/blobs/{id}/slivers/x/primary")).assert_error(400, "invalidNumber");
+    get(&format!("{url}/v1/blobs/{id}/slivers/1/middle")).assert_error(400, "invalidSliverKind");
+    get(&format!("{url}/v1/blobs/{id}/status?verbose=1")).assert_error(400, "invalidQuery");
+    get(&format!("{url}/v1/blobs/{id}/slivers/10/primary")).assert_error(400, "pairOutOfRange");
+    call(
+        "POST",
+        &format!("{url}/v1/blobs/{id}/metadata"),
+        Some(b""),
+        &[],
+    )
+    .assert_error(405, "methodNotAllowed");
+    // Unknown blob.
+    get(&format!("{url}/v1/blobs/{id}/metadata")).assert_error(404, "blobNotFound");
+    get(&format!("{url}/v1/blobs/{id}/slivers/1/primary")).assert_error(404, "sliverNotFound");
+    put(
+        &format!("{url}/v1/blobs/{id}/slivers/1/primary"),
+        &sliver(&blob, 1),
+    )
+    .assert_error(404, "blobNotFound");
+    // Malformed BCS; metadata of another blob; both store nothing.
+    put(&format!("{url}/v1/blobs/{id}/metadata"), b"\x00\x01garbage")
+        .assert_error(400, "invalidBcs");
+    put(
+        &format!("{url}/v1/blobs/{id}/metadata"),
+        &encode_metadata(other.metadata()),
+    )
+    .assert_error(400, "verificationFailed");
+    get(&format!("{url}/v1/blobs/{id}/metadata")).assert_error(404, "blobNotFound");
+    // Metadata over the format's limit for n = 10.
+    put(
+        &format!("{url}/v1/blobs/{id}/metadata"),
+        &vec![0u8; 100_000],
+    )
+    .assert_error(413, "bodyTooLarge");
+    assert_eq!(
+        put(
+            &format!("{url}/v1/blobs/{id}/metadata"),
+            &encode_metadata(blob.metadata())
+        )
+        .status,
+        200
+    );
+    // A sliver of another blob, a flipped byte, the wrong index: 400, nothing stored.
+    let pair_url = format!("{url}/v1/blobs/{id}/slivers/1/primary");
+    put(&pair_url, &sliver(&other, 1)).assert_error(400, "verificationFailed");
+    let mut flipped = sliver(&blob, 1);
+    flipped[3] ^= 0x10;
+    put(&pair_url, &flipped).assert_error(400, "verificationFailed");
+    put(&pair_url, &sliver(&blob, 2)).assert_error(400, "wrongSliverIndex");
+    put(&pair_url, &sliver(&blob, 1)[..5]).assert_error(400, "invalidBcs");
+    get(&pair_url).assert_error(404, "sliverNotFound");
+    let metrics = String::from_utf8(get(&format!("{url}/metrics")).body).unwrap();
+    assert!(
+        metrics.contains("floe_verification_failures_total{reason=\"sliver\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(put(&pair_url, &sliver(&blob, 1)).status, 200);
+    assert_eq!(get(&pair_url).body, sliver(&blob, 1));
+}
+
+#[test]
+fn writes_need_the_token_when_one_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--shards",
+            "10",
+            "--cores",
+            "1",
+        ],
+        &[("FLOE_WRITE_TOKEN", "s3cret")],
+    );
+    let blob = encode(&EncodingConfig::new(10).unwrap(), b"token").unwrap();
+    let url = format!("{}/v1/blobs/{}/metadata", node.url, blob.blob_id());
+    let body = encode_metadata(blob.metadata());
+    put(&url, &body).assert_error(401, "unauthorized");
+    call(
+        "PUT",
+        &url,
+        Some(&body),
+        &[("authorization", "Bearer wrong!")],
+    )
+    .assert_error(401, "unauthorized");
+    get(&url).assert_error(404, "blobNotFound");
+    let ok = call(
+        "PUT",
+        &url,
+        Some(&body),
+        &[("authorization", "Bearer s3cret")],
+    );
+    assert_eq!(ok.status, 200);
+    // Reads need no token.
+    assert_eq!(get(&url).status, 200);
+}
+
+/// Sends a request head and part of the declared body, then ends the connection in one of two
+/// ways; nothing may be stored.
+#[test]
+fn truncated_uploads_and_vanishing_clients_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--shards",
+            "10",
+            "--cores",
+            "2",
+        ],
+        &[],
+    );
+    let blob = encode(&EncodingConfig::new(10).unwrap(), &blob_bytes(50_000, 3)).unwrap();
+    let id = blob.blob_id();
+    assert_eq!(
+        put(
+            &format!("{}/v1/blobs/{id}/metadata", node.url),
+            &encode_metadata(blob.metadata())
+        )
+        .status,
+        200
+    );
+    let body = encode_sliver(&blob.to_sliver(SliverKind::Primary, 2));
+    for shut_write_only in [true, false] {
+        let mut stream = TcpStream::connect(node.address()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "PUT /v1/blobs/{id}/slivers/2/primary HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(&body[..body.len() / 2]).unwrap();
+        if shut_write_only {
+            // A truncated upload: the client says it is done sending, and reads the answer.
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            assert!(
+                answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+                "answer to a truncated body: {answer}"
+            );
+        }
+        drop(stream);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let pair_url = format!("{}/v1/blobs/{id}/slivers/2/primary", node.url);
+    get(&pair_url).assert_error(404, "sliverNotFound");
+    // The node is still well and takes the whole sliver.
+    assert_eq!(put(&pair_url, &body).status, 200);
+}
+
+#[test]
+fn over_the_connection_limit_answers_503_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "n_shards = 10\ncores = 1\n[limits]\nconnections_per_core = 1\n",
+    )
+    .unwrap();
+    let node = start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("d").to_str().unwrap(),
+        ],
+        &[],
+    );
+    // One connection held open (idle, keep-alive) takes the only slot.
+    let held = TcpStream::connect(node.address()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let mut second = TcpStream::connect(node.address()).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = write!(second, "GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut answer = String::new();
+    let _ = second.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("tooManyConnections"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(get(&format!("{}/v1/health", node.url)).status, 200);
+}
+
+#[test]
+fn startup_errors_say_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args([
+            "node",
+            "--listen",
+            &address,
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already in use") && err.contains("--listen"),
+        "{err}"
+    );
+    // A data directory that is a file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = try_start(&["--data-dir", file.to_str().unwrap()], &[])
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("not usable") && err.contains("--data-dir"),
+        "{err}"
+    );
+    // Locked memory too small for the configured I/O memory.
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "io_memory_bytes = 1099511627776\n").unwrap();
+    let err = try_start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("d").to_str().unwrap(),
+        ],
+        &[],
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("ulimit -l"), "{err}");
+    // A data directory written with another core count.
+    let data = dir.path().join("cores");
+    std::fs::create_dir_all(data.join("core-0-of-3")).unwrap();
+    let err = try_start(&["--data-dir", data.to_str().unwrap(), "--cores", "2"], &[])
+        .err()
+        .unwrap();
+    assert!(err.contains("--cores 3"), "{err}");
+    // A typo in node.toml.
+    std::fs::write(&config, "listn = \"127.0.0.1:1\"\n").unwrap();
+    let err = try_start(&["--config", config.to_str().unwrap()], &[])
+        .err()
+        .unwrap();
+    assert!(err.contains("unknown field"), "{err}");
+}

@@ -547,7 +547,7 @@ async fn get_metadata(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response
     match found.map_err(storage_error)? {
         Some((bytes, _)) => {
             state.shared.metrics.sent_bytes.inc_by(bytes.len() as u64);
-            Ok(octets(Bytes::from(bytes)))
+            Ok(octets(bytes))
         }
         None => Err(ApiError::not_found(
             "blobNotFound",
@@ -636,7 +636,7 @@ async fn load_sliver(
     blob_id: &BlobId,
     shard: u16,
     kind: SliverKind,
-) -> Result<Option<Vec<u8>>, ApiError> {
+) -> Result<Option<Bytes>, ApiError> {
     let key = Key {
         blob_id: blob_id.0,
         kind: record_kind(kind),
@@ -660,7 +660,7 @@ async fn get_sliver(
     match load_sliver(state, &blob_id, shard, kind).await? {
         Some(bytes) => {
             state.shared.metrics.sent_bytes.inc_by(bytes.len() as u64);
-            Ok(octets(Bytes::from(bytes)))
+            Ok(octets(bytes))
         }
         None => Err(ApiError::not_found(
             "sliverNotFound",

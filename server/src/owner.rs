@@ -57,7 +57,7 @@ pub struct Held {
 }
 
 /// A record's bytes and end epoch, `None` if absent.
-pub type GetResult = Result<Option<(Vec<u8>, u32)>, StorageFailure>;
+pub type GetResult = Result<Option<(bytes::Bytes, u32)>, StorageFailure>;
 
 /// An operation for the core that owns the data.
 pub enum Op {
@@ -66,7 +66,7 @@ pub enum Op {
         records: Vec<Record>,
         reply: oneshot::Sender<Result<(), StorageFailure>>,
     },
-    /// Read a record.
+    /// Read a record: a shared view of the mapped segment (no copy; `Bytes` is `Send`).
     Get {
         key: Key,
         reply: oneshot::Sender<GetResult>,
@@ -195,7 +195,7 @@ pub async fn run_owner<D: Dir>(
             match op {
                 Op::Put { .. } => unreachable!("puts were sorted out"),
                 Op::Get { key, reply } => {
-                    let result = match disks.get(&key).await {
+                    let result = match disks.get_shared(&key).await {
                         Ok(Some(data)) => {
                             let end_epoch = end_epoch_of(&disks, &key).unwrap_or(0);
                             Ok(Some((data, end_epoch)))

@@ -34,6 +34,11 @@ pub trait Dir {
 pub trait File {
     /// Reads exactly `len` bytes at `offset`; short files are an `UnexpectedEof` error.
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Reads exactly `len` bytes at `offset` as a shared view. Backends that can map the file
+    /// return a view of the mapping (no copy); the default reads into a new buffer.
+    async fn read_shared(&self, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
+        self.read_at(offset, len).await.map(bytes::Bytes::from)
+    }
     /// Writes whole blocks at a block-aligned offset.
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes every write so far durable.

@@ -72,6 +72,23 @@ impl<D: Dir> Disks<D> {
         last_error.map_or(Ok(None), Err)
     }
 
+    /// [`Store::get_shared`] across the directories, like [`Disks::get`].
+    pub async fn get_shared(&mut self, key: &Key) -> Result<Option<bytes::Bytes>, StoreError> {
+        if key.kind != RecordKind::Metadata {
+            let disk = self.disk_of(key.shard);
+            return self.stores[disk].get_shared(key).await;
+        }
+        let mut last_error = None;
+        for store in &mut self.stores {
+            match store.get_shared(key).await {
+                Ok(Some(data)) => return Ok(Some(data)),
+                Ok(None) => {}
+                Err(err) => last_error = Some(err),
+            }
+        }
+        last_error.map_or(Ok(None), Err)
+    }
+
     /// Deletes a blob from every directory.
     pub async fn delete_blob(&mut self, blob_id: &[u8; 32]) -> Result<(), StoreError> {
         for store in &mut self.stores {

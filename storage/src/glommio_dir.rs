@@ -10,7 +10,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use glommio::io::{DmaFile, OpenOptions};
+use memmap2::Mmap;
 
 use crate::device::{Dir, File};
 
@@ -20,11 +24,27 @@ pub struct GlommioDir {
     path: PathBuf,
 }
 
-/// A segment file opened for direct I/O.
+/// A segment file opened for direct I/O, and mapped for shared reads.
 #[derive(Clone)]
 pub struct GlommioFile {
     file: Rc<DmaFile>,
     path: Rc<Path>,
+    /// The file mapped read-only, as long as it was when mapped; remapped when a read goes
+    /// past it (the active segment grows).
+    map: Rc<RefCell<Option<Arc<Mmap>>>>,
+}
+
+/// A range of a mapping, owned (keeps the mapping alive).
+struct MappedRange {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
 }
 
 fn to_io(err: glommio::GlommioError<()>) -> io::Error {
@@ -75,6 +95,7 @@ impl GlommioDir {
         Ok(GlommioFile {
             file: Rc::new(file),
             path: path.into(),
+            map: Rc::new(RefCell::new(None)),
         })
     }
 }
@@ -127,6 +148,40 @@ impl File for GlommioFile {
             ));
         }
         Ok(read.to_vec())
+    }
+
+    async fn read_shared(&self, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
+        let end = offset as usize + len;
+        let current = self.map.borrow().clone();
+        let map = match current {
+            Some(map) if map.len() >= end => map,
+            _ => {
+                // Records are immutable once committed and segments are never truncated
+                // (reclaimed ones are unlinked, which keeps existing mappings valid), so the
+                // mapping never changes under a reader.
+                let file = std::fs::File::open(&*self.path)?;
+                // SAFETY: see above: the mapped bytes are never modified or truncated while
+                // mapped; direct-I/O writes only go past every committed record.
+                let map = Arc::new(unsafe { Mmap::map(&file)? });
+                *self.map.borrow_mut() = Some(map.clone());
+                map
+            }
+        };
+        if map.len() < end {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: mapped read of {len} bytes at {offset} past the end ({})",
+                    self.path.display(),
+                    map.len()
+                ),
+            ));
+        }
+        Ok(bytes::Bytes::from_owner(MappedRange {
+            map,
+            start: offset as usize,
+            len,
+        }))
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {

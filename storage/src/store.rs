@@ -108,6 +108,9 @@ struct Location {
     data_bytes: u32,
     sequence: u64,
     end_epoch: u32,
+    /// The record's checksum held on a mapped read since the store opened (see
+    /// [`Store::get_shared`]).
+    verified: bool,
 }
 
 /// What [`Store::open`] found.
@@ -140,12 +143,15 @@ pub struct StoreCounters {
 pub struct StoreOptions {
     /// A segment is sealed once the next commit would take it past this many bytes.
     pub segment_bytes_max: u64,
+    /// Check the checksum on every [`Store::get_shared`], not only the first of each record.
+    pub reverify_mapped_reads: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             segment_bytes_max: SEGMENT_BYTES_MAX,
+            reverify_mapped_reads: false,
         }
     }
 }
@@ -393,6 +399,7 @@ impl<D: Dir> Store<D> {
             data_bytes: header.data_bytes,
             sequence: header.sequence,
             end_epoch: header.end_epoch,
+            verified: false,
         };
         if header.kind == RecordKind::Footer {
             return;
@@ -589,6 +596,7 @@ impl<D: Dir> Store<D> {
                     data_bytes: header.data_bytes,
                     sequence: header.sequence,
                     end_epoch: header.end_epoch,
+                    verified: false,
                 },
             );
         }
@@ -610,6 +618,7 @@ impl<D: Dir> Store<D> {
                 data_bytes: 0,
                 sequence: header.sequence,
                 end_epoch: 0,
+                verified: false,
             },
         );
         let keys: Vec<Key> = self.keys_of(blob_id).collect();
@@ -715,6 +724,60 @@ impl<D: Dir> Store<D> {
         let mut data = bytes;
         data.drain(..RECORD_HEADER_BYTES);
         Ok(Some(data))
+    }
+
+    /// Reads a record's data as a shared view, without copying where the device can map its
+    /// files (the hot read path: [`crate::glommio_dir::GlommioFile`] maps segments, so the bytes
+    /// come from the page cache and the view stays valid while anyone holds it).
+    ///
+    /// The checksum is checked on the first read of each record after the store opened (and
+    /// on every read when [`StoreOptions::reverify_mapped_reads`] is set); a record that
+    /// fails is dropped and reported as `Corrupt`, like [`Store::get`]. Later reads of a
+    /// verified record skip the hash: the mapped bytes were checked when they came from the
+    /// device. The scrubber re-reads from the device (direct I/O) and re-checks everything.
+    pub async fn get_shared(&mut self, key: &Key) -> Result<Option<bytes::Bytes>, StoreError> {
+        let Some(location) = self.index.get(key).copied() else {
+            return Ok(None);
+        };
+        let file = self
+            .files
+            .get(&location.segment)
+            .expect("indexed segments are open");
+        let read = file
+            .read_shared(location.offset, location.record_bytes() as usize)
+            .await;
+        let record = match read {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                self.counters.read_errors += 1;
+                return Err(io_error("reading a record")(err));
+            }
+        };
+        if !location.verified || self.options.reverify_mapped_reads {
+            let intact = RecordHeader::parse(&record).is_some_and(|h| {
+                h.kind == key.kind
+                    && h.shard == key.shard
+                    && h.blob_id == key.blob_id
+                    && h.sequence == location.sequence
+            }) && RecordHeader::checksum_holds(&record);
+            if !intact {
+                self.index.remove(key);
+                self.counters.corrupt_records += 1;
+                return Err(StoreError::Corrupt {
+                    kind: key.kind,
+                    shard: key.shard,
+                });
+            }
+            if let Some(entry) = self.index.get_mut(key) {
+                entry.verified = true;
+            }
+        }
+        Ok(Some(record.slice(RECORD_HEADER_BYTES..)))
+    }
+
+    /// Bytes of a record's data, if it is stored.
+    pub fn data_bytes(&self, key: &Key) -> Option<u32> {
+        self.index.get(key).map(|l| l.data_bytes)
     }
 
     /// Drops every record whose blob's end epoch is before `current_epoch` from the index; their
@@ -876,6 +939,7 @@ impl<D: Dir> Store<D> {
             let moved = Location {
                 segment: self.active,
                 offset: at + relative,
+                verified: false,
                 ..location
             };
             match owner {

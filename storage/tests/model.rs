@@ -80,8 +80,14 @@ impl Allowed {
 }
 
 fn check(store: &mut Store<MemDir>, model: &BTreeMap<Key, Allowed>, lost_ok: bool, seed: u64) {
-    for (key, allowed) in model {
-        match block_on(store.get(key)) {
+    for (i, (key, allowed)) in model.iter().enumerate() {
+        // Both read paths: direct reads into a new buffer, and shared (mapped) views.
+        let read = if i % 2 == 0 {
+            block_on(store.get(key))
+        } else {
+            block_on(store.get_shared(key)).map(|v| v.map(|b| b.to_vec()))
+        };
+        match read {
             Ok(value) => assert!(
                 allowed.admits(&value) || (lost_ok && value.is_none()),
                 "seed {seed}: {key:?} read {:?} bytes, allowed {:?} / {} uncertain",
@@ -109,6 +115,7 @@ fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
         // Small segments, so that sealing and starting segments happens under faults too.
         let options = StoreOptions {
             segment_bytes_max: 64 * 1024,
+            ..StoreOptions::default()
         };
         let (mut store, _) =
             block_on(Store::open_with(dir.clone(), options)).expect("fresh store opens");
@@ -322,6 +329,7 @@ fn reclaiming_frees_deleted_and_expired_space_and_keeps_the_rest() {
     let dir = MemDir::new(3);
     let options = StoreOptions {
         segment_bytes_max: 64 * 1024,
+        ..StoreOptions::default()
     };
     let (mut store, _) = block_on(Store::open_with(dir.clone(), options)).unwrap();
     let key = |blob: u8, shard: u16| Key {

@@ -214,6 +214,28 @@ fn reserve(state: &Rc<CoreState>, bytes: u64) -> Result<BufferReservation, ApiEr
     })
 }
 
+/// The body length a request declares, if it declares one.
+pub fn declared_length(headers: &hyper::HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("invalidHeader", "Content-Length is not a number"))
+}
+
+/// The write token a request carries (`Authorization: Bearer <token>`), if any.
+pub fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// Reads a whole body of at most `limit` bytes. A body that ends early (truncated upload, a
 /// client that went away) is an error, and nothing of it is kept.
 async fn read_body(
@@ -228,18 +250,7 @@ async fn read_body(
             format!("{what}; the limit here is {limit} bytes"),
         )
     };
-    let declared = match request.headers().get(header::CONTENT_LENGTH) {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("invalidHeader", "Content-Length is not a number")
-                })?,
-        ),
-        None => None,
-    };
+    let declared = declared_length(request.headers())?;
     if let Some(bytes) = declared.filter(|b| *b > limit) {
         return Err(too_large(format!("the body declares {bytes} bytes")));
     }
@@ -271,11 +282,7 @@ fn check_token(state: &CoreState, request: &Request<Incoming>) -> Result<(), Api
     let Some(token) = &state.shared.config.write_token else {
         return Ok(());
     };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let given = bearer_token(request.headers());
     // Compare without an early exit, so timing does not reveal a prefix.
     let matches = given.is_some_and(|g| {
         g.len() == token.len()

@@ -1,16 +1,82 @@
-//! The adapter between glommio's `TcpStream` (futures-io traits) and hyper 1.x's I/O traits.
+//! The adapter between glommio's `TcpStream` and hyper 1.x's I/O traits, with the zero-copy
+//! send path.
+//!
+//! hyper hands its writes over as vectors of slices (`poll_write_vectored`): the response head,
+//! then the body's chunks. A sliver body is a `Bytes` view of a mapped segment
+//! ([`floe_storage::mapped`]); when a slice is such a view, it is sent with `sendfile(2)` from
+//! the segment file, so the kernel moves page-cache pages to the socket without copying them
+//! through user space (what nginx does for static files). Other slices go out with one
+//! `sendmsg(2)`, flagged `MSG_MORE` when a mapped body follows, so head and body leave in the
+//! same segments. The socket is non-blocking; when it is full, the write falls back to
+//! glommio's own `poll_write` of the same bytes, which either sends them or registers the task
+//! to be woken when the socket can take more.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use floe_storage::mapped::file_region;
 use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
 use hyper::rt::{Read, ReadBufCursor, Write};
+use rustix::net::SendFlags;
+
+/// Slices gathered into one `sendmsg`. Why: hyper queues a handful; Linux allows 1024.
+const IOVECS_MAX: usize = 64;
 
 /// A glommio stream that hyper can serve.
-pub struct HyperStream<S>(pub S);
+pub struct HyperStream {
+    stream: TcpStream,
+}
 
-impl<S: AsyncRead + Unpin> Read for HyperStream<S> {
+impl HyperStream {
+    pub fn new(stream: TcpStream) -> io::Result<Self> {
+        // glommio itself uses MSG_DONTWAIT and io_uring polls, so it works unchanged on a
+        // non-blocking socket; sendfile(2) has no flag and needs it.
+        rustix::io::ioctl_fionbio(fd(&stream), true)?;
+        Ok(Self { stream })
+    }
+
+    /// Sends the run of slices that starts at `bufs[0]`: one mapped slice with sendfile, or
+    /// the unmapped slices up to the next mapped one with sendmsg. `None` if the socket is full.
+    fn send_now(&self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        let socket = fd(&self.stream);
+        let result = if let Some((mapped, offset)) = file_region(&bufs[0]) {
+            let mut offset = offset;
+            rustix::fs::sendfile(socket, mapped.file(), Some(&mut offset), bufs[0].len())
+        } else {
+            let run = bufs
+                .iter()
+                .take(IOVECS_MAX)
+                .position(|b| file_region(b).is_some())
+                .unwrap_or(bufs.len().min(IOVECS_MAX));
+            let more = if run < bufs.len() {
+                SendFlags::MORE
+            } else {
+                SendFlags::empty()
+            };
+            rustix::net::sendmsg(
+                socket,
+                &bufs[..run],
+                &mut rustix::net::SendAncillaryBuffer::default(),
+                more | SendFlags::NOSIGNAL,
+            )
+        };
+        match result {
+            Ok(sent) => Some(Ok(sent)),
+            Err(rustix::io::Errno::AGAIN) => None,
+            Err(errno) => Some(Err(errno.into())),
+        }
+    }
+}
+
+fn fd(stream: &TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: the stream owns the descriptor and outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+}
+
+impl Read for HyperStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -27,7 +93,7 @@ impl<S: AsyncRead + Unpin> Read for HyperStream<S> {
         let slice = unsafe {
             std::slice::from_raw_parts_mut(unfilled.as_mut_ptr().cast::<u8>(), unfilled.len())
         };
-        match Pin::new(&mut self.0).poll_read(cx, slice) {
+        match Pin::new(&mut self.stream).poll_read(cx, slice) {
             Poll::Ready(Ok(n)) => {
                 // SAFETY: `n` bytes were written by the read.
                 unsafe { buf.advance(n) };
@@ -39,20 +105,41 @@ impl<S: AsyncRead + Unpin> Read for HyperStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> Write for HyperStream<S> {
+impl Write for HyperStream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+            return Poll::Ready(Ok(0));
+        };
+        let bufs = &bufs[first..];
+        match self.send_now(bufs) {
+            Some(result) => Poll::Ready(result),
+            // Full: glommio sends the same bytes if room appeared meanwhile, or wakes us when
+            // there is some.
+            None => Pin::new(&mut self.stream).poll_write(cx, &bufs[0]),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.stream).poll_close(cx)
     }
 }

@@ -11,6 +11,8 @@
 pub mod api;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hyper_io;
 pub mod metrics;
 pub mod node;

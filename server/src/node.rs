@@ -473,7 +473,16 @@ async fn serve_connection(state: Rc<CoreState>, stream: TcpStream, stopping: Rc<
         .header_read_timeout(None)
         .max_buf_size(HEAD_BYTES_MAX.max(8192))
         .keep_alive(true);
-    let connection = builder.serve_connection(HyperStream(stream), service);
+    let io = match HyperStream::new(stream) {
+        Ok(io) => io,
+        Err(err) => {
+            debug!(%err, "could not set up a connection");
+            state.connections.set(state.connections.get() - 1);
+            metrics.connections.get_or_create(&label).dec();
+            return;
+        }
+    };
+    let connection = builder.serve_connection(io, service);
     futures::pin_mut!(connection);
     let listener = stopping.event.listen();
     let result = if stopping.flag.get() {

@@ -2,6 +2,8 @@
 //! (io_uring, `O_DIRECT`: no page cache, so every write the store acknowledges went to the
 //! device and was made durable by `fdatasync`).
 //!
+//! Shared reads map the segment instead ([`crate::mapped`]): the page cache serves hot data.
+//!
 //! Must run inside a glommio executor. glommio registers `io_memory` bytes of locked memory per
 //! executor for its DMA buffers; `ulimit -l` must allow it (this machine allows 8 MiB, so tests
 //! ask for 1 MiB; an operator raises the limit for production sizes, see README).
@@ -13,8 +15,8 @@ use std::rc::Rc;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use crate::mapped::MappedFile;
 use glommio::io::{DmaFile, OpenOptions};
-use memmap2::Mmap;
 
 use crate::device::{Dir, File};
 
@@ -31,19 +33,19 @@ pub struct GlommioFile {
     path: Rc<Path>,
     /// The file mapped read-only, as long as it was when mapped; remapped when a read goes
     /// past it (the active segment grows).
-    map: Rc<RefCell<Option<Arc<Mmap>>>>,
+    map: Rc<RefCell<Option<Arc<MappedFile>>>>,
 }
 
 /// A range of a mapping, owned (keeps the mapping alive).
 struct MappedRange {
-    map: Arc<Mmap>,
+    map: Arc<MappedFile>,
     start: usize,
     len: usize,
 }
 
 impl AsRef<[u8]> for MappedRange {
     fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
+        &self.map.bytes()[self.start..self.start + self.len]
     }
 }
 
@@ -154,26 +156,22 @@ impl File for GlommioFile {
         let end = offset as usize + len;
         let current = self.map.borrow().clone();
         let map = match current {
-            Some(map) if map.len() >= end => map,
+            Some(map) if map.bytes().len() >= end => map,
             _ => {
-                // Records are immutable once committed and segments are never truncated
-                // (reclaimed ones are unlinked, which keeps existing mappings valid), so the
-                // mapping never changes under a reader.
-                let file = std::fs::File::open(&*self.path)?;
-                // SAFETY: see above: the mapped bytes are never modified or truncated while
-                // mapped; direct-I/O writes only go past every committed record.
-                let map = Arc::new(unsafe { Mmap::map(&file)? });
+                // The active segment grows: map it again, as long as it is now. Views of the
+                // old mapping stay valid (they hold it).
+                let map = MappedFile::open(&self.path)?;
                 *self.map.borrow_mut() = Some(map.clone());
                 map
             }
         };
-        if map.len() < end {
+        if map.bytes().len() < end {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "{}: mapped read of {len} bytes at {offset} past the end ({})",
                     self.path.display(),
-                    map.len()
+                    map.bytes().len()
                 ),
             ));
         }

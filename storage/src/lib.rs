@@ -9,8 +9,8 @@
 //! backend with restarts and torn tails; expiry by end epoch; reclaiming the space of dead
 //! records segment by segment; a bounded scrubber; and sealed-segment footers, so restart reads
 //! an index per segment instead of every record; and several data directories ([`disks`]).
-//! Still to come (issue 3): memory-mapped reads of sealed segments and the benchmarks against
-//! fio.
+//! Hot reads are shared views of mapped segments ([`mapped`], [`store::Store::get_shared`]).
+//! Measured against fio in `BENCHMARKS.md`.
 //!
 //! ```
 //! use floe_storage::device::MemDir;
@@ -37,4 +37,5 @@ pub mod device;
 pub mod disks;
 pub mod format;
 pub mod glommio_dir;
+pub mod mapped;
 pub mod store;

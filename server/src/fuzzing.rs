@@ -1,0 +1,71 @@
+//! Entry points for the fuzz targets in `fuzz/`, shared with the test that replays their
+//! corpus (`server/tests/fuzz_corpus.rs`), so that CI runs every saved input through the same
+//! code. Each must never panic, whatever the bytes.
+
+use floe_codec::{
+    decode_metadata, decode_recovery_symbols, decode_sliver, encode_metadata,
+    encode_recovery_symbols, encode_sliver, SliverKind,
+};
+use hyper::{HeaderMap, Method, Uri};
+
+use crate::api::{bearer_token, declared_length};
+use crate::route;
+
+/// Headers parsed per request. Why: hyper's own default.
+const HEADERS_MAX: usize = 100;
+
+/// An HTTP/1.1 request head, parsed the way the node parses one (httparse, as inside hyper),
+/// then routed, with the headers the node reads.
+pub fn request(data: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if let Ok(httparse::Status::Complete(_)) = parsed.parse(data) {
+        let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+            return;
+        };
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return;
+        };
+        let Ok(uri) = path.parse::<Uri>() else {
+            return;
+        };
+        let _ = route::parse(&method, uri.path(), uri.query());
+        let mut map = HeaderMap::new();
+        for header in parsed.headers.iter() {
+            if let (Ok(name), Ok(value)) = (
+                hyper::header::HeaderName::from_bytes(header.name.as_bytes()),
+                hyper::header::HeaderValue::from_bytes(header.value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        let _ = declared_length(&map);
+        let _ = bearer_token(&map);
+    }
+    // The router on its own, with arbitrary text for the method, path and query.
+    if let Ok(text) = std::str::from_utf8(data) {
+        let mut parts = text.splitn(3, ' ');
+        let (method, path, query) = (parts.next(), parts.next(), parts.next());
+        if let (Some(method), Some(path)) = (method, path) {
+            if let Ok(method) = Method::from_bytes(method.as_bytes()) {
+                let _ = route::parse(&method, path, query);
+            }
+        }
+    }
+}
+
+/// BCS bodies as a peer sends them: metadata, slivers, recovery symbols. Whatever decodes must
+/// encode back to the same bytes (the encodings are canonical).
+pub fn bcs(data: &[u8]) {
+    if let Ok(metadata) = decode_metadata(data) {
+        assert_eq!(encode_metadata(&metadata), data);
+    }
+    for kind in [SliverKind::Primary, SliverKind::Secondary] {
+        if let Ok(sliver) = decode_sliver(kind, data) {
+            assert_eq!(encode_sliver(&sliver), data);
+        }
+    }
+    if let Ok(symbols) = decode_recovery_symbols(data) {
+        assert_eq!(encode_recovery_symbols(&symbols), data);
+    }
+}

@@ -88,6 +88,11 @@ pub struct NodeConfig {
     pub shutdown_grace_seconds: u64,
     /// Length of an epoch (blob lifetimes are counted in epochs) for the single-node committee.
     pub epoch_seconds: u64,
+    /// Bytes the background scrubber re-reads (direct I/O, checksums) per second per core and
+    /// data directory; 0 turns it off.
+    pub scrub_bytes_per_second: u64,
+    /// How often expired blobs are dropped and their space reclaimed.
+    pub reclaim_interval_seconds: u64,
     pub limits: Limits,
 }
 
@@ -105,6 +110,8 @@ impl Default for NodeConfig {
             io_memory_bytes: 1 << 20,
             shutdown_grace_seconds: 10,
             epoch_seconds: 24 * 3600,
+            scrub_bytes_per_second: 32 << 20,
+            reclaim_interval_seconds: 60,
             limits: Limits::default(),
         }
     }
@@ -362,6 +369,9 @@ impl NodeConfig {
             return invalid(
                 "limits.connections_per_core and limits.in_flight_per_core must be at least 1",
             );
+        }
+        if self.reclaim_interval_seconds == 0 {
+            return invalid("reclaim_interval_seconds must be at least 1");
         }
         if l.idle_timeout_seconds == 0 {
             return invalid("limits.idle_timeout_seconds must be at least 1");

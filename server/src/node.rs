@@ -39,7 +39,7 @@ use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::hyper_io::HyperStream;
 use crate::metrics::{CoreLabel, Metrics, ReasonLabel};
-use crate::owner::{run_owner, Owners};
+use crate::owner::{run_maintenance, run_owner, Owners};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -359,6 +359,14 @@ async fn core_main(
         .map(|d| d.display().to_string())
         .collect();
     let owner = glommio::spawn_local(run_owner(disks, queue, shared.metrics.clone(), labels));
+    let committee = shared.committee.clone();
+    let maintenance = glommio::spawn_local(run_maintenance(
+        shared.owners.clone(),
+        core,
+        config.scrub_bytes_per_second,
+        u32::try_from(config.reclaim_interval_seconds).unwrap_or(u32::MAX),
+        move || committee.current_epoch(),
+    ));
     let listener = match TcpListener::bind(address) {
         Ok(listener) => listener,
         Err(err) => {
@@ -429,6 +437,7 @@ async fn core_main(
     // The owner ends once no sender is left; `Shared` holds them, so close the queue.
     shared.owners.close(core);
     owner.await;
+    drop(maintenance);
 }
 
 /// Answers 503 on a connection over the limit and closes it.

@@ -76,7 +76,17 @@ pub enum Op {
         blob_id: [u8; 32],
         reply: oneshot::Sender<Vec<Held>>,
     },
+    /// Background upkeep, sent by the core's maintenance timer: scrub up to `scrub_bytes` per
+    /// data directory; with `expire_epoch`, also drop expired records and reclaim segments.
+    Maintain {
+        scrub_bytes: u64,
+        expire_epoch: Option<u32>,
+    },
 }
+
+/// A sealed segment is rewritten once at most this fraction of it is live. Why: a freed byte
+/// then costs at most one byte of copying, and the disk holds at most twice the live data.
+pub const RECLAIM_LIVE_FRACTION_MAX: f64 = 0.5;
 
 /// Senders to every core's owner, indexed by core. Cheap to clone; `Send`.
 #[derive(Clone)]
@@ -205,6 +215,10 @@ pub async fn run_owner<D: Dir>(
                     };
                     let _ = reply.send(result);
                 }
+                Op::Maintain {
+                    scrub_bytes,
+                    expire_epoch,
+                } => maintain(&mut disks, scrub_bytes, expire_epoch, &dir_labels).await,
                 Op::Keys { blob_id, reply } => {
                     let mut held: Vec<Held> = Vec::new();
                     for store in disks.stores() {
@@ -241,6 +255,70 @@ pub async fn run_owner<D: Dir>(
                     .inc_by(now.2 - last.2);
             }
             *last = now;
+        }
+    }
+}
+
+/// One round of upkeep on every data directory. Failures are logged and counted (the next
+/// round tries again); what the scrubber finds corrupt leaves the index, to be healed.
+async fn maintain<D: Dir>(
+    disks: &mut Disks<D>,
+    scrub_bytes: u64,
+    expire_epoch: Option<u32>,
+    dir_labels: &[String],
+) {
+    for (store, dir) in disks.stores_mut().iter_mut().zip(dir_labels) {
+        if scrub_bytes > 0 {
+            match store.scrub(scrub_bytes).await {
+                Ok(report) => {
+                    for key in &report.corrupt {
+                        tracing::warn!(dir, kind = ?key.kind, shard = key.shard, "scrubber found a corrupt record; it is treated as missing");
+                    }
+                    if report.pass_complete {
+                        tracing::debug!(dir, "scrub pass complete");
+                    }
+                }
+                Err(err) => tracing::warn!(dir, %err, "scrubbing failed"),
+            }
+        }
+        if let Some(epoch) = expire_epoch {
+            let expired = store.expire(epoch);
+            match store.reclaim(RECLAIM_LIVE_FRACTION_MAX).await {
+                Ok(report) if report.segments_removed > 0 || expired > 0 => tracing::info!(
+                    dir,
+                    expired,
+                    segments_removed = report.segments_removed,
+                    bytes_freed = report.bytes_freed,
+                    records_moved = report.records_moved,
+                    "reclaimed space"
+                ),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(dir, %err, "reclaiming failed"),
+            }
+        }
+    }
+}
+
+/// Sends [`Op::Maintain`] to this core's owner every second until the owner's queue closes:
+/// scrubbing `scrub_bytes_per_second`, and expiring and reclaiming every `expire_every` ticks.
+pub async fn run_maintenance(
+    owners: Owners,
+    core: usize,
+    scrub_bytes_per_second: u64,
+    expire_every: u32,
+    epoch: impl Fn() -> u32,
+) {
+    let mut sender = owners.senders[core].clone();
+    let mut tick = 0u32;
+    loop {
+        glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+        tick = tick.wrapping_add(1);
+        let op = Op::Maintain {
+            scrub_bytes: scrub_bytes_per_second,
+            expire_epoch: tick.is_multiple_of(expire_every).then(&epoch),
+        };
+        if futures::SinkExt::send(&mut sender, op).await.is_err() {
+            return;
         }
     }
 }

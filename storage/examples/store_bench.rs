@@ -5,6 +5,11 @@
 //! slivers, one `fdatasync` per commit; prints MB/s.
 //! `store_bench <dir> read <sliver bytes> <count> <reads>`: random reads (seeded) of the slivers
 //! written before (O_DIRECT, so from the device); prints MB/s and reads/s.
+//! `store_bench <dir> mapped <sliver bytes> <count> <reads>`: hot reads of the slivers written
+//! before through `Store::get_shared` (mapped, in the page cache after a first pass that also
+//! checks every checksum), each view copied once into a reused buffer as a consumer would;
+//! then, on the same thread, the same number of plain memcpys of the same sizes from a heap
+//! copy of the same bytes; prints both and the ratio mapped / memcpy.
 
 use std::time::Instant;
 
@@ -76,6 +81,43 @@ fn main() {
                         "store read: {:.1} MB/s, {:.0} reads/s",
                         (extra * sliver_bytes) as f64 / secs / 1e6,
                         extra as f64 / secs
+                    );
+                }
+                "mapped" => {
+                    let mut heap = Vec::with_capacity(count * sliver_bytes);
+                    for i in 0..count {
+                        heap.extend_from_slice(&store.get_shared(&key(i)).await.unwrap().unwrap());
+                    }
+                    let mut out = vec![0u8; sliver_bytes];
+                    let picks: Vec<usize> = {
+                        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+                        (0..extra)
+                            .map(|_| {
+                                state ^= state << 13;
+                                state ^= state >> 7;
+                                state ^= state << 17;
+                                state as usize % count
+                            })
+                            .collect()
+                    };
+                    let started = Instant::now();
+                    for &i in &picks {
+                        let view = store.get_shared(&key(i)).await.unwrap().unwrap();
+                        out.copy_from_slice(&view);
+                    }
+                    let mapped = started.elapsed().as_secs_f64();
+                    let started = Instant::now();
+                    for &i in &picks {
+                        out.copy_from_slice(&heap[i * sliver_bytes..(i + 1) * sliver_bytes]);
+                        std::hint::black_box(&out);
+                    }
+                    let memcpy = started.elapsed().as_secs_f64();
+                    let mb = |secs: f64| (extra * sliver_bytes) as f64 / secs / 1e6;
+                    println!(
+                        "mapped: {:.1} MB/s, memcpy: {:.1} MB/s, mapped / memcpy: {:.2}",
+                        mb(mapped),
+                        mb(memcpy),
+                        memcpy / mapped
                     );
                 }
                 other => panic!("unknown mode {other}"),

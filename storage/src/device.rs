@@ -14,6 +14,9 @@ use std::rc::Rc;
 
 use crate::format::BLOCK_BYTES;
 
+/// The errno of a full device (`ENOSPC` on Linux), as backends report it.
+pub const ENOSPC: i32 = 28;
+
 /// A directory of files (one data directory, on one disk).
 // The store runs one instance per core (thread-per-core): futures are never sent across
 // threads, so the trait does not promise `Send` futures.
@@ -285,7 +288,7 @@ impl File for MemFile {
         let grows = (offset as usize + data.len()).saturating_sub(self.file.borrow().current.len());
         if let Some(capacity) = dir.faults.capacity_bytes {
             if dir.used_bytes() + grows as u64 > capacity {
-                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+                return Err(io::Error::from_raw_os_error(ENOSPC));
             }
         }
         let per_mille = dir.faults.write_error_per_mille;

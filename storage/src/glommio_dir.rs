@@ -183,18 +183,23 @@ impl File for GlommioFile {
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut buffer = self.file.alloc_dma_buffer(data.len());
-        buffer.as_bytes_mut().copy_from_slice(data);
-        let written = self.file.write_at(buffer, offset).await.map_err(to_io)?;
-        if written != data.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!(
-                    "{}: wrote {written} of {} bytes at {offset}",
-                    self.path.display(),
-                    data.len()
-                ),
-            ));
+        let mut done = 0;
+        while done < data.len() {
+            let rest = &data[done..];
+            let mut buffer = self.file.alloc_dma_buffer(rest.len());
+            buffer.as_bytes_mut().copy_from_slice(rest);
+            let written = self
+                .file
+                .write_at(buffer, offset + done as u64)
+                .await
+                .map_err(to_io)?;
+            if written == 0 {
+                // A device that takes nothing more is full; say so, as the next try would.
+                return Err(io::Error::from_raw_os_error(crate::device::ENOSPC));
+            }
+            // A short write (a nearly full disk takes what fits): write the rest, which either
+            // fits or fails with the reason.
+            done += written;
         }
         Ok(())
     }

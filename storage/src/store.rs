@@ -67,7 +67,10 @@ pub enum StoreError {
 
 fn io_error(op: &'static str) -> impl FnOnce(io::Error) -> StoreError {
     move |source| {
-        if source.raw_os_error() == Some(28) {
+        // Backends that wrap the OS error keep its kind, not always its number.
+        if source.raw_os_error() == Some(crate::device::ENOSPC)
+            || source.kind() == io::ErrorKind::StorageFull
+        {
             StoreError::NoSpace { op }
         } else {
             StoreError::Io { op, source }

@@ -33,19 +33,17 @@ pub struct GlommioFile {
     path: Rc<Path>,
     /// The file mapped read-only, as long as it was when mapped; remapped when a read goes
     /// past it (the active segment grows).
-    map: Rc<RefCell<Option<Arc<MappedFile>>>>,
+    /// The whole mapping as one `Bytes`, so that a read is a slice of it (a reference count,
+    /// no allocation).
+    map: Rc<RefCell<Option<bytes::Bytes>>>,
 }
 
-/// A range of a mapping, owned (keeps the mapping alive).
-struct MappedRange {
-    map: Arc<MappedFile>,
-    start: usize,
-    len: usize,
-}
+/// A mapping as the owner of a `Bytes` (keeps the mapping alive).
+struct WholeMap(Arc<MappedFile>);
 
-impl AsRef<[u8]> for MappedRange {
+impl AsRef<[u8]> for WholeMap {
     fn as_ref(&self) -> &[u8] {
-        &self.map.bytes()[self.start..self.start + self.len]
+        self.0.bytes()
     }
 }
 
@@ -156,30 +154,26 @@ impl File for GlommioFile {
         let end = offset as usize + len;
         let current = self.map.borrow().clone();
         let map = match current {
-            Some(map) if map.bytes().len() >= end => map,
+            Some(map) if map.len() >= end => map,
             _ => {
                 // The active segment grows: map it again, as long as it is now. Views of the
                 // old mapping stay valid (they hold it).
-                let map = MappedFile::open(&self.path)?;
+                let map = bytes::Bytes::from_owner(WholeMap(MappedFile::open(&self.path)?));
                 *self.map.borrow_mut() = Some(map.clone());
                 map
             }
         };
-        if map.bytes().len() < end {
+        if map.len() < end {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "{}: mapped read of {len} bytes at {offset} past the end ({})",
                     self.path.display(),
-                    map.bytes().len()
+                    map.len()
                 ),
             ));
         }
-        Ok(bytes::Bytes::from_owner(MappedRange {
-            map,
-            start: offset as usize,
-            len,
-        }))
+        Ok(map.slice(offset as usize..end))
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {

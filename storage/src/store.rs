@@ -746,9 +746,17 @@ impl<D: Dir> Store<D> {
             .files
             .get(&location.segment)
             .expect("indexed segments are open");
-        let read = file
-            .read_shared(location.offset, location.record_bytes() as usize)
-            .await;
+        let check = !location.verified || self.options.reverify_mapped_reads;
+        // A verified record needs only its data: one view, no header.
+        let (offset, len) = if check {
+            (location.offset, location.record_bytes() as usize)
+        } else {
+            (
+                location.offset + RECORD_HEADER_BYTES as u64,
+                location.data_bytes as usize,
+            )
+        };
+        let read = file.read_shared(offset, len).await;
         let record = match read {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -756,24 +764,25 @@ impl<D: Dir> Store<D> {
                 return Err(io_error("reading a record")(err));
             }
         };
-        if !location.verified || self.options.reverify_mapped_reads {
-            let intact = RecordHeader::parse(&record).is_some_and(|h| {
-                h.kind == key.kind
-                    && h.shard == key.shard
-                    && h.blob_id == key.blob_id
-                    && h.sequence == location.sequence
-            }) && RecordHeader::checksum_holds(&record);
-            if !intact {
-                self.index.remove(key);
-                self.counters.corrupt_records += 1;
-                return Err(StoreError::Corrupt {
-                    kind: key.kind,
-                    shard: key.shard,
-                });
-            }
-            if let Some(entry) = self.index.get_mut(key) {
-                entry.verified = true;
-            }
+        if !check {
+            return Ok(Some(record));
+        }
+        let intact = RecordHeader::parse(&record).is_some_and(|h| {
+            h.kind == key.kind
+                && h.shard == key.shard
+                && h.blob_id == key.blob_id
+                && h.sequence == location.sequence
+        }) && RecordHeader::checksum_holds(&record);
+        if !intact {
+            self.index.remove(key);
+            self.counters.corrupt_records += 1;
+            return Err(StoreError::Corrupt {
+                kind: key.kind,
+                shard: key.shard,
+            });
+        }
+        if let Some(entry) = self.index.get_mut(key) {
+            entry.verified = true;
         }
         Ok(Some(record.slice(RECORD_HEADER_BYTES..)))
     }

@@ -28,6 +28,9 @@ enum Command {
     /// Run a storage node. With no options: a single node owning all n = 1000 shards, data in
     /// ./floe-data, listening on 127.0.0.1:31415.
     Node(NodeArgs),
+    /// Measure each data directory's device (io_uring, O_DIRECT, rising queue depth) and write
+    /// io-properties.toml for `floe node`; with --check, report the system settings instead.
+    Tune(TuneArgs),
     /// Store a file on a node that holds every shard (single-node deployment); prints the
     /// blob ID.
     Put {
@@ -110,6 +113,74 @@ struct NodeArgs {
 }
 
 #[derive(Args)]
+struct TuneArgs {
+    /// A data directory to measure (repeat per disk); default: those of --config, or ./floe-data.
+    #[arg(long = "data-dir")]
+    data_dirs: Vec<PathBuf>,
+    /// node.toml, for its data directories, cores and limits.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Report the system settings that matter to floe (nothing is measured or changed).
+    #[arg(long)]
+    check: bool,
+    /// Machine-readable output (JSON) on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Time per measured point, e.g. 2s or 500ms.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    duration: std::time::Duration,
+    /// Size of the test file written in each directory, e.g. 1G or 256M (removed afterwards).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    file_size: u64,
+    /// Deepest queue tried (powers of two from 1; sweeps stop earlier past the knee).
+    #[arg(long, default_value_t = 64)]
+    max_depth: u32,
+    /// Where to write the properties.
+    #[arg(long, default_value = floe_tuning::properties::FILE_NAME)]
+    out: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 2s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    if !(seconds > 0.0 && seconds < 3600.0) {
+        return Err(format!(
+            "{text:?}: a duration must be above 0 and below an hour"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let upper = text.to_ascii_uppercase();
+    let trimmed = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (number, shift) = match trimmed.chars().last() {
+        Some('K') => (&trimmed[..trimmed.len() - 1], 10),
+        Some('M') => (&trimmed[..trimmed.len() - 1], 20),
+        Some('G') => (&trimmed[..trimmed.len() - 1], 30),
+        Some('T') => (&trimmed[..trimmed.len() - 1], 40),
+        _ => (trimmed, 0),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1G or 256M"))?;
+    value
+        .checked_shl(shift)
+        .filter(|bytes| *bytes >= 1 << 20)
+        .ok_or_else(|| format!("{text:?}: the test file must be at least 1M"))
+}
+
+#[derive(Args)]
 struct CodeArgs {
     /// Number of shards n. The default is Walrus's 1000, so that IDs match Walrus's; small n is
     /// for test clusters.
@@ -134,6 +205,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args)?,
+        Command::Tune(args) => run_tune(args)?,
         Command::Put {
             file,
             node,
@@ -205,6 +277,106 @@ fn run(cli: Cli) -> Result<()> {
                 None => std::io::Write::write_all(&mut std::io::stdout().lock(), &blob)?,
             }
         }
+    }
+    Ok(())
+}
+
+fn run_tune(args: TuneArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => floe_server::NodeConfig::load(path)?,
+        None => floe_server::NodeConfig::default(),
+    };
+    let dirs = if args.data_dirs.is_empty() {
+        config.data_dirs.clone()
+    } else {
+        args.data_dirs.clone()
+    };
+    if args.check {
+        let findings = floe_tuning::check::report(
+            &dirs,
+            config.core_count(),
+            config.io_memory_bytes as u64,
+            config.limits.connections_per_core as u64,
+        );
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&findings)?);
+        } else {
+            for f in &findings {
+                let status = format!("{:?}", f.status).to_uppercase();
+                println!("{status:<5} {:<28} {}", f.check, f.value);
+                if f.status != floe_tuning::check::Status::Ok {
+                    println!("      why: {}", f.why);
+                    if let Some(fix) = &f.fix {
+                        let root = if f.needs_root { " (needs root)" } else { "" };
+                        println!("      fix{root}: {fix}");
+                    }
+                }
+            }
+        }
+        if findings
+            .iter()
+            .any(|f| f.status == floe_tuning::check::Status::Fail)
+        {
+            bail!("the system is not ready for floe (see FAIL above)");
+        }
+        return Ok(());
+    }
+    floe_tuning::stop_on_signals()?;
+    let options = floe_tuning::TuneOptions {
+        duration: args.duration,
+        file_bytes: args.file_size,
+        max_depth: args.max_depth.max(1),
+        ..Default::default()
+    };
+    let mut reports = Vec::new();
+    for dir in &dirs {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        eprintln!(
+            "measuring {} ({} MiB test file, {:?} per point)",
+            dir.display(),
+            options.file_bytes >> 20,
+            options.duration
+        );
+        let report = floe_tuning::tune_dir(dir, &options, |s| {
+            eprintln!(
+                "  {:<10} {:<5} {:>7} B  depth {:>3}: {:>9.1} MB/s {:>9.0} IOPS  p50 {:>6} us  p99 {:>6} us  p99.9 {:>6} us",
+                format!("{:?}", s.workload.pattern).to_lowercase(),
+                format!("{:?}", s.workload.direction).to_lowercase(),
+                s.workload.block_bytes,
+                s.workload.depth,
+                s.bytes_per_second / 1e6,
+                s.iops,
+                s.latency.p50_us,
+                s.latency.p99_us,
+                s.latency.p999_us
+            );
+        })
+        .with_context(|| format!("measuring {}", dir.display()))?;
+        reports.push(report);
+    }
+    let properties = floe_tuning::properties::IoProperties {
+        disks: reports.iter().map(|r| r.properties.clone()).collect(),
+    };
+    fs::write(&args.out, properties.to_toml())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            let p = &r.properties;
+            println!(
+                "{}: read {:.0} MB/s, write {:.0} MB/s, {} B random reads {} IOPS (depth {}), writes {} IOPS (depth {})",
+                r.dir.display(),
+                p.read_bandwidth_bytes_per_second as f64 / 1e6,
+                p.write_bandwidth_bytes_per_second as f64 / 1e6,
+                p.block_bytes,
+                p.read_iops,
+                p.read_depth,
+                p.write_iops,
+                p.write_depth
+            );
+        }
+        println!("wrote {}", args.out.display());
     }
     Ok(())
 }

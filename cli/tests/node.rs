@@ -810,3 +810,100 @@ fn the_scrubber_finds_a_corrupted_sliver_and_stops_serving_it() {
         encode_sliver(&blob.to_sliver(SliverKind::Primary, 3))
     );
 }
+
+/// `floe tune` measures a directory and writes io-properties.toml; the node sizes its I/O from
+/// it and says so in /v1/health; `--check --json` reports the system; a named properties file
+/// that is missing stops the start with the fix.
+#[test]
+fn tune_writes_properties_that_the_node_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let properties = dir.path().join("io-properties.toml");
+    let floe = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_floe"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = floe(&[
+        "tune",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--duration",
+        "50ms",
+        "--file-size",
+        "8M",
+        "--max-depth",
+        "2",
+        "--out",
+        properties.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("random     read"),
+        "progress per point: {stderr}"
+    );
+    let text = std::fs::read_to_string(&properties).unwrap();
+    assert!(text.contains("read_iops"), "{text}");
+    assert!(
+        !data.join(".floe-tune.dat").exists(),
+        "the test file is removed"
+    );
+
+    let check = floe(&[
+        "tune",
+        "--check",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let findings: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    let names: Vec<&str> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"io_uring") && names.contains(&"memlock"),
+        "{names:?}"
+    );
+
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "n_shards = 10\ncores = 1\nio_properties = {:?}\n",
+            properties.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let node = start(&args, &[]);
+    let health = get(&format!("{}/v1/health", node.url)).json();
+    let io = &health["io"][0];
+    assert_eq!(io["source"], properties.to_str().unwrap(), "{health}");
+    assert!(
+        io["readBandwidthBytesPerSecond"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    assert!(
+        io["commitBytesMax"].as_u64().unwrap() >= 1 << 20,
+        "{health}"
+    );
+    drop(node);
+
+    std::fs::remove_file(&properties).unwrap();
+    let err = try_start(&args, &[]).err().unwrap();
+    assert!(err.contains("floe tune"), "{err}");
+}

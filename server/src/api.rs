@@ -37,6 +37,8 @@ pub struct Shared {
     pub owners: Owners,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    /// How hard each data directory is pushed (`io_plan`).
+    pub io: Vec<crate::io_plan::DiskPlan>,
 }
 
 /// Metadata kept on a core after it was verified, for checking slivers against.
@@ -459,6 +461,7 @@ fn health(state: &CoreState) -> Response<Body> {
             "shardsHealthy": healthy,
             "cores": shared.owners.cores(),
             "disks": disks,
+            "io": shared.io,
             "version": env!("CARGO_PKG_VERSION"),
         }),
     )

@@ -93,6 +93,9 @@ pub struct NodeConfig {
     pub scrub_bytes_per_second: u64,
     /// How often expired blobs are dropped and their space reclaimed.
     pub reclaim_interval_seconds: u64,
+    /// What `floe tune` measured (`io-properties.toml`); default: that file in the working
+    /// directory if it exists, else safe defaults (see docs/node.md).
+    pub io_properties: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -112,6 +115,7 @@ impl Default for NodeConfig {
             epoch_seconds: 24 * 3600,
             scrub_bytes_per_second: 32 << 20,
             reclaim_interval_seconds: 60,
+            io_properties: None,
             limits: Limits::default(),
         }
     }

@@ -14,6 +14,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hyper_io;
+pub mod io_plan;
 pub mod metrics;
 pub mod node;
 pub mod owner;

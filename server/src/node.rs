@@ -85,6 +85,17 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         prepare_data_dir(dir, cores)?;
     }
     let address = probe_listen(config.listen_addr()?)?;
+    let properties = crate::io_plan::load(&config).map_err(NodeError)?;
+    let io = crate::io_plan::plan(&config, properties.as_ref());
+    for plan in &io {
+        info!(
+            dir = %plan.dir.display(),
+            source = %plan.source,
+            scrub_bytes_per_second = plan.scrub_bytes_per_second,
+            commit_bytes_max = plan.commit_bytes_max,
+            "I/O plan"
+        );
+    }
 
     let (metrics, registry) = Metrics::new();
     let metrics = Arc::new(metrics);
@@ -101,6 +112,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         owners,
         metrics,
         registry,
+        io,
     });
 
     let (events, events_rx) = std_mpsc::channel::<Event>();
@@ -358,12 +370,24 @@ async fn core_main(
         .iter()
         .map(|d| d.display().to_string())
         .collect();
-    let owner = glommio::spawn_local(run_owner(disks, queue, shared.metrics.clone(), labels));
+    let commit_bytes_max = shared
+        .io
+        .iter()
+        .map(|p| p.commit_bytes_max)
+        .min()
+        .unwrap_or(1 << 20);
+    let owner = glommio::spawn_local(run_owner(
+        disks,
+        queue,
+        shared.metrics.clone(),
+        labels,
+        commit_bytes_max,
+    ));
     let committee = shared.committee.clone();
     let maintenance = glommio::spawn_local(run_maintenance(
         shared.owners.clone(),
         core,
-        config.scrub_bytes_per_second,
+        shared.io.iter().map(|p| p.scrub_bytes_per_second).collect(),
         u32::try_from(config.reclaim_interval_seconds).unwrap_or(u32::MAX),
         move || committee.current_epoch(),
     ));

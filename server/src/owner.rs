@@ -79,7 +79,8 @@ pub enum Op {
     /// Background upkeep, sent by the core's maintenance timer: scrub up to `scrub_bytes` per
     /// data directory; with `expire_epoch`, also drop expired records and reclaim segments.
     Maintain {
-        scrub_bytes: u64,
+        /// Per data directory.
+        scrub_bytes: Vec<u64>,
         expire_epoch: Option<u32>,
     },
 }
@@ -152,16 +153,13 @@ impl Owners {
     }
 }
 
-/// Bytes one group commit gathers at most. Why: bounds the commit buffer and the time one
-/// commit holds up reads queued behind it.
-const COMMIT_BYTES_MAX: usize = 64 << 20;
-
 /// The owner task of one core: serves operations until every sender is gone.
 pub async fn run_owner<D: Dir>(
     mut disks: Disks<D>,
     mut queue: mpsc::Receiver<Op>,
     metrics: Arc<Metrics>,
     dir_labels: Vec<String>,
+    commit_bytes_max: u64,
 ) {
     let mut seen = vec![(0u64, 0u64, 0u64); dir_labels.len()];
     while let Some(first) = queue.next().await {
@@ -176,7 +174,9 @@ pub async fn run_owner<D: Dir>(
             other => others.push(other),
         };
         sort(first, &mut bytes);
-        while bytes < COMMIT_BYTES_MAX {
+        // Bounds the commit buffer and the time one commit holds up reads queued behind it
+        // (`io_plan`).
+        while (bytes as u64) < commit_bytes_max {
             match queue.try_recv() {
                 Ok(op) => sort(op, &mut bytes),
                 _ => break,
@@ -263,11 +263,16 @@ pub async fn run_owner<D: Dir>(
 /// round tries again); what the scrubber finds corrupt leaves the index, to be healed.
 async fn maintain<D: Dir>(
     disks: &mut Disks<D>,
-    scrub_bytes: u64,
+    scrub_bytes: Vec<u64>,
     expire_epoch: Option<u32>,
     dir_labels: &[String],
 ) {
-    for (store, dir) in disks.stores_mut().iter_mut().zip(dir_labels) {
+    for ((store, dir), scrub_bytes) in disks
+        .stores_mut()
+        .iter_mut()
+        .zip(dir_labels)
+        .zip(scrub_bytes)
+    {
         if scrub_bytes > 0 {
             match store.scrub(scrub_bytes).await {
                 Ok(report) => {
@@ -300,11 +305,12 @@ async fn maintain<D: Dir>(
 }
 
 /// Sends [`Op::Maintain`] to this core's owner every second until the owner's queue closes:
-/// scrubbing `scrub_bytes_per_second`, and expiring and reclaiming every `expire_every` ticks.
+/// scrubbing `scrub_bytes_per_second` (per data directory), and expiring and reclaiming every
+/// `expire_every` ticks.
 pub async fn run_maintenance(
     owners: Owners,
     core: usize,
-    scrub_bytes_per_second: u64,
+    scrub_bytes_per_second: Vec<u64>,
     expire_every: u32,
     epoch: impl Fn() -> u32,
 ) {
@@ -314,7 +320,7 @@ pub async fn run_maintenance(
         glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
         tick = tick.wrapping_add(1);
         let op = Op::Maintain {
-            scrub_bytes: scrub_bytes_per_second,
+            scrub_bytes: scrub_bytes_per_second.clone(),
             expire_epoch: tick.is_multiple_of(expire_every).then(&epoch),
         };
         if futures::SinkExt::send(&mut sender, op).await.is_err() {

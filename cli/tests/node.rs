@@ -907,3 +907,37 @@ fn tune_writes_properties_that_the_node_uses() {
     let err = try_start(&args, &[]).err().unwrap();
     assert!(err.contains("floe tune"), "{err}");
 }
+
+/// Ctrl-C during `floe tune` stops it at once and still removes its test file.
+#[test]
+fn an_interrupted_tune_removes_its_test_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["tune", "--data-dir", dir.path().to_str().unwrap()])
+        .args(["--duration", "30s", "--file-size", "8M"])
+        .args(["--out", dir.path().join("p.toml").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let test_file = dir.path().join(".floe-tune.dat");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !test_file.exists() {
+        assert!(Instant::now() < deadline, "the test file never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    send_signal(child.id(), 2);
+    let status = child.wait().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped promptly"
+    );
+    assert!(!status.success(), "an interrupted tune reports failure");
+    assert!(!test_file.exists(), "the test file is removed");
+    assert!(
+        !dir.path().join("p.toml").exists(),
+        "no properties from a partial run"
+    );
+}

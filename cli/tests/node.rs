@@ -19,6 +19,15 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
     try_start(args, env).unwrap_or_else(|err| panic!("node did not start: {err}"))
 }
 
+/// A node of n = 10 shards on `cores` cores with its data in `data`.
+fn start_n10(data: &str, cores: usize, env: &[(&str, &str)]) -> NodeProcess {
+    let cores = cores.to_string();
+    start(
+        &["--data-dir", data, "--shards", "10", "--cores", &cores],
+        env,
+    )
+}
+
 fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<NodeProcess, String> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_floe"));
     command
@@ -335,17 +344,7 @@ fn put_and_get_commands_round_trip_at_the_default_n() {
 #[test]
 fn every_node_api_error_is_a_json_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(
-        &[
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--shards",
-            "10",
-            "--cores",
-            "1",
-        ],
-        &[],
-    );
+    let node = start_n10(dir.path().to_str().unwrap(), 1, &[]);
     let url = &node.url;
     let config = EncodingConfig::new(10).unwrap();
     let blob = encode(&config, &blob_bytes(5000, 1)).unwrap();
@@ -419,15 +418,9 @@ fn every_node_api_error_is_a_json_answer() {
 #[test]
 fn writes_need_the_token_when_one_is_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(
-        &[
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--shards",
-            "10",
-            "--cores",
-            "1",
-        ],
+    let node = start_n10(
+        dir.path().to_str().unwrap(),
+        1,
         &[("FLOE_WRITE_TOKEN", "s3cret")],
     );
     let blob = encode(&EncodingConfig::new(10).unwrap(), b"token").unwrap();
@@ -458,17 +451,7 @@ fn writes_need_the_token_when_one_is_configured() {
 #[test]
 fn truncated_uploads_and_vanishing_clients_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(
-        &[
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--shards",
-            "10",
-            "--cores",
-            "2",
-        ],
-        &[],
-    );
+    let node = start_n10(dir.path().to_str().unwrap(), 2, &[]);
     let blob = encode(&EncodingConfig::new(10).unwrap(), &blob_bytes(50_000, 3)).unwrap();
     let id = blob.blob_id();
     assert_eq!(
@@ -694,17 +677,7 @@ fn a_full_disk_answers_507_and_keeps_what_it_stored() {
         return;
     };
     let data = disk.path.join("data");
-    let node = start(
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--shards",
-            "10",
-            "--cores",
-            "1",
-        ],
-        &[],
-    );
+    let node = start_n10(data.to_str().unwrap(), 1, &[]);
     let config = EncodingConfig::new(10).unwrap();
     let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
     let mut full = None;
@@ -746,17 +719,7 @@ fn a_full_disk_answers_507_and_keeps_what_it_stored() {
 fn the_scrubber_finds_a_corrupted_sliver_and_stops_serving_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let node = start(
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--shards",
-            "10",
-            "--cores",
-            "1",
-        ],
-        &[],
-    );
+    let node = start_n10(data.to_str().unwrap(), 1, &[]);
     let blob = encode(&EncodingConfig::new(10).unwrap(), &unique_bytes(100_000, 7)).unwrap();
     store(&node, &blob);
     let id = blob.blob_id();

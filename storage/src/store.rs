@@ -703,30 +703,42 @@ impl<D: Dir> Store<D> {
                 RECORD_HEADER_BYTES + location.data_bytes as usize,
             )
             .await;
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                self.counters.read_errors += 1;
-                return Err(io_error("reading a record")(err));
-            }
-        };
-        let intact = RecordHeader::parse(&bytes).is_some_and(|h| {
+        let bytes = read.map_err(|err| self.read_failed(err))?;
+        self.check_record(key, &location, &bytes)?;
+        let mut data = bytes;
+        data.drain(..RECORD_HEADER_BYTES);
+        Ok(Some(data))
+    }
+
+    /// Counts a failed record read and names it.
+    fn read_failed(&mut self, err: io::Error) -> StoreError {
+        self.counters.read_errors += 1;
+        io_error("reading a record")(err)
+    }
+
+    /// Checks a record read for `key` at `location` (header names the key and sequence,
+    /// checksum holds); one that fails leaves the index, is counted, and reads as `Corrupt`.
+    fn check_record(
+        &mut self,
+        key: &Key,
+        location: &Location,
+        record: &[u8],
+    ) -> Result<(), StoreError> {
+        let intact = RecordHeader::parse(record).is_some_and(|h| {
             h.kind == key.kind
                 && h.shard == key.shard
                 && h.blob_id == key.blob_id
                 && h.sequence == location.sequence
-        }) && RecordHeader::checksum_holds(&bytes);
-        if !intact {
-            self.index.remove(key);
-            self.counters.corrupt_records += 1;
-            return Err(StoreError::Corrupt {
-                kind: key.kind,
-                shard: key.shard,
-            });
+        }) && RecordHeader::checksum_holds(record);
+        if intact {
+            return Ok(());
         }
-        let mut data = bytes;
-        data.drain(..RECORD_HEADER_BYTES);
-        Ok(Some(data))
+        self.index.remove(key);
+        self.counters.corrupt_records += 1;
+        Err(StoreError::Corrupt {
+            kind: key.kind,
+            shard: key.shard,
+        })
     }
 
     /// Reads a record's data as a shared view, without copying where the device can map its
@@ -757,30 +769,11 @@ impl<D: Dir> Store<D> {
             )
         };
         let read = file.read_shared(offset, len).await;
-        let record = match read {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                self.counters.read_errors += 1;
-                return Err(io_error("reading a record")(err));
-            }
-        };
+        let record = read.map_err(|err| self.read_failed(err))?;
         if !check {
             return Ok(Some(record));
         }
-        let intact = RecordHeader::parse(&record).is_some_and(|h| {
-            h.kind == key.kind
-                && h.shard == key.shard
-                && h.blob_id == key.blob_id
-                && h.sequence == location.sequence
-        }) && RecordHeader::checksum_holds(&record);
-        if !intact {
-            self.index.remove(key);
-            self.counters.corrupt_records += 1;
-            return Err(StoreError::Corrupt {
-                kind: key.kind,
-                shard: key.shard,
-            });
-        }
+        self.check_record(key, &location, &record)?;
         if let Some(entry) = self.index.get_mut(key) {
             entry.verified = true;
         }

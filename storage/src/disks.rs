@@ -56,7 +56,7 @@ impl<D: Dir> Disks<D> {
 
     /// Reads a record: slivers from their shard's directory; metadata from the first directory
     /// that has an intact copy.
-    pub async fn get(&mut self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn get(&mut self, key: &Key) -> Result<Option<bytes::Bytes>, StoreError> {
         if key.kind != RecordKind::Metadata {
             let disk = self.disk_of(key.shard);
             return self.stores[disk].get(key).await;

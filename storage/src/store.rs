@@ -689,7 +689,7 @@ impl<D: Dir> Store<D> {
 
     /// Reads a record: `Ok(None)` if absent; `Err(Corrupt)` if it failed its checksum (it is
     /// then dropped from the index, so the node treats it as missing and heals it).
-    pub async fn get(&mut self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn get(&mut self, key: &Key) -> Result<Option<bytes::Bytes>, StoreError> {
         let Some(location) = self.index.get(key).copied() else {
             return Ok(None);
         };
@@ -705,9 +705,8 @@ impl<D: Dir> Store<D> {
             .await;
         let bytes = read.map_err(|err| self.read_failed(err))?;
         self.check_record(key, &location, &bytes)?;
-        let mut data = bytes;
-        data.drain(..RECORD_HEADER_BYTES);
-        Ok(Some(data))
+        // The data is a view past the header: no copy to drop it.
+        Ok(Some(bytes::Bytes::from(bytes).slice(RECORD_HEADER_BYTES..)))
     }
 
     /// Counts a failed record read and names it.

@@ -126,8 +126,8 @@ fn random_operations_with_restarts_and_a_torn_tail() {
                 assert_eq!(store.len(), model.len(), "seed {seed} round {round}");
                 for (k, data) in &model {
                     assert_eq!(
-                        store.get(k).await.unwrap().as_ref(),
-                        Some(data),
+                        store.get(k).await.unwrap().as_deref(),
+                        Some(&data[..]),
                         "seed {seed} {k:?}"
                     );
                     // The mapped read gives the same bytes, first (checked) and again.

@@ -85,8 +85,9 @@ fn check(store: &mut Store<MemDir>, model: &BTreeMap<Key, Allowed>, lost_ok: boo
         let read = if i % 2 == 0 {
             block_on(store.get(key))
         } else {
-            block_on(store.get_shared(key)).map(|v| v.map(|b| b.to_vec()))
-        };
+            block_on(store.get_shared(key))
+        }
+        .map(|v| v.map(|b| b.to_vec()));
         match read {
             Ok(value) => assert!(
                 allowed.admits(&value) || (lost_ok && value.is_none()),
@@ -300,12 +301,18 @@ fn a_full_disk_refuses_new_writes_and_keeps_old_ones() {
     .to_string();
     assert!(message.contains("no space"), "{message}");
     for (key, data) in &stored {
-        assert_eq!(block_on(store.get(key)).unwrap().as_ref(), Some(data));
+        assert_eq!(
+            block_on(store.get(key)).unwrap().as_deref(),
+            Some(&data[..])
+        );
     }
     let (mut reopened, report) = block_on(Store::open(dir.crash_image(1))).expect("reopens");
     assert_eq!(report.torn_tail_bytes, 0);
     for (key, data) in &stored {
-        assert_eq!(block_on(reopened.get(key)).unwrap().as_ref(), Some(data));
+        assert_eq!(
+            block_on(reopened.get(key)).unwrap().as_deref(),
+            Some(&data[..])
+        );
     }
     dir.set_faults(Faults::default());
     let key = Key {
@@ -378,7 +385,11 @@ fn reclaiming_frees_deleted_and_expired_space_and_keeps_the_rest() {
             for shard in 0..3 {
                 let got = block_on(store.get(&key(blob, shard))).unwrap();
                 if survivors.contains(&blob) {
-                    assert_eq!(got, Some(data(blob, shard)), "blob {blob} shard {shard}");
+                    assert_eq!(
+                        got.as_deref(),
+                        Some(&data(blob, shard)[..]),
+                        "blob {blob} shard {shard}"
+                    );
                 } else {
                     assert_eq!(got, None, "blob {blob} shard {shard} stays gone");
                 }
@@ -485,7 +496,7 @@ fn losing_one_disk_loses_only_its_shards() {
         if key.kind == RecordKind::Primary && disks.disk_of(key.shard) == 1 {
             assert_eq!(got, None, "{key:?} was on the lost disk");
         } else {
-            assert_eq!(got.as_ref(), Some(data), "{key:?} survives");
+            assert_eq!(got.as_deref(), Some(&data[..]), "{key:?} survives");
         }
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use floe_codec::{
     decode_metadata, decode_primary_verified, decode_sliver, encode_metadata, encode_sliver,
-    verify_sliver, BlobId, EncodedBlob, SliverKind, VerifyScratch,
+    verify_sliver, BlobId, BlobLayout, BlobMetadata, EncodedBlob, Sliver, SliverKind,
+    VerifyScratch,
 };
 use rayon::prelude::*;
 
@@ -151,6 +152,28 @@ pub fn put_blob(
     })
 }
 
+/// Decodes a primary sliver body and verifies it against the metadata, as sliver `index`
+/// (default: the index the body names).
+pub fn verified_primary(
+    metadata: &BlobMetadata,
+    layout: &BlobLayout,
+    body: &[u8],
+    index: Option<usize>,
+    scratch: &mut VerifyScratch,
+) -> Result<Sliver> {
+    let sliver = decode_sliver(SliverKind::Primary, body)?;
+    verify_sliver(
+        metadata,
+        layout,
+        SliverKind::Primary,
+        index.unwrap_or(sliver.index.into()),
+        sliver.symbol_bytes.into(),
+        &sliver.data,
+        scratch,
+    )?;
+    Ok(sliver)
+}
+
 /// Reads a blob from `node`: metadata (verified against the blob ID), then primary slivers,
 /// each verified, until `k_p` are in hand; decodes.
 pub fn get_blob(node: &Node, id: &BlobId) -> Result<Vec<u8>> {
@@ -185,20 +208,7 @@ pub fn get_blob(node: &Node, id: &BlobId) -> Result<Vec<u8>> {
             );
             continue;
         }
-        let checked = decode_sliver(SliverKind::Primary, &answer.body)
-            .map_err(anyhow::Error::from)
-            .and_then(|sliver| {
-                verify_sliver(
-                    &metadata,
-                    &layout,
-                    SliverKind::Primary,
-                    pair,
-                    sliver.symbol_bytes.into(),
-                    &sliver.data,
-                    &mut scratch,
-                )?;
-                Ok(sliver)
-            });
+        let checked = verified_primary(&metadata, &layout, &answer.body, Some(pair), &mut scratch);
         match checked {
             Ok(sliver) => slivers.push((pair, sliver.data)),
             Err(err) => eprintln!("skipping primary sliver {pair}: {err}"),

@@ -10,9 +10,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use floe_codec::{
-    decode_metadata, decode_primary_verified, decode_sliver, encode_metadata, encode_owned,
-    encode_sliver, verify_sliver, BlobId, EncodingConfig, SliverKind, VerifyScratch,
-    N_SHARDS_DEFAULT,
+    decode_metadata, decode_primary_verified, encode_metadata, encode_owned, encode_sliver, BlobId,
+    EncodingConfig, SliverKind, VerifyScratch, N_SHARDS_DEFAULT,
 };
 
 /// floe: an erasure-coded blob store for hot AI data, byte-compatible with Walrus's RS2.
@@ -516,20 +515,7 @@ fn decode_dir(dir: &Path) -> Result<Vec<u8>> {
             break;
         }
         let body = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let checked = decode_sliver(SliverKind::Primary, &body)
-            .map_err(anyhow::Error::from)
-            .and_then(|sliver| {
-                verify_sliver(
-                    &metadata,
-                    &layout,
-                    SliverKind::Primary,
-                    sliver.index.into(),
-                    sliver.symbol_bytes.into(),
-                    &sliver.data,
-                    &mut scratch,
-                )?;
-                Ok(sliver)
-            });
+        let checked = client::verified_primary(&metadata, &layout, &body, None, &mut scratch);
         match checked {
             Ok(sliver) => slivers.push(sliver),
             Err(err) => eprintln!("skipping {}: {err}", path.display()),

@@ -6,7 +6,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use floe_codec::{encode, encode_metadata, encode_sliver, EncodedBlob, EncodingConfig, SliverKind};
+use floe_codec::{
+    encode, encode_metadata, encode_sliver, BlobId, EncodedBlob, EncodingConfig, SliverKind,
+};
 
 /// A running node; stopped (SIGTERM, then SIGKILL) when dropped.
 struct NodeProcess {
@@ -208,6 +210,33 @@ fn store(node: &NodeProcess, blob: &EncodedBlob) {
             );
         }
     }
+}
+
+fn store_metadata(node: &NodeProcess, blob: &EncodedBlob) {
+    let url = format!("{}/v1/blobs/{}/metadata", node.url, blob.blob_id());
+    let answer = put(&url, &encode_metadata(blob.metadata()));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+}
+
+/// Opens a connection and sends the head of a sliver upload and the first half of its body.
+fn start_upload(node: &NodeProcess, id: &BlobId, pair: usize, body: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(node.address()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "PUT /v1/blobs/{id}/slivers/{pair}/primary HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    stream
 }
 
 fn check_stored(node: &NodeProcess, blob: &EncodedBlob) {
@@ -454,27 +483,10 @@ fn truncated_uploads_and_vanishing_clients_store_nothing() {
     let node = start_n10(dir.path().to_str().unwrap(), 2, &[]);
     let blob = encode(&EncodingConfig::new(10).unwrap(), &blob_bytes(50_000, 3)).unwrap();
     let id = blob.blob_id();
-    assert_eq!(
-        put(
-            &format!("{}/v1/blobs/{id}/metadata", node.url),
-            &encode_metadata(blob.metadata())
-        )
-        .status,
-        200
-    );
+    store_metadata(&node, &blob);
     let body = encode_sliver(&blob.to_sliver(SliverKind::Primary, 2));
     for shut_write_only in [true, false] {
-        let mut stream = TcpStream::connect(node.address()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "PUT /v1/blobs/{id}/slivers/2/primary HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        stream.write_all(&body[..body.len() / 2]).unwrap();
+        let mut stream = start_upload(&node, id, 2, &body);
         if shut_write_only {
             // A truncated upload: the client says it is done sending, and reads the answer.
             stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -603,26 +615,9 @@ fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
     let mut node = start(&args, &[]);
     let blob = encode(&EncodingConfig::new(10).unwrap(), &blob_bytes(40_000, 5)).unwrap();
     let id = blob.blob_id();
-    assert_eq!(
-        put(
-            &format!("{}/v1/blobs/{id}/metadata", node.url),
-            &encode_metadata(blob.metadata())
-        )
-        .status,
-        200
-    );
+    store_metadata(&node, &blob);
     let body = encode_sliver(&blob.to_sliver(SliverKind::Primary, 1));
-    let mut stream = TcpStream::connect(node.address()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "PUT /v1/blobs/{id}/slivers/1/primary HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    stream.write_all(&body[..body.len() / 2]).unwrap();
+    let mut stream = start_upload(&node, id, 1, &body);
     std::thread::sleep(Duration::from_millis(200));
     send_signal(node.child.id(), 15);
     std::thread::sleep(Duration::from_millis(300));

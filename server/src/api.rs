@@ -100,15 +100,30 @@ impl CoreState {
             .map_err(storage_error)
     }
 
+    /// The stored metadata record (BCS) and the blob's end epoch, from its home core.
+    async fn metadata_record(&self, blob_id: &BlobId) -> Result<Option<(Bytes, u32)>, ApiError> {
+        let home = self.shared.owners.home_of(&blob_id.0);
+        let key = metadata_key(blob_id);
+        let found = self.call(home, |reply| Op::Get { key, reply }).await?;
+        found.map_err(storage_error)
+    }
+
+    /// Stores one record on `core`, durably.
+    async fn store_record(&self, core: usize, record: Record) -> Result<(), ApiError> {
+        self.call(core, |reply| Op::Put {
+            records: vec![record],
+            reply,
+        })
+        .await?
+        .map_err(storage_error)
+    }
+
     /// The blob's verified metadata: from this core's cache, or from its home core.
     async fn metadata(&self, blob_id: &BlobId) -> Result<Option<Rc<CachedMetadata>>, ApiError> {
         if let Some(hit) = self.metadata_cache.borrow().entries.get(&blob_id.0) {
             return Ok(Some(hit.clone()));
         }
-        let home = self.shared.owners.home_of(&blob_id.0);
-        let key = metadata_key(blob_id);
-        let found = self.call(home, |reply| Op::Get { key, reply }).await?;
-        let Some((bytes, end_epoch)) = found.map_err(storage_error)? else {
+        let Some((bytes, end_epoch)) = self.metadata_record(blob_id).await? else {
             return Ok(None);
         };
         // It was verified before it was stored, and its checksum held on this read.
@@ -341,15 +356,10 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
         StatusCode::UNAUTHORIZED => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = if err.message.contains("PUT") {
-                "GET, HEAD, PUT"
-            } else {
-                "GET, HEAD"
-            };
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-        }
         _ => {}
+    }
+    if let Some(allow) = err.allow {
+        headers.insert(header::ALLOW, HeaderValue::from_static(allow));
     }
     response
 }
@@ -529,13 +539,7 @@ async fn put_metadata(
         end_epoch,
         data: body,
     };
-    state
-        .call(home, |reply| Op::Put {
-            records: vec![record],
-            reply,
-        })
-        .await?
-        .map_err(storage_error)?;
+    state.store_record(home, record).await?;
     state.remember(
         &blob_id,
         Rc::new(CachedMetadata {
@@ -551,10 +555,7 @@ async fn put_metadata(
 }
 
 async fn get_metadata(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>, ApiError> {
-    let home = state.shared.owners.home_of(&blob_id.0);
-    let key = metadata_key(&blob_id);
-    let found = state.call(home, |reply| Op::Get { key, reply }).await?;
-    match found.map_err(storage_error)? {
+    match state.metadata_record(&blob_id).await? {
         Some((bytes, _)) => {
             state.shared.metrics.sent_bytes.inc_by(bytes.len() as u64);
             Ok(octets(bytes))
@@ -628,13 +629,7 @@ async fn put_sliver(
         data: body,
     };
     let core = state.shared.owners.core_of_shard(shard);
-    state
-        .call(core, |reply| Op::Put {
-            records: vec![record],
-            reply,
-        })
-        .await?
-        .map_err(storage_error)?;
+    state.store_record(core, record).await?;
     Ok(json_response(
         StatusCode::OK,
         json!({"blobId": blob_id.to_string(), "stored": kind.as_str(), "pair": pair, "shard": shard}),

@@ -16,6 +16,8 @@ use thiserror::Error;
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:31415";
 /// Default data directory, relative to the working directory.
 pub const DATA_DIR_DEFAULT: &str = "./floe-data";
+/// Default epoch length: one day.
+pub const EPOCH_SECONDS_DEFAULT: u64 = 24 * 3600;
 /// Environment variable that overrides `write_token`.
 pub const WRITE_TOKEN_ENV: &str = "FLOE_WRITE_TOKEN";
 
@@ -112,7 +114,7 @@ impl Default for NodeConfig {
             write_token: None,
             io_memory_bytes: 1 << 20,
             shutdown_grace_seconds: 10,
-            epoch_seconds: 24 * 3600,
+            epoch_seconds: EPOCH_SECONDS_DEFAULT,
             scrub_bytes_per_second: 32 << 20,
             reclaim_interval_seconds: 60,
             io_properties: None,
@@ -142,7 +144,7 @@ struct CommitteeFile {
 }
 
 fn epoch_seconds_default() -> u64 {
-    24 * 3600
+    EPOCH_SECONDS_DEFAULT
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// For people: what went wrong and, where there is one, what to do.
     pub message: String,
+    /// For 405: the methods the path takes (the `Allow` header).
+    pub allow: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -31,6 +33,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// 405 for `method` on a path that takes only `allow`.
+    pub fn method_not_allowed(method: &hyper::Method, allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "methodNotAllowed",
+                format!("{method} is not allowed here; allowed: {allow}"),
+            )
         }
     }
 

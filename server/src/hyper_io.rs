@@ -46,11 +46,12 @@ impl HyperStream {
             let mut offset = offset;
             rustix::fs::sendfile(socket, mapped.file(), Some(&mut offset), bufs[0].len())
         } else {
-            let run = bufs
+            // The first slice is known unmapped; the run ends before the next mapped one.
+            let run = 1 + bufs[1..]
                 .iter()
-                .take(IOVECS_MAX)
+                .take(IOVECS_MAX - 1)
                 .position(|b| file_region(b).is_some())
-                .unwrap_or(bufs.len().min(IOVECS_MAX));
+                .unwrap_or(bufs.len().min(IOVECS_MAX) - 1);
             let more = if run < bufs.len() {
                 SendFlags::MORE
             } else {

@@ -4,7 +4,7 @@
 //! route or a 400/404/405 with a message naming what was wrong.
 
 use floe_codec::{BlobId, SliverKind};
-use hyper::{Method, StatusCode};
+use hyper::Method;
 
 use crate::error::ApiError;
 
@@ -61,14 +61,6 @@ impl Route {
 /// Longest path or query accepted. Why: every legitimate one is far shorter, and it bounds
 /// the work of a hostile one.
 pub const PATH_BYTES_MAX: usize = 512;
-
-fn method_not_allowed(method: &Method, allowed: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "methodNotAllowed",
-        format!("{method} is not allowed here; allowed: {allowed}"),
-    )
-}
 
 fn parse_blob_id(text: &str) -> Result<BlobId, ApiError> {
     text.parse().map_err(|e: floe_codec::BlobIdParseError| {
@@ -153,14 +145,14 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
     };
     let get_only = |route: Route| -> Result<Route, ApiError> {
         if method != Method::GET && method != Method::HEAD {
-            return Err(method_not_allowed(method, "GET, HEAD"));
+            return Err(ApiError::method_not_allowed(method, "GET, HEAD"));
         }
         no_query(route)
     };
     let get_or_put = |method: &Method| -> Result<Method, ApiError> {
         match *method {
             Method::GET | Method::HEAD | Method::PUT => Ok(method.clone()),
-            _ => Err(method_not_allowed(method, "GET, HEAD, PUT")),
+            _ => Err(ApiError::method_not_allowed(method, "GET, HEAD, PUT")),
         }
     };
     match segments.as_slice() {
@@ -207,7 +199,7 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         ["v1", "blobs", id, "recoverySymbols"] => {
             let blob_id = parse_blob_id(id)?;
             if method != Method::GET && method != Method::HEAD {
-                return Err(method_not_allowed(method, "GET, HEAD"));
+                return Err(ApiError::method_not_allowed(method, "GET, HEAD"));
             }
             let pairs = query_pairs(query, &["targetPair", "targetKind", "limit"])?;
             let missing = |key: &str| {

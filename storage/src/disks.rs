@@ -57,30 +57,29 @@ impl<D: Dir> Disks<D> {
     /// Reads a record: slivers from their shard's directory; metadata from the first directory
     /// that has an intact copy.
     pub async fn get(&mut self, key: &Key) -> Result<Option<bytes::Bytes>, StoreError> {
-        if key.kind != RecordKind::Metadata {
-            let disk = self.disk_of(key.shard);
-            return self.stores[disk].get(key).await;
-        }
-        let mut last_error = None;
-        for store in &mut self.stores {
-            match store.get(key).await {
-                Ok(Some(data)) => return Ok(Some(data)),
-                Ok(None) => {}
-                Err(err) => last_error = Some(err),
-            }
-        }
-        last_error.map_or(Ok(None), Err)
+        self.read(key, false).await
     }
 
     /// [`Store::get_shared`] across the directories, like [`Disks::get`].
     pub async fn get_shared(&mut self, key: &Key) -> Result<Option<bytes::Bytes>, StoreError> {
-        if key.kind != RecordKind::Metadata {
+        self.read(key, true).await
+    }
+
+    async fn read(&mut self, key: &Key, shared: bool) -> Result<Option<bytes::Bytes>, StoreError> {
+        let stores = if key.kind == RecordKind::Metadata {
+            &mut self.stores[..]
+        } else {
             let disk = self.disk_of(key.shard);
-            return self.stores[disk].get_shared(key).await;
-        }
+            &mut self.stores[disk..=disk]
+        };
         let mut last_error = None;
-        for store in &mut self.stores {
-            match store.get_shared(key).await {
+        for store in stores {
+            let read = if shared {
+                store.get_shared(key).await
+            } else {
+                store.get(key).await
+            };
+            match read {
                 Ok(Some(data)) => return Ok(Some(data)),
                 Ok(None) => {}
                 Err(err) => last_error = Some(err),

@@ -690,13 +690,9 @@ impl<D: Dir> Store<D> {
     /// Reads a record: `Ok(None)` if absent; `Err(Corrupt)` if it failed its checksum (it is
     /// then dropped from the index, so the node treats it as missing and heals it).
     pub async fn get(&mut self, key: &Key) -> Result<Option<bytes::Bytes>, StoreError> {
-        let Some(location) = self.index.get(key).copied() else {
+        let Some((location, file)) = self.locate(key) else {
             return Ok(None);
         };
-        let file = self
-            .files
-            .get(&location.segment)
-            .expect("indexed segments are open");
         let read = file
             .read_at(
                 location.offset,
@@ -707,6 +703,16 @@ impl<D: Dir> Store<D> {
         self.check_record(key, &location, &bytes)?;
         // The data is a view past the header: no copy to drop it.
         Ok(Some(bytes::Bytes::from(bytes).slice(RECORD_HEADER_BYTES..)))
+    }
+
+    /// Where `key`'s record is, and its segment file.
+    fn locate(&self, key: &Key) -> Option<(Location, &D::File)> {
+        let location = *self.index.get(key)?;
+        let file = self
+            .files
+            .get(&location.segment)
+            .expect("indexed segments are open");
+        Some((location, file))
     }
 
     /// Counts a failed record read and names it.
@@ -750,13 +756,9 @@ impl<D: Dir> Store<D> {
     /// verified record skip the hash: the mapped bytes were checked when they came from the
     /// device. The scrubber re-reads from the device (direct I/O) and re-checks everything.
     pub async fn get_shared(&mut self, key: &Key) -> Result<Option<bytes::Bytes>, StoreError> {
-        let Some(location) = self.index.get(key).copied() else {
+        let Some((location, file)) = self.locate(key) else {
             return Ok(None);
         };
-        let file = self
-            .files
-            .get(&location.segment)
-            .expect("indexed segments are open");
         let check = !location.verified || self.options.reverify_mapped_reads;
         // A verified record needs only its data: one view, no header.
         let (offset, len) = if check {

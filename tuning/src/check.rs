@@ -166,12 +166,9 @@ pub fn check_memlock(limit: Option<u64>, cores: usize, io_memory: u64) -> Findin
 pub fn check_thp(enabled: Option<&str>) -> Finding {
     let why = "the encoder's large buffers and the kernel's page tables for mapped segments do better with huge pages";
     match enabled.and_then(bracketed) {
-        Some("always") | Some("madvise") => finding(
-            "transparent_hugepages",
-            Status::Ok,
-            bracketed(enabled.unwrap_or("")).unwrap_or(""),
-            why,
-        ),
+        Some(mode @ ("always" | "madvise")) => {
+            finding("transparent_hugepages", Status::Ok, mode, why)
+        }
         Some(other) => finding("transparent_hugepages", Status::Warn, other, why).fix(
             "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled",
             true,

@@ -1,219 +1,149 @@
-//! `floe put` and `floe get`: a client of one node's API (`api.md`, "Peers"), for a node that
-//! holds every shard (the single-node deployment). The cluster-wide publisher and aggregator
-//! (`PUT /v1/blobs`, `GET /v1/blobs/{id}`) replace these for committees of several nodes.
+//! `floe store` and `floe read`: a client of the user API (`api.md`, "Users") that any node of
+//! a committee serves: the node encodes and spreads the blob, or gathers, verifies and decodes
+//! it. Files stream from and to disk; a progress bar shows on a terminal, none when piped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use floe_codec::{
-    decode_metadata, decode_primary_verified, decode_sliver, encode_metadata, encode_sliver,
-    verify_sliver, BlobId, BlobLayout, BlobMetadata, EncodedBlob, Sliver, SliverKind,
-    VerifyScratch,
-};
-use rayon::prelude::*;
+use floe_codec::BlobId;
+use indicatif::{ProgressBar, ProgressStyle};
 
-/// Requests in flight at once. Why: enough to hide per-request latency on loopback, few
-/// enough not to trip a node's per-core in-flight limit.
-const PARALLEL_REQUESTS: usize = 16;
+/// Longest a whole store or read may take. Why: a blob of several GiB over a slow link.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
-pub struct Node {
-    url: String,
-    agent: ureq::Agent,
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .build()
+        .into()
 }
 
-/// An HTTP answer: status and body.
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
+/// A byte counter on standard error, shown only when it is a terminal.
+fn progress(total: Option<u64>, what: &str) -> ProgressBar {
+    if !io::IsTerminal::is_terminal(&io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(total) => ProgressBar::new(total),
+        None => ProgressBar::no_length(),
+    };
+    let template =
+        format!("{what} {{bar:30}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
 }
 
-impl Node {
-    pub fn new(url: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(300)))
-            .max_idle_connections_per_host(PARALLEL_REQUESTS)
-            .build()
-            .into();
-        Self {
-            url: url.trim_end_matches('/').to_string(),
-            agent,
-        }
-    }
-
-    fn answer(&self, mut response: ureq::http::Response<ureq::Body>) -> Result<Answer> {
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(1 << 31)
-            .read_to_vec()?;
-        Ok(Answer { status, body })
-    }
-
-    fn get(&self, path: &str) -> Result<Answer> {
-        let url = format!("{}{path}", self.url);
-        let response = self
-            .agent
-            .get(&url)
-            .call()
-            .with_context(|| format!("GET {url}"))?;
-        self.answer(response)
-    }
-
-    fn put(&self, path: &str, body: &[u8], token: Option<&str>) -> Result<Answer> {
-        let url = format!("{}{path}", self.url);
-        let mut request = self
-            .agent
-            .put(&url)
-            .header("content-type", "application/octet-stream");
-        if let Some(token) = token {
-            request = request.header("authorization", &format!("Bearer {token}"));
-        }
-        let response = request.send(body).with_context(|| format!("PUT {url}"))?;
-        self.answer(response)
-    }
-
-    /// The node's shard count, from `/v1/health`.
-    pub fn n_shards(&self) -> Result<u16> {
-        let answer = self.get("/v1/health")?;
-        if answer.status != 200 {
-            bail!("{}/v1/health answered {}", self.url, answer.status);
-        }
-        let health: serde_json::Value = serde_json::from_slice(&answer.body)?;
-        health["nShards"]
-            .as_u64()
-            .and_then(|n| u16::try_from(n).ok())
-            .context("/v1/health has no nShards")
-    }
-}
-
-fn error_text(answer: &Answer) -> String {
-    serde_json::from_slice::<serde_json::Value>(&answer.body)
+/// The `message` of a floe error body, or the body as text.
+fn error_text(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(String::from))
-        .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).into_owned())
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
-/// Stores an encoded blob on `node`: metadata, then every sliver pair. Prints progress to
-/// standard error when `progress`.
-pub fn put_blob(
-    node: &Node,
-    encoded: &EncodedBlob,
-    epochs: u32,
-    token: Option<&str>,
-    progress: bool,
-) -> Result<()> {
-    let id = encoded.blob_id();
-    let answer = node.put(
-        &format!("/v1/blobs/{id}/metadata?epochs={epochs}"),
-        &encode_metadata(encoded.metadata()),
-        token,
-    )?;
-    if answer.status != 200 {
-        bail!(
-            "storing the metadata: {} {}",
-            answer.status,
-            error_text(&answer)
-        );
+/// What the publisher answered.
+pub struct Stored {
+    pub blob_id: String,
+    /// `newlyCreated` or `alreadyCertified`.
+    pub outcome: String,
+    pub answer: serde_json::Value,
+}
+
+/// Stores `file` through the node at `url` for `epochs` epochs.
+pub fn store(url: &str, file: &Path, epochs: u32, token: Option<&str>) -> Result<Stored> {
+    let opened = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let size = opened.metadata()?.len();
+    let bar = progress(Some(size), "storing");
+    let url = format!("{}/v1/blobs?epochs={epochs}", url.trim_end_matches('/'));
+    let mut request = agent()
+        .put(&url)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", &size.to_string());
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
     }
-    let n = encoded.layout().config.n_shards();
-    let done = AtomicUsize::new(0);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(PARALLEL_REQUESTS)
-        .build()?;
-    pool.install(|| {
-        (0..n).into_par_iter().try_for_each(|pair| -> Result<()> {
-            for (kind, index) in [
-                (SliverKind::Primary, pair),
-                (SliverKind::Secondary, n - 1 - pair),
-            ] {
-                let body = encode_sliver(&encoded.to_sliver(kind, index));
-                let path = format!("/v1/blobs/{id}/slivers/{pair}/{kind}");
-                let answer = node.put(&path, &body, token)?;
-                if answer.status != 200 {
-                    bail!(
-                        "storing {kind} sliver of pair {pair}: {} {}",
-                        answer.status,
-                        error_text(&answer)
-                    );
-                }
-            }
-            let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if progress && (finished.is_multiple_of(50) || finished == n) {
-                eprint!("\rstored {finished}/{n} sliver pairs");
-                if finished == n {
-                    eprintln!();
-                }
-            }
-            Ok(())
-        })
+    let mut response = request
+        .send(ureq::SendBody::from_owned_reader(bar.wrap_read(opened)))
+        .with_context(|| format!("PUT {url}"))?;
+    bar.finish_and_clear();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec()?;
+    if status != 200 {
+        bail!("the node answered {status}: {}", error_text(&body));
+    }
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).context("the node's answer is not JSON")?;
+    let (outcome, inner) = answer
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .context("the node's answer is empty")?;
+    let blob_id = inner["blobId"]
+        .as_str()
+        .context("the node's answer has no blobId")?
+        .to_string();
+    Ok(Stored {
+        blob_id,
+        outcome: outcome.clone(),
+        answer,
     })
 }
 
-/// Decodes a primary sliver body and verifies it against the metadata, as sliver `index`
-/// (default: the index the body names).
-pub fn verified_primary(
-    metadata: &BlobMetadata,
-    layout: &BlobLayout,
-    body: &[u8],
-    index: Option<usize>,
-    scratch: &mut VerifyScratch,
-) -> Result<Sliver> {
-    let sliver = decode_sliver(SliverKind::Primary, body)?;
-    verify_sliver(
-        metadata,
-        layout,
-        SliverKind::Primary,
-        index.unwrap_or(sliver.index.into()),
-        sliver.symbol_bytes.into(),
-        &sliver.data,
-        scratch,
-    )?;
-    Ok(sliver)
+/// Reads blob `id` through the node at `url` into `output` (standard output if `None`).
+/// Returns the bytes written.
+pub fn read(url: &str, id: &BlobId, output: Option<&Path>) -> Result<u64> {
+    let url = format!("{}/v1/blobs/{id}", url.trim_end_matches('/'));
+    let mut response = agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let body = response.body_mut().read_to_vec()?;
+        bail!("the node answered {status}: {}", error_text(&body));
+    }
+    let length = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bar = progress(length, "reading");
+    let mut reader = bar.wrap_read(response.into_body().into_reader());
+    let copied = match output {
+        Some(path) => {
+            // Written next to the target and renamed, so a failed read leaves no partial file.
+            let partial = path.with_extension("floe-partial");
+            let mut out = File::create(&partial)
+                .with_context(|| format!("creating {}", partial.display()))?;
+            let copied = io::copy(&mut reader, &mut out).context("reading the blob")?;
+            out.sync_all()?;
+            check_length(copied, length)?;
+            std::fs::rename(&partial, path)
+                .with_context(|| format!("renaming to {}", path.display()))?;
+            copied
+        }
+        None => {
+            let mut out = io::stdout().lock();
+            let copied = io::copy(&mut reader, &mut out).context("reading the blob")?;
+            out.flush()?;
+            check_length(copied, length)?;
+            copied
+        }
+    };
+    bar.finish_and_clear();
+    Ok(copied)
 }
 
-/// Reads a blob from `node`: metadata (verified against the blob ID), then primary slivers,
-/// each verified, until `k_p` are in hand; decodes.
-pub fn get_blob(node: &Node, id: &BlobId) -> Result<Vec<u8>> {
-    let answer = node.get(&format!("/v1/blobs/{id}/metadata"))?;
-    if answer.status != 200 {
-        bail!(
-            "reading the metadata: {} {}",
-            answer.status,
-            error_text(&answer)
-        );
+fn check_length(copied: u64, length: Option<u64>) -> Result<()> {
+    match length {
+        Some(expected) if expected != copied => {
+            bail!("the connection ended after {copied} of {expected} bytes")
+        }
+        _ => Ok(()),
     }
-    let metadata = decode_metadata(&answer.body).context("the node's metadata")?;
-    metadata
-        .verify(id, metadata.n_shards())
-        .context("the node's metadata does not match the blob ID")?;
-    let layout = metadata.layout()?;
-    let n = metadata.n_shards();
-    let k_p = layout.config.n_primary_source();
-    let mut slivers = Vec::with_capacity(k_p);
-    let mut scratch = VerifyScratch::default();
-    // The systematic slivers first: they hold the blob's bytes as they are.
-    for pair in 0..n {
-        if slivers.len() == k_p {
-            break;
-        }
-        let answer = node.get(&format!("/v1/blobs/{id}/slivers/{pair}/primary"))?;
-        if answer.status != 200 {
-            eprintln!(
-                "skipping primary sliver {pair}: {} {}",
-                answer.status,
-                error_text(&answer)
-            );
-            continue;
-        }
-        let checked = verified_primary(&metadata, &layout, &answer.body, Some(pair), &mut scratch);
-        match checked {
-            Ok(sliver) => slivers.push((pair, sliver.data)),
-            Err(err) => eprintln!("skipping primary sliver {pair}: {err}"),
-        }
-    }
-    let rows: Vec<(usize, &[u8])> = slivers.iter().map(|(i, d)| (*i, d.as_slice())).collect();
-    Ok(decode_primary_verified(&metadata, &rows)?)
 }

@@ -1,6 +1,7 @@
 //! `floe`: the command-line entry point. Thin: every subcommand calls a library.
 
 mod client;
+mod cluster;
 
 use std::fs;
 use std::io::Read;
@@ -30,9 +31,8 @@ enum Command {
     /// Measure each data directory's device (io_uring, O_DIRECT, rising queue depth) and write
     /// io-properties.toml for `floe node`; with --check, report the system settings instead.
     Tune(TuneArgs),
-    /// Store a file on a node that holds every shard (single-node deployment); prints the
-    /// blob ID.
-    Put {
+    /// Store a file through a node's publisher (any node of the committee); prints the blob ID.
+    Store {
         file: PathBuf,
         /// The node's URL.
         #[arg(long, default_value = "http://127.0.0.1:31415")]
@@ -40,12 +40,9 @@ enum Command {
         /// Epochs to store the blob for.
         #[arg(long, default_value_t = 1)]
         epochs: u32,
-        /// Worker threads for encoding (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
     },
-    /// Read a blob from a node, verified against its ID.
-    Get {
+    /// Read a blob through a node's aggregator, verified against its ID by the node.
+    Read {
         /// The blob ID (it may start with `-`).
         #[arg(allow_hyphen_values = true)]
         blob_id: String,
@@ -55,6 +52,9 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// A local cluster of node processes on loopback.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Print the blob ID of a file (the same ID Walrus gives the same bytes at the same n).
     BlobId {
         /// The blob.
@@ -83,6 +83,32 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start K nodes (separate processes and data directories) sharing n shards; prints the
+    /// committee file.
+    Up {
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10)]
+        shards: u16,
+        /// Where the committee file, node configs, data and logs go.
+        #[arg(long, default_value = "./floe-cluster")]
+        dir: PathBuf,
+        /// Executor cores per node.
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Seconds between sync rounds (learning blobs, healing slivers).
+        #[arg(long, default_value_t = 5)]
+        sync_interval: u64,
+    },
+    /// Stop the nodes of a cluster started with `up` (SIGTERM, by PID); the data stays.
+    Down {
+        #[arg(long, default_value = "./floe-cluster")]
+        dir: PathBuf,
     },
 }
 
@@ -205,36 +231,56 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args)?,
         Command::Tune(args) => run_tune(args)?,
-        Command::Put {
-            file,
-            node,
-            epochs,
-            threads,
-        } => {
+        Command::Store { file, node, epochs } => {
             let token = std::env::var("FLOE_WRITE_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty());
-            let client = client::Node::new(&node);
-            let n = client.n_shards()?;
-            let config = EncodingConfig::new(n)?;
-            let blob = read_blob(&file, &config)?;
-            let encoded = with_threads(threads, || encode_owned(&config, blob))??;
-            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            client::put_blob(&client, &encoded, epochs, token.as_deref(), progress)?;
-            println!("{}", encoded.blob_id());
+            let stored = client::store(&node, &file, epochs, token.as_deref())?;
+            let inner = &stored.answer[&stored.outcome];
+            eprintln!(
+                "{}: {} bytes, end epoch {}, {} shards confirmed",
+                stored.outcome, inner["size"], inner["endEpoch"], inner["shardsConfirmed"]
+            );
+            println!("{}", stored.blob_id);
         }
-        Command::Get {
+        Command::Read {
             blob_id,
             node,
             output,
         } => {
             let id: BlobId = blob_id.parse()?;
-            let blob = client::get_blob(&client::Node::new(&node), &id)?;
-            match output {
-                Some(path) => fs::write(&path, &blob)
-                    .with_context(|| format!("writing {}", path.display()))?,
-                None => std::io::Write::write_all(&mut std::io::stdout().lock(), &blob)?,
-            }
+            client::read(&node, &id, output.as_deref())?;
+        }
+        Command::Cluster(ClusterCommand::Up {
+            nodes,
+            shards,
+            dir,
+            cores,
+            sync_interval,
+        }) => {
+            let (committee, urls) = cluster::up(&cluster::Up {
+                dir: dir.clone(),
+                nodes,
+                shards,
+                cores,
+                sync_interval_seconds: sync_interval,
+            })?;
+            print!("{}", fs::read_to_string(&committee)?);
+            eprintln!(
+                "\n{nodes} nodes up; committee file {}; logs in {}/node-*/node.log",
+                committee.display(),
+                dir.display()
+            );
+            eprintln!("  store: floe store FILE --node {}", urls[0]);
+            eprintln!(
+                "  read:  floe read BLOB_ID --node {} -o FILE",
+                urls[urls.len() - 1]
+            );
+            eprintln!("  stop:  floe cluster down --dir {}", dir.display());
+        }
+        Command::Cluster(ClusterCommand::Down { dir }) => {
+            let stopped = cluster::down(&dir)?;
+            eprintln!("stopped {stopped} nodes; data stays in {}", dir.display());
         }
         Command::BlobId { file, code } => {
             let config = EncodingConfig::new(code.shards)?;
@@ -428,10 +474,12 @@ fn run_node(args: NodeArgs) -> Result<()> {
         println!("  health:  curl {url}/v1/health");
         println!("  metrics: curl {url}/metrics");
         println!(
-            "  store:   floe put FILE --node {url}     (prints the blob ID; encodes at n = {})",
+            "  store:   floe store FILE --node {url}   (prints the blob ID; encodes at n = {})",
             ready.n_shards
         );
-        println!("  read:    floe get BLOB_ID --node {url} -o FILE");
+        println!(
+            "  read:    floe read BLOB_ID --node {url} -o FILE   (or curl {url}/v1/blobs/BLOB_ID)"
+        );
         println!("  stop:    Ctrl-C or SIGTERM (in-flight requests finish first)");
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -515,7 +563,7 @@ fn decode_dir(dir: &Path) -> Result<Vec<u8>> {
             break;
         }
         let body = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let checked = client::verified_primary(&metadata, &layout, &body, None, &mut scratch);
+        let checked = verified_primary(&metadata, &layout, &body, &mut scratch);
         match checked {
             Ok(sliver) => slivers.push(sliver),
             Err(err) => eprintln!("skipping {}: {err}", path.display()),
@@ -527,4 +575,25 @@ fn decode_dir(dir: &Path) -> Result<Vec<u8>> {
         .collect();
     // Each sliver was verified above: rows taken straight from them need no second check.
     Ok(decode_primary_verified(&metadata, &slivers)?)
+}
+
+/// Decodes a primary sliver body and verifies it against the metadata, as the sliver the body
+/// names.
+fn verified_primary(
+    metadata: &floe_codec::BlobMetadata,
+    layout: &floe_codec::BlobLayout,
+    body: &[u8],
+    scratch: &mut VerifyScratch,
+) -> Result<floe_codec::Sliver> {
+    let sliver = floe_codec::decode_sliver(SliverKind::Primary, body)?;
+    floe_codec::verify_sliver(
+        metadata,
+        layout,
+        SliverKind::Primary,
+        sliver.index.into(),
+        sliver.symbol_bytes.into(),
+        &sliver.data,
+        scratch,
+    )?;
+    Ok(sliver)
 }

@@ -362,11 +362,18 @@ fn put_and_get_commands_round_trip_at_the_default_n() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    let id = floe(&["put", file.to_str().unwrap(), "--node", &node.url]);
+    let id = floe(&["store", file.to_str().unwrap(), "--node", &node.url]);
     let id = id.trim();
     assert_eq!(id, floe(&["blob-id", file.to_str().unwrap()]).trim());
     let back = dir.path().join("back");
-    floe(&["get", id, "--node", &node.url, "-o", back.to_str().unwrap()]);
+    floe(&[
+        "read",
+        id,
+        "--node",
+        &node.url,
+        "-o",
+        back.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
 }
 

@@ -194,6 +194,26 @@ pub fn decode_metadata(body: &[u8]) -> Result<BlobMetadata, BcsError> {
 ///
 /// The result is well-formed, not verified: check it against the metadata.
 pub fn decode_sliver(kind: SliverKind, body: &[u8]) -> Result<Sliver, BcsError> {
+    let header = sliver_header(body)?;
+    Ok(Sliver {
+        kind,
+        index: header.index,
+        symbol_bytes: header.symbol_bytes,
+        data: body[header.data].to_vec(),
+    })
+}
+
+/// Where a BCS sliver's data lies in its body, with its symbol size and index: what
+/// [`decode_sliver`] checks, without copying the data out (a reader slices its own buffer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliverHeader {
+    pub data: std::ops::Range<usize>,
+    pub symbol_bytes: u16,
+    pub index: u16,
+}
+
+/// Parses and checks a BCS sliver body; the whole body must be consumed.
+pub fn sliver_header(body: &[u8]) -> Result<SliverHeader, BcsError> {
     let mut reader = Reader { body, offset: 0 };
     let len = reader.uleb("sliver length")?;
     // The two u16 fields follow the data.
@@ -205,7 +225,9 @@ pub fn decode_sliver(kind: SliverKind, body: &[u8]) -> Result<Sliver, BcsError> 
             available,
         });
     }
-    let data = reader.take(len as usize, "sliver data")?.to_vec();
+    let start = reader.offset;
+    reader.take(len as usize, "sliver data")?;
+    let data = start..reader.offset;
     let symbol_bytes = reader.u16("symbol size")?;
     let index = reader.u16("sliver index")?;
     reader.finish()?;
@@ -220,12 +242,90 @@ pub fn decode_sliver(kind: SliverKind, body: &[u8]) -> Result<Sliver, BcsError> 
             data.len()
         )));
     }
-    Ok(Sliver {
-        kind,
-        index,
-        symbol_bytes,
+    Ok(SliverHeader {
         data,
+        symbol_bytes,
+        index,
     })
+}
+
+/// One sliver in a batch (floe's peer API, `PUT|GET /v1/blobs/{id}/slivers`): its pair, kind and
+/// where its BCS body lies in the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchEntry {
+    pub pair: u16,
+    pub kind: SliverKind,
+    pub body: std::ops::Range<usize>,
+}
+
+/// Smallest encoding of one batch entry: pair, kind, ULEB length and the smallest sliver body.
+const BATCH_ENTRY_WIRE_BYTES_MIN: usize = 2 + 1 + 1 + 5;
+
+fn kind_tag(kind: SliverKind) -> u8 {
+    match kind {
+        SliverKind::Primary => 0,
+        SliverKind::Secondary => 1,
+    }
+}
+
+fn tag_kind(tag: u8) -> Result<SliverKind, BcsError> {
+    match tag {
+        0 => Ok(SliverKind::Primary),
+        1 => Ok(SliverKind::Secondary),
+        other => Err(BcsError::UnknownTag {
+            what: "sliver kind",
+            tag: other.into(),
+        }),
+    }
+}
+
+/// Encodes a batch of BCS sliver bodies: ULEB(count), then per sliver: u16 pair || u8 kind
+/// (0 primary, 1 secondary) || ULEB(len) || the sliver's BCS body.
+pub fn encode_sliver_batch<'a>(
+    entries: impl IntoIterator<Item = (u16, SliverKind, &'a [u8])>,
+) -> Vec<u8> {
+    let entries: Vec<_> = entries.into_iter().collect();
+    let bytes: usize = entries.iter().map(|(_, _, b)| 8 + b.len()).sum();
+    let mut out = Vec::with_capacity(5 + bytes);
+    put_uleb(&mut out, entries.len() as u64);
+    for (pair, kind, body) in entries {
+        out.extend_from_slice(&pair.to_le_bytes());
+        out.push(kind_tag(kind));
+        put_uleb(&mut out, body.len() as u64);
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// Decodes a batch made by [`encode_sliver_batch`]; the whole body must be consumed. Each
+/// entry's sliver body is checked with [`sliver_header`] (well-formed, not verified).
+pub fn decode_sliver_batch(body: &[u8]) -> Result<Vec<BatchEntry>, BcsError> {
+    let mut reader = Reader { body, offset: 0 };
+    let count = reader.uleb("batch count")?;
+    let most = (reader.remaining() / BATCH_ENTRY_WIRE_BYTES_MIN) as u64;
+    if count > most {
+        return Err(BcsError::LengthExceedsBody {
+            what: "batch entries",
+            declared: count,
+            available: most as usize,
+        });
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let pair = reader.u16("batch pair index")?;
+        let kind = tag_kind(reader.u8("batch sliver kind")?)?;
+        let len = reader.uleb("batch sliver length")?;
+        let start = reader.offset;
+        let sliver = reader.take(len as usize, "batch sliver")?;
+        sliver_header(sliver)?;
+        entries.push(BatchEntry {
+            pair,
+            kind,
+            body: start..reader.offset,
+        });
+    }
+    reader.finish()?;
+    Ok(entries)
 }
 
 /// Smallest encoding of one recovery symbol: kind, two u16 indices, two ULEB lengths, an empty
@@ -241,10 +341,7 @@ pub fn encode_recovery_symbols(symbols: &[RecoverySymbol]) -> Vec<u8> {
     let mut out = Vec::new();
     put_uleb(&mut out, symbols.len() as u64);
     for symbol in symbols {
-        out.push(match symbol.source_kind {
-            SliverKind::Primary => 0,
-            SliverKind::Secondary => 1,
-        });
+        out.push(kind_tag(symbol.source_kind));
         out.extend_from_slice(&(symbol.source_index as u16).to_le_bytes());
         out.extend_from_slice(&(symbol.target_index as u16).to_le_bytes());
         put_uleb(&mut out, symbol.data.len() as u64);
@@ -272,16 +369,7 @@ pub fn decode_recovery_symbols(body: &[u8]) -> Result<Vec<RecoverySymbol>, BcsEr
     }
     let mut symbols = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let source_kind = match reader.u8("source kind")? {
-            0 => SliverKind::Primary,
-            1 => SliverKind::Secondary,
-            tag => {
-                return Err(BcsError::UnknownTag {
-                    what: "sliver kind",
-                    tag: tag.into(),
-                })
-            }
-        };
+        let source_kind = tag_kind(reader.u8("source kind")?)?;
         let source_index = reader.u16("source index")?.into();
         let target_index = reader.u16("target index")?.into();
         let len = reader.uleb("symbol length")?;
@@ -350,6 +438,40 @@ mod tests {
             );
         }
         assert!(decode_recovery_symbols(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+
+    #[test]
+    fn sliver_batches_round_trip_and_reject_bad_bodies() {
+        let config = EncodingConfig::new(10).unwrap();
+        let encoded = encode(&config, &[9u8; 300]).unwrap();
+        let bodies: Vec<(u16, SliverKind, Vec<u8>)> =
+            [(1u16, SliverKind::Primary), (8, SliverKind::Secondary)]
+                .iter()
+                .map(|&(pair, kind)| {
+                    let index = match kind {
+                        SliverKind::Primary => pair.into(),
+                        SliverKind::Secondary => 9 - usize::from(pair),
+                    };
+                    (pair, kind, encode_sliver(&encoded.to_sliver(kind, index)))
+                })
+                .collect();
+        let batch = encode_sliver_batch(bodies.iter().map(|(p, k, b)| (*p, *k, b.as_slice())));
+        let entries = decode_sliver_batch(&batch).unwrap();
+        assert_eq!(entries.len(), 2);
+        for (entry, (pair, kind, body)) in entries.iter().zip(&bodies) {
+            assert_eq!((entry.pair, entry.kind), (*pair, *kind));
+            assert_eq!(&batch[entry.body.clone()], body.as_slice());
+        }
+        assert!(decode_sliver_batch(&encode_sliver_batch([]))
+            .unwrap()
+            .is_empty());
+        for cut in 0..batch.len() {
+            assert!(decode_sliver_batch(&batch[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad_kind = batch.clone();
+        bad_kind[3] = 7;
+        assert!(decode_sliver_batch(&bad_kind).is_err());
+        assert!(decode_sliver_batch(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
     }
 
     #[test]

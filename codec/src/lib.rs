@@ -41,8 +41,9 @@ mod sliver;
 mod util;
 
 pub use bcs::{
-    decode_metadata, decode_recovery_symbols, decode_sliver, encode_metadata,
-    encode_recovery_symbols, encode_sliver, uleb128_len, METADATA_VERSION_V1,
+    decode_metadata, decode_recovery_symbols, decode_sliver, decode_sliver_batch, encode_metadata,
+    encode_recovery_symbols, encode_sliver, encode_sliver_batch, sliver_header, uleb128_len,
+    BatchEntry, SliverHeader, METADATA_VERSION_V1,
 };
 pub use config::{
     BlobLayout, EncodingConfig, N_SHARDS_DEFAULT, N_SHARDS_MAX, N_SHARDS_MIN, SYMBOL_BYTES_MAX,

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use floe_codec::{
-    decode_metadata, decode_sliver, encode_recovery_symbols, BlobId, BlobLayout, BlobMetadata,
-    ExpandedSliver, SliverKind, VerifyScratch, SYMBOL_BYTES_MAX,
+    decode_metadata, decode_sliver, decode_sliver_batch, encode_recovery_symbols,
+    encode_sliver_batch, sliver_header, BlobId, BlobLayout, BlobMetadata, ExpandedSliver,
+    RecoverySymbol, SliverKind, VerifyScratch, SYMBOL_BYTES_MAX,
 };
 use floe_storage::format::RecordKind;
 use floe_storage::store::Key;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub registry: Registry,
     /// How hard each data directory is pushed (`io_plan`).
     pub io: Vec<crate::io_plan::DiskPlan>,
+    /// Sync and healing progress, for `/v1/health`.
+    pub sync: crate::sync::SyncStatus,
 }
 
 /// Metadata kept on a core after it was verified, for checking slivers against.
@@ -66,7 +69,11 @@ pub struct CoreState {
     pub connections: Cell<usize>,
     pub buffer_bytes: Cell<u64>,
     metadata_cache: RefCell<MetadataCache>,
-    scratch: RefCell<VerifyScratch>,
+    pub(crate) scratch: RefCell<VerifyScratch>,
+    /// This core's client to the other nodes.
+    pub peers: crate::peer::Peers,
+    /// Verified blobs, for the aggregator.
+    pub(crate) blob_cache: RefCell<crate::blobs::BlobCache>,
 }
 
 pub type Body = Full<Bytes>;
@@ -74,21 +81,28 @@ pub type Body = Full<Bytes>;
 impl CoreState {
     pub fn new(shared: Arc<Shared>, core: usize) -> Self {
         Self {
-            shared,
             core,
             in_flight: Cell::new(0),
             connections: Cell::new(0),
             buffer_bytes: Cell::new(0),
             metadata_cache: RefCell::new(Default::default()),
             scratch: RefCell::new(VerifyScratch::default()),
+            peers: crate::peer::Peers::new(
+                shared.config.write_token.clone(),
+                std::time::Duration::from_secs(shared.config.peer_timeout_seconds),
+            ),
+            blob_cache: RefCell::new(crate::blobs::BlobCache::new(
+                shared.config.cache_bytes_per_core,
+            )),
+            shared,
         }
     }
 
-    fn n(&self) -> usize {
+    pub(crate) fn n(&self) -> usize {
         self.shared.committee.n_shards.into()
     }
 
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         core: usize,
         op: impl FnOnce(futures::channel::oneshot::Sender<T>) -> Op,
@@ -101,7 +115,10 @@ impl CoreState {
     }
 
     /// The stored metadata record (BCS) and the blob's end epoch, from its home core.
-    async fn metadata_record(&self, blob_id: &BlobId) -> Result<Option<(Bytes, u32)>, ApiError> {
+    pub(crate) async fn metadata_record(
+        &self,
+        blob_id: &BlobId,
+    ) -> Result<Option<(Bytes, u32)>, ApiError> {
         let home = self.shared.owners.home_of(&blob_id.0);
         let key = metadata_key(blob_id);
         let found = self.call(home, |reply| Op::Get { key, reply }).await?;
@@ -109,7 +126,7 @@ impl CoreState {
     }
 
     /// Stores one record on `core`, durably.
-    async fn store_record(&self, core: usize, record: Record) -> Result<(), ApiError> {
+    pub(crate) async fn store_record(&self, core: usize, record: Record) -> Result<(), ApiError> {
         self.call(core, |reply| Op::Put {
             records: vec![record],
             reply,
@@ -119,7 +136,10 @@ impl CoreState {
     }
 
     /// The blob's verified metadata: from this core's cache, or from its home core.
-    async fn metadata(&self, blob_id: &BlobId) -> Result<Option<Rc<CachedMetadata>>, ApiError> {
+    pub(crate) async fn metadata(
+        &self,
+        blob_id: &BlobId,
+    ) -> Result<Option<Rc<CachedMetadata>>, ApiError> {
         if let Some(hit) = self.metadata_cache.borrow().entries.get(&blob_id.0) {
             return Ok(Some(hit.clone()));
         }
@@ -150,7 +170,7 @@ impl CoreState {
         Ok(Some(cached))
     }
 
-    fn remember(&self, blob_id: &BlobId, cached: Rc<CachedMetadata>) {
+    pub(crate) fn remember(&self, blob_id: &BlobId, cached: Rc<CachedMetadata>) {
         let mut cache = self.metadata_cache.borrow_mut();
         if cache.entries.insert(blob_id.0, cached).is_none() {
             cache.order.push_back(blob_id.0);
@@ -162,7 +182,7 @@ impl CoreState {
     }
 }
 
-fn metadata_key(blob_id: &BlobId) -> Key {
+pub(crate) fn metadata_key(blob_id: &BlobId) -> Key {
     Key {
         blob_id: blob_id.0,
         kind: RecordKind::Metadata,
@@ -170,14 +190,14 @@ fn metadata_key(blob_id: &BlobId) -> Key {
     }
 }
 
-fn record_kind(kind: SliverKind) -> RecordKind {
+pub(crate) fn record_kind(kind: SliverKind) -> RecordKind {
     match kind {
         SliverKind::Primary => RecordKind::Primary,
         SliverKind::Secondary => RecordKind::Secondary,
     }
 }
 
-fn storage_error(failure: StorageFailure) -> ApiError {
+pub(crate) fn storage_error(failure: StorageFailure) -> ApiError {
     match failure {
         StorageFailure::NoSpace => ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
@@ -207,7 +227,7 @@ impl Drop for BufferReservation {
     }
 }
 
-fn reserve(state: &Rc<CoreState>, bytes: u64) -> Result<BufferReservation, ApiError> {
+pub(crate) fn reserve(state: &Rc<CoreState>, bytes: u64) -> Result<BufferReservation, ApiError> {
     let limit = state.shared.config.limits.buffer_bytes_per_core;
     let used = state.buffer_bytes.get();
     if used + bytes > limit {
@@ -255,7 +275,7 @@ pub fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
 
 /// Reads a whole body of at most `limit` bytes. A body that ends early (truncated upload, a
 /// client that went away) is an error, and nothing of it is kept.
-async fn read_body(
+pub(crate) async fn read_body(
     state: &Rc<CoreState>,
     request: Request<Incoming>,
     limit: u64,
@@ -295,7 +315,7 @@ async fn read_body(
     }
 }
 
-fn check_token(state: &CoreState, request: &Request<Incoming>) -> Result<(), ApiError> {
+pub(crate) fn check_token(state: &CoreState, request: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(token) = &state.shared.config.write_token else {
         return Ok(());
     };
@@ -319,7 +339,7 @@ fn check_token(state: &CoreState, request: &Request<Incoming>) -> Result<(), Api
     }
 }
 
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(
         serde_json::to_vec(&value).expect("JSON values serialise"),
     )));
@@ -331,7 +351,7 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body>
     response
 }
 
-fn octets(bytes: Bytes) -> Response<Body> {
+pub(crate) fn octets(bytes: Bytes) -> Response<Body> {
     let mut response = Response::new(Full::new(bytes));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -406,11 +426,31 @@ pub async fn dispatch(
             limit,
         } => recovery_symbols(state, blob_id, target_pair, target_kind, limit).await,
         Route::Status { blob_id } => status(state, blob_id).await,
+        Route::Slivers {
+            blob_id,
+            method,
+            kind,
+            pairs,
+        } => match kind {
+            Some(kind) if method != Method::PUT => get_slivers(state, blob_id, kind, &pairs).await,
+            _ => {
+                check_token(state, &request)?;
+                put_slivers(state, blob_id, request).await
+            }
+        },
+        Route::List { after, limit } => list_blobs(state, after, limit).await,
+        Route::Publish { epochs, deletable } => {
+            check_token(state, &request)?;
+            crate::blobs::publish(state, epochs, deletable, request).await
+        }
+        Route::Blob { blob_id, method } => {
+            crate::blobs::read(state, blob_id, method == Method::HEAD, &request).await
+        }
     }
 }
 
 /// The shard holding `pair`, if this node holds it.
-fn shard_of(state: &CoreState, blob_id: &BlobId, pair: u16) -> Result<u16, ApiError> {
+pub(crate) fn shard_of(state: &CoreState, blob_id: &BlobId, pair: u16) -> Result<u16, ApiError> {
     let n = state.n();
     if usize::from(pair) >= n {
         return Err(ApiError::bad_request(
@@ -472,6 +512,7 @@ fn health(state: &CoreState) -> Response<Body> {
             "cores": shared.owners.cores(),
             "disks": disks,
             "io": shared.io,
+            "sync": shared.sync.to_json(),
             "version": env!("CARGO_PKG_VERSION"),
         }),
     )
@@ -498,7 +539,11 @@ fn metrics(state: &CoreState) -> Result<Response<Body>, ApiError> {
     Ok(response)
 }
 
-fn verification_failed(state: &CoreState, what: &'static str, message: String) -> ApiError {
+pub(crate) fn verification_failed(
+    state: &CoreState,
+    what: &'static str,
+    message: String,
+) -> ApiError {
     state
         .shared
         .metrics
@@ -568,7 +613,7 @@ async fn get_metadata(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response
 }
 
 /// The index of the sliver of `kind` in pair `pair`.
-fn sliver_index(kind: SliverKind, pair: u16, n: usize) -> usize {
+pub(crate) fn sliver_index(kind: SliverKind, pair: u16, n: usize) -> usize {
     match kind {
         SliverKind::Primary => pair.into(),
         SliverKind::Secondary => n - 1 - usize::from(pair),
@@ -636,7 +681,7 @@ async fn put_sliver(
     ))
 }
 
-async fn load_sliver(
+pub(crate) async fn load_sliver(
     state: &Rc<CoreState>,
     blob_id: &BlobId,
     shard: u16,
@@ -677,7 +722,7 @@ async fn get_sliver(
 }
 
 /// Everything this node holds for a blob, from every core.
-async fn held(state: &Rc<CoreState>, blob_id: &BlobId) -> Result<Vec<Held>, ApiError> {
+pub(crate) async fn held(state: &Rc<CoreState>, blob_id: &BlobId) -> Result<Vec<Held>, ApiError> {
     let mut all = Vec::new();
     for core in 0..state.shared.owners.cores() {
         let blob = blob_id.0;
@@ -741,11 +786,38 @@ async fn recovery_symbols(
             format!("this node has no metadata for blob {blob_id}"),
         ));
     };
+    let symbols =
+        local_recovery_symbols(state, &blob_id, &known, target_pair, target_kind, limit).await?;
+    if symbols.is_empty() {
+        return Err(ApiError::not_found(
+            "sliverNotFound",
+            format!(
+                "this node holds no {} sliver of blob {blob_id} to recover from",
+                target_kind.orthogonal()
+            ),
+        ));
+    }
+    let body = encode_recovery_symbols(&symbols);
+    state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
+    Ok(octets(Bytes::from(body)))
+}
+
+/// Symbols for rebuilding sliver `target_kind` of `target_pair`: one from each sliver of the
+/// other kind this node holds, at most `min(limit, k)`.
+pub(crate) async fn local_recovery_symbols(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    known: &CachedMetadata,
+    target_pair: u16,
+    target_kind: SliverKind,
+    limit: Option<u32>,
+) -> Result<Vec<RecoverySymbol>, ApiError> {
+    let n = state.n();
     let target_index = sliver_index(target_kind, target_pair, n);
     let source_kind = target_kind.orthogonal();
     let needed = target_kind.n_symbols(&known.layout);
     let limit = limit.map_or(needed, |l| (l as usize).min(needed));
-    let sources: Vec<Held> = held(state, &blob_id)
+    let sources: Vec<Held> = held(state, blob_id)
         .await?
         .into_iter()
         .filter(|h| h.kind == record_kind(source_kind))
@@ -755,14 +827,14 @@ async fn recovery_symbols(
         if symbols.len() == limit {
             break;
         }
-        let Some(bytes) = load_sliver(state, &blob_id, source.shard, source_kind).await? else {
+        let Some(bytes) = load_sliver(state, blob_id, source.shard, source_kind).await? else {
             continue;
         };
         let pair = blob_id.pair_for_shard(source.shard.into(), n) as u16;
         let source_index = sliver_index(source_kind, pair, n);
         // Stored slivers were verified on arrival and passed their checksum on this read; the
         // expansion checks the root again anyway, and a failure means skip, never send.
-        let Ok(sliver) = decode_sliver(source_kind, &bytes) else {
+        let Ok(header) = sliver_header(&bytes) else {
             continue;
         };
         let Ok(expanded) = ExpandedSliver::new(
@@ -770,19 +842,166 @@ async fn recovery_symbols(
             &known.layout,
             source_kind,
             source_index,
-            &sliver.data,
+            &bytes[header.data],
         ) else {
             continue;
         };
         symbols.push(expanded.recovery_symbol(target_index));
     }
-    if symbols.is_empty() {
+    Ok(symbols)
+}
+
+/// `PUT /v1/blobs/{id}/slivers`: a batch of slivers, each checked like a single PUT; if any
+/// fails, nothing is stored. Stored with one commit per owning core.
+async fn put_slivers(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let n = state.n();
+    let limit = state.shared.config.limits.body_bytes_max;
+    let (body, _reservation) = read_body(state, request, limit).await?;
+    let Some(known) = state.metadata(&blob_id).await? else {
         return Err(ApiError::not_found(
-            "sliverNotFound",
-            format!("this node holds no {source_kind} sliver of blob {blob_id} to recover from"),
+            "blobNotFound",
+            format!("this node has no metadata for blob {blob_id}: store the metadata first"),
         ));
+    };
+    let entries = decode_sliver_batch(&body)
+        .map_err(|e| ApiError::bad_request("invalidBcs", format!("sliver batch: {e}")))?;
+    let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
+        .map(|_| Vec::new())
+        .collect();
+    for entry in &entries {
+        let shard = shard_of(state, &blob_id, entry.pair)?;
+        let (kind, pair) = (entry.kind, entry.pair);
+        let sliver = &body[entry.body.clone()];
+        let header = sliver_header(sliver).expect("the batch decoder checked every sliver");
+        let index = sliver_index(kind, pair, n);
+        if usize::from(header.index) != index {
+            return Err(ApiError::bad_request(
+                "wrongSliverIndex",
+                format!(
+                    "pair {pair} holds {kind} sliver {index}, the batch has sliver {}",
+                    header.index
+                ),
+            ));
+        }
+        floe_codec::verify_sliver(
+            &known.metadata,
+            &known.layout,
+            kind,
+            index,
+            header.symbol_bytes.into(),
+            &sliver[header.data],
+            &mut state.scratch.borrow_mut(),
+        )
+        .map_err(|e| verification_failed(state, "sliver", format!("pair {pair}: {e}")))?;
+        per_core[state.shared.owners.core_of_shard(shard)].push(Record {
+            key: Key {
+                blob_id: blob_id.0,
+                kind: record_kind(kind),
+                shard,
+            },
+            end_epoch: known.end_epoch,
+            data: body.slice(entry.body.clone()),
+        });
     }
-    let body = encode_recovery_symbols(&symbols);
+    store_per_core(state, per_core).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"blobId": blob_id.to_string(), "stored": entries.len()}),
+    ))
+}
+
+/// Stores each core's records in one durable commit per core, all cores at once.
+pub(crate) async fn store_per_core(
+    state: &Rc<CoreState>,
+    per_core: Vec<Vec<Record>>,
+) -> Result<(), ApiError> {
+    let writes = per_core
+        .into_iter()
+        .enumerate()
+        .filter(|(_, records)| !records.is_empty())
+        .map(|(core, records)| async move {
+            state
+                .call(core, |reply| Op::Put { records, reply })
+                .await?
+                .map_err(storage_error)
+        });
+    for result in futures::future::join_all(writes).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// `GET /v1/blobs/{id}/slivers?kind=&pairs=`: the listed slivers this node holds, as a batch.
+async fn get_slivers(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    kind: SliverKind,
+    pairs: &[u16],
+) -> Result<Response<Body>, ApiError> {
+    let n = state.n();
+    let mut found = Vec::new();
+    for &pair in pairs {
+        if usize::from(pair) >= n {
+            return Err(ApiError::bad_request(
+                "pairOutOfRange",
+                format!("pair {pair} is out of range: the committee has n = {n} shards"),
+            ));
+        }
+        let shard = blob_id.shard_for_pair(pair.into(), n) as u16;
+        if !state.shared.owned[usize::from(shard)] {
+            continue;
+        }
+        if let Some(bytes) = load_sliver(state, &blob_id, shard, kind).await? {
+            found.push((pair, bytes));
+        }
+    }
+    let body = encode_sliver_batch(found.iter().map(|(pair, b)| (*pair, kind, b.as_ref())));
     state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
     Ok(octets(Bytes::from(body)))
+}
+
+/// Every blob whose metadata this node keeps after `after`, at most `limit`, from all cores.
+pub(crate) async fn list_metadata(
+    state: &Rc<CoreState>,
+    after: Option<[u8; 32]>,
+    limit: usize,
+) -> Result<Vec<([u8; 32], u32)>, ApiError> {
+    let mut all = Vec::new();
+    for core in 0..state.shared.owners.cores() {
+        let page = state
+            .call(core, |reply| Op::ListMetadata {
+                after,
+                limit,
+                reply,
+            })
+            .await?;
+        all.extend(page);
+    }
+    all.sort_unstable();
+    all.truncate(limit);
+    Ok(all)
+}
+
+/// `GET /v1/blobs?after=&limit=`: `{"blobs": [{"blobId", "endEpoch"}], "next": ID|null}`.
+async fn list_blobs(
+    state: &Rc<CoreState>,
+    after: Option<BlobId>,
+    limit: u32,
+) -> Result<Response<Body>, ApiError> {
+    let page = list_metadata(state, after.map(|id| id.0), limit as usize).await?;
+    let next = (page.len() == limit as usize)
+        .then(|| page.last().map(|(id, _)| BlobId(*id).to_string()))
+        .flatten();
+    let blobs: Vec<_> = page
+        .iter()
+        .map(|(id, end)| json!({"blobId": BlobId(*id).to_string(), "endEpoch": end}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"blobs": blobs, "next": next}),
+    ))
 }

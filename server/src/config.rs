@@ -98,6 +98,16 @@ pub struct NodeConfig {
     /// What `floe tune` measured (`io-properties.toml`); default: that file in the working
     /// directory if it exists, else safe defaults (see docs/node.md).
     pub io_properties: Option<PathBuf>,
+    /// Verified blobs kept in memory per core for the aggregator (0 = no cache). A blob larger
+    /// than a quarter of it is not cached.
+    pub cache_bytes_per_core: u64,
+    /// How often the node asks its peers which blobs they know and rebuilds the slivers it
+    /// should hold but lacks (0 = never).
+    pub sync_interval_seconds: u64,
+    /// Slivers rebuilt at once by the healer.
+    pub heal_concurrency: usize,
+    /// Longest wait for a peer's answer (connection included).
+    pub peer_timeout_seconds: u64,
     pub limits: Limits,
 }
 
@@ -118,6 +128,10 @@ impl Default for NodeConfig {
             scrub_bytes_per_second: 32 << 20,
             reclaim_interval_seconds: 60,
             io_properties: None,
+            cache_bytes_per_core: 256 << 20,
+            sync_interval_seconds: 30,
+            heal_concurrency: 4,
+            peer_timeout_seconds: 60,
             limits: Limits::default(),
         }
     }
@@ -378,6 +392,9 @@ impl NodeConfig {
         }
         if self.reclaim_interval_seconds == 0 {
             return invalid("reclaim_interval_seconds must be at least 1");
+        }
+        if self.peer_timeout_seconds == 0 || self.heal_concurrency == 0 {
+            return invalid("peer_timeout_seconds and heal_concurrency must be at least 1");
         }
         if l.idle_timeout_seconds == 0 {
             return invalid("limits.idle_timeout_seconds must be at least 1");

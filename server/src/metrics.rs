@@ -40,6 +40,19 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// A peer that failed a request (`unreachable`) or sent something that failed verification
+/// (`bad_metadata`, `bad_sliver`, `bad_symbol`). Peers are the committee's few named nodes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerFault {
+    pub peer: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 us to ~26 s.
     Histogram::new(exponential_buckets(50e-6, 2.0, 20))
@@ -66,6 +79,19 @@ pub struct Metrics {
     pub cross_core_hop_seconds: Histogram,
     /// Records written per group commit.
     pub records_per_commit: Histogram,
+    pub peer_faults: Family<PeerFault, Counter>,
+    /// Blobs whose metadata sync fetched from a peer.
+    pub sync_blobs_learned: Counter,
+    /// Blobs whose metadata this node keeps (at the last sync).
+    pub sync_blobs_known: Gauge,
+    /// Slivers this node should hold but lacks (at the last sync).
+    pub heal_missing_slivers: Gauge,
+    /// Sliver rebuilds, by result (`ok`, `failed`).
+    pub heal_slivers: Family<ResultLabel, Counter>,
+    /// Bytes fetched from peers to rebuild slivers (recovery-symbol answers, whole bodies).
+    pub heal_fetched_bytes: Counter,
+    /// Bytes of slivers rebuilt.
+    pub heal_rebuilt_bytes: Counter,
 }
 
 impl Metrics {
@@ -87,6 +113,13 @@ impl Metrics {
             cross_core_hops: Counter::default(),
             cross_core_hop_seconds: latency_histogram(),
             records_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            peer_faults: Family::default(),
+            sync_blobs_learned: Counter::default(),
+            sync_blobs_known: Gauge::default(),
+            heal_missing_slivers: Gauge::default(),
+            heal_slivers: Family::default(),
+            heal_fetched_bytes: Counter::default(),
+            heal_rebuilt_bytes: Counter::default(),
         };
         let mut registry = Registry::with_prefix("floe");
         let r = &mut registry;
@@ -112,6 +145,43 @@ impl Metrics {
             "Response body bytes sent",
             Unit::Bytes,
             metrics.sent_bytes.clone(),
+        );
+        r.register(
+            "peer_faults",
+            "Requests to peers that failed, and answers that failed verification, by peer",
+            metrics.peer_faults.clone(),
+        );
+        r.register(
+            "sync_blobs_learned",
+            "Blobs whose metadata was fetched from a peer by sync",
+            metrics.sync_blobs_learned.clone(),
+        );
+        r.register(
+            "sync_blobs_known",
+            "Blobs whose metadata this node keeps, at the last sync",
+            metrics.sync_blobs_known.clone(),
+        );
+        r.register(
+            "heal_missing_slivers",
+            "Slivers this node should hold but lacks, at the last sync",
+            metrics.heal_missing_slivers.clone(),
+        );
+        r.register(
+            "heal_slivers",
+            "Slivers rebuilt from peers' recovery symbols, by result",
+            metrics.heal_slivers.clone(),
+        );
+        r.register_with_unit(
+            "heal_fetched",
+            "Bytes fetched from peers to rebuild slivers",
+            Unit::Bytes,
+            metrics.heal_fetched_bytes.clone(),
+        );
+        r.register_with_unit(
+            "heal_rebuilt",
+            "Bytes of slivers rebuilt",
+            Unit::Bytes,
+            metrics.heal_rebuilt_bytes.clone(),
         );
         r.register(
             "http_in_flight_requests",

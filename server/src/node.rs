@@ -113,6 +113,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         metrics,
         registry,
         io,
+        sync: Default::default(),
     });
 
     let (events, events_rx) = std_mpsc::channel::<Event>();
@@ -311,6 +312,26 @@ fn probe_listen(address: SocketAddr) -> Result<SocketAddr, NodeError> {
     }
 }
 
+/// Binds `address` for this core: `SO_REUSEPORT`, so that every core listens on the same port
+/// and the kernel spreads connections over them, and `SO_REUSEADDR`, so that a restarted node
+/// can bind again while connections of the last run are in TIME_WAIT (they inherit the flag).
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let family = if address.is_ipv6() {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    let socket = rustix::net::socket(family, SocketType::STREAM, None)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    sockopt::set_socket_reuseport(&socket, true)?;
+    rustix::net::bind(&socket, &address)?;
+    rustix::net::listen(&socket, 1024)?;
+    // SAFETY: a bound, listening TCP socket whose ownership moves into the listener.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Tells connections to finish up.
 #[derive(Default)]
 struct Stopping {
@@ -391,7 +412,7 @@ async fn core_main(
         u32::try_from(config.reclaim_interval_seconds).unwrap_or(u32::MAX),
         move || committee.current_epoch(),
     ));
-    let listener = match TcpListener::bind(address) {
+    let listener = match listen(address) {
         Ok(listener) => listener,
         Err(err) => {
             let _ = events.send(Event::Failed(format!(
@@ -405,6 +426,8 @@ async fn core_main(
     debug!(core, %bound, "serving");
 
     let state = Rc::new(CoreState::new(shared.clone(), core));
+    // Sync runs on one core; it reaches the others through their owners.
+    let sync = (core == 0).then(|| glommio::spawn_local(crate::sync::run(state.clone())));
     let stopping = Rc::new(Stopping::default());
     let gate = Rc::new(glommio::sync::Gate::new());
     let mut stop = stop;
@@ -455,6 +478,7 @@ async fn core_main(
             "connections still open after the grace period; closing them"
         );
     }
+    drop(sync);
     let _ = events.send(Event::Drained);
     let _ = finish.await;
     drop(state);

@@ -76,6 +76,18 @@ pub enum Op {
         blob_id: [u8; 32],
         reply: oneshot::Sender<Vec<Held>>,
     },
+    /// Blobs whose metadata this core keeps, after `after` in blob ID order (at most `limit`).
+    ListMetadata {
+        after: Option<[u8; 32]>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<([u8; 32], u32)>>,
+    },
+    /// Of `blobs` and this core's `shards`, the slivers this core lacks: (blob, shard, kind).
+    Missing {
+        blobs: Vec<[u8; 32]>,
+        shards: Vec<u16>,
+        reply: oneshot::Sender<Vec<([u8; 32], u16, RecordKind)>>,
+    },
     /// Background upkeep, sent by the core's maintenance timer every second: the scrubber may
     /// check up to `scrub_bytes` per data directory in the coming second (in small steps while
     /// the queue is empty); with `expire_epoch`, also drop expired records and reclaim segments.
@@ -252,6 +264,44 @@ pub async fn run_owner<D: Dir>(
                     if let Some(epoch) = expire_epoch {
                         expire_and_reclaim(&mut disks, epoch, &dir_labels).await;
                     }
+                }
+                Op::ListMetadata {
+                    after,
+                    limit,
+                    reply,
+                } => {
+                    let mut all: Vec<([u8; 32], u32)> = disks
+                        .stores()
+                        .iter()
+                        .flat_map(|store| store.metadata_after(after.as_ref(), limit))
+                        .collect();
+                    // Metadata is kept in every directory: one entry per blob.
+                    all.sort_unstable();
+                    all.dedup_by_key(|(id, _)| *id);
+                    all.truncate(limit);
+                    let _ = reply.send(all);
+                }
+                Op::Missing {
+                    blobs,
+                    shards,
+                    reply,
+                } => {
+                    let mut missing = Vec::new();
+                    for blob_id in &blobs {
+                        for &shard in &shards {
+                            for kind in [RecordKind::Primary, RecordKind::Secondary] {
+                                let key = Key {
+                                    blob_id: *blob_id,
+                                    kind,
+                                    shard,
+                                };
+                                if end_epoch_of(&disks, &key).is_none() {
+                                    missing.push((*blob_id, shard, kind));
+                                }
+                            }
+                        }
+                    }
+                    let _ = reply.send(missing);
                 }
                 Op::Keys { blob_id, reply } => {
                     let mut held: Vec<Held> = Vec::new();

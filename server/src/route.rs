@@ -39,7 +39,29 @@ pub enum Route {
     },
     /// `GET /v1/blobs/{id}/status`
     Status { blob_id: BlobId },
+    /// `PUT /v1/blobs/{id}/slivers` (ext): a batch of slivers (`floe_codec::encode_sliver_batch`);
+    /// `GET /v1/blobs/{id}/slivers?kind=primary|secondary&pairs=0,3,5-9` (ext): those of the
+    /// listed pairs this node holds, as a batch.
+    Slivers {
+        blob_id: BlobId,
+        method: Method,
+        kind: Option<SliverKind>,
+        pairs: Vec<u16>,
+    },
+    /// `PUT /v1/blobs?epochs=N[&deletable=true]`: the publisher.
+    Publish { epochs: u32, deletable: bool },
+    /// `GET /v1/blobs?after=ID&limit=L` (ext): the blobs whose metadata this node keeps, in
+    /// blob ID order, for peers to sync from.
+    List { after: Option<BlobId>, limit: u32 },
+    /// `GET|HEAD /v1/blobs/{id}`: the aggregator.
+    Blob { blob_id: BlobId, method: Method },
 }
+
+/// Most pairs one batch request may list. Why: the largest committee's n.
+pub const BATCH_PAIRS_MAX: usize = floe_codec::N_SHARDS_MAX as usize;
+
+/// Most blobs one listing returns.
+pub const LIST_LIMIT_MAX: u32 = 10_000;
 
 impl Route {
     /// A short fixed name for metrics labels (never a blob ID).
@@ -54,13 +76,20 @@ impl Route {
             Route::Sliver { .. } => "get_sliver",
             Route::RecoverySymbols { .. } => "recovery_symbols",
             Route::Status { .. } => "status",
+            Route::Slivers { method, .. } if put(method) => "put_slivers",
+            Route::Slivers { .. } => "get_slivers",
+            Route::Publish { .. } => "put_blob",
+            Route::List { .. } => "list_blobs",
+            Route::Blob { .. } => "get_blob",
         }
     }
 }
 
-/// Longest path or query accepted. Why: every legitimate one is far shorter, and it bounds
-/// the work of a hostile one.
+/// Longest path accepted. Why: every legitimate one is far shorter, and it bounds the work of
+/// a hostile one.
 pub const PATH_BYTES_MAX: usize = 512;
+/// Longest query accepted. Why: a batch read lists pairs (as ranges where they run on).
+pub const QUERY_BYTES_MAX: usize = 8192;
 
 fn parse_blob_id(text: &str) -> Result<BlobId, ApiError> {
     text.parse().map_err(|e: floe_codec::BlobIdParseError| {
@@ -130,12 +159,66 @@ fn lookup<'a>(pairs: &[(&'a str, &'a str)], key: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
+/// `0,3,5-9`: pair indices and inclusive ranges, at most [`BATCH_PAIRS_MAX`] in all.
+fn parse_pair_list(text: &str) -> Result<Vec<u16>, ApiError> {
+    let mut pairs = Vec::new();
+    for item in text.split(',') {
+        let (first, last) = match item.split_once('-') {
+            Some((a, b)) => (
+                parse_number::<u16>(a, "pair")?,
+                parse_number::<u16>(b, "pair")?,
+            ),
+            None => {
+                let p = parse_number::<u16>(item, "pair")?;
+                (p, p)
+            }
+        };
+        if first > last || pairs.len() + usize::from(last - first) + 1 > BATCH_PAIRS_MAX {
+            return Err(ApiError::bad_request(
+                "invalidQuery",
+                format!(
+                    "pairs: {item:?} is reversed, or the list names more than {BATCH_PAIRS_MAX}"
+                ),
+            ));
+        }
+        pairs.extend(first..=last);
+    }
+    Ok(pairs)
+}
+
+/// Writes pair indices as the compact list [`parse`] reads: runs become ranges.
+pub fn format_pair_list(pairs: &[u16]) -> String {
+    let mut sorted = pairs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j == i {
+            out.push_str(&sorted[i].to_string());
+        } else {
+            out.push_str(&format!("{}-{}", sorted[i], sorted[j]));
+        }
+        i = j + 1;
+    }
+    out
+}
+
 /// Parses a request line into a route.
 pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, ApiError> {
-    if path.len() > PATH_BYTES_MAX || query.is_some_and(|q| q.len() > PATH_BYTES_MAX) {
+    if path.len() > PATH_BYTES_MAX || query.is_some_and(|q| q.len() > QUERY_BYTES_MAX) {
         return Err(ApiError::bad_request(
             "invalidPath",
-            format!("path or query longer than {PATH_BYTES_MAX} bytes"),
+            format!(
+                "path longer than {PATH_BYTES_MAX} bytes or query longer than {QUERY_BYTES_MAX}"
+            ),
         ));
     }
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
@@ -229,6 +312,88 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         ["v1", "blobs", id, "status"] => {
             let blob_id = parse_blob_id(id)?;
             get_only(Route::Status { blob_id })
+        }
+        ["v1", "blobs", id, "slivers"] => {
+            let blob_id = parse_blob_id(id)?;
+            let method = get_or_put(method)?;
+            if method == Method::PUT {
+                query_pairs(query, &[])?;
+                return Ok(Route::Slivers {
+                    blob_id,
+                    method,
+                    kind: None,
+                    pairs: Vec::new(),
+                });
+            }
+            let pairs = query_pairs(query, &["kind", "pairs"])?;
+            let missing = |key: &str| {
+                ApiError::bad_request(
+                    "invalidQuery",
+                    format!(
+                        "query parameter {key} is required (kind=primary|secondary&pairs=0,3,5-9)"
+                    ),
+                )
+            };
+            let kind = parse_kind(
+                lookup(&pairs, "kind").ok_or_else(|| missing("kind"))?,
+                "kind",
+            )?;
+            let list = parse_pair_list(lookup(&pairs, "pairs").ok_or_else(|| missing("pairs"))?)?;
+            Ok(Route::Slivers {
+                blob_id,
+                method,
+                kind: Some(kind),
+                pairs: list,
+            })
+        }
+        ["v1", "blobs"] => match *method {
+            Method::PUT => {
+                let pairs = query_pairs(query, &["epochs", "deletable"])?;
+                let epochs = match lookup(&pairs, "epochs") {
+                    Some(text) => parse_number::<u32>(text, "epochs")?,
+                    None => 1,
+                };
+                if epochs == 0 {
+                    return Err(ApiError::bad_request(
+                        "invalidNumber",
+                        "epochs must be at least 1",
+                    ));
+                }
+                let deletable = match lookup(&pairs, "deletable") {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(ApiError::bad_request(
+                            "invalidQuery",
+                            format!("deletable must be `true` or `false`, got {other:?}"),
+                        ))
+                    }
+                };
+                Ok(Route::Publish { epochs, deletable })
+            }
+            Method::GET | Method::HEAD => {
+                let pairs = query_pairs(query, &["after", "limit"])?;
+                let after = lookup(&pairs, "after").map(parse_blob_id).transpose()?;
+                let limit = match lookup(&pairs, "limit") {
+                    Some(text) => parse_number::<u32>(text, "limit")?.clamp(1, LIST_LIMIT_MAX),
+                    None => 1000,
+                };
+                Ok(Route::List { after, limit })
+            }
+            _ => Err(ApiError::method_not_allowed(method, "GET, HEAD, PUT")),
+        },
+        ["v1", "blobs", id] => {
+            let blob_id = parse_blob_id(id)?;
+            match *method {
+                Method::GET | Method::HEAD => {
+                    query_pairs(query, &[])?;
+                    Ok(Route::Blob {
+                        blob_id,
+                        method: method.clone(),
+                    })
+                }
+                _ => Err(ApiError::method_not_allowed(method, "GET, HEAD")),
+            }
         }
         _ => Err(ApiError::not_found(
             "unknownPath",
@@ -345,5 +510,71 @@ mod tests {
             400
         );
         assert_eq!(status(Method::GET, &"/a".repeat(300), None), 400);
+        let batch = format!("/v1/blobs/{ID}/slivers");
+        assert_eq!(status(Method::GET, &batch, Some("kind=primary")), 400);
+        assert_eq!(
+            status(Method::GET, &batch, Some("kind=primary&pairs=5-2")),
+            400
+        );
+        assert_eq!(
+            status(Method::GET, &batch, Some("kind=primary&pairs=0-65535")),
+            400
+        );
+        assert_eq!(
+            status(Method::GET, &batch, Some("kind=primary&pairs=1,,2")),
+            400
+        );
+        assert_eq!(status(Method::PUT, "/v1/blobs", Some("epochs=0")), 400);
+        assert_eq!(status(Method::PUT, "/v1/blobs", Some("deletable=yes")), 400);
+        assert_eq!(status(Method::POST, "/v1/blobs", None), 405);
+        assert_eq!(status(Method::PUT, &format!("/v1/blobs/{ID}"), None), 405);
+        assert_eq!(status(Method::GET, "/v1/blobs", Some("after=nope")), 400);
+    }
+
+    #[test]
+    fn user_and_batch_routes_parse() {
+        let id: BlobId = ID.parse().unwrap();
+        assert_eq!(
+            parse(&Method::PUT, "/v1/blobs", Some("epochs=3&deletable=true")),
+            Ok(Route::Publish {
+                epochs: 3,
+                deletable: true
+            })
+        );
+        assert_eq!(
+            parse(&Method::HEAD, &format!("/v1/blobs/{ID}"), None),
+            Ok(Route::Blob {
+                blob_id: id,
+                method: Method::HEAD
+            })
+        );
+        assert_eq!(
+            parse(
+                &Method::GET,
+                "/v1/blobs",
+                Some(&format!("after={ID}&limit=5"))
+            ),
+            Ok(Route::List {
+                after: Some(id),
+                limit: 5
+            })
+        );
+        assert_eq!(
+            parse(
+                &Method::GET,
+                &format!("/v1/blobs/{ID}/slivers"),
+                Some("kind=secondary&pairs=0,3,5-7")
+            ),
+            Ok(Route::Slivers {
+                blob_id: id,
+                method: Method::GET,
+                kind: Some(SliverKind::Secondary),
+                pairs: vec![0, 3, 5, 6, 7]
+            })
+        );
+        let pairs = [9u16, 1, 2, 3, 7, 7, 100];
+        let text = format_pair_list(&pairs);
+        assert_eq!(text, "1-3,7,9,100");
+        assert_eq!(parse_pair_list(&text).unwrap(), vec![1, 2, 3, 7, 9, 100]);
     }
 }

@@ -972,6 +972,37 @@ impl<D: Dir> Store<D> {
         self.index.range(first..=last).map(|(key, _)| *key)
     }
 
+    /// Blobs whose metadata this store holds, in blob ID order, starting after `after`: at most
+    /// `limit` of them, each with its end epoch. Skips a blob's slivers in one step, so a page
+    /// costs `limit` index lookups however many slivers each blob has.
+    pub fn metadata_after(&self, after: Option<&[u8; 32]>, limit: usize) -> Vec<([u8; 32], u32)> {
+        let mut found = Vec::new();
+        let mut from = after.map(|id| Key {
+            blob_id: *id,
+            kind: RecordKind::Tombstone,
+            shard: u16::MAX,
+        });
+        while found.len() < limit {
+            let next = match &from {
+                Some(key) => self
+                    .index
+                    .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+                    .next(),
+                None => self.index.iter().next(),
+            };
+            let Some((key, location)) = next else { break };
+            if key.kind == RecordKind::Metadata {
+                found.push((key.blob_id, location.end_epoch));
+            }
+            from = Some(Key {
+                blob_id: key.blob_id,
+                kind: RecordKind::Tombstone,
+                shard: u16::MAX,
+            });
+        }
+        found
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.files.len()

@@ -500,3 +500,52 @@ fn losing_one_disk_loses_only_its_shards() {
         }
     }
 }
+
+/// Listing metadata pages through blobs in ID order, skipping their slivers, with end epochs.
+#[test]
+fn metadata_listing_pages_in_blob_order() {
+    let (mut store, _) = block_on(Store::open(MemDir::new(5))).unwrap();
+    let mut expected = Vec::new();
+    for blob in (0..60u8).rev() {
+        let blob_id = [blob; 32];
+        if blob % 3 != 0 {
+            block_on(store.put(&[Put {
+                key: Key {
+                    blob_id,
+                    kind: RecordKind::Metadata,
+                    shard: 0,
+                },
+                end_epoch: u32::from(blob),
+                data: b"metadata",
+            }]))
+            .unwrap();
+            expected.push((blob_id, u32::from(blob)));
+        }
+        for shard in 0..4 {
+            for kind in [RecordKind::Primary, RecordKind::Secondary] {
+                let key = Key {
+                    blob_id,
+                    kind,
+                    shard,
+                };
+                block_on(store.put(&[Put {
+                    key,
+                    end_epoch: 1,
+                    data: b"sliver",
+                }]))
+                .unwrap();
+            }
+        }
+    }
+    expected.sort();
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.metadata_after(after.as_ref(), 7);
+        let Some(last) = page.last() else { break };
+        after = Some(last.0);
+        listed.extend(page);
+    }
+    assert_eq!(listed, expected);
+    assert!(store.metadata_after(Some(&[255; 32]), 7).is_empty());
+}

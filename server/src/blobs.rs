@@ -1,0 +1,844 @@
+//! The user API (`api.md`, "Users"): the publisher (`PUT /v1/blobs`) and the aggregator
+//! (`GET|HEAD /v1/blobs/{id}`), served by every node.
+//!
+//! The publisher encodes the blob (on glommio's blocking pool, which runs the codec's rayon
+//! work on every core), stores this node's sliver pairs itself and sends every other node its
+//! metadata and its pairs as one batch per peer (bounded in bytes, retried with back-off), and
+//! answers once the nodes that confirmed hold at least `n - f` shards (2f+1 when n = 3f+1).
+//!
+//! The aggregator reads the systematic primary slivers that cover the requested bytes: from
+//! this node's own stores (verified when they were stored; their checksums hold, so no second
+//! Reed-Solomon check) or from the peers holding them (each one verified against the metadata,
+//! a peer that lies is skipped and counted). If any is missing it decodes from any `k_p`
+//! verified primary slivers. Whole blobs are kept in a per-core cache ([`BlobCache`]), so a hot
+//! blob costs no network, decoding or hashing; blobs are immutable, so the cache is never stale.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use floe_codec::{
+    byte_range_rows, decode_metadata, decode_primary_verified, decode_sliver_batch,
+    encode_metadata, encode_sliver, encode_sliver_batch, sliver_header, verify_sliver, BlobId,
+    BlobLayout, BlobMetadata, EncodedBlob, EncodingConfig, SliverKind,
+};
+use floe_storage::format::RecordKind;
+use floe_storage::store::Key;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::api::{
+    json_response, metadata_key, octets, read_body, record_kind, reserve, sliver_index,
+    store_per_core, Body, CachedMetadata, CoreState,
+};
+use crate::config::Member;
+use crate::error::ApiError;
+use crate::metrics::PeerFault;
+use crate::owner::Record;
+use crate::peer::Answer;
+
+/// Bytes of slivers sent to one peer in one request. Why: large enough that a 64 MiB blob
+/// takes a handful of requests per peer, small enough that the peer's body limit and memory
+/// budget are never a concern and a retry repeats little.
+const BATCH_BYTES_MAX: usize = 16 << 20;
+
+/// Attempts per request to a peer, and the wait before the second (doubling after).
+const ATTEMPTS: u32 = 3;
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+
+/// `Cache-Control` of blob reads. Why: a blob ID names its bytes forever.
+const CACHE_CONTROL_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// Verified whole blobs by ID, least recently used evicted first, bounded in bytes.
+pub struct BlobCache {
+    entries: lru::LruCache<[u8; 32], Bytes>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl BlobCache {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            entries: lru::LruCache::unbounded(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn get(&mut self, blob_id: &BlobId) -> Option<Bytes> {
+        self.entries.get(&blob_id.0).cloned()
+    }
+
+    /// Keeps `blob` unless it is larger than a quarter of the cache (one huge blob would
+    /// evict every hot small one).
+    fn insert(&mut self, blob_id: &BlobId, blob: Bytes) {
+        let size = blob.len() as u64;
+        if size > self.limit / 4 {
+            return;
+        }
+        if let Some(old) = self.entries.put(blob_id.0, blob) {
+            self.bytes -= old.len() as u64;
+        }
+        self.bytes += size;
+        while self.bytes > self.limit {
+            match self.entries.pop_lru() {
+                Some((_, old)) => self.bytes -= old.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Forgets a blob (expired or deleted).
+    pub fn remove(&mut self, blob_id: &BlobId) {
+        if let Some(old) = self.entries.pop(&blob_id.0) {
+            self.bytes -= old.len() as u64;
+        }
+    }
+}
+
+/// Shards that must confirm a write: `n - f` (2f + 1 when n = 3f + 1).
+pub fn write_quorum(n: usize) -> usize {
+    n - (n - 1) / 3
+}
+
+fn peer_fault(state: &CoreState, peer: &str, kind: &'static str) {
+    state
+        .shared
+        .metrics
+        .peer_faults
+        .get_or_create(&PeerFault {
+            peer: peer.to_string(),
+            kind,
+        })
+        .inc();
+}
+
+/// Sends one request to a peer, retrying transport failures and 5xx answers (except 507, a
+/// full disk) with back-off. Any other answer is returned as it is.
+pub(crate) async fn peer_request(
+    state: &CoreState,
+    member: &Member,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    limit: usize,
+) -> Result<Answer, String> {
+    let mut wait = BACKOFF_FIRST;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match state
+            .peers
+            .request(&member.address, method.clone(), path, body.clone(), limit)
+            .await
+        {
+            Ok(answer)
+                if answer.status.is_server_error()
+                    && answer.status != StatusCode::INSUFFICIENT_STORAGE =>
+            {
+                last = format!("{} ({})", answer.status, answer.error_message());
+            }
+            Ok(answer) => return Ok(answer),
+            Err(err) => {
+                peer_fault(state, &member.name, "unreachable");
+                last = err.to_string();
+            }
+        }
+        if attempt < ATTEMPTS {
+            glommio::timer::sleep(wait).await;
+            wait *= 2;
+        }
+    }
+    Err(last)
+}
+
+/// `PUT /v1/blobs?epochs=N`.
+pub async fn publish(
+    state: &Rc<CoreState>,
+    epochs: u32,
+    deletable: bool,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if deletable {
+        return Err(ApiError::bad_request(
+            "deletableUnsupported",
+            "deletable blobs are not supported by this floe yet; store without deletable=true \
+             (blobs expire after their epochs instead)",
+        ));
+    }
+    let n = state.n();
+    let config = EncodingConfig::new(n as u16).expect("the committee's n is valid");
+    let limit = config
+        .blob_bytes_max()
+        .min(state.shared.config.limits.body_bytes_max);
+    let (body, _reservation) = read_body(state, request, limit).await?;
+    let layout = config
+        .layout(body.len() as u64)
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bodyTooLarge", e.to_string()))?;
+    // The encoded slivers live as long as the request: count them against this core's memory.
+    let _encoded_reservation = reserve(state, layout.encoded_bytes_total())?;
+    let encoded = glommio::executor()
+        .spawn_blocking(move || floe_codec::encode(&config, &body))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bodyTooLarge", e.to_string()))?;
+    let blob_id = *encoded.blob_id();
+    let size = encoded.layout().blob_bytes;
+    let end_epoch = state
+        .shared
+        .committee
+        .current_epoch()
+        .saturating_add(epochs);
+    let quorum = write_quorum(n);
+    let answer = |kind: &str, end_epoch: u32, confirmed: usize| {
+        json!({
+            kind: {
+                "blobId": blob_id.to_string(),
+                "size": size,
+                "encodingType": "RS2",
+                "endEpoch": end_epoch,
+                "shardsConfirmed": confirmed,
+                "blobObject": {
+                    "blobId": blob_id.to_string(),
+                    "size": size,
+                    "encodingType": "RS2",
+                    "storage": {"endEpoch": end_epoch},
+                },
+            }
+        })
+    };
+    if let Some(known) = state.metadata(&blob_id).await? {
+        if known.end_epoch >= end_epoch {
+            let confirmed = stored_shards(state, &blob_id).await;
+            if confirmed >= quorum {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    answer("alreadyCertified", known.end_epoch, confirmed),
+                ));
+            }
+        }
+    }
+    let encoded = Rc::new(encoded);
+    let me = &state.shared.me.name;
+    let stores = state.shared.committee.members.iter().map(|member| {
+        let encoded = encoded.clone();
+        async move {
+            let result = if &member.name == me {
+                store_here(state, &encoded, end_epoch)
+                    .await
+                    .map_err(|e| e.message)
+            } else {
+                store_on_peer(state, member, &encoded, epochs).await
+            };
+            (member, result)
+        }
+    });
+    let mut confirmed = 0;
+    let mut failed = Vec::new();
+    for (member, result) in futures::future::join_all(stores).await {
+        match result {
+            Ok(()) => confirmed += member.shards.len(),
+            Err(message) => {
+                tracing::warn!(blob = %blob_id, node = %member.name, %message, "a node did not store its slivers; sync will bring them");
+                failed.push(format!("{} ({message})", member.name));
+            }
+        }
+    }
+    if confirmed < quorum {
+        return Err(ApiError::unavailable(
+            "notEnoughShards",
+            format!(
+                "only {confirmed} of {n} shards confirmed blob {blob_id}; a write needs {quorum}. \
+                 Failed: {}",
+                failed.join("; ")
+            ),
+        ));
+    }
+    let mut body = answer("newlyCreated", end_epoch, confirmed);
+    if !failed.is_empty() {
+        body["newlyCreated"]["failedNodes"] = json!(failed);
+    }
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Stores this node's metadata and sliver pairs of an encoded blob (no verification: this
+/// node encoded them).
+async fn store_here(
+    state: &Rc<CoreState>,
+    encoded: &EncodedBlob,
+    end_epoch: u32,
+) -> Result<(), ApiError> {
+    let n = state.n();
+    let blob_id = *encoded.blob_id();
+    let mut end_epoch = end_epoch;
+    if let Some(known) = state.metadata(&blob_id).await? {
+        end_epoch = end_epoch.max(known.end_epoch);
+    }
+    let home = state.shared.owners.home_of(&blob_id.0);
+    state
+        .store_record(
+            home,
+            Record {
+                key: metadata_key(&blob_id),
+                end_epoch,
+                data: Bytes::from(encode_metadata(encoded.metadata())),
+            },
+        )
+        .await?;
+    state.remember(
+        &blob_id,
+        Rc::new(CachedMetadata {
+            metadata: encoded.metadata().clone(),
+            layout: *encoded.layout(),
+            end_epoch,
+        }),
+    );
+    let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
+        .map(|_| Vec::new())
+        .collect();
+    for &shard in &state.shared.me.shards {
+        let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
+        for kind in [SliverKind::Primary, SliverKind::Secondary] {
+            let sliver = encoded.to_sliver(kind, sliver_index(kind, pair, n));
+            per_core[state.shared.owners.core_of_shard(shard)].push(Record {
+                key: Key {
+                    blob_id: blob_id.0,
+                    kind: record_kind(kind),
+                    shard,
+                },
+                end_epoch,
+                data: Bytes::from(encode_sliver(&sliver)),
+            });
+        }
+    }
+    store_per_core(state, per_core).await
+}
+
+/// Sends a peer the blob's metadata, then its sliver pairs in batches of at most
+/// [`BATCH_BYTES_MAX`].
+async fn store_on_peer(
+    state: &Rc<CoreState>,
+    member: &Member,
+    encoded: &EncodedBlob,
+    epochs: u32,
+) -> Result<(), String> {
+    let n = state.n();
+    let blob_id = *encoded.blob_id();
+    let expect_ok = |answer: Answer| {
+        if answer.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!("{}: {}", answer.status, answer.error_message()))
+        }
+    };
+    let metadata = Bytes::from(encode_metadata(encoded.metadata()));
+    let path = format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}");
+    expect_ok(peer_request(state, member, Method::PUT, &path, Some(metadata), 1 << 16).await?)?;
+    let path = format!("/v1/blobs/{blob_id}/slivers");
+    let mut batch: Vec<(u16, SliverKind, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
+    let shards = &member.shards;
+    for (i, &shard) in shards.iter().enumerate() {
+        let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
+        for kind in [SliverKind::Primary, SliverKind::Secondary] {
+            let body = encode_sliver(&encoded.to_sliver(kind, sliver_index(kind, pair, n)));
+            batch_bytes += body.len();
+            batch.push((pair, kind, body));
+        }
+        if batch_bytes >= BATCH_BYTES_MAX || i + 1 == shards.len() {
+            let body = encode_sliver_batch(batch.iter().map(|(p, k, b)| (*p, *k, b.as_slice())));
+            batch.clear();
+            batch_bytes = 0;
+            let answer = peer_request(
+                state,
+                member,
+                Method::PUT,
+                &path,
+                Some(Bytes::from(body)),
+                1 << 16,
+            )
+            .await?;
+            expect_ok(answer)?;
+        }
+    }
+    Ok(())
+}
+
+/// Shards whose node holds both slivers of the blob, over the whole committee (nodes that do
+/// not answer count for nothing).
+async fn stored_shards(state: &Rc<CoreState>, blob_id: &BlobId) -> usize {
+    let n = state.n();
+    let me = &state.shared.me.name;
+    let counts = state
+        .shared
+        .committee
+        .members
+        .iter()
+        .map(|member| async move {
+            if &member.name == me {
+                let held = crate::api::held(state, blob_id).await.unwrap_or_default();
+                let has = |kind| held.iter().filter(|h| h.kind == kind).count();
+                return has(RecordKind::Primary).min(has(RecordKind::Secondary));
+            }
+            let path = format!("/v1/blobs/{blob_id}/status");
+            let Ok(answer) = state
+                .peers
+                .request(&member.address, Method::GET, &path, None, 1 << 20)
+                .await
+            else {
+                return 0;
+            };
+            let Ok(status) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+                return 0;
+            };
+            let pairs = |key: &str| -> Vec<u64> {
+                status[key]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                    .unwrap_or_default()
+            };
+            let secondary = pairs("secondaryPairs");
+            // Only pairs of shards the committee gives this member count.
+            pairs("primaryPairs")
+                .into_iter()
+                .filter(|p| secondary.contains(p) && (*p as usize) < n)
+                .filter(|p| {
+                    let shard = blob_id.shard_for_pair(*p as usize, n) as u16;
+                    member.shards.binary_search(&shard).is_ok()
+                })
+                .count()
+        });
+    futures::future::join_all(counts).await.into_iter().sum()
+}
+
+/// Verified metadata for a read: this node's own, or a peer's checked against the blob ID.
+async fn find_metadata(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+) -> Result<Rc<CachedMetadata>, ApiError> {
+    if let Some(known) = state.metadata(blob_id).await? {
+        return Ok(known);
+    }
+    let n = state.n();
+    let path = format!("/v1/blobs/{blob_id}/metadata");
+    let mut silent = Vec::new();
+    let limit = 16 + n * 66;
+    for member in &state.shared.committee.members {
+        if member.name == state.shared.me.name {
+            continue;
+        }
+        let answer = match state
+            .peers
+            .request(&member.address, Method::GET, &path, None, limit)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(err) => {
+                peer_fault(state, &member.name, "unreachable");
+                silent.push(format!("{} ({err})", member.name));
+                continue;
+            }
+        };
+        if answer.status != StatusCode::OK {
+            if answer.status != StatusCode::NOT_FOUND {
+                silent.push(format!("{} ({})", member.name, answer.status));
+            }
+            continue;
+        }
+        let checked = checked_metadata(&answer.body, blob_id, n);
+        match checked {
+            Ok((metadata, layout)) => {
+                return Ok(Rc::new(CachedMetadata {
+                    metadata,
+                    layout,
+                    end_epoch: 0,
+                }))
+            }
+            Err(message) => {
+                peer_fault(state, &member.name, "bad_metadata");
+                tracing::warn!(peer = %member.name, blob = %blob_id, %message, "a peer sent metadata that fails verification; skipped");
+            }
+        }
+    }
+    if silent.is_empty() {
+        Err(ApiError::not_found(
+            "blobNotFound",
+            format!("no node of the committee knows blob {blob_id}"),
+        ))
+    } else {
+        Err(ApiError::unavailable(
+            "notEnoughNodes",
+            format!(
+                "blob {blob_id} is unknown to the nodes that answered; {} did not: {}",
+                silent.len(),
+                silent.join("; ")
+            ),
+        ))
+    }
+}
+
+/// The byte range a `Range` header asks for, `None` for the whole blob. Headers that are not
+/// a single `bytes=` range are ignored (RFC 9110 lets a server serve the whole representation).
+fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(text) = value.and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = text.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let number = |t: &str| -> Option<u64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    let unsatisfiable = || {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "rangeNotSatisfiable",
+            format!("the range {text:?} lies outside the blob of {size} bytes"),
+        )
+    };
+    match (number(first), number(last), first.is_empty()) {
+        // `-n`: the last n bytes.
+        (None, Some(suffix), true) => {
+            if suffix == 0 || size == 0 {
+                return Err(unsatisfiable());
+            }
+            Ok(Some((size - suffix.min(size), size)))
+        }
+        (Some(start), end, false) => {
+            if !last.is_empty() && end.is_none() {
+                return Ok(None);
+            }
+            if start >= size {
+                return Err(unsatisfiable());
+            }
+            let end = end.map_or(size, |e| e.saturating_add(1).min(size));
+            if end <= start {
+                return Ok(None);
+            }
+            Ok(Some((start, end)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `GET|HEAD /v1/blobs/{id}`.
+pub async fn read(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    head: bool,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let etag = format!("\"{blob_id}\"");
+    let headers = request.headers();
+    let with_headers = |mut response: Response<Body>| {
+        let h = response.headers_mut();
+        h.insert(
+            header::ETAG,
+            HeaderValue::from_str(&etag).expect("base64 is a valid header"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROL_IMMUTABLE),
+        );
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        response
+    };
+    let matches_etag = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches_etag {
+        let mut response = Response::new(Body::default());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return Ok(with_headers(response));
+    }
+    let cached = state.blob_cache.borrow_mut().get(&blob_id);
+    let known = match &cached {
+        Some(_) => None,
+        None => Some(find_metadata(state, &blob_id).await?),
+    };
+    let size = match (&cached, &known) {
+        (Some(blob), _) => blob.len() as u64,
+        (None, Some(known)) => known.metadata.blob_bytes(),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    let range = match parse_range(headers.get(header::RANGE), size) {
+        Ok(range) => range,
+        Err(err) => {
+            let mut response = with_headers(crate::api::error_response(&err));
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).expect("ASCII"),
+            );
+            return Ok(response);
+        }
+    };
+    let (start, end) = range.unwrap_or((0, size));
+    let body = if head {
+        Bytes::new()
+    } else {
+        match (cached, known) {
+            (Some(blob), _) => blob.slice(start as usize..end as usize),
+            (None, Some(known)) => {
+                let _reservation = reserve(state, end - start)?;
+                let bytes = read_range(state, &blob_id, &known, start, end).await?;
+                if range.is_none() {
+                    state
+                        .blob_cache
+                        .borrow_mut()
+                        .insert(&blob_id, bytes.clone());
+                }
+                bytes
+            }
+            (None, None) => unreachable!("one of the two is set"),
+        }
+    };
+    state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
+    let mut response = with_headers(octets(body));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if let Some((start, end)) = range {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)).expect("ASCII"),
+        );
+    }
+    Ok(response)
+}
+
+/// Primary slivers by index, each verified (or this node's own).
+type Rows = HashMap<usize, Bytes>;
+
+/// Reads blob bytes `[start, end)`: the systematic rows that cover them, or, if any of those
+/// cannot be had, a decode from any `k_p` primary slivers.
+async fn read_range(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    known: &CachedMetadata,
+    start: u64,
+    end: u64,
+) -> Result<Bytes, ApiError> {
+    let layout = &known.layout;
+    let spans = byte_range_rows(layout, start, end)
+        .map_err(|e| ApiError::bad_request("invalidRange", e.to_string()))?;
+    let wanted: Vec<usize> = spans.iter().map(|s| s.row_index).collect();
+    let mut rows = Rows::new();
+    let mut failures = Vec::new();
+    fetch_rows(state, blob_id, known, &wanted, &mut rows, &mut failures).await?;
+    if wanted.iter().all(|r| rows.contains_key(r)) {
+        if let [span] = spans.as_slice() {
+            // One row: a view of it (for this node's own slivers, of the mapped file).
+            return Ok(rows[&span.row_index].slice(span.start_bytes..span.end_bytes));
+        }
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        for span in &spans {
+            out.extend_from_slice(&rows[&span.row_index][span.start_bytes..span.end_bytes]);
+        }
+        return Ok(out.freeze());
+    }
+    // Some systematic row is missing: any k_p primary slivers decode the blob.
+    let n = layout.config.n_shards();
+    let k_p = layout.config.n_primary_source();
+    let others: Vec<usize> = (0..n)
+        .filter(|i| !rows.contains_key(i) && !wanted.contains(i))
+        .collect();
+    fetch_rows(state, blob_id, known, &others, &mut rows, &mut failures).await?;
+    if rows.len() < k_p {
+        return Err(ApiError::unavailable(
+            "notEnoughSlivers",
+            format!(
+                "only {} verified primary slivers of blob {blob_id} could be read; decoding needs \
+                 {k_p}. {}",
+                rows.len(),
+                failures.join("; ")
+            ),
+        ));
+    }
+    tracing::info!(blob = %blob_id, "systematic slivers missing; decoding from {} primary slivers", rows.len());
+    let slivers: Vec<(usize, &[u8])> = rows.iter().map(|(i, b)| (*i, b.as_ref())).collect();
+    let blob = decode_primary_verified(&known.metadata, &slivers).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "decodeFailed",
+            e.to_string(),
+        )
+    })?;
+    Ok(Bytes::from(blob).slice(start as usize..end as usize))
+}
+
+/// Adds the primary slivers `indices` to `rows`: this node's own first, then one batch
+/// request per peer holding some, all peers at once. Failures are described in `failures`.
+async fn fetch_rows(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    known: &CachedMetadata,
+    indices: &[usize],
+    rows: &mut Rows,
+    failures: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let n = state.n();
+    let mut per_member: HashMap<&str, Vec<u16>> = HashMap::new();
+    for &index in indices {
+        let shard = blob_id.shard_for_pair(index, n) as u16;
+        if state.shared.owned[usize::from(shard)] {
+            let Some(bytes) =
+                crate::api::load_sliver(state, blob_id, shard, SliverKind::Primary).await?
+            else {
+                continue;
+            };
+            if let Ok(header) = sliver_header(&bytes) {
+                rows.insert(index, bytes.slice(header.data));
+            }
+            continue;
+        }
+        if let Some(member) = state
+            .shared
+            .committee
+            .members
+            .iter()
+            .find(|m| m.shards.binary_search(&shard).is_ok())
+        {
+            per_member
+                .entry(&member.name)
+                .or_default()
+                .push(index as u16);
+        }
+    }
+    let sliver_bytes = known.layout.primary_sliver_bytes();
+    let fetches = per_member.into_iter().map(|(name, pairs)| async move {
+        let member = state
+            .shared
+            .committee
+            .member(name)
+            .expect("grouped by committee members");
+        let path = format!(
+            "/v1/blobs/{blob_id}/slivers?kind=primary&pairs={}",
+            crate::route::format_pair_list(&pairs)
+        );
+        let limit = 16 + pairs.len() * (sliver_bytes + 16);
+        let answer = peer_request(state, member, Method::GET, &path, None, limit).await;
+        (member, pairs, answer)
+    });
+    for (member, pairs, answer) in futures::future::join_all(fetches).await {
+        let answer = match answer {
+            Ok(answer) if answer.status == StatusCode::OK => answer,
+            Ok(answer) => {
+                failures.push(format!("{}: {}", member.name, answer.error_message()));
+                continue;
+            }
+            Err(message) => {
+                failures.push(format!("{}: {message}", member.name));
+                continue;
+            }
+        };
+        let Ok(entries) = decode_sliver_batch(&answer.body) else {
+            peer_fault(state, &member.name, "bad_sliver");
+            failures.push(format!("{}: a malformed sliver batch", member.name));
+            continue;
+        };
+        for entry in entries {
+            let index = usize::from(entry.pair);
+            if entry.kind != SliverKind::Primary || !pairs.contains(&entry.pair) {
+                continue;
+            }
+            let body = answer.body.slice(entry.body);
+            let verified = sliver_header(&body).ok().filter(|h| {
+                usize::from(h.index) == index
+                    && verify_sliver(
+                        &known.metadata,
+                        &known.layout,
+                        SliverKind::Primary,
+                        index,
+                        h.symbol_bytes.into(),
+                        &body[h.data.clone()],
+                        &mut state.scratch.borrow_mut(),
+                    )
+                    .is_ok()
+            });
+            match verified {
+                Some(header) => {
+                    rows.insert(index, body.slice(header.data));
+                }
+                None => {
+                    peer_fault(state, &member.name, "bad_sliver");
+                    tracing::warn!(peer = %member.name, blob = %blob_id, sliver = index, "a peer sent a primary sliver that fails verification; skipped");
+                    failures.push(format!(
+                        "{}: sliver {index} failed verification",
+                        member.name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Metadata from a peer, decoded and verified against the blob ID, with its layout.
+pub(crate) fn checked_metadata(
+    body: &[u8],
+    blob_id: &BlobId,
+    n: usize,
+) -> Result<(BlobMetadata, BlobLayout), String> {
+    let metadata = decode_metadata(body).map_err(|e| e.to_string())?;
+    metadata.verify(blob_id, n).map_err(|e| e.to_string())?;
+    let layout = metadata.layout().map_err(|e| e.to_string())?;
+    Ok((metadata, layout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        let h = |t: &str| HeaderValue::from_str(t).unwrap();
+        let r = |t: &str, size| parse_range(Some(&h(t)), size);
+        assert_eq!(r("bytes=0-0", 10), Ok(Some((0, 1))));
+        assert_eq!(r("bytes=9-", 10), Ok(Some((9, 10))));
+        assert_eq!(r("bytes=-3", 10), Ok(Some((7, 10))));
+        assert_eq!(r("bytes=-30", 10), Ok(Some((0, 10))));
+        assert_eq!(r("bytes=2-100", 10), Ok(Some((2, 10))));
+        assert_eq!(r("bytes=10-", 10).unwrap_err().status, 416);
+        assert_eq!(r("bytes=-0", 10).unwrap_err().status, 416);
+        assert_eq!(r("bytes=0-0", 0).unwrap_err().status, 416);
+        // Not a single byte range: the whole blob.
+        assert_eq!(r("bytes=5-2", 10), Ok(None));
+        assert_eq!(r("bytes=0-1,4-5", 10), Ok(None));
+        assert_eq!(r("items=0-1", 10), Ok(None));
+        assert_eq!(r("bytes=x-1", 10), Ok(None));
+        assert_eq!(parse_range(None, 10), Ok(None));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_skips_huge_blobs() {
+        let mut cache = BlobCache::new(100);
+        let id = |b: u8| BlobId([b; 32]);
+        cache.insert(&id(1), Bytes::from(vec![0; 20]));
+        cache.insert(&id(2), Bytes::from(vec![0; 20]));
+        cache.insert(&id(3), Bytes::from(vec![0; 26]));
+        assert!(cache.get(&id(3)).is_none(), "over a quarter: not kept");
+        for b in 3..10 {
+            assert!(cache.get(&id(1)).is_some());
+            cache.insert(&id(b), Bytes::from(vec![0; 25]));
+        }
+        assert!(cache.bytes <= 100);
+        assert!(cache.get(&id(1)).is_some(), "recently used survives");
+        assert!(
+            cache.get(&id(2)).is_none(),
+            "least recently used went first"
+        );
+        assert_eq!(write_quorum(10), 7);
+        assert_eq!(write_quorum(1000), 667);
+        assert_eq!(write_quorum(4), 3);
+    }
+}

@@ -1,0 +1,367 @@
+//! Sync and self-healing, in the background on core 0.
+//!
+//! Every `sync_interval_seconds`:
+//! 1. **Learn**: page through each peer's list of blobs (`GET /v1/blobs?after=`); metadata
+//!    this node lacks is fetched from that peer, verified against the blob ID and stored, so
+//!    that every node keeps every blob's metadata (a node that was down during a store, or
+//!    whose disk was wiped, learns what it missed).
+//! 2. **Heal**: for every known blob, each core lists the slivers of its shards that are
+//!    missing (never received, lost with a disk, or dropped by the scrubber as corrupt), and
+//!    each is rebuilt from recovery symbols: this node's own symbols first, then peers' in
+//!    turn, asking each for no more than are still needed, so the traffic is about one sliver
+//!    (plus Merkle proofs) per rebuilt sliver. At most `heal_concurrency` rebuilds at once, so
+//!    that serving reads is not starved.
+//!
+//! Progress is in `/metrics` (`floe_sync_*`, `floe_heal_*`) and `/v1/health` (`sync`).
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use floe_codec::{
+    decode_recovery_symbols, encode_sliver, recover_sliver, BlobId, RecoverySymbol, Sliver,
+    SliverKind,
+};
+use floe_storage::format::RecordKind;
+use floe_storage::store::Key;
+use futures::StreamExt;
+use hyper::{Method, StatusCode};
+
+use crate::api::{local_recovery_symbols, metadata_key, sliver_index, CachedMetadata, CoreState};
+use crate::blobs::{checked_metadata, peer_request};
+use crate::config::Member;
+use crate::metrics::{PeerFault, ResultLabel};
+use crate::owner::{Op, Record};
+
+/// What `/v1/health` reports of sync (atomics: written on core 0, read on any).
+#[derive(Default)]
+pub struct SyncStatus {
+    pub last_run_unix_seconds: AtomicU64,
+    pub blobs_known: AtomicU64,
+    pub missing_slivers: AtomicU64,
+    pub healed_slivers: AtomicU64,
+    pub heal_failures: AtomicU64,
+}
+
+impl SyncStatus {
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "lastRunUnixSeconds": get(&self.last_run_unix_seconds),
+            "blobsKnown": get(&self.blobs_known),
+            "missingSlivers": get(&self.missing_slivers),
+            "healedSlivers": get(&self.healed_slivers),
+            "healFailures": get(&self.heal_failures),
+        })
+    }
+}
+
+/// Blobs listed per page, here and from peers.
+const PAGE: u32 = 1000;
+
+/// Runs sync rounds until the node stops (the task is dropped). A committee of one has no
+/// one to sync with.
+pub async fn run(state: Rc<CoreState>) {
+    let interval = state.shared.config.sync_interval_seconds;
+    if interval == 0 || state.shared.committee.members.len() < 2 {
+        return;
+    }
+    loop {
+        glommio::timer::sleep(Duration::from_secs(interval)).await;
+        round(&state).await;
+    }
+}
+
+/// One round: learn, then heal.
+pub async fn round(state: &Rc<CoreState>) {
+    let me = state.shared.me.name.clone();
+    for member in &state.shared.committee.members {
+        if member.name != me {
+            if let Err(message) = learn_from(state, member).await {
+                tracing::debug!(peer = %member.name, %message, "sync: could not list the peer's blobs");
+            }
+        }
+    }
+    if let Err(err) = heal(state).await {
+        tracing::warn!(%err, "sync: healing stopped early");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    state
+        .shared
+        .sync
+        .last_run_unix_seconds
+        .store(now, Ordering::Relaxed);
+}
+
+/// Fetches, verifies and stores the metadata of every blob `member` lists that this node lacks.
+async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String> {
+    let n = state.n();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(id) => format!("/v1/blobs?limit={PAGE}&after={id}"),
+            None => format!("/v1/blobs?limit={PAGE}"),
+        };
+        let answer = peer_request(state, member, Method::GET, &path, None, 1 << 20).await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.error_message());
+        }
+        let page: serde_json::Value =
+            serde_json::from_slice(&answer.body).map_err(|e| e.to_string())?;
+        for entry in page["blobs"].as_array().into_iter().flatten() {
+            let (Some(id), Some(end_epoch)) = (
+                entry["blobId"]
+                    .as_str()
+                    .and_then(|t| t.parse::<BlobId>().ok()),
+                entry["endEpoch"]
+                    .as_u64()
+                    .and_then(|e| u32::try_from(e).ok()),
+            ) else {
+                continue;
+            };
+            if end_epoch < state.shared.committee.current_epoch() {
+                continue;
+            }
+            if state.metadata(&id).await.map_err(|e| e.message)?.is_some() {
+                continue;
+            }
+            let path = format!("/v1/blobs/{id}/metadata");
+            let answer = peer_request(state, member, Method::GET, &path, None, 16 + n * 66).await?;
+            if answer.status != StatusCode::OK {
+                continue;
+            }
+            state
+                .shared
+                .metrics
+                .heal_fetched_bytes
+                .inc_by(answer.body.len() as u64);
+            let (metadata, layout) = match checked_metadata(&answer.body, &id, n) {
+                Ok(checked) => checked,
+                Err(message) => {
+                    fault(state, &member.name, "bad_metadata");
+                    tracing::warn!(peer = %member.name, blob = %id, %message, "sync: a peer's metadata fails verification; skipped");
+                    continue;
+                }
+            };
+            let home = state.shared.owners.home_of(&id.0);
+            state
+                .store_record(
+                    home,
+                    Record {
+                        key: metadata_key(&id),
+                        end_epoch,
+                        data: answer.body.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| e.message)?;
+            state.remember(
+                &id,
+                Rc::new(CachedMetadata {
+                    metadata,
+                    layout,
+                    end_epoch,
+                }),
+            );
+            state.shared.metrics.sync_blobs_learned.inc();
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return Ok(()),
+        }
+    }
+}
+
+fn fault(state: &CoreState, peer: &str, kind: &'static str) {
+    state
+        .shared
+        .metrics
+        .peer_faults
+        .get_or_create(&PeerFault {
+            peer: peer.to_string(),
+            kind,
+        })
+        .inc();
+}
+
+/// Finds the slivers this node lacks and rebuilds them.
+async fn heal(state: &Rc<CoreState>) -> Result<(), crate::error::ApiError> {
+    let cores = state.shared.owners.cores();
+    let mut shards_of_core: Vec<Vec<u16>> = vec![Vec::new(); cores];
+    for &shard in &state.shared.me.shards {
+        shards_of_core[state.shared.owners.core_of_shard(shard)].push(shard);
+    }
+    let epoch = state.shared.committee.current_epoch();
+    let mut after = None;
+    let mut known = 0u64;
+    let mut missing = Vec::new();
+    loop {
+        let page = crate::api::list_metadata(state, after, PAGE as usize).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.0);
+        known += page.len() as u64;
+        let blobs: Vec<[u8; 32]> = page
+            .iter()
+            .filter(|(_, end)| *end >= epoch)
+            .map(|(id, _)| *id)
+            .collect();
+        for (core, shards) in shards_of_core.iter().enumerate() {
+            if shards.is_empty() {
+                continue;
+            }
+            let (blobs, shards) = (blobs.clone(), shards.clone());
+            let found = state
+                .call(core, |reply| Op::Missing {
+                    blobs,
+                    shards,
+                    reply,
+                })
+                .await?;
+            missing.extend(found);
+        }
+        if page.len() < PAGE as usize {
+            break;
+        }
+    }
+    let metrics = &state.shared.metrics;
+    let status = &state.shared.sync;
+    status.blobs_known.store(known, Ordering::Relaxed);
+    status
+        .missing_slivers
+        .store(missing.len() as u64, Ordering::Relaxed);
+    metrics.sync_blobs_known.set(known as i64);
+    metrics.heal_missing_slivers.set(missing.len() as i64);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(slivers = missing.len(), "sync: rebuilding missing slivers");
+    let concurrency = state.shared.config.heal_concurrency;
+    futures::stream::iter(missing)
+        .for_each_concurrent(concurrency, |(blob, shard, kind)| async move {
+            let blob_id = BlobId(blob);
+            let kind = match kind {
+                RecordKind::Primary => SliverKind::Primary,
+                _ => SliverKind::Secondary,
+            };
+            let result = rebuild(state, &blob_id, shard, kind).await;
+            let label = ResultLabel {
+                result: if result.is_ok() { "ok" } else { "failed" },
+            };
+            state.shared.metrics.heal_slivers.get_or_create(&label).inc();
+            match result {
+                Ok(()) => {
+                    status.healed_slivers.fetch_add(1, Ordering::Relaxed);
+                    status.missing_slivers.fetch_sub(1, Ordering::Relaxed);
+                    state.shared.metrics.heal_missing_slivers.dec();
+                }
+                Err(message) => {
+                    status.heal_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(blob = %blob_id, shard, %kind, %message, "sync: could not rebuild a sliver yet");
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// Rebuilds one sliver from recovery symbols and stores it.
+async fn rebuild(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    shard: u16,
+    kind: SliverKind,
+) -> Result<(), String> {
+    let n = state.n();
+    let known = state
+        .metadata(blob_id)
+        .await
+        .map_err(|e| e.message)?
+        .ok_or("the metadata is gone")?;
+    let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
+    let target_index = sliver_index(kind, pair, n);
+    let needed = kind.n_symbols(&known.layout);
+    // This node's own slivers of the other kind cost no traffic.
+    let mut symbols: Vec<RecoverySymbol> =
+        local_recovery_symbols(state, blob_id, &known, pair, kind, None)
+            .await
+            .map_err(|e| e.message)?;
+    let members = &state.shared.committee.members;
+    // Start at a different peer for each sliver, spreading the load.
+    let start = (usize::from(shard) + usize::from(blob_id.0[0])) % members.len();
+    for member in members.iter().cycle().skip(start).take(members.len()) {
+        let valid = symbols.len();
+        if valid >= needed {
+            break;
+        }
+        if member.name == state.shared.me.name {
+            continue;
+        }
+        let path = format!(
+            "/v1/blobs/{blob_id}/recoverySymbols?targetPair={pair}&targetKind={kind}&limit={}",
+            needed - valid
+        );
+        let limit = (needed - valid) * (known.layout.symbol_bytes + 32 * 13 + 16) + 16;
+        let Ok(answer) = peer_request(state, member, Method::GET, &path, None, limit).await else {
+            continue;
+        };
+        state
+            .shared
+            .metrics
+            .heal_fetched_bytes
+            .inc_by(answer.body.len() as u64);
+        if answer.status != StatusCode::OK {
+            continue;
+        }
+        let Ok(received) = decode_recovery_symbols(&answer.body) else {
+            fault(state, &member.name, "bad_symbol");
+            continue;
+        };
+        for symbol in received {
+            // Only symbols that verify count towards what is still needed.
+            if symbol.source_kind == kind.orthogonal()
+                && symbol.target_index == target_index
+                && symbol.verify(&known.metadata, &known.layout).is_ok()
+                && !symbols
+                    .iter()
+                    .any(|s| s.source_index == symbol.source_index)
+            {
+                symbols.push(symbol);
+            } else {
+                fault(state, &member.name, "bad_symbol");
+                tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
+            }
+        }
+    }
+    let recovered =
+        recover_sliver(&known.metadata, kind, target_index, &symbols).map_err(|e| e.to_string())?;
+    let sliver = Sliver {
+        kind,
+        index: target_index as u16,
+        symbol_bytes: known.layout.symbol_bytes as u16,
+        data: recovered.data,
+    };
+    state
+        .shared
+        .metrics
+        .heal_rebuilt_bytes
+        .inc_by(sliver.data.len() as u64);
+    let core = state.shared.owners.core_of_shard(shard);
+    state
+        .store_record(
+            core,
+            Record {
+                key: Key {
+                    blob_id: blob_id.0,
+                    kind: crate::api::record_kind(kind),
+                    shard,
+                },
+                end_epoch: known.end_epoch,
+                data: Bytes::from(encode_sliver(&sliver)),
+            },
+        )
+        .await
+        .map_err(|e| e.message)
+}

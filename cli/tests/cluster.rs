@@ -1,0 +1,733 @@
+//! End-to-end tests of a committee: several real `floe node` processes on free loopback ports,
+//! each with its own data directory, driven over HTTP (and by curl, Python `requests` and
+//! `fsspec`) like users drive them.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use floe_codec::{encode, BlobId, EncodingConfig};
+
+/// A node of the test committee.
+struct Node {
+    name: String,
+    /// Where it listens (the committee may name a proxy in front of it instead).
+    port: u16,
+    config: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A committee of node processes, stopped when dropped.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    n_shards: u16,
+    /// Shards of each node.
+    shards: Vec<Vec<u16>>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// `nodes` nodes sharing `n_shards` in contiguous ranges; `address_of(i, port)` is what the
+    /// committee file lists for node `i` (its port, or a proxy's).
+    fn start_with(
+        nodes: usize,
+        n_shards: u16,
+        address_of: impl Fn(usize, u16) -> String,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut committee = format!("n_shards = {n_shards}\n");
+        let mut shards = Vec::new();
+        let mut first = 0u16;
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        for (i, port) in ports.iter().enumerate() {
+            let count = n_shards / nodes as u16 + u16::from((i as u16) < n_shards % nodes as u16);
+            shards.push((first..first + count).collect::<Vec<u16>>());
+            committee.push_str(&format!(
+                "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\nshards = [\"{first}-{}\"]\n",
+                address_of(i, *port),
+                first + count - 1
+            ));
+            first += count;
+        }
+        let committee_path = dir.path().join("committee.toml");
+        std::fs::write(&committee_path, committee).unwrap();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            n_shards,
+            shards,
+            _dir: dir,
+        };
+        for (i, port) in ports.into_iter().enumerate() {
+            let home = cluster._dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            let config = home.join("node.toml");
+            let data = home.join("data");
+            std::fs::write(
+                &config,
+                format!(
+                    "name = \"n{i}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dirs = [{:?}]\n\
+                     committee = {:?}\ncores = 1\npin_cores = false\n\
+                     sync_interval_seconds = 1\npeer_timeout_seconds = 10\n\
+                     shutdown_grace_seconds = 2\n",
+                    data.display().to_string(),
+                    committee_path.display().to_string()
+                ),
+            )
+            .unwrap();
+            cluster.nodes.push(Node {
+                name: format!("n{i}"),
+                port,
+                config,
+                data,
+                log: home.join("node.log"),
+                child: None,
+            });
+        }
+        for i in 0..nodes {
+            cluster.spawn(i);
+        }
+        for i in 0..nodes {
+            cluster.wait_up(i);
+        }
+        cluster
+    }
+
+    fn start(nodes: usize, n_shards: u16) -> Cluster {
+        Self::start_with(nodes, n_shards, |_, port| format!("127.0.0.1:{port}"))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_floe"))
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        node.child = Some(child);
+    }
+
+    fn wait_up(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get(&self.url(i), "/v1/health").0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not come up: {}",
+                self.nodes[i].name,
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the node vanishes mid-whatever.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            Command::new("kill")
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "{}: {status}", self.log(i));
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_up(i);
+    }
+
+    fn shard_count(&self) -> usize {
+        self.n_shards.into()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn get(url: &str, path: &str) -> (u16, Vec<u8>) {
+    get_with(url, path, &[])
+}
+
+fn get_with(url: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let mut request = agent().get(&format!("{url}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    match request.call() {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(1 << 30)
+                .read_to_vec()
+                .unwrap();
+            (status, body)
+        }
+        Err(_) => (0, Vec::new()),
+    }
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+/// Stores `blob` through node `url`: status and JSON answer.
+fn store(url: &str, blob: &[u8], epochs: u32) -> (u16, serde_json::Value) {
+    let mut response = agent()
+        .put(&format!("{url}/v1/blobs?epochs={epochs}"))
+        .send(blob)
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().unwrap();
+    (status, json(&body))
+}
+
+/// Deterministic pseudo-random bytes.
+fn blob_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn metric(url: &str, name: &str) -> f64 {
+    let (_, body) = get(url, "/metrics");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn curl(args: &[&str]) -> (String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-s", "-D", "/dev/stderr"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.stdout,
+    )
+}
+
+#[test]
+fn blobs_of_every_size_round_trip_through_any_node() {
+    // n = 100: a blob of 100 MiB needs k_p * k_s * 65534 bytes of room, which n = 10 lacks.
+    let mut cluster = Cluster::start(4, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [0usize, 1, 1 << 20, 100 << 20];
+    let mut ids = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let blob = blob_bytes(size, i as u64 + 1);
+        let via = cluster.url(i % 4);
+        let id = if size == 100 << 20 {
+            // The big one through the CLI, as users store files.
+            let file = dir.path().join("big");
+            std::fs::write(&file, &blob).unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+                .args([
+                    "store",
+                    file.to_str().unwrap(),
+                    "--node",
+                    &via,
+                    "--epochs",
+                    "3",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        } else {
+            let (status, answer) = store(&via, &blob, 2);
+            assert_eq!(status, 200, "{answer}");
+            let created = &answer["newlyCreated"];
+            assert_eq!(created["size"], size as u64);
+            assert_eq!(created["encodingType"], "RS2");
+            assert_eq!(created["shardsConfirmed"], 100);
+            created["blobId"].as_str().unwrap().to_string()
+        };
+        // The same ID Walrus gives these bytes at n = 100.
+        let expected = encode(&EncodingConfig::new(100).unwrap(), &blob).unwrap();
+        assert_eq!(id, expected.blob_id().to_string(), "size {size}");
+        // Read back through another node, whole.
+        let (status, body) = get(&cluster.url((i + 1) % 4), &format!("/v1/blobs/{id}"));
+        assert_eq!(status, 200, "size {size}");
+        assert!(body == blob, "size {size}: the bytes differ");
+        ids.push((id, blob));
+    }
+    // Storing again answers alreadyCertified and sends nothing.
+    let (status, answer) = store(&cluster.url(3), &ids[2].1, 1);
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["alreadyCertified"]["blobId"],
+        ids[2].0.as_str(),
+        "{answer}"
+    );
+    // Every node keeps the metadata, and each pair is on the node of its shard.
+    let (id, blob) = &ids[2];
+    for i in 0..4 {
+        let status = json(&get(&cluster.url(i), &format!("/v1/blobs/{id}/status")).1);
+        assert_eq!(status["known"], true);
+        assert_eq!(
+            status["primaryPairs"].as_array().unwrap().len(),
+            cluster.shards[i].len()
+        );
+    }
+
+    // curl: whole, ranges, HEAD, conditional, out of range.
+    let url = format!("{}/v1/blobs/{id}", cluster.url(2));
+    let (head, body) = curl(&[&url]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains(&format!("etag: \"{id}\"")), "{head}");
+    assert!(head.contains("cache-control: public, max-age=31536000, immutable"));
+    assert!(body == *blob);
+    let size = blob.len();
+    for (range, want) in [
+        ("bytes=0-0".to_string(), &blob[..1]),
+        (
+            format!("bytes={}-{}", size - 1, size - 1),
+            &blob[size - 1..],
+        ),
+        ("bytes=-777".to_string(), &blob[size - 777..]),
+        ("bytes=300000-".to_string(), &blob[300_000..]),
+    ] {
+        let (head, body) = curl(&["-H", &format!("Range: {range}"), &url]);
+        assert!(head.starts_with("HTTP/1.1 206"), "{range}: {head}");
+        assert!(body == want, "{range}");
+    }
+    let (head, _) = curl(&["-H", &format!("Range: bytes={size}-"), &url]);
+    assert!(head.starts_with("HTTP/1.1 416"), "{head}");
+    assert!(
+        head.contains(&format!("content-range: bytes */{size}")),
+        "{head}"
+    );
+    let (head, body) = curl(&["-I", &url]);
+    assert!(head.contains(&format!("content-length: {size}")), "{head}");
+    // -I prints the head on standard output too: nothing follows it.
+    assert_eq!(String::from_utf8_lossy(&body), head);
+    let (head, _) = curl(&["-H", &format!("If-None-Match: \"{id}\""), &url]);
+    assert!(head.starts_with("HTTP/1.1 304"), "{head}");
+    let (head, _) = curl(&[&format!("{}/v1/blobs/{}", cluster.url(0), BlobId([7; 32]))]);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // Python clients: requests and fsspec (seek and read).
+    python_clients(&url, blob);
+    // The 100 MiB blob by ranges through yet another node.
+    let (id, big) = &ids[3];
+    let (status, part) = get_with(
+        &cluster.url(0),
+        &format!("/v1/blobs/{id}"),
+        &[("Range", "bytes=55555555-66666666")],
+    );
+    assert_eq!(status, 206);
+    assert!(part == big[55_555_555..=66_666_666]);
+    cluster.stop(0);
+}
+
+/// Runs cli/tests/clients.py against `url`. Skipped (with a note) where Python's `requests`
+/// or `fsspec` are missing, unless FLOE_REQUIRE_PYTHON_CLIENTS is set (CI sets it).
+fn python_clients(url: &str, blob: &[u8]) {
+    let have = Command::new("python3")
+        .args(["-c", "import requests, fsspec, aiohttp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
+            "python3 with requests, fsspec and aiohttp is required (pip install requests fsspec aiohttp)"
+        );
+        eprintln!(
+            "note: python3 requests/fsspec/aiohttp missing; the Python client check is skipped"
+        );
+        return;
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), blob).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(url)
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn reads_and_writes_survive_f_lost_nodes_and_fail_clearly_beyond() {
+    // n = 10, f = 3: nodes hold 3, 3, 2 and 2 shards. A write needs 7, a read 4 primary slivers.
+    let mut cluster = Cluster::start(4, 10);
+    let before = blob_bytes(500_000, 11);
+    let (status, answer) = store(&cluster.url(0), &before, 1);
+    assert_eq!(status, 200, "{answer}");
+    let before_id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    cluster.kill(1); // 3 shards = f
+    let during = blob_bytes(400_000, 12);
+    let (status, answer) = store(&cluster.url(2), &during, 1);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["newlyCreated"]["shardsConfirmed"], 7);
+    assert!(answer["newlyCreated"]["failedNodes"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("n1"));
+    let during_id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (id, blob) in [(&before_id, &before), (&during_id, &during)] {
+        // Through node 2, so that node 3's cache stays empty for what follows.
+        let (status, body) = get(&cluster.url(2), &format!("/v1/blobs/{id}"));
+        assert_eq!(status, 200);
+        assert!(body == *blob);
+    }
+
+    cluster.kill(0); // 6 shards down: writes fail, naming who
+    let (status, answer) = store(&cluster.url(3), &blob_bytes(1000, 13), 1);
+    assert_eq!(status, 503, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("only 4 of 10 shards"), "{message}");
+    assert!(
+        message.contains("n0") && message.contains("n1"),
+        "{message}"
+    );
+    // 4 shards left: exactly k_p primary slivers, so reads still decode.
+    let (status, body) = get_with(
+        &cluster.url(3),
+        &format!("/v1/blobs/{before_id}"),
+        &[("Range", "bytes=1000-399999")],
+    );
+    assert_eq!(status, 206);
+    assert!(body == before[1000..400_000]);
+
+    cluster.kill(2); // 2 shards left: too few to read
+                     // A range in a systematic row node 3 does not hold itself.
+    let id: BlobId = before_id.parse().unwrap();
+    let layout = *encode(&EncodingConfig::new(10).unwrap(), &before)
+        .unwrap()
+        .layout();
+    let row = (0..4)
+        .find(|&r| !cluster.shards[3].contains(&(id.shard_for_pair(r, 10) as u16)))
+        .unwrap();
+    let start = row * layout.primary_sliver_bytes();
+    let (status, body) = get_with(
+        &cluster.url(3),
+        &format!("/v1/blobs/{before_id}"),
+        &[("Range", &format!("bytes={start}-{}", start + 99))],
+    );
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    let answer = json(&body);
+    assert_eq!(answer["error"]["code"], "notEnoughSlivers", "{answer}");
+}
+
+/// A proxy in front of a node that passes requests on and flips a byte in every answer that
+/// carries slivers or recovery symbols: a peer that lies. One request per connection.
+fn lying_proxy(listener: TcpListener, target: u16) {
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            std::thread::spawn(move || {
+                let _ = relay_once(&mut client, target);
+            });
+        }
+    });
+}
+
+fn relay_once(client: &mut TcpStream, target: u16) -> std::io::Result<()> {
+    // The request head, then its body by Content-Length.
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        request.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    let mut body = vec![0u8; length];
+    client.read_exact(&mut body)?;
+    let lie = head.contains("/slivers") || head.contains("recoverysymbols");
+    let head = String::from_utf8_lossy(&request).replacen("\r\n", "\r\nconnection: close\r\n", 1);
+    let mut node = TcpStream::connect(("127.0.0.1", target))?;
+    node.write_all(head.as_bytes())?;
+    node.write_all(&body)?;
+    let mut response = Vec::new();
+    node.read_to_end(&mut response)?;
+    if lie {
+        if let Some(start) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            // Flip a byte well inside the body (past the batch and sliver headers).
+            let at = start + 4 + (response.len() - start - 4) / 2;
+            if at < response.len() {
+                response[at] ^= 0x55;
+            }
+        }
+    }
+    client.write_all(&response)
+}
+
+#[test]
+fn a_node_that_returns_corrupted_slivers_is_detected_skipped_and_reported() {
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = proxy.local_addr().unwrap().port();
+    // Node 0 is listed at the proxy's address: every other node reaches it through the lie.
+    let mut cluster = Cluster::start_with(4, 10, |i, port| {
+        format!("127.0.0.1:{}", if i == 0 { proxy_port } else { port })
+    });
+    lying_proxy(proxy, cluster.nodes[0].port);
+    let config = EncodingConfig::new(10).unwrap();
+    let k_p = config.n_primary_source();
+    // A blob some of whose systematic slivers node 0 holds, so that a reader must ask it.
+    let (blob, id) = (0..)
+        .map(|seed| {
+            let blob = blob_bytes(300_000, 100 + seed);
+            let id = *encode(&config, &blob).unwrap().blob_id();
+            (blob, id)
+        })
+        .find(|(_, id)| {
+            (0..k_p).any(|row| cluster.shards[0].contains(&(id.shard_for_pair(row, 10) as u16)))
+        })
+        .unwrap();
+    let (status, answer) = store(&cluster.url(1), &blob, 1);
+    assert_eq!(status, 200, "{answer}");
+    let (status, body) = get(&cluster.url(3), &format!("/v1/blobs/{id}"));
+    assert_eq!(status, 200);
+    assert!(body == blob, "the reader got the wrong bytes");
+    let faults = metric(
+        &cluster.url(3),
+        "floe_peer_faults_total{peer=\"n0\",kind=\"bad_sliver\"}",
+    );
+    assert!(faults >= 1.0, "the lie was not counted");
+    assert!(
+        cluster.log(3).contains("fails verification"),
+        "the lie was not logged"
+    );
+    // Healing through the liar: wipe node 3, its slivers come back verified all the same.
+    cluster.stop(3);
+    std::fs::remove_dir_all(&cluster.nodes[3].data).unwrap();
+    cluster.restart(3);
+    wait_healed(&cluster, 3, &id);
+    let expected = encode(&config, &blob).unwrap();
+    check_slivers(&cluster, 3, &id, &expected);
+}
+
+/// Waits until node `i` holds both slivers of each of its shards for `id`.
+fn wait_healed(cluster: &Cluster, i: usize, id: &BlobId) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get(&cluster.url(i), &format!("/v1/blobs/{id}/status"));
+        if status == 200 {
+            let status = json(&body);
+            let count = |key: &str| status[key].as_array().map_or(0, Vec::len);
+            let want = cluster.shards[i].len();
+            if count("primaryPairs") == want && count("secondaryPairs") == want {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {i} did not heal blob {id}: {}",
+            cluster.log(i)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Node `i`'s slivers of `id` are exactly the encoder's.
+fn check_slivers(cluster: &Cluster, i: usize, id: &BlobId, expected: &floe_codec::EncodedBlob) {
+    let n = cluster.shard_count();
+    for &shard in &cluster.shards[i] {
+        let pair = id.pair_for_shard(shard.into(), n);
+        for (kind, index) in [("primary", pair), ("secondary", n - 1 - pair)] {
+            let (status, body) = get(
+                &cluster.url(i),
+                &format!("/v1/blobs/{id}/slivers/{pair}/{kind}"),
+            );
+            assert_eq!(status, 200, "{kind} sliver of pair {pair}");
+            let kind = if kind == "primary" {
+                floe_codec::SliverKind::Primary
+            } else {
+                floe_codec::SliverKind::Secondary
+            };
+            let sliver = floe_codec::decode_sliver(kind, &body).unwrap();
+            assert!(
+                sliver.data == expected.sliver(kind, index),
+                "{kind} sliver {index}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wiped_node_rebuilds_its_slivers_from_peers_with_about_one_sliver_of_traffic_each() {
+    let mut cluster = Cluster::start(4, 10);
+    let config = EncodingConfig::new(10).unwrap();
+    let blobs: Vec<Vec<u8>> = (0..3).map(|s| blob_bytes(1_500_000, 200 + s)).collect();
+    let mut ids = Vec::new();
+    for blob in &blobs {
+        let (status, answer) = store(&cluster.url(0), blob, 2);
+        assert_eq!(status, 200, "{answer}");
+        ids.push(
+            answer["newlyCreated"]["blobId"]
+                .as_str()
+                .unwrap()
+                .parse::<BlobId>()
+                .unwrap(),
+        );
+    }
+    cluster.stop(1);
+    std::fs::remove_dir_all(&cluster.nodes[1].data).unwrap();
+    cluster.restart(1);
+    for id in &ids {
+        wait_healed(&cluster, 1, id);
+    }
+    let mut rebuilt_expected = 0usize;
+    for (id, blob) in ids.iter().zip(&blobs) {
+        let encoded = encode(&config, blob).unwrap();
+        check_slivers(&cluster, 1, id, &encoded);
+        let layout = encoded.layout();
+        rebuilt_expected += cluster.shards[1].len()
+            * (layout.primary_sliver_bytes() + layout.secondary_sliver_bytes());
+    }
+    let url = cluster.url(1);
+    let rebuilt = metric(&url, "floe_heal_rebuilt_bytes_total");
+    let fetched = metric(&url, "floe_heal_fetched_bytes_total");
+    assert_eq!(rebuilt as usize, rebuilt_expected);
+    // Recovery symbols plus proofs and the metadata it relearned: close to what it rebuilt,
+    // never the blobs (3 x 1.5 MB).
+    let ratio = fetched / rebuilt;
+    eprintln!("healed {rebuilt} bytes of slivers with {fetched} bytes fetched (ratio {ratio:.3})");
+    assert!(ratio < 1.1, "fetched {fetched} bytes to rebuild {rebuilt}");
+    let health = json(&get(&url, "/v1/health").1);
+    assert_eq!(health["sync"]["missingSlivers"], 0, "{health}");
+    assert_eq!(health["sync"]["blobsKnown"], 3, "{health}");
+}
+
+#[test]
+fn cluster_up_store_read_and_down_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("c");
+    let floe = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dir_arg = cluster_dir.to_str().unwrap();
+    let committee = floe(&[
+        "cluster", "up", "--nodes", "3", "--shards", "7", "--dir", dir_arg,
+    ]);
+    assert_eq!(committee.matches("[[nodes]]").count(), 3, "{committee}");
+    let urls: Vec<String> = committee
+        .lines()
+        .filter_map(|l| l.strip_prefix("address = \""))
+        .map(|a| format!("http://{}", a.trim_end_matches('"')))
+        .collect();
+    let file = dir.path().join("blob");
+    let blob = blob_bytes(200_000, 5);
+    std::fs::write(&file, &blob).unwrap();
+    let id = floe(&["store", file.to_str().unwrap(), "--node", &urls[0]]);
+    let back = dir.path().join("back");
+    floe(&[
+        "read",
+        id.trim(),
+        "--node",
+        &urls[2],
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&back).unwrap() == blob);
+    let pids: Vec<String> = (0..3)
+        .map(|i| std::fs::read_to_string(cluster_dir.join(format!("node-{i}/pid"))).unwrap())
+        .collect();
+    floe(&["cluster", "down", "--dir", dir_arg]);
+    for pid in pids {
+        let state =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z"),
+            "node {pid} still runs"
+        );
+    }
+}

@@ -59,6 +59,17 @@ pub struct Stored {
 pub fn store(url: &str, file: &Path, epochs: u32, token: Option<&str>) -> Result<Stored> {
     let opened = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let size = opened.metadata()?.len();
+    // Ask first: a node refuses a body over its limit without reading it, which a client
+    // mid-upload sees only as a broken connection.
+    if let Some(max) = blob_bytes_max(url)? {
+        if size > max {
+            bail!(
+                "{} is {size} bytes; the node takes blobs of at most {max} bytes (the code's \
+                 limit at this committee's n, or the node's limits.body_bytes_max)",
+                file.display()
+            );
+        }
+    }
     let bar = progress(Some(size), "storing");
     let url = format!("{}/v1/blobs?epochs={epochs}", url.trim_end_matches('/'));
     let mut request = agent()
@@ -92,6 +103,20 @@ pub fn store(url: &str, file: &Path, epochs: u32, token: Option<&str>) -> Result
         outcome: outcome.clone(),
         answer,
     })
+}
+
+/// The largest blob the node at `url` takes (`/v1/health`), if it says.
+fn blob_bytes_max(url: &str) -> Result<Option<u64>> {
+    let url = format!("{}/v1/health", url.trim_end_matches('/'));
+    let mut response = agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    if response.status().as_u16() != 200 {
+        return Ok(None);
+    }
+    let health: serde_json::Value = serde_json::from_slice(&response.body_mut().read_to_vec()?)?;
+    Ok(health["blobBytesMax"].as_u64())
 }
 
 /// Reads blob `id` through the node at `url` into `output` (standard output if `None`).

@@ -7,7 +7,7 @@ ratio floe/nginx per case as a Markdown table.
     python3 benches/node_vs_nginx.py [--rounds 5] [--duration 10] [--dir /work/floe-bench-node]
 
 Sliver sizes: 1 MiB (n = 25, a 9.4 MB blob) and 4 MiB (n = 100, a 143 MB blob), stored through
-`floe put` (verified like any upload). 64 MiB slivers would need n >= 1537 and a blob of about
+`floe store` (verified like any upload). 64 MiB slivers would need n >= 1537 and a blob of about
 32 GiB (a sliver is at most k_s symbols of 65534 bytes), more than this machine can hold for a
 benchmark; 4 MiB is the large case here.
 
@@ -142,7 +142,7 @@ def main():
             blob = os.path.join(work, "blob")
             with open(blob, "wb") as f:
                 f.write(os.urandom(blob_bytes))
-            blob_id = subprocess.run([FLOE, "put", blob, "--node", floe_url], capture_output=True,
+            blob_id = subprocess.run([FLOE, "store", blob, "--node", floe_url], capture_output=True,
                                      text=True, check=True).stdout.strip()
             path = f"/v1/blobs/{blob_id}/slivers/0/primary"
             www = os.path.join(work, "www")

@@ -52,9 +52,10 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// `Cache-Control` of blob reads. Why: a blob ID names its bytes forever.
 const CACHE_CONTROL_IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// Verified whole blobs by ID, least recently used evicted first, bounded in bytes.
+/// Verified whole blobs by ID with their end epoch, least recently used evicted first, bounded
+/// in bytes. An entry past its end epoch is dropped when it is next looked up.
 pub struct BlobCache {
-    entries: lru::LruCache<[u8; 32], Bytes>,
+    entries: lru::LruCache<[u8; 32], (Bytes, u32)>,
     bytes: u64,
     limit: u64,
 }
@@ -68,24 +69,29 @@ impl BlobCache {
         }
     }
 
-    fn get(&mut self, blob_id: &BlobId) -> Option<Bytes> {
-        self.entries.get(&blob_id.0).cloned()
+    fn get(&mut self, blob_id: &BlobId, epoch: u32) -> Option<Bytes> {
+        let (blob, end_epoch) = self.entries.get(&blob_id.0)?.clone();
+        if end_epoch < epoch {
+            self.remove(blob_id);
+            return None;
+        }
+        Some(blob)
     }
 
     /// Keeps `blob` unless it is larger than a quarter of the cache (one huge blob would
     /// evict every hot small one).
-    fn insert(&mut self, blob_id: &BlobId, blob: Bytes) {
+    fn insert(&mut self, blob_id: &BlobId, blob: Bytes, end_epoch: u32) {
         let size = blob.len() as u64;
         if size > self.limit / 4 {
             return;
         }
-        if let Some(old) = self.entries.put(blob_id.0, blob) {
+        if let Some((old, _)) = self.entries.put(blob_id.0, (blob, end_epoch)) {
             self.bytes -= old.len() as u64;
         }
         self.bytes += size;
         while self.bytes > self.limit {
             match self.entries.pop_lru() {
-                Some((_, old)) => self.bytes -= old.len() as u64,
+                Some((_, (old, _))) => self.bytes -= old.len() as u64,
                 None => break,
             }
         }
@@ -93,7 +99,7 @@ impl BlobCache {
 
     /// Forgets a blob (expired or deleted).
     pub fn remove(&mut self, blob_id: &BlobId) {
-        if let Some(old) = self.entries.pop(&blob_id.0) {
+        if let Some((old, _)) = self.entries.pop(&blob_id.0) {
             self.bytes -= old.len() as u64;
         }
     }
@@ -561,7 +567,8 @@ pub async fn read(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(with_headers(response));
     }
-    let cached = state.blob_cache.borrow_mut().get(&blob_id);
+    let epoch = state.shared.committee.current_epoch();
+    let cached = state.blob_cache.borrow_mut().get(&blob_id, epoch);
     let known = match &cached {
         Some(_) => None,
         None => Some(find_metadata(state, &blob_id).await?),

@@ -598,11 +598,10 @@ pub async fn read(
             (None, Some(known)) => {
                 let _reservation = reserve(state, end - start)?;
                 let bytes = read_range(state, &blob_id, &known, start, end).await?;
-                if range.is_none() {
-                    state
-                        .blob_cache
-                        .borrow_mut()
-                        .insert(&blob_id, bytes.clone());
+                // Only with this node's own metadata is the end epoch known (0 = from a peer).
+                if range.is_none() && known.end_epoch >= epoch {
+                    let mut cache = state.blob_cache.borrow_mut();
+                    cache.insert(&blob_id, bytes.clone(), known.end_epoch);
                 }
                 bytes
             }
@@ -830,20 +829,22 @@ mod tests {
     fn the_cache_is_bounded_and_skips_huge_blobs() {
         let mut cache = BlobCache::new(100);
         let id = |b: u8| BlobId([b; 32]);
-        cache.insert(&id(1), Bytes::from(vec![0; 20]));
-        cache.insert(&id(2), Bytes::from(vec![0; 20]));
-        cache.insert(&id(3), Bytes::from(vec![0; 26]));
-        assert!(cache.get(&id(3)).is_none(), "over a quarter: not kept");
+        cache.insert(&id(1), Bytes::from(vec![0; 20]), 9);
+        cache.insert(&id(2), Bytes::from(vec![0; 20]), 9);
+        cache.insert(&id(3), Bytes::from(vec![0; 26]), 9);
+        assert!(cache.get(&id(3), 5).is_none(), "over a quarter: not kept");
         for b in 3..10 {
-            assert!(cache.get(&id(1)).is_some());
-            cache.insert(&id(b), Bytes::from(vec![0; 25]));
+            assert!(cache.get(&id(1), 5).is_some());
+            cache.insert(&id(b), Bytes::from(vec![0; 25]), 9);
         }
         assert!(cache.bytes <= 100);
-        assert!(cache.get(&id(1)).is_some(), "recently used survives");
+        assert!(cache.get(&id(1), 5).is_some(), "recently used survives");
         assert!(
-            cache.get(&id(2)).is_none(),
+            cache.get(&id(2), 5).is_none(),
             "least recently used went first"
         );
+        assert!(cache.get(&id(1), 10).is_none(), "expired: dropped");
+        assert!(cache.get(&id(1), 5).is_none());
         assert_eq!(write_quorum(10), 7);
         assert_eq!(write_quorum(1000), 667);
         assert_eq!(write_quorum(4), 3);

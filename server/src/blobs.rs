@@ -110,7 +110,8 @@ pub fn write_quorum(n: usize) -> usize {
     n - (n - 1) / 3
 }
 
-fn peer_fault(state: &CoreState, peer: &str, kind: &'static str) {
+/// Counts a peer's failure or lie in `floe_peer_faults_total`.
+pub(crate) fn peer_fault(state: &CoreState, peer: &str, kind: &'static str) {
     state
         .shared
         .metrics

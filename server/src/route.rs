@@ -159,6 +159,21 @@ fn lookup<'a>(pairs: &[(&'a str, &'a str)], key: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
+/// `epochs=N` (default 1): how many epochs from the current one a blob is stored for.
+fn parse_epochs(pairs: &[(&str, &str)]) -> Result<u32, ApiError> {
+    let epochs = match lookup(pairs, "epochs") {
+        Some(text) => parse_number::<u32>(text, "epochs")?,
+        None => 1,
+    };
+    if epochs == 0 {
+        return Err(ApiError::bad_request(
+            "invalidNumber",
+            "epochs must be at least 1",
+        ));
+    }
+    Ok(epochs)
+}
+
 /// `0,3,5-9`: pair indices and inclusive ranges, at most [`BATCH_PAIRS_MAX`] in all.
 fn parse_pair_list(text: &str) -> Result<Vec<u16>, ApiError> {
     let mut pairs = Vec::new();
@@ -250,16 +265,7 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
                 &[]
             };
             let pairs = query_pairs(query, known)?;
-            let epochs = match lookup(&pairs, "epochs") {
-                Some(text) => parse_number::<u32>(text, "epochs")?,
-                None => 1,
-            };
-            if epochs == 0 {
-                return Err(ApiError::bad_request(
-                    "invalidNumber",
-                    "epochs must be at least 1",
-                ));
-            }
+            let epochs = parse_epochs(&pairs)?;
             Ok(Route::Metadata {
                 blob_id,
                 method,
@@ -349,16 +355,7 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         ["v1", "blobs"] => match *method {
             Method::PUT => {
                 let pairs = query_pairs(query, &["epochs", "deletable"])?;
-                let epochs = match lookup(&pairs, "epochs") {
-                    Some(text) => parse_number::<u32>(text, "epochs")?,
-                    None => 1,
-                };
-                if epochs == 0 {
-                    return Err(ApiError::bad_request(
-                        "invalidNumber",
-                        "epochs must be at least 1",
-                    ));
-                }
+                let epochs = parse_epochs(&pairs)?;
                 let deletable = match lookup(&pairs, "deletable") {
                     None | Some("false") => false,
                     Some("true") => true,

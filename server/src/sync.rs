@@ -29,9 +29,9 @@ use futures::StreamExt;
 use hyper::{Method, StatusCode};
 
 use crate::api::{local_recovery_symbols, metadata_key, sliver_index, CachedMetadata, CoreState};
-use crate::blobs::{checked_metadata, peer_request};
+use crate::blobs::{checked_metadata, peer_fault, peer_request};
 use crate::config::Member;
-use crate::metrics::{PeerFault, ResultLabel};
+use crate::metrics::ResultLabel;
 use crate::owner::{Op, Record};
 
 /// What `/v1/health` reports of sync (atomics: written on core 0, read on any).
@@ -141,7 +141,7 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
             let (metadata, layout) = match checked_metadata(&answer.body, &id, n) {
                 Ok(checked) => checked,
                 Err(message) => {
-                    fault(state, &member.name, "bad_metadata");
+                    peer_fault(state, &member.name, "bad_metadata");
                     tracing::warn!(peer = %member.name, blob = %id, %message, "sync: a peer's metadata fails verification; skipped");
                     continue;
                 }
@@ -173,18 +173,6 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
             None => return Ok(()),
         }
     }
-}
-
-fn fault(state: &CoreState, peer: &str, kind: &'static str) {
-    state
-        .shared
-        .metrics
-        .peer_faults
-        .get_or_create(&PeerFault {
-            peer: peer.to_string(),
-            kind,
-        })
-        .inc();
 }
 
 /// Finds the slivers this node lacks and rebuilds them.
@@ -316,7 +304,7 @@ async fn rebuild(
             continue;
         }
         let Ok(received) = decode_recovery_symbols(&answer.body) else {
-            fault(state, &member.name, "bad_symbol");
+            peer_fault(state, &member.name, "bad_symbol");
             continue;
         };
         for symbol in received {
@@ -330,7 +318,7 @@ async fn rebuild(
             {
                 symbols.push(symbol);
             } else {
-                fault(state, &member.name, "bad_symbol");
+                peer_fault(state, &member.name, "bad_symbol");
                 tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
             }
         }

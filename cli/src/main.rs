@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use floe_codec::{
-    decode_metadata, decode_primary_verified, encode_metadata, encode_owned, encode_sliver, BlobId,
+    decode_metadata, decode_primary_verified, encode_metadata, encode_owned, BlobId,
     EncodingConfig, SliverKind, VerifyScratch, N_SHARDS_DEFAULT,
 };
 
@@ -525,7 +525,7 @@ fn write_encoded(out: &Path, encoded: &floe_codec::EncodedBlob) -> Result<()> {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for index in 0..n {
             let path = dir.join(format!("{index}.bcs"));
-            fs::write(&path, encode_sliver(&encoded.to_sliver(kind, index)))
+            fs::write(&path, encoded.sliver_bcs(kind, index))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }

@@ -61,11 +61,16 @@ pub fn encode_metadata(metadata: &BlobMetadata) -> Vec<u8> {
 
 /// Encodes a sliver in Walrus's BCS layout (the kind is not part of the body).
 pub fn encode_sliver(sliver: &Sliver) -> Vec<u8> {
-    let mut out = Vec::with_capacity(uleb128_len(sliver.data.len() as u64) + sliver.data.len() + 4);
-    put_uleb(&mut out, sliver.data.len() as u64);
-    out.extend_from_slice(&sliver.data);
-    out.extend_from_slice(&sliver.symbol_bytes.to_le_bytes());
-    out.extend_from_slice(&sliver.index.to_le_bytes());
+    encode_sliver_parts(&sliver.data, sliver.symbol_bytes, sliver.index)
+}
+
+/// [`encode_sliver`] from borrowed data: one copy, straight into the body.
+pub(crate) fn encode_sliver_parts(data: &[u8], symbol_bytes: u16, index: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(uleb128_len(data.len() as u64) + data.len() + 4);
+    put_uleb(&mut out, data.len() as u64);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&symbol_bytes.to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
     out
 }
 
@@ -456,6 +461,14 @@ mod tests {
                 })
                 .collect();
         let batch = encode_sliver_batch(bodies.iter().map(|(p, k, b)| (*p, *k, b.as_slice())));
+        for (pair, kind, body) in &bodies {
+            let index = decode_sliver(*kind, body).unwrap().index;
+            assert_eq!(
+                &encoded.sliver_bcs(*kind, index.into()),
+                body,
+                "pair {pair}"
+            );
+        }
         let entries = decode_sliver_batch(&batch).unwrap();
         assert_eq!(entries.len(), 2);
         for (entry, (pair, kind, body)) in entries.iter().zip(&bodies) {

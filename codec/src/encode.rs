@@ -90,10 +90,27 @@ impl EncodedBlob {
     pub fn to_sliver(&self, kind: SliverKind, index: usize) -> Sliver {
         Sliver {
             kind,
-            index: u16::try_from(index).expect("n <= N_SHARDS_MAX fits u16"),
-            symbol_bytes: u16::try_from(self.layout.symbol_bytes).expect("ss <= 65534"),
+            index: self.wire_index(index),
+            symbol_bytes: self.wire_symbol_bytes(),
             data: self.sliver(kind, index).to_vec(),
         }
+    }
+
+    /// One sliver's BCS body (what `encode_sliver(&self.to_sliver(..))` gives), copied once.
+    pub fn sliver_bcs(&self, kind: SliverKind, index: usize) -> Vec<u8> {
+        crate::bcs::encode_sliver_parts(
+            self.sliver(kind, index),
+            self.wire_symbol_bytes(),
+            self.wire_index(index),
+        )
+    }
+
+    fn wire_index(&self, index: usize) -> u16 {
+        u16::try_from(index).expect("n <= N_SHARDS_MAX fits u16")
+    }
+
+    fn wire_symbol_bytes(&self) -> u16 {
+        u16::try_from(self.layout.symbol_bytes).expect("ss <= 65534")
     }
 
     /// Sliver pair `pair_index`: primary sliver `p` and secondary sliver `n - 1 - p`.

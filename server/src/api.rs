@@ -170,6 +170,39 @@ impl CoreState {
         Ok(Some(cached))
     }
 
+    /// Stores verified metadata (its BCS `body`) on the blob's home core and caches it. The
+    /// blob is kept until `end_epoch` or a later end epoch it already had: a second store can
+    /// extend a lifetime, never shorten it. Returns the end epoch stored.
+    pub(crate) async fn store_metadata(
+        &self,
+        blob_id: &BlobId,
+        body: Bytes,
+        metadata: BlobMetadata,
+        layout: BlobLayout,
+        end_epoch: u32,
+    ) -> Result<u32, ApiError> {
+        let mut end_epoch = end_epoch;
+        if let Some(known) = self.metadata(blob_id).await? {
+            end_epoch = end_epoch.max(known.end_epoch);
+        }
+        let home = self.shared.owners.home_of(&blob_id.0);
+        let record = Record {
+            key: metadata_key(blob_id),
+            end_epoch,
+            data: body,
+        };
+        self.store_record(home, record).await?;
+        self.remember(
+            blob_id,
+            Rc::new(CachedMetadata {
+                metadata,
+                layout,
+                end_epoch,
+            }),
+        );
+        Ok(end_epoch)
+    }
+
     pub(crate) fn remember(&self, blob_id: &BlobId, cached: Rc<CachedMetadata>) {
         let mut cache = self.metadata_cache.borrow_mut();
         if cache.entries.insert(blob_id.0, cached).is_none() {
@@ -449,15 +482,21 @@ pub async fn dispatch(
     }
 }
 
-/// The shard holding `pair`, if this node holds it.
-pub(crate) fn shard_of(state: &CoreState, blob_id: &BlobId, pair: u16) -> Result<u16, ApiError> {
-    let n = state.n();
+/// 400 `pairOutOfRange` unless `pair < n`; `what` names the parameter.
+fn check_pair(pair: u16, n: usize, what: &str) -> Result<(), ApiError> {
     if usize::from(pair) >= n {
         return Err(ApiError::bad_request(
             "pairOutOfRange",
-            format!("sliver pair index {pair} is out of range: the committee has n = {n} shards"),
+            format!("{what} {pair} is out of range: the committee has n = {n} shards"),
         ));
     }
+    Ok(())
+}
+
+/// The shard holding `pair`, if this node holds it.
+pub(crate) fn shard_of(state: &CoreState, blob_id: &BlobId, pair: u16) -> Result<u16, ApiError> {
+    let n = state.n();
+    check_pair(pair, n, "sliver pair index")?;
     let shard = blob_id.shard_for_pair(pair.into(), n) as u16;
     if !state.shared.owned[usize::from(shard)] {
         let owner = state
@@ -575,27 +614,14 @@ async fn put_metadata(
     let layout = metadata
         .layout()
         .map_err(|e| verification_failed(state, "metadata", e.to_string()))?;
-    let committee = &state.shared.committee;
-    let mut end_epoch = committee.current_epoch().saturating_add(epochs);
-    if let Some(known) = state.metadata(&blob_id).await? {
-        // A second store can extend the lifetime, never shorten it.
-        end_epoch = end_epoch.max(known.end_epoch);
-    }
-    let home = state.shared.owners.home_of(&blob_id.0);
-    let record = Record {
-        key: metadata_key(&blob_id),
-        end_epoch,
-        data: body,
-    };
-    state.store_record(home, record).await?;
-    state.remember(
-        &blob_id,
-        Rc::new(CachedMetadata {
-            metadata,
-            layout,
-            end_epoch,
-        }),
-    );
+    let end_epoch = state
+        .shared
+        .committee
+        .current_epoch()
+        .saturating_add(epochs);
+    let end_epoch = state
+        .store_metadata(&blob_id, body, metadata, layout, end_epoch)
+        .await?;
     Ok(json_response(
         StatusCode::OK,
         json!({"blobId": blob_id.to_string(), "stored": "metadata", "endEpoch": end_epoch}),
@@ -776,13 +802,7 @@ async fn recovery_symbols(
     target_kind: SliverKind,
     limit: Option<u32>,
 ) -> Result<Response<Body>, ApiError> {
-    let n = state.n();
-    if usize::from(target_pair) >= n {
-        return Err(ApiError::bad_request(
-            "pairOutOfRange",
-            format!("targetPair {target_pair} is out of range: the committee has n = {n} shards"),
-        ));
-    }
+    check_pair(target_pair, state.n(), "targetPair")?;
     let Some(known) = state.metadata(&blob_id).await? else {
         return Err(ApiError::not_found(
             "blobNotFound",
@@ -948,12 +968,7 @@ async fn get_slivers(
     let n = state.n();
     let mut found = Vec::new();
     for &pair in pairs {
-        if usize::from(pair) >= n {
-            return Err(ApiError::bad_request(
-                "pairOutOfRange",
-                format!("pair {pair} is out of range: the committee has n = {n} shards"),
-            ));
-        }
+        check_pair(pair, n, "pair")?;
         let shard = blob_id.shard_for_pair(pair.into(), n) as u16;
         if !state.shared.owned[usize::from(shard)] {
             continue;

@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use floe_codec::{
     byte_range_rows, decode_metadata, decode_primary_verified, decode_sliver_batch,
-    encode_metadata, encode_sliver, encode_sliver_batch, sliver_header, verify_sliver, BlobId,
-    BlobLayout, BlobMetadata, EncodedBlob, EncodingConfig, SliverKind,
+    encode_metadata, encode_sliver_batch, sliver_header, verify_sliver, BlobId, BlobLayout,
+    BlobMetadata, EncodedBlob, EncodingConfig, SliverKind,
 };
 use floe_storage::format::RecordKind;
 use floe_storage::store::Key;
@@ -31,8 +31,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::api::{
-    json_response, metadata_key, octets, read_body, record_kind, reserve, sliver_index,
-    store_per_core, Body, CachedMetadata, CoreState,
+    json_response, octets, read_body, record_kind, reserve, sliver_index, store_per_core, Body,
+    CachedMetadata, CoreState,
 };
 use crate::config::Member;
 use crate::error::ApiError;
@@ -278,36 +278,22 @@ async fn store_here(
 ) -> Result<(), ApiError> {
     let n = state.n();
     let blob_id = *encoded.blob_id();
-    let mut end_epoch = end_epoch;
-    if let Some(known) = state.metadata(&blob_id).await? {
-        end_epoch = end_epoch.max(known.end_epoch);
-    }
-    let home = state.shared.owners.home_of(&blob_id.0);
-    state
-        .store_record(
-            home,
-            Record {
-                key: metadata_key(&blob_id),
-                end_epoch,
-                data: Bytes::from(encode_metadata(encoded.metadata())),
-            },
+    let end_epoch = state
+        .store_metadata(
+            &blob_id,
+            Bytes::from(encode_metadata(encoded.metadata())),
+            encoded.metadata().clone(),
+            *encoded.layout(),
+            end_epoch,
         )
         .await?;
-    state.remember(
-        &blob_id,
-        Rc::new(CachedMetadata {
-            metadata: encoded.metadata().clone(),
-            layout: *encoded.layout(),
-            end_epoch,
-        }),
-    );
     let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
         .map(|_| Vec::new())
         .collect();
     for &shard in &state.shared.me.shards {
         let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
         for kind in [SliverKind::Primary, SliverKind::Secondary] {
-            let sliver = encoded.to_sliver(kind, sliver_index(kind, pair, n));
+            let body = encoded.sliver_bcs(kind, sliver_index(kind, pair, n));
             per_core[state.shared.owners.core_of_shard(shard)].push(Record {
                 key: Key {
                     blob_id: blob_id.0,
@@ -315,7 +301,7 @@ async fn store_here(
                     shard,
                 },
                 end_epoch,
-                data: Bytes::from(encode_sliver(&sliver)),
+                data: Bytes::from(body),
             });
         }
     }
@@ -349,7 +335,7 @@ async fn store_on_peer(
     for (i, &shard) in shards.iter().enumerate() {
         let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
         for kind in [SliverKind::Primary, SliverKind::Secondary] {
-            let body = encode_sliver(&encoded.to_sliver(kind, sliver_index(kind, pair, n)));
+            let body = encoded.sliver_bcs(kind, sliver_index(kind, pair, n));
             batch_bytes += body.len();
             batch.push((pair, kind, body));
         }

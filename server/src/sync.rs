@@ -28,7 +28,7 @@ use floe_storage::store::Key;
 use futures::StreamExt;
 use hyper::{Method, StatusCode};
 
-use crate::api::{local_recovery_symbols, metadata_key, sliver_index, CachedMetadata, CoreState};
+use crate::api::{local_recovery_symbols, sliver_index, CoreState};
 use crate::blobs::{checked_metadata, peer_fault, peer_request};
 use crate::config::Member;
 use crate::metrics::ResultLabel;
@@ -146,26 +146,10 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
                     continue;
                 }
             };
-            let home = state.shared.owners.home_of(&id.0);
             state
-                .store_record(
-                    home,
-                    Record {
-                        key: metadata_key(&id),
-                        end_epoch,
-                        data: answer.body.clone(),
-                    },
-                )
+                .store_metadata(&id, answer.body.clone(), metadata, layout, end_epoch)
                 .await
                 .map_err(|e| e.message)?;
-            state.remember(
-                &id,
-                Rc::new(CachedMetadata {
-                    metadata,
-                    layout,
-                    end_epoch,
-                }),
-            );
             state.shared.metrics.sync_blobs_learned.inc();
         }
         match page["next"].as_str() {

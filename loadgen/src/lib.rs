@@ -1,4 +1,18 @@
-//! floe-loadgen: open- and closed-loop load generator with HdrHistogram latencies (issue 6; not built yet).
+//! floe-loadgen: the load generator operators use to prove a floe deployment.
 //!
-//! This crate has a place in the workspace map so that the layout shows the architecture;
-//! it exports nothing until its issue is done. See ARCHITECTURE.md.
+//! `prepare` stores a data set whose bytes are a keyed blake3 stream ([`content`]) and writes
+//! a [`manifest`]; `run` drives one or more targets with a workload ([`spec`]) from one glommio
+//! executor per thread ([`run`]), over lean kept-alive connections ([`http`]), checking what
+//! it reads against the manifest, and reports throughput and HdrHistogram latencies
+//! ([`report`], [`plot`]). See docs/loadgen.md.
+
+pub mod cli;
+pub mod content;
+pub mod http;
+pub mod manifest;
+pub mod plot;
+pub mod prepare;
+pub mod report;
+pub mod run;
+pub mod spec;
+pub mod target;

@@ -1,0 +1,390 @@
+//! A lean HTTP/1.1 client connection for load: one request at a time on a kept-alive glommio
+//! socket, response heads parsed with httparse, bodies streamed through a caller's sink from
+//! one buffer that lives as long as the connection.
+//!
+//! Why not hyper's client: a load generator must cost less per request than the server it
+//! drives. This does no allocation per request, reads bodies straight into its buffer (glommio
+//! tries `recv` into the caller's slice before it polls), and hands each chunk to the
+//! verifier in place. It speaks only what loadgen sends: requests with a Content-Length body
+//! or none, answers framed by Content-Length.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+/// How a request failed; each kind is counted apart in the report.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("I/O: {0}")]
+    Io(std::io::Error),
+    #[error("bad response: {0}")]
+    Protocol(String),
+}
+
+impl HttpError {
+    fn from_io(error: std::io::Error) -> Self {
+        match error.kind() {
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => HttpError::Timeout,
+            _ => HttpError::Io(error),
+        }
+    }
+
+    /// The name the report counts this error under.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HttpError::Connect(_) => "connect",
+            HttpError::Timeout => "timeout",
+            HttpError::Io(_) => "io",
+            HttpError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// What loadgen needs from a response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    pub content_length: u64,
+    /// The server closes the connection after this answer.
+    pub close: bool,
+    /// `Content-Range: bytes first-last/size`.
+    pub content_range: Option<(u64, u64, u64)>,
+}
+
+/// Bytes of the read buffer: large enough that a 1 MiB body takes a handful of reads.
+const BUFFER_BYTES: usize = 256 << 10;
+/// The most header bytes accepted before the head is called malformed.
+const HEAD_BYTES_MAX: usize = 64 << 10;
+
+pub struct Conn {
+    stream: TcpStream,
+    buf: Box<[u8]>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, HttpError> {
+        let stream = TcpStream::connect_timeout(addr, timeout)
+            .await
+            .map_err(|e| {
+                let e = std::io::Error::from(e);
+                match e.kind() {
+                    std::io::ErrorKind::TimedOut => HttpError::Timeout,
+                    _ => HttpError::Connect(e),
+                }
+            })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| HttpError::Connect(e.into()))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| HttpError::Connect(e.into()))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| HttpError::Connect(e.into()))?;
+        Ok(Self {
+            stream,
+            buf: vec![0u8; BUFFER_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        })
+    }
+
+    /// Sends a request: its head, then its body if any.
+    pub async fn send(&mut self, head: &[u8], body: &[u8]) -> Result<(), HttpError> {
+        self.stream
+            .write_all(head)
+            .await
+            .map_err(HttpError::from_io)?;
+        if !body.is_empty() {
+            self.stream
+                .write_all(body)
+                .await
+                .map_err(HttpError::from_io)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the response head; also returns when its first byte arrived.
+    pub async fn read_head(&mut self) -> Result<(Head, Instant), HttpError> {
+        let mut first_byte = None;
+        loop {
+            if self.end > self.start {
+                let first = *first_byte.get_or_insert_with(Instant::now);
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut response = httparse::Response::new(&mut headers);
+                match response.parse(&self.buf[self.start..self.end]) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let head = head_of(&response)?;
+                        self.start += len;
+                        return Ok((head, first));
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.end - self.start >= HEAD_BYTES_MAX {
+                            return Err(HttpError::Protocol(format!(
+                                "response head longer than {HEAD_BYTES_MAX} bytes"
+                            )));
+                        }
+                    }
+                    Err(error) => {
+                        return Err(HttpError::Protocol(format!("response head: {error}")))
+                    }
+                }
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let read = self
+                .stream
+                .read(&mut self.buf[self.end..])
+                .await
+                .map_err(HttpError::from_io)?;
+            if read == 0 {
+                return Err(HttpError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection before answering",
+                )));
+            }
+            self.end += read;
+        }
+    }
+
+    /// Streams `len` body bytes through `sink`, in chunks as they arrive.
+    pub async fn read_body(
+        &mut self,
+        len: u64,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), HttpError> {
+        let mut left = len;
+        let buffered = ((self.end - self.start) as u64).min(left) as usize;
+        if buffered > 0 {
+            sink(&self.buf[self.start..self.start + buffered]);
+            self.start += buffered;
+            left -= buffered as u64;
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        while left > 0 {
+            // Never read past this body: the buffer is empty here, so reads go to its front.
+            let want = left.min(self.buf.len() as u64) as usize;
+            let read = self
+                .stream
+                .read(&mut self.buf[..want])
+                .await
+                .map_err(HttpError::from_io)?;
+            if read == 0 {
+                return Err(HttpError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the server closed the connection {left} bytes before the body's end"),
+                )));
+            }
+            sink(&self.buf[..read]);
+            left -= read as u64;
+        }
+        Ok(())
+    }
+}
+
+/// One connection slot to a target: connects when needed, reconnects after the server
+/// closed or after an error.
+pub struct Client {
+    pub addr: SocketAddr,
+    timeout: Duration,
+    conn: Option<Conn>,
+    /// Connections opened, first included.
+    pub connects: u64,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Self {
+            addr,
+            timeout,
+            conn: None,
+            connects: 0,
+        }
+    }
+
+    /// Sends a request and reads the answer's head (connecting first if needed); the caller
+    /// then reads exactly `head.content_length` bytes with [`Client::body`].
+    pub async fn start(&mut self, head: &[u8], body: &[u8]) -> Result<(Head, Instant), HttpError> {
+        if self.conn.is_none() {
+            self.conn = Some(Conn::connect(self.addr, self.timeout).await?);
+            self.connects += 1;
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let result = match conn.send(head, body).await {
+            Ok(()) => conn.read_head().await,
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// Reads the body of the answer `start` returned, then keeps or drops the connection.
+    pub async fn body(&mut self, head: &Head, sink: impl FnMut(&[u8])) -> Result<(), HttpError> {
+        let conn = self.conn.as_mut().expect("start succeeded");
+        let result = conn.read_body(head.content_length, sink).await;
+        if result.is_err() || head.close {
+            self.conn = None;
+        }
+        result
+    }
+
+    /// Sends a request and collects the whole answer (setup requests, not measured ones).
+    pub async fn fetch(&mut self, head: &[u8], body: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
+        let (answer, _) = self.start(head, body).await?;
+        let mut collected = Vec::new();
+        self.body(&answer, |chunk| collected.extend_from_slice(chunk))
+            .await?;
+        Ok((answer.status, collected))
+    }
+}
+
+/// Writes a request head into `out` (cleared first).
+pub fn request_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    path: &str,
+    host: &str,
+    extra: &[(&str, &str)],
+    content_length: Option<usize>,
+) {
+    use std::io::Write;
+    out.clear();
+    let _ = write!(
+        out,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: floe-loadgen/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (name, value) in extra {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if let Some(length) = content_length {
+        let _ = write!(out, "Content-Length: {length}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn head_of(response: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
+    let status = response.code.unwrap_or(0);
+    let mut content_length = None;
+    let mut close = response.version == Some(0);
+    let mut content_range = None;
+    for header in response.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or("");
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let length = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| HttpError::Protocol(format!("Content-Length `{value}`")))?;
+            if content_length.is_some_and(|l| l != length) {
+                return Err(HttpError::Protocol("two different Content-Lengths".into()));
+            }
+            content_length = Some(length);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::Protocol(format!(
+                "Transfer-Encoding `{value}` (loadgen reads bodies framed by Content-Length)"
+            )));
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            if value.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if value.eq_ignore_ascii_case("keep-alive") {
+                close = false;
+            }
+        } else if header.name.eq_ignore_ascii_case("content-range") {
+            content_range = parse_content_range(value);
+        }
+    }
+    // 1xx, 204 and 304 answers have no body.
+    let bodiless = matches!(status, 100..=199 | 204 | 304);
+    let content_length = match content_length {
+        Some(length) => length,
+        None if bodiless => 0,
+        None => {
+            return Err(HttpError::Protocol(format!(
+                "status {status} without Content-Length"
+            )))
+        }
+    };
+    Ok(Head {
+        status,
+        content_length,
+        close,
+        content_range,
+    })
+}
+
+fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let (range, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?, size.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Head, HttpError> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        assert!(response.parse(text.as_bytes()).unwrap().is_complete());
+        head_of(&response)
+    }
+
+    #[test]
+    fn heads_give_length_range_and_keep_alive() {
+        let head = parse(
+            "HTTP/1.1 206 Partial Content\r\ncontent-length: 10\r\n\
+             content-range: bytes 5-14/100\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            head,
+            Head {
+                status: 206,
+                content_length: 10,
+                close: false,
+                content_range: Some((5, 14, 100)),
+            }
+        );
+        assert!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        assert!(
+            parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        assert_eq!(
+            parse("HTTP/1.1 304 Not Modified\r\n\r\n")
+                .unwrap()
+                .content_length,
+            0
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(parse(bad), Err(HttpError::Protocol(_))), "{bad}");
+        }
+    }
+}

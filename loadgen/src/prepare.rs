@@ -1,0 +1,218 @@
+//! `prepare`: stores a data set through a node's publisher and writes the manifest that runs
+//! read and verify against.
+
+use std::cell::{Cell, RefCell};
+use std::io::IsTerminal;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use glommio::{LocalExecutorBuilder, Placement};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::content;
+use crate::http::{request_head, Client};
+use crate::manifest::{Manifest, ManifestBlob, FORMAT};
+use crate::run::{block_on_fetch, IO_MEMORY_BYTES};
+use crate::spec::SizeDist;
+use crate::target::Target;
+
+#[derive(Clone, Debug)]
+pub struct PrepareConfig {
+    pub target: Target,
+    pub count: u64,
+    pub size: SizeDist,
+    pub epochs: u32,
+    pub seed: u64,
+    /// Stores in flight at once.
+    pub connections: usize,
+    pub timeout: Duration,
+    pub token: Option<String>,
+    pub progress: bool,
+}
+
+/// Stores `count` blobs and returns their manifest.
+pub fn prepare(config: PrepareConfig) -> Result<Manifest> {
+    if config.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let (status, body) = block_on_fetch(&config.target, "GET", "/v1/health", config.timeout)
+        .with_context(|| format!("the target {} does not answer", config.target))?;
+    let health: serde_json::Value = serde_json::from_slice(&body)
+        .ok()
+        .filter(|_| status == 200)
+        .ok_or_else(|| {
+            anyhow!(
+                "{} answered {status} to GET /v1/health; is it a floe node?",
+                config.target
+            )
+        })?;
+    let n_shards = health["nShards"]
+        .as_u64()
+        .and_then(|n| u16::try_from(n).ok())
+        .ok_or_else(|| anyhow!("{}: /v1/health has no nShards", config.target))?;
+    if let Some(max) = health["blobBytesMax"].as_u64() {
+        if config.size.max() > max {
+            bail!(
+                "blobs of up to {} bytes were asked for, but {} takes at most {max} bytes per blob (n = {n_shards})",
+                config.size.max(),
+                config.target
+            );
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let sizes: Vec<u64> = (0..config.count)
+        .map(|_| config.size.sample(&mut rng))
+        .collect();
+    let total_bytes: u64 = sizes.iter().sum();
+    let worker_config = config.clone();
+    let blobs = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("loadgen-prepare")
+        .io_memory(IO_MEMORY_BYTES)
+        .spawn(move || async move { store_all(&worker_config, &sizes, total_bytes).await })
+        .map_err(|e| anyhow!("starting an executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow!("{e}"))??;
+    Ok(Manifest {
+        format: FORMAT,
+        created_unix_seconds: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        target: config.target.url.clone(),
+        n_shards,
+        seed: config.seed,
+        epochs: config.epochs,
+        blobs,
+    })
+}
+
+async fn store_all(
+    config: &PrepareConfig,
+    sizes: &[u64],
+    total_bytes: u64,
+) -> Result<Vec<ManifestBlob>> {
+    let next = Rc::new(Cell::new(0usize));
+    let stored_bytes = Rc::new(Cell::new(0u64));
+    let results: Rc<RefCell<Vec<Option<ManifestBlob>>>> =
+        Rc::new(RefCell::new(vec![None; sizes.len()]));
+    let failure: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
+    let started = Instant::now();
+    let show = config.progress && std::io::stderr().is_terminal();
+    let mut tasks = Vec::new();
+    for _ in 0..config.connections.clamp(1, sizes.len()) {
+        let (next, stored_bytes, results, failure) = (
+            next.clone(),
+            stored_bytes.clone(),
+            results.clone(),
+            failure.clone(),
+        );
+        let config = config.clone();
+        let sizes = sizes.to_vec();
+        tasks.push(glommio::spawn_local(async move {
+            let mut client = Client::new(config.target.addr, config.timeout);
+            while failure.borrow().is_none() {
+                let index = next.get();
+                if index >= sizes.len() {
+                    break;
+                }
+                next.set(index + 1);
+                match store_one(&mut client, &config, index as u64, sizes[index]).await {
+                    Ok(blob) => {
+                        stored_bytes.set(stored_bytes.get() + blob.size);
+                        results.borrow_mut()[index] = Some(blob);
+                        if show {
+                            let done = results.borrow().iter().flatten().count();
+                            eprint!(
+                                "\r\x1b[2Kstored {done}/{} blobs, {:.1}/{:.1} MB, {:.1} MB/s",
+                                sizes.len(),
+                                stored_bytes.get() as f64 / 1e6,
+                                total_bytes as f64 / 1e6,
+                                stored_bytes.get() as f64 / 1e6 / started.elapsed().as_secs_f64()
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        failure.borrow_mut().get_or_insert(error);
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await;
+    }
+    if show {
+        eprintln!();
+    }
+    if let Some(error) = failure.borrow_mut().take() {
+        return Err(error);
+    }
+    let blobs = results.borrow_mut().drain(..).flatten().collect();
+    Ok(blobs)
+}
+
+/// Stores blob `index`, retrying a busy node (503) or a broken connection twice.
+async fn store_one(
+    client: &mut Client,
+    config: &PrepareConfig,
+    index: u64,
+    size: u64,
+) -> Result<ManifestBlob> {
+    let key = content::key(config.seed, "blob", index);
+    let mut body = vec![0u8; size as usize];
+    content::fill(&key, 0, &mut body);
+    let checksum = blake3::hash(&body).to_hex().to_string();
+    let path = format!("/v1/blobs?epochs={}", config.epochs);
+    let authorization = config.token.as_ref().map(|t| format!("Bearer {t}"));
+    let extra: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    let mut head = Vec::new();
+    request_head(
+        &mut head,
+        "PUT",
+        &path,
+        &config.target.host,
+        &extra,
+        Some(body.len()),
+    );
+    let mut attempt = 0;
+    let (status, answer) = loop {
+        attempt += 1;
+        match client.fetch(&head, &body).await {
+            Ok((503, _)) | Err(_) if attempt < 3 => {
+                glommio::timer::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Ok(answer) => break answer,
+            Err(error) => bail!("storing blob {index} ({size} bytes): {error}"),
+        }
+    };
+    if status != 200 {
+        bail!(
+            "storing blob {index} ({size} bytes): {status} {}",
+            String::from_utf8_lossy(&answer).trim()
+        );
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&answer)
+        .with_context(|| format!("the answer to storing blob {index} is not JSON"))?;
+    let created = answer
+        .get("newlyCreated")
+        .or_else(|| answer.get("alreadyCertified"))
+        .ok_or_else(|| anyhow!("the answer to storing blob {index} is neither newlyCreated nor alreadyCertified: {answer}"))?;
+    let blob_id = created["blobId"]
+        .as_str()
+        .filter(|id| id.parse::<floe_codec::BlobId>().is_ok())
+        .ok_or_else(|| anyhow!("the answer to storing blob {index} has no blob ID: {answer}"))?;
+    if created["size"].as_u64() != Some(size) {
+        bail!("the node says blob {index} has {} bytes, {size} were sent", created["size"]);
+    }
+    Ok(ManifestBlob {
+        index,
+        blob_id: blob_id.to_string(),
+        size,
+        blake3: checksum,
+    })
+}

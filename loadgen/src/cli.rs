@@ -74,7 +74,7 @@ pub struct RunArgs {
     /// Connections in all, each with one request in flight.
     #[arg(long, short = 'c', default_value_t = 16)]
     pub connections: usize,
-    /// Threads (one glommio executor each); default: one per CPU.
+    /// Threads (one single-threaded runtime each); default: one per CPU.
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
     /// Open loop at this many requests per second in all (latency corrected for coordinated

@@ -1,18 +1,20 @@
-//! A lean HTTP/1.1 client connection for load: one request at a time on a kept-alive glommio
-//! socket, response heads parsed with httparse, bodies streamed through a caller's sink from
-//! one buffer that lives as long as the connection.
+//! A lean HTTP/1.1 client connection for load: one request at a time on a kept-alive socket,
+//! response heads parsed with httparse, bodies streamed through a caller's sink from one
+//! buffer that lives as long as the connection.
 //!
 //! Why not hyper's client: a load generator must cost less per request than the server it
-//! drives. This does no allocation per request, reads bodies straight into its buffer (glommio
-//! tries `recv` into the caller's slice before it polls), and hands each chunk to the
-//! verifier in place. It speaks only what loadgen sends: requests with a Content-Length body
-//! or none, answers framed by Content-Length.
+//! drives. This does no allocation per request, reads bodies straight into its buffer, and
+//! hands each chunk to the verifier in place. It speaks only what loadgen sends: requests with
+//! a Content-Length body or none, answers framed by Content-Length.
 
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// How a request failed; each kind is counted apart in the report.
 #[derive(Debug, thiserror::Error)]
@@ -72,24 +74,12 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, HttpError> {
-        let stream = TcpStream::connect_timeout(addr, timeout)
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|e| {
-                let e = std::io::Error::from(e);
-                match e.kind() {
-                    std::io::ErrorKind::TimedOut => HttpError::Timeout,
-                    _ => HttpError::Connect(e),
-                }
-            })?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| HttpError::Connect(e.into()))?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| HttpError::Connect(e.into()))?;
-        stream
-            .set_write_timeout(Some(timeout))
-            .map_err(|e| HttpError::Connect(e.into()))?;
+            .map_err(|_| HttpError::Timeout)?
+            .map_err(HttpError::Connect)?;
+        stream.set_nodelay(true).map_err(HttpError::Connect)?;
+
         Ok(Self {
             stream,
             buf: vec![0u8; BUFFER_BYTES].into_boxed_slice(),
@@ -203,51 +193,139 @@ pub struct Client {
     pub addr: SocketAddr,
     timeout: Duration,
     conn: Option<Conn>,
+    slot: Rc<Slot>,
     /// Connections opened, first included.
     pub connects: u64,
 }
 
+/// A request's deadline, watched by the thread's [`Watchdog`].
+struct Slot {
+    /// The connection's socket while there is one.
+    fd: Cell<Option<i32>>,
+    deadline: Cell<Option<Instant>>,
+    /// The watchdog shut the socket down: the request timed out.
+    fired: Cell<bool>,
+}
+
+/// Times requests out without a timer per read: every few milliseconds it shuts down the
+/// socket of each request past its deadline, which ends the pending read or write at once.
+/// (A timer per request, armed and cancelled around every answer, costs more than the
+/// request itself on small answers.)
+#[derive(Clone, Default)]
+pub struct Watchdog {
+    slots: Rc<RefCell<Vec<Rc<Slot>>>>,
+}
+
+impl Watchdog {
+    /// Starts watching on the current thread's `LocalSet`, checking `period` apart, until it
+    /// ends.
+    pub fn spawn(period: Duration) -> Self {
+        let watchdog = Watchdog::default();
+        let slots = watchdog.slots.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let now = Instant::now();
+                for slot in slots.borrow().iter() {
+                    if let (Some(fd), Some(deadline)) = (slot.fd.get(), slot.deadline.get()) {
+                        if deadline <= now && !slot.fired.get() {
+                            slot.fired.set(true);
+                            // SAFETY: `fd` belongs to the open connection of this slot; the
+                            // client clears it in the same step as it drops the connection,
+                            // and both run on this thread.
+                            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                            let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+                        }
+                    }
+                }
+            }
+        });
+        watchdog
+    }
+}
+
 impl Client {
-    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+    pub fn new(addr: SocketAddr, timeout: Duration, watchdog: &Watchdog) -> Self {
+        let slot = Rc::new(Slot {
+            fd: Cell::new(None),
+            deadline: Cell::new(None),
+            fired: Cell::new(false),
+        });
+        watchdog.slots.borrow_mut().push(slot.clone());
         Self {
             addr,
             timeout,
             conn: None,
+            slot,
             connects: 0,
         }
     }
 
+    fn drop_conn(&mut self) {
+        self.conn = None;
+        self.slot.fd.set(None);
+        self.slot.deadline.set(None);
+    }
+
+    /// An error as the caller should see it: a timeout if the watchdog ended the request.
+    fn failed(&mut self, error: HttpError) -> HttpError {
+        let timed_out = self.slot.fired.get();
+        self.drop_conn();
+        if timed_out {
+            HttpError::Timeout
+        } else {
+            error
+        }
+    }
+
     /// Sends a request and reads the answer's head (connecting first if needed); the caller
-    /// then reads exactly `head.content_length` bytes with [`Client::body`].
-    pub async fn start(&mut self, head: &[u8], body: &[u8]) -> Result<(Head, Instant), HttpError> {
+    /// then reads exactly `head.content_length` bytes with [`Client::body`]. Returns the head,
+    /// when the request was sent and when the answer's first byte arrived.
+    pub async fn start(
+        &mut self,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<(Head, Instant, Instant), HttpError> {
         if self.conn.is_none() {
-            self.conn = Some(Conn::connect(self.addr, self.timeout).await?);
+            let conn = Conn::connect(self.addr, self.timeout).await?;
+            self.slot.fd.set(Some(conn.stream.as_raw_fd()));
+            self.slot.fired.set(false);
+            self.conn = Some(conn);
             self.connects += 1;
         }
+        let sent = Instant::now();
+        self.slot.deadline.set(Some(sent + self.timeout));
         let conn = self.conn.as_mut().expect("connected above");
         let result = match conn.send(head, body).await {
             Ok(()) => conn.read_head().await,
             Err(error) => Err(error),
         };
-        if result.is_err() {
-            self.conn = None;
+        match result {
+            Ok((answer, first_byte)) => Ok((answer, sent, first_byte)),
+            Err(error) => Err(self.failed(error)),
         }
-        result
     }
 
     /// Reads the body of the answer `start` returned, then keeps or drops the connection.
     pub async fn body(&mut self, head: &Head, sink: impl FnMut(&[u8])) -> Result<(), HttpError> {
         let conn = self.conn.as_mut().expect("start succeeded");
         let result = conn.read_body(head.content_length, sink).await;
-        if result.is_err() || head.close {
-            self.conn = None;
+        match result {
+            Err(error) => Err(self.failed(error)),
+            Ok(()) if head.close || self.slot.fired.get() => {
+                self.drop_conn();
+                Ok(())
+            }
+            Ok(()) => {
+                self.slot.deadline.set(None);
+                Ok(())
+            }
         }
-        result
     }
 
     /// Sends a request and collects the whole answer (setup requests, not measured ones).
     pub async fn fetch(&mut self, head: &[u8], body: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
-        let (answer, _) = self.start(head, body).await?;
+        let (answer, _, _) = self.start(head, body).await?;
         let mut collected = Vec::new();
         self.body(&answer, |chunk| collected.extend_from_slice(chunk))
             .await?;

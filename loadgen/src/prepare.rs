@@ -7,14 +7,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use glommio::{LocalExecutorBuilder, Placement};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::content;
-use crate::http::{request_head, Client};
+use crate::http::{request_head, Client, Watchdog};
 use crate::manifest::{Manifest, ManifestBlob, FORMAT};
-use crate::run::{block_on_fetch, IO_MEMORY_BYTES};
+use crate::run::{block_on_fetch, on_this_thread, watch_period};
 use crate::spec::SizeDist;
 use crate::target::Target;
 
@@ -66,14 +65,7 @@ pub fn prepare(config: PrepareConfig) -> Result<Manifest> {
         .map(|_| config.size.sample(&mut rng))
         .collect();
     let total_bytes: u64 = sizes.iter().sum();
-    let worker_config = config.clone();
-    let blobs = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("loadgen-prepare")
-        .io_memory(IO_MEMORY_BYTES)
-        .spawn(move || async move { store_all(&worker_config, &sizes, total_bytes).await })
-        .map_err(|e| anyhow!("starting an executor: {e}"))?
-        .join()
-        .map_err(|e| anyhow!("{e}"))??;
+    let blobs = on_this_thread(store_all(&config, &sizes, total_bytes))??;
     Ok(Manifest {
         format: FORMAT,
         created_unix_seconds: SystemTime::now()
@@ -99,6 +91,7 @@ async fn store_all(
     let failure: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
     let started = Instant::now();
     let show = config.progress && std::io::stderr().is_terminal();
+    let watchdog = Watchdog::spawn(watch_period(config.timeout));
     let mut tasks = Vec::new();
     for _ in 0..config.connections.clamp(1, sizes.len()) {
         let (next, stored_bytes, results, failure) = (
@@ -109,8 +102,9 @@ async fn store_all(
         );
         let config = config.clone();
         let sizes = sizes.to_vec();
-        tasks.push(glommio::spawn_local(async move {
-            let mut client = Client::new(config.target.addr, config.timeout);
+        let watchdog = watchdog.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut client = Client::new(config.target.addr, config.timeout, &watchdog);
             while failure.borrow().is_none() {
                 let index = next.get();
                 if index >= sizes.len() {
@@ -140,7 +134,7 @@ async fn store_all(
         }));
     }
     for task in tasks {
-        task.await;
+        task.await.expect("a store task panicked");
     }
     if show {
         eprintln!();
@@ -184,7 +178,7 @@ async fn store_one(
         attempt += 1;
         match client.fetch(&head, &body).await {
             Ok((503, _)) | Err(_) if attempt < 3 => {
-                glommio::timer::sleep(Duration::from_millis(200 * attempt)).await;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
             Ok(answer) => break answer,
             Err(error) => bail!("storing blob {index} ({size} bytes): {error}"),

@@ -106,6 +106,9 @@ pub struct Report {
     pub service_ms: Percentiles,
     /// Time to the first byte of the answer, reads only.
     pub ttfb_ms: Option<Percentiles>,
+    /// Open loop: how late requests went out while their connection was idle (loadgen's own
+    /// timer lateness, not counted in the latency).
+    pub send_lag_ms: Option<Percentiles>,
     pub per_second: Segments,
     /// Answers and bytes of each second of the measured window.
     pub timeline: Vec<(u64, u64)>,
@@ -167,6 +170,7 @@ pub fn build(config: &RunConfig, stats: Stats, start: Instant) -> Report {
         latency_ms: Percentiles::of(&stats.latency),
         service_ms: Percentiles::of(&stats.service),
         ttfb_ms: (!stats.ttfb.is_empty()).then(|| Percentiles::of(&stats.ttfb)),
+        send_lag_ms: (!stats.send_lag.is_empty()).then(|| Percentiles::of(&stats.send_lag)),
         per_second: Segments {
             seconds: whole,
             ops_per_second: MinMedianMax::of(&mut ops),
@@ -271,6 +275,9 @@ impl Report {
         }
         if let Some(ttfb) = &self.ttfb_ms {
             row("first byte", ttfb);
+        }
+        if let Some(lag) = &self.send_lag_ms {
+            row("send lag", lag);
         }
         if self.by_op.len() > 1 {
             for (op, report) in &self.by_op {

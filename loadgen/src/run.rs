@@ -1,4 +1,5 @@
-//! The engine: threads, each a glommio executor driving its share of the connections, closed
+//! The engine: threads, each a single-threaded tokio runtime driving its share of the
+//! connections (nothing shared between threads on the request path), closed
 //! loop (each connection sends as soon as its last answer arrived) or open loop (each
 //! connection follows a fixed schedule, and latency counts from when a request should have
 //! been sent, so a server that falls behind shows it: wrk2's coordinated-omission correction).
@@ -13,21 +14,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use floe_codec::{decode_metadata, decode_sliver, BlobMetadata, SliverKind};
-use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::content;
-use crate::http::{request_head, Client, Head, HttpError};
+use crate::http::{request_head, Client, Head, HttpError, Watchdog};
 use crate::manifest::Blob;
 use crate::report::{self, Report};
 use crate::spec::{KeyChooser, Mix, Op, Popularity, SizeDist};
 use crate::target::Target;
 
-/// glommio registers this much memory per executor for file I/O; loadgen does none, so it
-/// keeps it small (the locked-memory limit is often 8 MiB in all).
-pub(crate) const IO_MEMORY_BYTES: usize = 256 << 10;
+/// The granularity of tokio's timer.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// Everything a run needs.
 #[derive(Clone, Debug)]
@@ -143,18 +142,17 @@ pub fn run(config: RunConfig) -> Result<Report> {
     let mut threads = Vec::new();
     for thread in 0..shared.config.threads {
         let shared = shared.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("loadgen-{thread}"))
-            .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || async move { thread_main(shared, thread).await })
-            .map_err(|e| anyhow!("starting loadgen thread {thread}: {e}"))?;
+        let handle = std::thread::Builder::new()
+            .name(format!("loadgen-{thread}"))
+            .spawn(move || on_this_thread(thread_main(shared, thread)))
+            .with_context(|| format!("starting loadgen thread {thread}"))?;
         threads.push(handle);
     }
     let mut total = Stats::new();
     for handle in threads {
         let stats = handle
             .join()
-            .map_err(|e| anyhow!("a loadgen thread failed: {e}"))?;
+            .map_err(|_| anyhow!("a loadgen thread panicked"))??;
         total.merge(&stats);
     }
     done.store(true, Ordering::Relaxed);
@@ -185,27 +183,35 @@ fn preflight(config: &RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// One request on a short-lived executor (setup, not load).
+/// How often a thread's watchdog looks for requests past their deadline.
+pub(crate) fn watch_period(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100))
+}
+
+/// Runs a future to its end on a single-threaded runtime of this thread.
+pub(crate) fn on_this_thread<F: std::future::Future>(future: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")?;
+    Ok(tokio::task::LocalSet::new().block_on(&runtime, future))
+}
+
+/// One request (setup, not load).
 pub(crate) fn block_on_fetch(
     target: &Target,
     method: &str,
     path: &str,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>)> {
-    let (target, owned_method, owned_path) =
-        (target.clone(), method.to_string(), path.to_string());
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(IO_MEMORY_BYTES)
-        .spawn(move || async move {
-            let mut client = Client::new(target.addr, timeout);
-            let mut head = Vec::new();
-            request_head(&mut head, &owned_method, &owned_path, &target.host, &[], None);
-            client.fetch(&head, &[]).await
-        })
-        .map_err(|e| anyhow!("starting an executor: {e}"))?
-        .join()
-        .map_err(|e| anyhow!("{e}"))?
-        .map_err(|e| anyhow!("{method} {path}: {e}"))
+    on_this_thread(async {
+        let watchdog = Watchdog::spawn(watch_period(timeout));
+        let mut client = Client::new(target.addr, timeout, &watchdog);
+        let mut head = Vec::new();
+        request_head(&mut head, method, path, &target.host, &[], None);
+        client.fetch(&head, &[]).await
+    })?
+    .map_err(|e| anyhow!("{method} {path}: {e}"))
 }
 
 /// For each target: each blob's metadata, checked against its ID, and the pairs the target
@@ -299,6 +305,9 @@ pub struct Stats {
     pub service: Histogram<u64>,
     /// Microseconds from the send to the answer's first byte, reads only.
     pub ttfb: Histogram<u64>,
+    /// Open loop: microseconds a request went out after it was due while its connection was
+    /// idle (the timer's lateness, loadgen's own).
+    pub send_lag: Histogram<u64>,
     pub per_op: BTreeMap<Op, OpStats>,
     pub errors: BTreeMap<String, u64>,
     pub error_sample: Option<String>,
@@ -335,6 +344,7 @@ impl Stats {
             latency: histogram(),
             service: histogram(),
             ttfb: histogram(),
+            send_lag: histogram(),
             per_op: BTreeMap::new(),
             errors: BTreeMap::new(),
             error_sample: None,
@@ -361,6 +371,7 @@ impl Stats {
         let _ = self.latency.add(&other.latency);
         let _ = self.service.add(&other.service);
         let _ = self.ttfb.add(&other.ttfb);
+        let _ = self.send_lag.add(&other.send_lag);
         for (op, stats) in &other.per_op {
             let mine = self.op(*op);
             mine.ok += stats.ok;
@@ -393,15 +404,16 @@ impl Stats {
 async fn thread_main(shared: Arc<Shared>, thread: usize) -> Stats {
     let stats = Rc::new(RefCell::new(Stats::new()));
     let config = &shared.config;
+    let watchdog = Watchdog::spawn(watch_period(config.timeout));
     let mut tasks = Vec::new();
     for connection in (thread..config.connections).step_by(config.threads) {
-        let (shared, stats) = (shared.clone(), stats.clone());
-        tasks.push(glommio::spawn_local(async move {
-            connection_main(shared, connection, stats).await
+        let (shared, stats, watchdog) = (shared.clone(), stats.clone(), watchdog.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            connection_main(shared, connection, stats, watchdog).await
         }));
     }
     for task in tasks {
-        task.await;
+        task.await.expect("a connection task panicked");
     }
     Rc::try_unwrap(stats)
         .ok()
@@ -411,7 +423,12 @@ async fn thread_main(shared: Arc<Shared>, thread: usize) -> Stats {
 
 /// What a request came to.
 enum Outcome {
-    Ok { bytes: u64, first_byte: Option<Instant>, verified: bool },
+    Ok {
+        bytes: u64,
+        sent: Instant,
+        first_byte: Option<Instant>,
+        verified: bool,
+    },
     Failed { kind: String, message: String },
 }
 
@@ -442,7 +459,12 @@ struct Connection<'a> {
     stores: u64,
 }
 
-async fn connection_main(shared: Arc<Shared>, index: usize, stats: Rc<RefCell<Stats>>) {
+async fn connection_main(
+    shared: Arc<Shared>,
+    index: usize,
+    stats: Rc<RefCell<Stats>>,
+    watchdog: Watchdog,
+) {
     let config = &shared.config;
     let target_index = index % config.targets.len();
     let target = &config.targets[target_index];
@@ -450,7 +472,7 @@ async fn connection_main(shared: Arc<Shared>, index: usize, stats: Rc<RefCell<St
         shared: &shared,
         index,
         target,
-        client: Client::new(target.addr, config.timeout),
+        client: Client::new(target.addr, config.timeout, &watchdog),
         rng: StdRng::seed_from_u64(config.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
         keys: KeyChooser::new(config.popularity, config.blobs.len() as u64),
         head: Vec::with_capacity(512),
@@ -469,21 +491,30 @@ async fn connection_main(shared: Arc<Shared>, index: usize, stats: Rc<RefCell<St
         + interval.map_or(Duration::ZERO, |i| {
             i.mul_f64(index as f64 / config.connections as f64)
         });
+    let mut now = Instant::now();
+    let mut last_done = shared.start;
+    if now < shared.start {
+        tokio::time::sleep(shared.start - now).await;
+        now = Instant::now();
+    }
     loop {
-        let now = Instant::now();
+        // A closed loop's next request is due now (the last answer's arrival: one clock
+        // read less per request); an open loop's when its schedule says.
         let intended = match interval {
             Some(interval) => {
                 let at = next;
                 next += interval;
                 at
             }
-            None => now.max(shared.start),
+            None => now,
         };
         if intended >= end {
             break;
         }
-        if intended > now {
-            glommio::timer::sleep(intended - now).await;
+        // tokio's timer wakes on the millisecond tick after its deadline; aiming a tick early
+        // keeps sends within about a millisecond of the schedule either way.
+        if intended > now + TIMER_TICK {
+            tokio::time::sleep_until((intended - TIMER_TICK).into()).await;
         }
         let measured = intended >= measure_start;
         if measured {
@@ -494,9 +525,10 @@ async fn connection_main(shared: Arc<Shared>, index: usize, stats: Rc<RefCell<St
             }
         }
         let op = config.mix.pick(&mut connection.rng);
-        let sent = Instant::now();
         let outcome = connection.execute(op, target_index).await;
         let done = Instant::now();
+        now = done;
+        let previous_done = std::mem::replace(&mut last_done, done);
         let mut stats = stats.borrow_mut();
         stats.connects = connection.client.connects;
         if !measured {
@@ -510,10 +542,24 @@ async fn connection_main(shared: Arc<Shared>, index: usize, stats: Rc<RefCell<St
         match outcome {
             Outcome::Ok {
                 bytes,
+                sent,
                 first_byte,
                 verified,
             } => {
-                let latency = micros(done - intended);
+                // Latency counts from when the request was due if the last answer on this
+                // connection came after that (the server kept it waiting: coordinated-omission
+                // correction), else from when it was sent: the timer that woke this connection
+                // has a millisecond's granularity, and its lateness is loadgen's, not the
+                // server's (it is reported apart as the send lag).
+                let from = if interval.is_some() && previous_done > intended {
+                    intended
+                } else {
+                    if interval.is_some() {
+                        let _ = stats.send_lag.record(micros(sent.saturating_duration_since(intended)));
+                    }
+                    sent
+                };
+                let latency = micros(done - from);
                 let _ = stats.latency.record(latency);
                 let _ = stats.service.record(micros(done - sent));
                 if let Some(first) = first_byte {
@@ -545,7 +591,7 @@ async fn connection_main(shared: Arc<Shared>, index: usize, stats: Rc<RefCell<St
                 drop(stats);
                 if kind == "connect" && interval.is_none() {
                     // A closed loop would spin on a refused connection.
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
@@ -608,7 +654,7 @@ impl Connection<'_> {
             None => &[],
         };
         request_head(&mut self.head, "GET", &blob.path, &self.target.host, extra, None);
-        let (head, first_byte) = match self.client.start(&self.head, &[]).await {
+        let (head, sent, first_byte) = match self.client.start(&self.head, &[]).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };
@@ -660,6 +706,7 @@ impl Connection<'_> {
             Some(what) => failed("verify", format!("{}: {what}", blob.id)),
             None => Outcome::Ok {
                 bytes: head.content_length,
+                sent,
                 first_byte: Some(first_byte),
                 verified: verify,
             },
@@ -684,7 +731,7 @@ impl Connection<'_> {
         let verify = self.rng.gen_bool(config.verify);
         let path = format!("{}/slivers/{pair}/primary", blob.path);
         request_head(&mut self.head, "GET", &path, &self.target.host, &[], None);
-        let (head, first_byte) = match self.client.start(&self.head, &[]).await {
+        let (head, sent, first_byte) = match self.client.start(&self.head, &[]).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };
@@ -719,6 +766,7 @@ impl Connection<'_> {
         }
         Outcome::Ok {
             bytes: head.content_length,
+            sent,
             first_byte: Some(first_byte),
             verified: verify,
         }
@@ -744,7 +792,7 @@ impl Connection<'_> {
             .into_iter()
             .collect();
         request_head(&mut self.head, "PUT", &path, &self.target.host, &extra, Some(size));
-        let (head, _) = match self.client.start(&self.head, &self.body).await {
+        let (head, sent, _) = match self.client.start(&self.head, &self.body).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };
@@ -786,6 +834,7 @@ impl Connection<'_> {
         }
         Outcome::Ok {
             bytes: size as u64,
+            sent,
             first_byte: None,
             verified: true,
         }
@@ -800,7 +849,7 @@ impl Connection<'_> {
             &[],
             None,
         );
-        let (head, first_byte) = match self.client.start(&self.head, &[]).await {
+        let (head, sent, first_byte) = match self.client.start(&self.head, &[]).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };
@@ -812,6 +861,7 @@ impl Connection<'_> {
         }
         Outcome::Ok {
             bytes: head.content_length,
+            sent,
             first_byte: Some(first_byte),
             verified: false,
         }

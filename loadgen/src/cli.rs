@@ -156,9 +156,9 @@ pub fn execute(cli: Cli, out: &mut impl Write) -> Result<i32> {
                 Some(path) => Manifest::load(path)?.blobs()?,
                 None => Vec::new(),
             };
-            let threads = args.threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            });
+            let threads = args
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let duration = args.duration.unwrap_or(if args.requests.is_some() {
                 Duration::from_secs(3600)
             } else {

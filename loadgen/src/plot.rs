@@ -54,7 +54,10 @@ fn latency_plot(report: &Report, path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(draw)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("latency by percentile: {} ({})", report.workload, report.mode),
+            format!(
+                "latency by percentile: {} ({})",
+                report.workload, report.mode
+            ),
             ("sans-serif", 20),
         )
         .margin(16)
@@ -108,7 +111,10 @@ fn throughput_plot(report: &Report, path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(draw)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("throughput per second: {} ({})", report.workload, report.mode),
+            format!(
+                "throughput per second: {} ({})",
+                report.workload, report.mode
+            ),
             ("sans-serif", 20),
         )
         .margin(16)

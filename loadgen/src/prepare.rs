@@ -201,7 +201,10 @@ async fn store_one(
         .filter(|id| id.parse::<floe_codec::BlobId>().is_ok())
         .ok_or_else(|| anyhow!("the answer to storing blob {index} has no blob ID: {answer}"))?;
     if created["size"].as_u64() != Some(size) {
-        bail!("the node says blob {index} has {} bytes, {size} were sent", created["size"]);
+        bail!(
+            "the node says blob {index} has {} bytes, {size} were sent",
+            created["size"]
+        );
     }
     Ok(ManifestBlob {
         index,

@@ -225,7 +225,11 @@ impl Report {
         let errors = if self.errors.is_empty() {
             "no errors".to_string()
         } else {
-            let kinds: Vec<String> = self.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let kinds: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
             format!(
                 "{} errors ({})",
                 self.errors.values().sum::<u64>(),
@@ -373,7 +377,9 @@ mod tests {
         write_percentiles(&histogram, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].trim_start().starts_with("Value   Percentile   TotalCount"));
+        assert!(lines[0]
+            .trim_start()
+            .starts_with("Value   Percentile   TotalCount"));
         assert_eq!(lines[1], "");
         let rows: Vec<Vec<f64>> = lines[2..]
             .iter()
@@ -383,7 +389,9 @@ mod tests {
         assert!(rows.len() > 20);
         // Values, percentiles and counts rise; the last row is the maximum with every count.
         for pair in rows.windows(2) {
-            assert!(pair[1][0] >= pair[0][0] && pair[1][1] >= pair[0][1] && pair[1][2] >= pair[0][2]);
+            assert!(
+                pair[1][0] >= pair[0][0] && pair[1][1] >= pair[0][1] && pair[1][2] >= pair[0][2]
+            );
         }
         let last = rows.last().unwrap();
         assert_eq!((last[1], last[2]), (1.0, 10_000.0));
@@ -391,6 +399,9 @@ mod tests {
         assert!(text.contains("Total count    =        10000]"), "{text}");
         assert!(text.contains("SubBuckets     =         2048]"), "{text}");
         let p = Percentiles::of(&histogram);
-        assert!((p.p50 - 5.0).abs() < 0.01 && (p.p99 - 9.9).abs() < 0.01, "{p:?}");
+        assert!(
+            (p.p50 - 5.0).abs() < 0.01 && (p.p99 - 9.9).abs() < 0.01,
+            "{p:?}"
+        );
     }
 }

@@ -429,7 +429,10 @@ enum Outcome {
         first_byte: Option<Instant>,
         verified: bool,
     },
-    Failed { kind: String, message: String },
+    Failed {
+        kind: String,
+        message: String,
+    },
 }
 
 fn failed(kind: &str, message: impl Into<String>) -> Outcome {
@@ -473,7 +476,9 @@ async fn connection_main(
         index,
         target,
         client: Client::new(target.addr, config.timeout, &watchdog),
-        rng: StdRng::seed_from_u64(config.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        rng: StdRng::seed_from_u64(
+            config.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ),
         keys: KeyChooser::new(config.popularity, config.blobs.len() as u64),
         head: Vec::with_capacity(512),
         body: Vec::new(),
@@ -508,7 +513,8 @@ async fn connection_main(
             }
             None => now,
         };
-        if intended >= end {
+        // The schedule ends with the duration, and so does an open loop that fell behind it.
+        if intended >= end || now >= end {
             break;
         }
         // tokio's timer wakes on the millisecond tick after its deadline; aiming a tick early
@@ -529,71 +535,76 @@ async fn connection_main(
         let done = Instant::now();
         now = done;
         let previous_done = std::mem::replace(&mut last_done, done);
-        let mut stats = stats.borrow_mut();
-        stats.connects = connection.client.connects;
-        if !measured {
-            continue;
-        }
-        if done > end && config.requests.is_none() {
-            stats.unfinished += 1;
-            continue;
-        }
-        stats.last_done = stats.last_done.max(Some(done));
-        match outcome {
-            Outcome::Ok {
-                bytes,
-                sent,
-                first_byte,
-                verified,
-            } => {
-                // Latency counts from when the request was due if the last answer on this
-                // connection came after that (the server kept it waiting: coordinated-omission
-                // correction), else from when it was sent: the timer that woke this connection
-                // has a millisecond's granularity, and its lateness is loadgen's, not the
-                // server's (it is reported apart as the send lag).
-                let from = if interval.is_some() && previous_done > intended {
-                    intended
-                } else {
-                    if interval.is_some() {
-                        let _ = stats.send_lag.record(micros(sent.saturating_duration_since(intended)));
+        let back_off = {
+            let mut stats = stats.borrow_mut();
+            stats.connects = connection.client.connects;
+            if !measured {
+                continue;
+            }
+            if done > end && config.requests.is_none() {
+                stats.unfinished += 1;
+                continue;
+            }
+            stats.last_done = stats.last_done.max(Some(done));
+            match outcome {
+                Outcome::Ok {
+                    bytes,
+                    sent,
+                    first_byte,
+                    verified,
+                } => {
+                    // Latency counts from when the request was due if the last answer on this
+                    // connection came after that (the server kept it waiting: coordinated-omission
+                    // correction), else from when it was sent: the timer that woke this connection
+                    // has a millisecond's granularity, and its lateness is loadgen's, not the
+                    // server's (it is reported apart as the send lag).
+                    let from = if interval.is_some() && previous_done > intended {
+                        intended
+                    } else {
+                        if interval.is_some() {
+                            let _ = stats
+                                .send_lag
+                                .record(micros(sent.saturating_duration_since(intended)));
+                        }
+                        sent
+                    };
+                    let latency = micros(done - from);
+                    let _ = stats.latency.record(latency);
+                    let _ = stats.service.record(micros(done - sent));
+                    if let Some(first) = first_byte {
+                        let _ = stats.ttfb.record(micros(first - sent));
                     }
-                    sent
-                };
-                let latency = micros(done - from);
-                let _ = stats.latency.record(latency);
-                let _ = stats.service.record(micros(done - sent));
-                if let Some(first) = first_byte {
-                    let _ = stats.ttfb.record(micros(first - sent));
+                    let second = (done - measure_start).as_secs() as usize;
+                    if stats.seconds.len() <= second {
+                        stats.seconds.resize(second + 1, (0, 0));
+                    }
+                    stats.seconds[second].0 += 1;
+                    stats.seconds[second].1 += bytes;
+                    stats.ok += 1;
+                    stats.bytes += bytes;
+                    stats.verified += u64::from(verified);
+                    let per_op = stats.op(op);
+                    per_op.ok += 1;
+                    per_op.bytes += bytes;
+                    let _ = per_op.latency.record(latency);
+                    shared.live.ok.fetch_add(1, Ordering::Relaxed);
+                    shared.live.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    false
                 }
-                let second = (done - measure_start).as_secs() as usize;
-                if stats.seconds.len() <= second {
-                    stats.seconds.resize(second + 1, (0, 0));
-                }
-                stats.seconds[second].0 += 1;
-                stats.seconds[second].1 += bytes;
-                stats.ok += 1;
-                stats.bytes += bytes;
-                stats.verified += u64::from(verified);
-                let per_op = stats.op(op);
-                per_op.ok += 1;
-                per_op.bytes += bytes;
-                let _ = per_op.latency.record(latency);
-                shared.live.ok.fetch_add(1, Ordering::Relaxed);
-                shared.live.bytes.fetch_add(bytes, Ordering::Relaxed);
-            }
-            Outcome::Failed { kind, message } => {
-                *stats.errors.entry(kind.clone()).or_default() += 1;
-                stats.op(op).errors += 1;
-                if stats.error_sample.is_none() {
-                    stats.error_sample = Some(format!("{} {}: {message}", op.name(), kind));
-                }
-                shared.live.errors.fetch_add(1, Ordering::Relaxed);
-                drop(stats);
-                if kind == "connect" && interval.is_none() {
+                Outcome::Failed { kind, message } => {
+                    *stats.errors.entry(kind.clone()).or_default() += 1;
+                    stats.op(op).errors += 1;
+                    if stats.error_sample.is_none() {
+                        stats.error_sample = Some(format!("{} {}: {message}", op.name(), kind));
+                    }
+                    shared.live.errors.fetch_add(1, Ordering::Relaxed);
                     // A closed loop would spin on a refused connection.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    kind == "connect" && interval.is_none()
                 }
             }
+        };
+        if back_off {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     let mut stats = stats.borrow_mut();
@@ -653,7 +664,14 @@ impl Connection<'_> {
             }
             None => &[],
         };
-        request_head(&mut self.head, "GET", &blob.path, &self.target.host, extra, None);
+        request_head(
+            &mut self.head,
+            "GET",
+            &blob.path,
+            &self.target.host,
+            extra,
+            None,
+        );
         let (head, sent, first_byte) = match self.client.start(&self.head, &[]).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
@@ -667,10 +685,7 @@ impl Connection<'_> {
         }
         let mut wrong = None;
         if head.content_length != len {
-            wrong = Some(format!(
-                "{} bytes instead of {len}",
-                head.content_length
-            ));
+            wrong = Some(format!("{} bytes instead of {len}", head.content_length));
         } else if let Some((first, last)) = span {
             if head.content_range != Some((first, last, blob.size)) {
                 wrong = Some(format!(
@@ -680,7 +695,8 @@ impl Connection<'_> {
             }
         }
         let mut hasher = (verify && span.is_none()).then(blake3::Hasher::new);
-        let mut checker = (verify && span.is_some()).then(|| content::Checker::new(&blob.key, offset));
+        let mut checker =
+            (verify && span.is_some()).then(|| content::Checker::new(&blob.key, offset));
         let read = self
             .client
             .body(&head, |chunk| {
@@ -695,12 +711,11 @@ impl Connection<'_> {
         if let Err(error) = read {
             return error.into();
         }
-        if wrong.is_none() {
-            if hasher.is_some_and(|h| h.finalize() != blob.blake3)
-                || checker.is_some_and(|c| c.mismatch)
-            {
-                wrong = Some("bytes differ from the manifest's".to_string());
-            }
+        if wrong.is_none()
+            && (hasher.is_some_and(|h| h.finalize() != blob.blake3)
+                || checker.is_some_and(|c| c.mismatch))
+        {
+            wrong = Some("bytes differ from the manifest's".to_string());
         }
         match wrong {
             Some(what) => failed("verify", format!("{}: {what}", blob.id)),
@@ -776,11 +791,7 @@ impl Connection<'_> {
         let shared = self.shared;
         let config = &shared.config;
         let size = config.store_size.sample(&mut self.rng) as usize;
-        let key = content::key(
-            config.seed,
-            &format!("store-{}", self.index),
-            self.stores,
-        );
+        let key = content::key(config.seed, &format!("store-{}", self.index), self.stores);
         self.stores += 1;
         self.body.resize(size, 0);
         content::fill(&key, 0, &mut self.body);
@@ -791,7 +802,14 @@ impl Connection<'_> {
             .map(|a| ("Authorization", a))
             .into_iter()
             .collect();
-        request_head(&mut self.head, "PUT", &path, &self.target.host, &extra, Some(size));
+        request_head(
+            &mut self.head,
+            "PUT",
+            &path,
+            &self.target.host,
+            &extra,
+            Some(size),
+        );
         let (head, sent, _) = match self.client.start(&self.head, &self.body).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),

@@ -72,7 +72,9 @@ impl FromStr for SizeDist {
             Some((min, max)) => {
                 let (min, max) = (parse_size(min)?, parse_size(max)?);
                 if min > max {
-                    return Err(format!("`{text}`: the smallest size is larger than the largest"));
+                    return Err(format!(
+                        "`{text}`: the smallest size is larger than the largest"
+                    ));
                 }
                 Ok(SizeDist::LogUniform { min, max })
             }
@@ -297,7 +299,9 @@ mod tests {
     fn mixes_pick_by_weight_and_zipf_favours_the_first_keys() {
         let mix: Mix = "blob:70,range:30".parse().unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let blobs = (0..10_000).filter(|_| mix.pick(&mut rng) == Op::Blob).count();
+        let blobs = (0..10_000)
+            .filter(|_| mix.pick(&mut rng) == Op::Blob)
+            .count();
         assert!((6_700..7_300).contains(&blobs), "{blobs}");
         assert!("blob,blob".parse::<Mix>().is_err());
         assert!("blob:0".parse::<Mix>().is_err());

@@ -32,7 +32,10 @@ impl Target {
         if authority.is_empty() {
             return Err(format!("`{url}` names no host"));
         }
-        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.contains(']'))
+        {
             authority.to_string()
         } else {
             format!("{authority}:80")
@@ -65,11 +68,16 @@ mod tests {
     fn urls_give_address_host_and_path() {
         let t = Target::parse("http://127.0.0.1:8080/data/a.bin").unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!((t.host.as_str(), t.path.as_str()), ("127.0.0.1:8080", "/data/a.bin"));
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str()),
+            ("127.0.0.1:8080", "/data/a.bin")
+        );
         let t = Target::parse("127.0.0.1:31415").unwrap();
         assert_eq!(t.path, "/");
         assert_eq!(Target::parse("http://127.0.0.1").unwrap().addr.port(), 80);
-        assert!(Target::parse("https://127.0.0.1:1/").unwrap_err().contains("only http://"));
+        assert!(Target::parse("https://127.0.0.1:1/")
+            .unwrap_err()
+            .contains("only http://"));
         assert!(Target::parse("http:///x").is_err());
     }
 }

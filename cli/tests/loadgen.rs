@@ -1,0 +1,488 @@
+//! floe-loadgen against a real node process on loopback: every workload runs and its counts
+//! add up, verification catches a server that returns wrong bytes, the open loop holds its
+//! rate when the server keeps up and its corrected latencies grow when it cannot, and a
+//! target that does not answer is a clear error.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use floe_loadgen::cli::{execute, Cli};
+use floe_loadgen::manifest::Manifest;
+use floe_loadgen::prepare::{prepare, PrepareConfig};
+use floe_loadgen::report::Report;
+use floe_loadgen::run::{run, RunConfig};
+use floe_loadgen::spec::{Popularity, SizeDist};
+use floe_loadgen::target::Target;
+
+struct Node {
+    url: String,
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A single node of n = 10 shards on one core.
+fn start_node() -> Node {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args([
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "10",
+            "--cores",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run floe node");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("node did not start: {line}"))
+        .to_string();
+    Node {
+        url,
+        child,
+        _data: data,
+    }
+}
+
+/// Stores `count` blobs of 1 KiB to 64 KiB and returns the manifest.
+fn prepared(node: &Node, count: u64) -> Manifest {
+    prepare(PrepareConfig {
+        target: Target::parse(&node.url).unwrap(),
+        count,
+        size: "1KiB..64KiB".parse().unwrap(),
+        epochs: 2,
+        seed: 42,
+        connections: 3,
+        timeout: Duration::from_secs(30),
+        token: None,
+        progress: false,
+    })
+    .expect("prepare")
+}
+
+fn config(targets: &[&str], manifest: Option<&Manifest>, workload: &str) -> RunConfig {
+    RunConfig {
+        targets: targets.iter().map(|t| Target::parse(t).unwrap()).collect(),
+        mix: workload.parse().unwrap(),
+        blobs: manifest.map_or_else(Vec::new, |m| m.blobs().unwrap()),
+        popularity: Popularity::Uniform,
+        range_size: "100..16KiB".parse().unwrap(),
+        store_size: SizeDist::LogUniform {
+            min: 1,
+            max: 32 << 10,
+        },
+        store_epochs: 1,
+        token: None,
+        connections: 4,
+        threads: 2,
+        rate: None,
+        duration: Duration::from_secs(60),
+        warmup: Duration::ZERO,
+        requests: None,
+        timeout: Duration::from_secs(10),
+        verify: 1.0,
+        seed: 7,
+        progress: false,
+    }
+}
+
+fn blob_count(node: &Node) -> usize {
+    let target = Target::parse(&node.url).unwrap();
+    let mut stream = TcpStream::connect(target.addr).unwrap();
+    write!(
+        stream,
+        "GET /v1/blobs?limit=10000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let list: serde_json::Value = serde_json::from_str(body).unwrap();
+    list["blobs"].as_array().unwrap().len()
+}
+
+fn assert_counts_add_up(report: &Report, requests: u64) {
+    let errors: u64 = report.errors.values().sum();
+    assert_eq!(report.requests, requests, "{}", report.table());
+    assert_eq!(report.ok + errors, requests);
+    assert_eq!(
+        report.by_op.values().map(|o| o.ok).sum::<u64>(),
+        report.ok,
+        "{}",
+        report.table()
+    );
+    assert_eq!(report.by_op.values().map(|o| o.errors).sum::<u64>(), errors);
+    assert_eq!(
+        report.by_op.values().map(|o| o.bytes).sum::<u64>(),
+        report.bytes
+    );
+    assert_eq!(report.latency_ms.count, report.ok);
+    assert!(report.timeline.iter().map(|s| s.0).sum::<u64>() <= report.ok);
+}
+
+#[test]
+fn every_workload_runs_against_a_real_node_and_its_counts_add_up() {
+    let node = start_node();
+    let manifest = prepared(&node, 8);
+    assert_eq!(manifest.blobs.len(), 8);
+    assert_eq!(manifest.n_shards, 10);
+    // The manifest survives a save and a load.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.json");
+    manifest.save(&path).unwrap();
+    assert_eq!(Manifest::load(&path).unwrap(), manifest);
+    let sizes: u64 = manifest.blobs.iter().map(|b| b.size).sum();
+    assert!(sizes > 8 * 1024);
+
+    for workload in [
+        "blob",
+        "range",
+        "sliver",
+        "store",
+        "blob:3,range:3,sliver:2,store:1",
+    ] {
+        let mut config = config(&[&node.url], Some(&manifest), workload);
+        config.requests = Some(60);
+        let stores_before = blob_count(&node);
+        let report = run(config).unwrap_or_else(|e| panic!("{workload}: {e:#}"));
+        assert_counts_add_up(&report, 60);
+        assert!(report.errors.is_empty(), "{workload}: {}", report.table());
+        // Every answer was checked: reads against the manifest, stores by their answer.
+        assert_eq!(report.verified, 60, "{workload}");
+        assert!(report.bytes > 0);
+        let stores = report.by_op.get("store").map_or(0, |o| o.ok) as usize;
+        assert_eq!(blob_count(&node), stores_before + stores, "{workload}");
+        if workload == "blob" {
+            // Whole blobs: each answer is one of the manifest's sizes.
+            assert!(report.bytes >= 60 * 1024 && report.bytes <= 60 * (64 << 10));
+            assert!(report.ttfb_ms.is_some());
+        }
+    }
+
+    // Zipf popularity and sampled verification.
+    let mut config = config(&[&node.url], Some(&manifest), "range");
+    config.requests = Some(200);
+    config.popularity = Popularity::Zipf(1.2);
+    config.verify = 0.25;
+    let report = run(config).unwrap();
+    assert_counts_add_up(&report, 200);
+    assert!(
+        (20..=80).contains(&report.verified),
+        "a quarter of 200 reads sampled, got {}",
+        report.verified
+    );
+}
+
+/// A proxy in front of a node that flips one byte in the body of every whole-blob and range
+/// answer. One request per connection (it answers with `Connection: close`).
+fn corrupting_proxy(node: &Node) -> String {
+    let target = Target::parse(&node.url).unwrap().addr;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    request.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&request).to_string();
+                let corrupt = text.starts_with("GET /v1/blobs/") && !text.contains("/slivers");
+                let head = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                let mut node = TcpStream::connect(target).unwrap();
+                node.write_all(head.as_bytes()).unwrap();
+                let mut response = Vec::new();
+                let _ = node.read_to_end(&mut response);
+                let start = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                if corrupt && response.len() > start {
+                    let at = start + (response.len() - start) / 2;
+                    response[at] ^= 0x20;
+                }
+                let _ = client.write_all(&response);
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn verification_catches_a_server_that_returns_wrong_bytes() {
+    let node = start_node();
+    let manifest = prepared(&node, 4);
+    let proxy = corrupting_proxy(&node);
+    for workload in ["blob", "range"] {
+        let mut config = config(&[&proxy], Some(&manifest), workload);
+        config.requests = Some(20);
+        let report = run(config.clone()).unwrap();
+        assert_counts_add_up(&report, 20);
+        assert_eq!(report.errors.get("verify"), Some(&20), "{}", report.table());
+        assert_eq!(report.ok, 0);
+        assert!(report
+            .error_sample
+            .as_deref()
+            .unwrap()
+            .contains("bytes differ from the manifest's"));
+        // The same answers pass when nothing is checked: it is the check that caught them.
+        config.verify = 0.0;
+        let report = run(config).unwrap();
+        assert_eq!(report.ok, 20, "{}", report.table());
+        assert_eq!(report.verified, 0);
+    }
+    // The command line exits 2 when bytes failed verification.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.json");
+    manifest.save(&path).unwrap();
+    let cli = cli(&[
+        "run",
+        "--target",
+        &proxy,
+        "--manifest",
+        path.to_str().unwrap(),
+        "--requests",
+        "5",
+        "-c",
+        "2",
+    ]);
+    let mut out = Vec::new();
+    assert_eq!(
+        execute(cli, &mut out).unwrap(),
+        floe_loadgen::cli::EXIT_VERIFY_FAILED
+    );
+    assert!(String::from_utf8(out).unwrap().contains("verify 5"));
+}
+
+fn cli(args: &[&str]) -> Cli {
+    use clap::Parser;
+    Cli::try_parse_from(std::iter::once("floe-loadgen").chain(args.iter().copied())).unwrap()
+}
+
+#[test]
+fn the_open_loop_holds_its_rate_when_the_server_keeps_up() {
+    let node = start_node();
+    let manifest = prepared(&node, 4);
+    let mut config = config(&[&node.url], Some(&manifest), "blob");
+    config.rate = Some(300.0);
+    config.duration = Duration::from_secs(3);
+    config.warmup = Duration::from_millis(500);
+    let report = run(config).unwrap();
+    assert!(report.errors.is_empty(), "{}", report.table());
+    let achieved = report.ops_per_second;
+    assert!(
+        (achieved - 300.0).abs() / 300.0 < 0.03,
+        "asked for 300 req/s, got {achieved:.1}\n{}",
+        report.table()
+    );
+    let median = report.per_second.ops_per_second.unwrap().median;
+    assert!((median - 300.0).abs() <= 15.0, "{}", report.table());
+    assert_eq!(report.mode, "open");
+    assert!(report.send_lag_ms.is_some());
+}
+
+/// An HTTP server that answers every request after `delay`, keeping connections alive.
+fn slow_server(delay: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut client = client;
+                loop {
+                    let mut line = String::new();
+                    // The request head: lines up to an empty one.
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    std::thread::sleep(delay);
+                    if client
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn corrected_latencies_grow_when_the_server_cannot_keep_up() {
+    // Two connections to a server that takes 20 ms per answer: at most 100 answers a second.
+    let url = slow_server(Duration::from_millis(20));
+    let mut config = config(&[&url], None, "url");
+    config.connections = 2;
+    config.duration = Duration::from_secs(2);
+
+    // At 40 req/s it keeps up: corrected and uncorrected latencies are both about 20 ms.
+    config.rate = Some(40.0);
+    let easy = run(config.clone()).unwrap();
+    assert!(easy.errors.is_empty(), "{}", easy.table());
+    assert!((easy.ops_per_second - 40.0).abs() < 3.0, "{}", easy.table());
+    assert!(easy.latency_ms.p99 < 60.0, "{}", easy.table());
+
+    // At 300 req/s it cannot: the answers come at its pace, each connection falls further
+    // behind its schedule, and the corrected latencies grow towards the run's length while
+    // the uncorrected ones stay at the service time.
+    config.rate = Some(300.0);
+    let hard = run(config).unwrap();
+    assert!(hard.ops_per_second < 120.0, "{}", hard.table());
+    assert!(hard.service_ms.p90 < 60.0, "{}", hard.table());
+    assert!(hard.latency_ms.p90 > 500.0, "{}", hard.table());
+    assert!(hard.latency_ms.max > 1000.0, "{}", hard.table());
+    assert!(
+        hard.latency_ms.p50 > 10.0 * hard.service_ms.p50,
+        "{}",
+        hard.table()
+    );
+}
+
+#[test]
+fn a_target_that_does_not_answer_is_a_clear_error() {
+    // Nothing listens.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let error = run(config(&[&url], None, "store")).unwrap_err();
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("does not answer") && text.contains("refused"),
+        "{text}"
+    );
+
+    // Something accepts but never answers: the first request times out.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/x", silent.local_addr().unwrap());
+    let mut config = config(&[&url], None, "url");
+    config.timeout = Duration::from_millis(300);
+    let error = run(config).unwrap_err();
+    assert!(format!("{error:#}").contains("timed out"), "{error:#}");
+    drop(silent);
+
+    // A manifest workload without a manifest, and an https target.
+    let error = run(config_without_manifest()).unwrap_err();
+    assert!(format!("{error}").contains("prepare"), "{error}");
+    assert!(Target::parse("https://127.0.0.1:1").is_err());
+}
+
+fn config_without_manifest() -> RunConfig {
+    config(&["http://127.0.0.1:1"], None, "blob")
+}
+
+#[test]
+fn the_command_line_writes_json_percentiles_and_plots() {
+    let node = start_node();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.json");
+    let mut out = Vec::new();
+    let code = execute(
+        cli(&[
+            "prepare",
+            "--target",
+            &node.url,
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--count",
+            "3",
+            "--size",
+            "10KiB",
+        ]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(String::from_utf8_lossy(&out).contains("stored 3 blobs (30720 bytes)"));
+    let percentiles = dir.path().join("p.txt");
+    let plot = dir.path().join("run");
+    let mut out = Vec::new();
+    let code = execute(
+        cli(&[
+            "run",
+            "--target",
+            &node.url,
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--workload",
+            "blob:1,range:1",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "-c",
+            "2",
+            "--json",
+            "--percentiles",
+            percentiles.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["mode"], "closed");
+    assert_eq!(report["seconds"], 2.0);
+    assert_eq!(report["perSecond"]["seconds"], 2);
+    let ok = report["ok"].as_u64().unwrap();
+    assert!(ok > 10, "{report}");
+    assert_eq!(
+        report["byOp"]["blob"]["ok"].as_u64().unwrap()
+            + report["byOp"]["range"]["ok"].as_u64().unwrap(),
+        ok
+    );
+    let text = std::fs::read_to_string(&percentiles).unwrap();
+    assert!(text
+        .trim_start()
+        .starts_with("Value   Percentile   TotalCount"));
+    assert!(
+        text.contains(&format!("Total count    = {ok:>12}]")),
+        "{text}"
+    );
+    for name in ["run-latency.svg", "run-throughput.svg"] {
+        let svg = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{name}"
+        );
+    }
+    assert!(Path::new(&manifest).exists());
+}

@@ -53,8 +53,10 @@ def run_wrk(url, connections, threads, duration):
         m = re.search(rf"^\s+{p}%\s+([0-9.]+)(us|ms|s)\s*$", out, re.M)
         return float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(2)]
 
-    return {"rps": rps, "cpu_per_k": cpu / requests * 1000, "p50": latency(50), "p99": latency(99),
-            "requests": requests}
+    m = re.search(r"Latency\s+([0-9.]+)(us|ms|s)\s", out)
+    mean = float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(2)]
+    return {"rps": rps, "cpu_per_k": cpu / requests * 1000, "mean": mean, "p50": latency(50),
+            "p99": latency(99), "requests": requests}
 
 
 def run_loadgen(url, connections, threads, duration):
@@ -65,8 +67,8 @@ def run_loadgen(url, connections, threads, duration):
         raise RuntimeError(f"loadgen saw errors: {report['errors']} {report['errorSample']}")
     requests = report["ok"] + report["unfinished"]
     return {"rps": report["opsPerSecond"], "cpu_per_k": cpu / requests * 1000,
-            "p50": report["latencyMs"]["p50"], "p99": report["latencyMs"]["p99"],
-            "requests": requests}
+            "mean": report["latencyMs"]["mean"], "p50": report["latencyMs"]["p50"],
+            "p99": report["latencyMs"]["p99"], "requests": requests}
 
 
 def mmm(values, fmt="{:.2f}"):
@@ -106,7 +108,7 @@ def main():
                     r = fn(url, args.connections, args.threads, args.duration)
                     runs[tool].append(r)
                     print(f"{label} round {round_ + 1} {tool:8} {r['rps']:10.0f} req/s  "
-                          f"{r['cpu_per_k']:.3f} CPU s/1000 req  p50 {r['p50']:.3f} ms  "
+                          f"{r['cpu_per_k']:.3f} CPU s/1000 req  mean {r['mean']:.3f} ms  p50 {r['p50']:.3f} ms  "
                           f"p99 {r['p99']:.3f} ms", flush=True)
             results[label] = runs
     finally:
@@ -115,22 +117,25 @@ def main():
         subprocess.run(["rm", "-rf", work])
     print(f"\n{args.connections} connections, {args.threads} threads each, {args.duration} s per run, "
           f"{args.rounds} rounds, nginx sendfile on, page cache; min / median / max\n")
-    print("| file | tool | req/s | CPU s per 1000 req | p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|")
+    print("| file | tool | req/s | CPU s per 1000 req | mean ms | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
     for label, runs in results.items():
         for tool in ("wrk", "loadgen"):
             r = runs[tool]
             print(f"| {label} | {tool} | {mmm([x['rps'] for x in r], '{:.0f}')} | "
-                  f"{mmm([x['cpu_per_k'] for x in r], '{:.3f}')} | {mmm([x['p50'] for x in r], '{:.3f}')} | "
+                  f"{mmm([x['cpu_per_k'] for x in r], '{:.3f}')} | {mmm([x['mean'] for x in r], '{:.3f}')} | "
+                  f"{mmm([x['p50'] for x in r], '{:.3f}')} | "
                   f"{mmm([x['p99'] for x in r], '{:.3f}')} |")
-    print("\n| file | req/s loadgen/wrk | CPU per request loadgen/wrk | p50 loadgen/wrk | p99 loadgen/wrk |")
-    print("|---|---|---|---|---|")
+    print("\n| file | req/s loadgen/wrk | CPU per request loadgen/wrk | mean latency loadgen/wrk | "
+          "p50 loadgen/wrk | p99 loadgen/wrk |")
+    print("|---|---|---|---|---|---|")
     summary = {}
     for label, runs in results.items():
         ratios = {k: [l[k] / w[k] for l, w in zip(runs["loadgen"], runs["wrk"])]
-                  for k in ("rps", "cpu_per_k", "p50", "p99")}
+                  for k in ("rps", "cpu_per_k", "mean", "p50", "p99")}
         summary[label] = {k: (min(v), statistics.median(v), max(v)) for k, v in ratios.items()}
-        print(f"| {label} | {mmm(ratios['rps'])} | {mmm(ratios['cpu_per_k'])} | {mmm(ratios['p50'])} | "
+        print(f"| {label} | {mmm(ratios['rps'])} | {mmm(ratios['cpu_per_k'])} | {mmm(ratios['mean'])} | "
+              f"{mmm(ratios['p50'])} | "
               f"{mmm(ratios['p99'])} |")
     if args.json:
         with open(args.json, "w") as f:

@@ -358,6 +358,42 @@ pub fn request_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes the head of a publisher store, `PUT /v1/blobs?epochs=N`, with the write token if any.
+pub fn store_head(out: &mut Vec<u8>, host: &str, epochs: u32, token: Option<&str>, len: usize) {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let extra: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    let path = format!("/v1/blobs?epochs={epochs}");
+    request_head(out, "PUT", &path, host, &extra, Some(len));
+}
+
+/// The blob ID a publisher's answer to a store of `size` bytes names (`newlyCreated` or
+/// `alreadyCertified`), or what is wrong with the answer.
+pub fn stored_blob_id(answer: &[u8], size: u64) -> Result<String, String> {
+    let answer: serde_json::Value =
+        serde_json::from_slice(answer).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    let created = answer
+        .get("newlyCreated")
+        .or_else(|| answer.get("alreadyCertified"))
+        .ok_or_else(|| {
+            format!("the answer is neither newlyCreated nor alreadyCertified: {answer}")
+        })?;
+    let id = created["blobId"]
+        .as_str()
+        .filter(|id| id.parse::<floe_codec::BlobId>().is_ok())
+        .ok_or_else(|| format!("the answer has no blob ID: {answer}"))?;
+    if created["size"].as_u64() != Some(size) {
+        return Err(format!(
+            "the node says {} bytes, {size} were sent",
+            created["size"]
+        ));
+    }
+    Ok(id.to_string())
+}
+
 fn head_of(response: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
     let status = response.code.unwrap_or(0);
     let mut content_length = None;

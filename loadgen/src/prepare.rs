@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::content;
-use crate::http::{request_head, Client, Watchdog};
+use crate::http::{store_head, stored_blob_id, Client, Watchdog};
 use crate::manifest::{Manifest, ManifestBlob, FORMAT};
 use crate::run::{block_on_fetch, on_this_thread, watch_period};
 use crate::spec::SizeDist;
@@ -157,21 +157,13 @@ async fn store_one(
     let mut body = vec![0u8; size as usize];
     content::fill(&key, 0, &mut body);
     let checksum = blake3::hash(&body).to_hex().to_string();
-    let path = format!("/v1/blobs?epochs={}", config.epochs);
-    let authorization = config.token.as_ref().map(|t| format!("Bearer {t}"));
-    let extra: Vec<(&str, &str)> = authorization
-        .as_deref()
-        .map(|a| ("Authorization", a))
-        .into_iter()
-        .collect();
     let mut head = Vec::new();
-    request_head(
+    store_head(
         &mut head,
-        "PUT",
-        &path,
         &config.target.host,
-        &extra,
-        Some(body.len()),
+        config.epochs,
+        config.token.as_deref(),
+        body.len(),
     );
     let mut attempt = 0;
     let (status, answer) = loop {
@@ -190,25 +182,11 @@ async fn store_one(
             String::from_utf8_lossy(&answer).trim()
         );
     }
-    let answer: serde_json::Value = serde_json::from_slice(&answer)
-        .with_context(|| format!("the answer to storing blob {index} is not JSON"))?;
-    let created = answer
-        .get("newlyCreated")
-        .or_else(|| answer.get("alreadyCertified"))
-        .ok_or_else(|| anyhow!("the answer to storing blob {index} is neither newlyCreated nor alreadyCertified: {answer}"))?;
-    let blob_id = created["blobId"]
-        .as_str()
-        .filter(|id| id.parse::<floe_codec::BlobId>().is_ok())
-        .ok_or_else(|| anyhow!("the answer to storing blob {index} has no blob ID: {answer}"))?;
-    if created["size"].as_u64() != Some(size) {
-        bail!(
-            "the node says blob {index} has {} bytes, {size} were sent",
-            created["size"]
-        );
-    }
+    let blob_id = stored_blob_id(&answer, size)
+        .map_err(|what| anyhow!("storing blob {index} ({size} bytes): {what}"))?;
     Ok(ManifestBlob {
         index,
-        blob_id: blob_id.to_string(),
+        blob_id,
         size,
         blake3: checksum,
     })

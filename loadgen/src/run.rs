@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::content;
-use crate::http::{request_head, Client, Head, HttpError, Watchdog};
+use crate::http::{request_head, store_head, stored_blob_id, Client, Head, HttpError, Watchdog};
 use crate::manifest::Blob;
 use crate::report::{self, Report};
 use crate::spec::{KeyChooser, Mix, Op, Popularity, SizeDist};
@@ -622,6 +622,19 @@ impl Connection<'_> {
         }
     }
 
+    /// Reads an answer's body into `collected` (or past it if `keep` is false).
+    async fn collect(&mut self, head: &Head, keep: bool) -> Result<(), HttpError> {
+        self.collected.clear();
+        let collected = &mut self.collected;
+        self.client
+            .body(head, |chunk| {
+                if keep {
+                    collected.extend_from_slice(chunk)
+                }
+            })
+            .await
+    }
+
     /// Reads an answer's body as an error: drains it, names the status.
     async fn unexpected(&mut self, head: &Head, expected: u16) -> Outcome {
         let mut text = Vec::new();
@@ -753,17 +766,7 @@ impl Connection<'_> {
         if head.status != 200 {
             return self.unexpected(&head, 200).await;
         }
-        self.collected.clear();
-        let collected = &mut self.collected;
-        if let Err(error) = self
-            .client
-            .body(&head, |chunk| {
-                if verify {
-                    collected.extend_from_slice(chunk)
-                }
-            })
-            .await
-        {
+        if let Err(error) = self.collect(&head, verify).await {
             return error.into();
         }
         if verify {
@@ -795,20 +798,12 @@ impl Connection<'_> {
         self.stores += 1;
         self.body.resize(size, 0);
         content::fill(&key, 0, &mut self.body);
-        let path = format!("/v1/blobs?epochs={}", config.store_epochs);
-        let authorization = config.token.as_ref().map(|t| format!("Bearer {t}"));
-        let extra: Vec<(&str, &str)> = authorization
-            .as_deref()
-            .map(|a| ("Authorization", a))
-            .into_iter()
-            .collect();
-        request_head(
+        store_head(
             &mut self.head,
-            "PUT",
-            &path,
             &self.target.host,
-            &extra,
-            Some(size),
+            config.store_epochs,
+            config.token.as_deref(),
+            size,
         );
         let (head, sent, _) = match self.client.start(&self.head, &self.body).await {
             Ok(answer) => answer,
@@ -817,38 +812,13 @@ impl Connection<'_> {
         if head.status != 200 {
             return self.unexpected(&head, 200).await;
         }
-        self.collected.clear();
-        let collected = &mut self.collected;
-        if let Err(error) = self
-            .client
-            .body(&head, |chunk| collected.extend_from_slice(chunk))
-            .await
-        {
+        if let Err(error) = self.collect(&head, true).await {
             return error.into();
         }
         // The answer must name a well-formed blob ID of the size sent; the bytes themselves
         // are checked when read back.
-        let answer: serde_json::Value = match serde_json::from_slice(&self.collected) {
-            Ok(answer) => answer,
-            Err(e) => return failed("protocol", format!("store answer is not JSON: {e}")),
-        };
-        let created = answer
-            .get("newlyCreated")
-            .or_else(|| answer.get("alreadyCertified"));
-        let good = created.is_some_and(|c| {
-            c["size"].as_u64() == Some(size as u64)
-                && c["blobId"]
-                    .as_str()
-                    .is_some_and(|id| id.parse::<floe_codec::BlobId>().is_ok())
-        });
-        if !good {
-            return failed(
-                "verify",
-                format!(
-                    "store answer without a blob ID of {size} bytes: {}",
-                    String::from_utf8_lossy(&self.collected)
-                ),
-            );
+        if let Err(what) = stored_blob_id(&self.collected, size as u64) {
+            return failed("verify", format!("store of {size} bytes: {what}"));
         }
         Outcome::Ok {
             bytes: size as u64,

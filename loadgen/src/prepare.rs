@@ -85,7 +85,9 @@ async fn store_all(
     total_bytes: u64,
 ) -> Result<Vec<ManifestBlob>> {
     let next = Rc::new(Cell::new(0usize));
-    let stored_bytes = Rc::new(Cell::new(0u64));
+    // Blobs and bytes stored so far, for the progress line.
+    let stored = Rc::new(Cell::new((0usize, 0u64)));
+    let sizes: Rc<[u64]> = sizes.into();
     let results: Rc<RefCell<Vec<Option<ManifestBlob>>>> =
         Rc::new(RefCell::new(vec![None; sizes.len()]));
     let failure: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
@@ -94,14 +96,14 @@ async fn store_all(
     let watchdog = Watchdog::spawn(watch_period(config.timeout));
     let mut tasks = Vec::new();
     for _ in 0..config.connections.clamp(1, sizes.len()) {
-        let (next, stored_bytes, results, failure) = (
+        let (next, stored, results, failure, sizes) = (
             next.clone(),
-            stored_bytes.clone(),
+            stored.clone(),
             results.clone(),
             failure.clone(),
+            sizes.clone(),
         );
         let config = config.clone();
-        let sizes = sizes.to_vec();
         let watchdog = watchdog.clone();
         tasks.push(tokio::task::spawn_local(async move {
             let mut client = Client::new(config.target.addr, config.timeout, &watchdog);
@@ -113,16 +115,17 @@ async fn store_all(
                 next.set(index + 1);
                 match store_one(&mut client, &config, index as u64, sizes[index]).await {
                     Ok(blob) => {
-                        stored_bytes.set(stored_bytes.get() + blob.size);
+                        let (done, bytes) = stored.get();
+                        let (done, bytes) = (done + 1, bytes + blob.size);
+                        stored.set((done, bytes));
                         results.borrow_mut()[index] = Some(blob);
                         if show {
-                            let done = results.borrow().iter().flatten().count();
                             eprint!(
                                 "\r\x1b[2Kstored {done}/{} blobs, {:.1}/{:.1} MB, {:.1} MB/s",
                                 sizes.len(),
-                                stored_bytes.get() as f64 / 1e6,
+                                bytes as f64 / 1e6,
                                 total_bytes as f64 / 1e6,
-                                stored_bytes.get() as f64 / 1e6 / started.elapsed().as_secs_f64()
+                                bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
                             );
                         }
                     }

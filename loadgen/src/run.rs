@@ -105,7 +105,8 @@ struct Shared {
     slivers: Vec<SliverSet>,
     start: Instant,
     claimed: AtomicU64,
-    live: Live,
+    /// Only when a progress line is shown: otherwise no counter is shared between threads.
+    live: Option<Live>,
 }
 
 /// Counters the progress line reads while the run goes.
@@ -127,15 +128,16 @@ pub fn run(config: RunConfig) -> Result<Report> {
     };
     // Every thread starts from the same instant, a little ahead so that all are ready.
     let start = Instant::now() + Duration::from_millis(20);
+    let show_progress = config.progress && std::io::stderr().is_terminal();
     let shared = Arc::new(Shared {
         config,
         slivers,
         start,
         claimed: AtomicU64::new(0),
-        live: Live::default(),
+        live: show_progress.then(Live::default),
     });
     let done = Arc::new(AtomicBool::new(false));
-    let progress = (shared.config.progress && std::io::stderr().is_terminal()).then(|| {
+    let progress = show_progress.then(|| {
         let (shared, done) = (shared.clone(), done.clone());
         std::thread::spawn(move || progress_line(&shared, &done))
     });
@@ -215,71 +217,74 @@ pub(crate) fn block_on_fetch(
 }
 
 /// For each target: each blob's metadata, checked against its ID, and the pairs the target
-/// holds (`GET /v1/blobs/{id}/status`).
+/// holds (`GET /v1/blobs/{id}/status`); one connection per target for all of them.
 fn sliver_sets(config: &RunConfig) -> Result<Vec<SliverSet>> {
-    let mut sets = Vec::new();
-    for target in &config.targets {
-        let mut set = SliverSet::default();
-        for (index, blob) in config.blobs.iter().enumerate() {
-            let (status, body) = block_on_fetch(
-                target,
-                "GET",
-                &format!("{}/status", blob.path),
-                config.timeout,
-            )?;
-            if status != 200 {
-                bail!("{target}: GET {}/status answered {status}", blob.path);
+    on_this_thread(async {
+        let watchdog = Watchdog::spawn(watch_period(config.timeout));
+        let mut sets = Vec::new();
+        for target in &config.targets {
+            let mut client = Client::new(target.addr, config.timeout, &watchdog);
+            let mut set = SliverSet::default();
+            for (index, blob) in config.blobs.iter().enumerate() {
+                let body = get_ok(&mut client, target, &format!("{}/status", blob.path)).await?;
+                let answer: serde_json::Value = serde_json::from_slice(&body)
+                    .with_context(|| format!("{target}: the status of {}", blob.id))?;
+                let pairs: Vec<u16> = answer["primaryPairs"]
+                    .as_array()
+                    .map(|pairs| {
+                        pairs
+                            .iter()
+                            .filter_map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if pairs.is_empty() {
+                    set.per_blob.push(None);
+                    continue;
+                }
+                let body = get_ok(&mut client, target, &format!("{}/metadata", blob.path)).await?;
+                let metadata = decode_metadata(&body)
+                    .map_err(|e| anyhow!("{target}: the metadata of {}: {e}", blob.id))?;
+                if metadata.compute_blob_id() != blob.id {
+                    bail!(
+                        "{target}: the metadata of {} does not match its blob ID",
+                        blob.id
+                    );
+                }
+                set.blobs.push(index);
+                set.per_blob.push(Some((metadata, pairs)));
             }
-            let answer: serde_json::Value = serde_json::from_slice(&body)
-                .with_context(|| format!("{target}: the status of {}", blob.id))?;
-            let pairs: Vec<u16> = answer["primaryPairs"]
-                .as_array()
-                .map(|pairs| {
-                    pairs
-                        .iter()
-                        .filter_map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if pairs.is_empty() {
-                set.per_blob.push(None);
-                continue;
+            if set.blobs.is_empty() {
+                bail!("{target} holds no primary sliver of any blob in the manifest");
             }
-            let (status, body) = block_on_fetch(
-                target,
-                "GET",
-                &format!("{}/metadata", blob.path),
-                config.timeout,
-            )?;
-            if status != 200 {
-                bail!("{target}: GET {}/metadata answered {status}", blob.path);
-            }
-            let metadata = decode_metadata(&body)
-                .map_err(|e| anyhow!("{target}: the metadata of {}: {e}", blob.id))?;
-            if metadata.compute_blob_id() != blob.id {
-                bail!(
-                    "{target}: the metadata of {} does not match its blob ID",
-                    blob.id
-                );
-            }
-            set.blobs.push(index);
-            set.per_blob.push(Some((metadata, pairs)));
+            sets.push(set);
         }
-        if set.blobs.is_empty() {
-            bail!("{target} holds no primary sliver of any blob in the manifest");
-        }
-        sets.push(set);
+        Ok(sets)
+    })?
+}
+
+/// The body of a `GET` that must answer 200 (setup, not load).
+async fn get_ok(client: &mut Client, target: &Target, path: &str) -> Result<Vec<u8>> {
+    let mut head = Vec::new();
+    request_head(&mut head, "GET", path, &target.host, &[], None);
+    let (status, body) = client
+        .fetch(&head, &[])
+        .await
+        .map_err(|e| anyhow!("{target}: GET {path}: {e}"))?;
+    if status != 200 {
+        bail!("{target}: GET {path} answered {status}");
     }
-    Ok(sets)
+    Ok(body)
 }
 
 fn progress_line(shared: &Shared, done: &AtomicBool) {
+    let live = shared.live.as_ref().expect("progress has its counters");
     let mut last = (0, 0);
     while !done.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_secs(1));
-        let ok = shared.live.ok.load(Ordering::Relaxed);
-        let bytes = shared.live.bytes.load(Ordering::Relaxed);
-        let errors = shared.live.errors.load(Ordering::Relaxed);
+        let ok = live.ok.load(Ordering::Relaxed);
+        let bytes = live.bytes.load(Ordering::Relaxed);
+        let errors = live.errors.load(Ordering::Relaxed);
         let elapsed = shared.start.elapsed().as_secs_f64();
         let phase = if elapsed < shared.config.warmup.as_secs_f64() {
             "warm-up"
@@ -587,8 +592,10 @@ async fn connection_main(
                     per_op.ok += 1;
                     per_op.bytes += bytes;
                     let _ = per_op.latency.record(latency);
-                    shared.live.ok.fetch_add(1, Ordering::Relaxed);
-                    shared.live.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    if let Some(live) = &shared.live {
+                        live.ok.fetch_add(1, Ordering::Relaxed);
+                        live.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
                     false
                 }
                 Outcome::Failed { kind, message } => {
@@ -597,7 +604,9 @@ async fn connection_main(
                     if stats.error_sample.is_none() {
                         stats.error_sample = Some(format!("{} {}: {message}", op.name(), kind));
                     }
-                    shared.live.errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(live) = &shared.live {
+                        live.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     // A closed loop would spin on a refused connection.
                     kind == "connect" && interval.is_none()
                 }

@@ -171,6 +171,8 @@ fn every_workload_runs_against_a_real_node_and_its_counts_add_up() {
         assert!(report.errors.is_empty(), "{workload}: {}", report.table());
         // Every answer was checked: reads against the manifest, stores by their answer.
         assert_eq!(report.verified, 60, "{workload}");
+        // Four kept-alive connections, each opened once.
+        assert_eq!(report.connects, 4, "{workload}");
         assert!(report.bytes > 0);
         let stores = report.by_op.get("store").map_or(0, |o| o.ok) as usize;
         assert_eq!(blob_count(&node), stores_before + stores, "{workload}");

@@ -542,7 +542,6 @@ async fn connection_main(
         let previous_done = std::mem::replace(&mut last_done, done);
         let back_off = {
             let mut stats = stats.borrow_mut();
-            stats.connects = connection.client.connects;
             if !measured {
                 continue;
             }
@@ -617,7 +616,8 @@ async fn connection_main(
         }
     }
     let mut stats = stats.borrow_mut();
-    stats.connects = stats.connects.max(connection.client.connects);
+    // Each connection adds the connections it opened once, when it ends.
+    stats.connects += connection.client.connects;
 }
 
 impl Connection<'_> {

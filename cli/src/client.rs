@@ -1,4 +1,4 @@
-//! `floe store` and `floe read`: a client of the user API (`api.md`, "Users") that any node of
+//! `floe store`, `floe read` and `floe delete`: a client of the user API (`api.md`, "Users") that any node of
 //! a committee serves: the node encodes and spreads the blob, or gathers, verifies and decodes
 //! it. Files stream from and to disk; a progress bar shows on a terminal, none when piped.
 
@@ -56,7 +56,13 @@ pub struct Stored {
 }
 
 /// Stores `file` through the node at `url` for `epochs` epochs.
-pub fn store(url: &str, file: &Path, epochs: u32, token: Option<&str>) -> Result<Stored> {
+pub fn store(
+    url: &str,
+    file: &Path,
+    epochs: u32,
+    deletable: bool,
+    token: Option<&str>,
+) -> Result<Stored> {
     let opened = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let size = opened.metadata()?.len();
     // Ask first: a node refuses a body over its limit without reading it, which a client
@@ -71,7 +77,11 @@ pub fn store(url: &str, file: &Path, epochs: u32, token: Option<&str>) -> Result
         }
     }
     let bar = progress(Some(size), "storing");
-    let url = format!("{}/v1/blobs?epochs={epochs}", url.trim_end_matches('/'));
+    let url = format!(
+        "{}/v1/blobs?epochs={epochs}{}",
+        url.trim_end_matches('/'),
+        if deletable { "&deletable=true" } else { "" }
+    );
     let mut request = agent()
         .put(&url)
         .header("content-type", "application/octet-stream")
@@ -103,6 +113,22 @@ pub fn store(url: &str, file: &Path, epochs: u32, token: Option<&str>) -> Result
         outcome: outcome.clone(),
         answer,
     })
+}
+
+/// Deletes blob `id` through the node at `url`; returns the node's answer.
+pub fn delete(url: &str, id: &BlobId, token: Option<&str>) -> Result<serde_json::Value> {
+    let url = format!("{}/v1/blobs/{id}", url.trim_end_matches('/'));
+    let mut request = agent().delete(&url);
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.call().with_context(|| format!("DELETE {url}"))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec()?;
+    if status != 200 {
+        bail!("the node answered {status}: {}", error_text(&body));
+    }
+    serde_json::from_slice(&body).context("the node's answer is not JSON")
 }
 
 /// The largest blob the node at `url` takes (`/v1/health`), if it says.

@@ -40,6 +40,18 @@ enum Command {
         /// Epochs to store the blob for.
         #[arg(long, default_value_t = 1)]
         epochs: u32,
+        /// Store it deletable: `floe delete` (with the write token) can remove it before its
+        /// end epoch. Without it the blob is permanent until then.
+        #[arg(long)]
+        deletable: bool,
+    },
+    /// Delete a blob stored with --deletable, on every node of the committee.
+    Delete {
+        /// The blob ID (it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
+        blob_id: String,
+        #[arg(long, default_value = "http://127.0.0.1:31415")]
+        node: String,
     },
     /// Read a blob through a node's aggregator, verified against its ID by the node.
     Read {
@@ -227,21 +239,57 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `FLOE_WRITE_TOKEN`, if set and not empty.
+fn write_token() -> Option<String> {
+    std::env::var("FLOE_WRITE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args)?,
         Command::Tune(args) => run_tune(args)?,
-        Command::Store { file, node, epochs } => {
-            let token = std::env::var("FLOE_WRITE_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty());
-            let stored = client::store(&node, &file, epochs, token.as_deref())?;
+        Command::Store {
+            file,
+            node,
+            epochs,
+            deletable,
+        } => {
+            let stored = client::store(&node, &file, epochs, deletable, write_token().as_deref())?;
             let inner = &stored.answer[&stored.outcome];
             eprintln!(
-                "{}: {} bytes, end epoch {}, {} shards confirmed",
-                stored.outcome, inner["size"], inner["endEpoch"], inner["shardsConfirmed"]
+                "{}: {} bytes, end epoch {}, {} shards confirmed{}",
+                stored.outcome,
+                inner["size"],
+                inner["endEpoch"],
+                inner["shardsConfirmed"],
+                if inner["deletable"] == true {
+                    ", deletable"
+                } else {
+                    ""
+                }
             );
             println!("{}", stored.blob_id);
+        }
+        Command::Delete { blob_id, node } => {
+            let id: BlobId = blob_id.parse()?;
+            let answer = client::delete(&node, &id, write_token().as_deref())?;
+            let inner = &answer["deleted"];
+            let names = |key: &str| -> String {
+                let list: Vec<&str> = inner[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .collect();
+                list.join(", ")
+            };
+            eprintln!("deleted {id} on {}", names("nodesDeleted"));
+            let failed = names("failedNodes");
+            if !failed.is_empty() {
+                eprintln!("not confirmed (they learn it through sync): {failed}");
+            }
         }
         Command::Read {
             blob_id,

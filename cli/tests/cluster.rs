@@ -28,6 +28,8 @@ struct Cluster {
     n_shards: u16,
     /// Shards of each node.
     shards: Vec<Vec<u16>>,
+    /// `FLOE_WRITE_TOKEN` of every node, if any.
+    token: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -45,6 +47,16 @@ impl Cluster {
         nodes: usize,
         n_shards: u16,
         address_of: impl Fn(usize, u16) -> String,
+    ) -> Cluster {
+        Self::start_opts(nodes, n_shards, address_of, None)
+    }
+
+    /// [`Cluster::start_with`], every node with write token `token`.
+    fn start_opts(
+        nodes: usize,
+        n_shards: u16,
+        address_of: impl Fn(usize, u16) -> String,
+        token: Option<&str>,
     ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut committee = format!("n_shards = {n_shards}\n");
@@ -68,6 +80,7 @@ impl Cluster {
             n_shards,
             shards,
             _dir: dir,
+            token: token.map(String::from),
         };
         for (i, port) in ports.into_iter().enumerate() {
             let home = cluster._dir.path().join(format!("n{i}"));
@@ -115,7 +128,11 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_floe"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_floe"));
+        if let Some(token) = &self.token {
+            command.env("FLOE_WRITE_TOKEN", token);
+        }
+        let child = command
             .arg("node")
             .arg("--config")
             .arg(&node.config)
@@ -718,6 +735,19 @@ fn cluster_up_store_read_and_down_with_the_cli() {
         back.to_str().unwrap(),
     ]);
     assert!(std::fs::read(&back).unwrap() == blob);
+    // A deletable blob, deleted through another node: no node serves it after.
+    std::fs::write(&file, blob_bytes(5000, 6)).unwrap();
+    let id = floe(&[
+        "store",
+        file.to_str().unwrap(),
+        "--node",
+        &urls[1],
+        "--deletable",
+    ]);
+    floe(&["delete", id.trim(), "--node", &urls[2]]);
+    for url in &urls {
+        assert_eq!(get(url, &format!("/v1/blobs/{}", id.trim())).0, 404);
+    }
     let pids: Vec<String> = (0..3)
         .map(|i| std::fs::read_to_string(cluster_dir.join(format!("node-{i}/pid"))).unwrap())
         .collect();
@@ -729,5 +759,145 @@ fn cluster_up_store_read_and_down_with_the_cli() {
             state.is_empty() || state.contains(") Z"),
             "node {pid} still runs"
         );
+    }
+}
+
+/// A request with an optional bearer token: status and body.
+fn send(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let mut response = agent().run(request.body(body.to_vec()).unwrap()).unwrap();
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap();
+    (status, body)
+}
+
+/// Node `i`'s `/status` of `id`.
+fn blob_status(cluster: &Cluster, i: usize, id: &BlobId) -> serde_json::Value {
+    let (status, body) = get(&cluster.url(i), &format!("/v1/blobs/{id}/status"));
+    assert_eq!(status, 200);
+    json(&body)
+}
+
+#[test]
+fn deletable_blobs_are_deleted_on_every_node_and_permanent_ones_never() {
+    let token = Some("s3cret");
+    let mut cluster = Cluster::start_opts(4, 10, |_, port| format!("127.0.0.1:{port}"), token);
+    let urls: Vec<String> = (0..4).map(|i| cluster.url(i)).collect();
+    let put = |i: usize, blob: &[u8], query: &str| {
+        let url = format!("{}/v1/blobs?epochs=3{query}", urls[i]);
+        let (status, body) = send("PUT", &url, token, blob);
+        (status, json(&body))
+    };
+    let id_of = |answer: &serde_json::Value, outcome: &str| -> BlobId {
+        answer[outcome]["blobId"].as_str().unwrap().parse().unwrap()
+    };
+    let a = blob_bytes(1 << 20, 31);
+    let b = blob_bytes(300_000, 32);
+    let c = blob_bytes(200_000, 33);
+    let (status, answer) = put(0, &a, "&deletable=true");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["newlyCreated"]["deletable"], true, "{answer}");
+    let id_a = id_of(&answer, "newlyCreated");
+    let (status, answer) = put(0, &b, "");
+    assert_eq!(status, 200, "{answer}");
+    let id_b = id_of(&answer, "newlyCreated");
+    // C stored deletable, then permanent: permanent wins, on every node.
+    assert_eq!(put(1, &c, "&deletable=true").0, 200);
+    let (status, answer) = put(2, &c, "");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["newlyCreated"]["deletable"], false, "{answer}");
+    let id_c = id_of(&answer, "newlyCreated");
+    for i in 0..4 {
+        assert_eq!(blob_status(&cluster, i, &id_a)["deletable"], true);
+        assert_eq!(blob_status(&cluster, i, &id_c)["deletable"], false);
+    }
+    // Warm the caches of two nodes: a deletion must reach them too.
+    for i in [0, 2] {
+        assert!(get(&cluster.url(i), &format!("/v1/blobs/{id_a}")).1 == a);
+    }
+    cluster.stop(3);
+    let delete = |i: usize, id: &BlobId, token: Option<&str>| {
+        let (status, body) = send("DELETE", &format!("{}/v1/blobs/{id}", urls[i]), token, b"");
+        (status, json(&body))
+    };
+    assert_eq!(delete(1, &id_a, None).0, 401);
+    assert_eq!(delete(1, &id_a, Some("wrong")).0, 401);
+    for id in [&id_b, &id_c] {
+        let (status, answer) = delete(1, id, token);
+        assert_eq!(status, 409, "{answer}");
+        assert_eq!(answer["error"]["code"], "notDeletable", "{answer}");
+    }
+    let (status, answer) = delete(1, &id_a, token);
+    assert_eq!(status, 200, "{answer}");
+    let names = |key: &str| -> Vec<String> {
+        answer["deleted"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut deleted = names("nodesDeleted");
+    deleted.sort();
+    assert_eq!(deleted, ["n0", "n1", "n2"], "{answer}");
+    assert!(names("failedNodes")[0].starts_with("n3"), "{answer}");
+    for i in 0..3 {
+        let (status, body) = get(&cluster.url(i), &format!("/v1/blobs/{id_a}"));
+        assert_eq!(status, 404, "node {i}: {}", String::from_utf8_lossy(&body));
+        let status = blob_status(&cluster, i, &id_a);
+        assert_eq!(status["known"], false, "{status}");
+        assert_eq!(status["deleted"], true, "{status}");
+        assert_eq!(status["primaryPairs"].as_array().unwrap().len(), 0);
+        assert!(get(&cluster.url(i), &format!("/v1/blobs/{id_b}")).1 == b);
+    }
+    let listed = json(&get(&cluster.url(2), "/v1/blobs").1);
+    let entry = listed["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["blobId"] == id_a.to_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["deleted"], true, "{listed}");
+    // Deleting again is no error; storing it deletable again is refused, clearly.
+    assert_eq!(delete(0, &id_a, token).0, 200);
+    let (status, answer) = put(0, &a, "&deletable=true");
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "blobDeleted", "{answer}");
+    // Node 3 was down: it still holds A's slivers, and learns the deletion through sync.
+    cluster.restart(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = blob_status(&cluster, 3, &id_a);
+        if status["deleted"] == true && status["primaryPairs"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not learn the deletion: {status}; {}",
+            cluster.log(3)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(&cluster.url(3), &format!("/v1/blobs/{id_a}")).0, 404);
+    assert!(metric(&cluster.url(3), "floe_blobs_deleted_total") >= 1.0);
+    // A permanent store brings the same bytes back.
+    let (status, answer) = put(3, &a, "");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(id_of(&answer, "newlyCreated"), id_a);
+    for i in 0..4 {
+        assert!(
+            get(&cluster.url(i), &format!("/v1/blobs/{id_a}")).1 == a,
+            "node {i}"
+        );
+        assert_eq!(blob_status(&cluster, i, &id_a)["deleted"], false);
     }
 }

@@ -5,7 +5,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use floe_codec::{
@@ -13,7 +14,7 @@ use floe_codec::{
     encode_sliver_batch, sliver_header, BlobId, BlobLayout, BlobMetadata, ExpandedSliver,
     RecoverySymbol, SliverKind, VerifyScratch, SYMBOL_BYTES_MAX,
 };
-use floe_storage::format::RecordKind;
+use floe_storage::format::{RecordKind, FLAG_DELETABLE};
 use floe_storage::store::Key;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -25,7 +26,9 @@ use serde_json::json;
 use crate::config::{Committee, Member, NodeConfig};
 use crate::error::ApiError;
 use crate::metrics::{fs_space, Metrics, ReasonLabel};
-use crate::owner::{Held, Op, Owners, Record, StorageFailure};
+use crate::owner::{
+    BlobState, Deleted, Held, Listed, MetadataStored, Op, Owners, Record, StorageFailure,
+};
 use crate::route::Route;
 
 /// What every core shares (read-only, or atomics).
@@ -42,6 +45,41 @@ pub struct Shared {
     pub io: Vec<crate::io_plan::DiskPlan>,
     /// Sync and healing progress, for `/v1/health`.
     pub sync: crate::sync::SyncStatus,
+    /// Blobs deleted while the node runs, for every core to drop from its caches.
+    pub deletions: DeletionLog,
+}
+
+/// The blobs deleted on this node, newest last, so that each core drops them from its caches
+/// (a core checks one atomic per lookup; the lock is taken only when something was deleted).
+#[derive(Default)]
+pub struct DeletionLog {
+    total: AtomicU64,
+    recent: Mutex<VecDeque<[u8; 32]>>,
+}
+
+/// Deletions the log keeps. Why: a core that fell further behind clears its caches instead.
+const DELETION_LOG_ENTRIES: usize = 4096;
+
+impl DeletionLog {
+    fn push(&self, blob_id: [u8; 32]) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.push_back(blob_id);
+        if recent.len() > DELETION_LOG_ENTRIES {
+            recent.pop_front();
+        }
+        self.total.fetch_add(1, Ordering::Release);
+    }
+
+    /// The number of deletions so far, and those after the first `seen` (`None` when the log
+    /// no longer has them all).
+    fn since(&self, seen: u64) -> (u64, Option<Vec<[u8; 32]>>) {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let total = self.total.load(Ordering::Acquire);
+        let missed = (total - seen) as usize;
+        let ids =
+            (missed <= recent.len()).then(|| recent.iter().rev().take(missed).copied().collect());
+        (total, ids)
+    }
 }
 
 /// Metadata kept on a core after it was verified, for checking slivers against.
@@ -49,6 +87,8 @@ pub struct CachedMetadata {
     pub metadata: BlobMetadata,
     pub layout: BlobLayout,
     pub end_epoch: u32,
+    /// As stored when this was cached (the home core's record decides; see [`Op::Delete`]).
+    pub deletable: bool,
 }
 
 /// Verified metadata cached per core. Why bounded by count: at n = 1000 one entry is ~64 KiB.
@@ -74,6 +114,8 @@ pub struct CoreState {
     pub peers: crate::peer::Peers,
     /// Verified blobs, for the aggregator.
     pub(crate) blob_cache: RefCell<crate::blobs::BlobCache>,
+    /// How many of [`Shared::deletions`] this core's caches have dropped.
+    deletions_seen: Cell<u64>,
 }
 
 pub type Body = Full<Bytes>;
@@ -94,6 +136,7 @@ impl CoreState {
             blob_cache: RefCell::new(crate::blobs::BlobCache::new(
                 shared.config.cache_bytes_per_core,
             )),
+            deletions_seen: Cell::new(0),
             shared,
         }
     }
@@ -114,11 +157,35 @@ impl CoreState {
             .map_err(storage_error)
     }
 
-    /// The stored metadata record (BCS) and the blob's end epoch, from its home core.
+    /// Drops blobs deleted since the last call from this core's caches.
+    pub(crate) fn forget_deleted(&self) {
+        let log = &self.shared.deletions;
+        if log.total.load(Ordering::Acquire) == self.deletions_seen.get() {
+            return;
+        }
+        let (total, deleted) = log.since(self.deletions_seen.get());
+        let mut metadata = self.metadata_cache.borrow_mut();
+        let mut blobs = self.blob_cache.borrow_mut();
+        match deleted {
+            Some(ids) => {
+                for id in ids {
+                    metadata.entries.remove(&id);
+                    blobs.remove(&BlobId(id));
+                }
+            }
+            None => {
+                *metadata = MetadataCache::default();
+                blobs.clear();
+            }
+        }
+        self.deletions_seen.set(total);
+    }
+
+    /// The stored metadata record (BCS), end epoch and flags, from the blob's home core.
     pub(crate) async fn metadata_record(
         &self,
         blob_id: &BlobId,
-    ) -> Result<Option<(Bytes, u32)>, ApiError> {
+    ) -> Result<Option<crate::owner::Found>, ApiError> {
         let home = self.shared.owners.home_of(&blob_id.0);
         let key = metadata_key(blob_id);
         let found = self.call(home, |reply| Op::Get { key, reply }).await?;
@@ -140,12 +207,14 @@ impl CoreState {
         &self,
         blob_id: &BlobId,
     ) -> Result<Option<Rc<CachedMetadata>>, ApiError> {
+        self.forget_deleted();
         if let Some(hit) = self.metadata_cache.borrow().entries.get(&blob_id.0) {
             return Ok(Some(hit.clone()));
         }
-        let Some((bytes, end_epoch)) = self.metadata_record(blob_id).await? else {
+        let Some(found) = self.metadata_record(blob_id).await? else {
             return Ok(None);
         };
+        let (bytes, end_epoch) = (found.data, found.end_epoch);
         // It was verified before it was stored, and its checksum held on this read.
         let metadata = decode_metadata(&bytes).map_err(|e| {
             ApiError::new(
@@ -165,14 +234,69 @@ impl CoreState {
             metadata,
             layout,
             end_epoch,
+            deletable: found.flags & FLAG_DELETABLE != 0,
         });
         self.remember(blob_id, cached.clone());
         Ok(Some(cached))
     }
 
+    /// The end epoch of the blob's deletion, if this node deleted it (its home core decides).
+    pub(crate) async fn deleted(&self, blob_id: &BlobId) -> Result<Option<u32>, ApiError> {
+        let home = self.shared.owners.home_of(&blob_id.0);
+        let blob_id = blob_id.0;
+        self.call(home, |reply| Op::IsDeleted { blob_id, reply })
+            .await
+    }
+
+    /// Deletes the blob on this node: the home core decides (see [`Op::Delete`]), then every
+    /// other core drops its slivers, and every core's caches forget it.
+    pub(crate) async fn delete_here(
+        &self,
+        blob_id: &BlobId,
+        end_epoch: u32,
+    ) -> Result<Deleted, ApiError> {
+        let home = self.shared.owners.home_of(&blob_id.0);
+        let id = blob_id.0;
+        let decided = self
+            .call(home, |reply| Op::Delete {
+                blob_id: id,
+                end_epoch,
+                decide: true,
+                reply,
+            })
+            .await?
+            .map_err(storage_error)?;
+        let Deleted::Now { end_epoch } = decided else {
+            return Ok(decided);
+        };
+        let others = (0..self.shared.owners.cores())
+            .filter(|core| *core != home)
+            .map(|core| async move {
+                self.call(core, |reply| Op::Delete {
+                    blob_id: id,
+                    end_epoch,
+                    decide: false,
+                    reply,
+                })
+                .await?
+                .map_err(storage_error)
+            });
+        // Caches forget it even if a core failed: the home core's tombstone already hides it.
+        let results = futures::future::join_all(others).await;
+        self.shared.deletions.push(id);
+        self.forget_deleted();
+        for result in results {
+            result?;
+        }
+        self.shared.metrics.blobs_deleted.inc();
+        Ok(decided)
+    }
+
     /// Stores verified metadata (its BCS `body`) on the blob's home core and caches it. The
     /// blob is kept until `end_epoch` or a later end epoch it already had: a second store can
-    /// extend a lifetime, never shorten it. Returns the end epoch stored.
+    /// extend a lifetime, never shorten it; and it stays deletable only if every store said
+    /// so. A deletable store of a deleted blob answers 409 `blobDeleted`. Returns the end
+    /// epoch and deletability stored.
     pub(crate) async fn store_metadata(
         &self,
         blob_id: &BlobId,
@@ -180,27 +304,38 @@ impl CoreState {
         metadata: BlobMetadata,
         layout: BlobLayout,
         end_epoch: u32,
-    ) -> Result<u32, ApiError> {
-        let mut end_epoch = end_epoch;
-        if let Some(known) = self.metadata(blob_id).await? {
-            end_epoch = end_epoch.max(known.end_epoch);
-        }
+        deletable: bool,
+    ) -> Result<(u32, bool), ApiError> {
         let home = self.shared.owners.home_of(&blob_id.0);
-        let record = Record {
-            key: metadata_key(blob_id),
-            end_epoch,
-            data: body,
+        let id = blob_id.0;
+        let stored = self
+            .call(home, |reply| Op::PutMetadata {
+                blob_id: id,
+                data: body,
+                end_epoch,
+                deletable,
+                reply,
+            })
+            .await?
+            .map_err(storage_error)?;
+        let (end_epoch, deletable) = match stored {
+            MetadataStored::Stored {
+                end_epoch,
+                deletable,
+            } => (end_epoch, deletable),
+            MetadataStored::Deleted { end_epoch } => return Err(blob_deleted(blob_id, end_epoch)),
         };
-        self.store_record(home, record).await?;
+        self.metadata_cache.borrow_mut().entries.remove(&id);
         self.remember(
             blob_id,
             Rc::new(CachedMetadata {
                 metadata,
                 layout,
                 end_epoch,
+                deletable,
             }),
         );
-        Ok(end_epoch)
+        Ok((end_epoch, deletable))
     }
 
     pub(crate) fn remember(&self, blob_id: &BlobId, cached: Rc<CachedMetadata>) {
@@ -213,6 +348,18 @@ impl CoreState {
             }
         }
     }
+}
+
+/// 409 `blobDeleted`: a deletable store of a blob deleted until `end_epoch`.
+pub(crate) fn blob_deleted(blob_id: &BlobId, end_epoch: u32) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "blobDeleted",
+        format!(
+            "blob {blob_id} was deleted; it can be stored again as permanent (without \
+             deletable=true) now, or as deletable after epoch {end_epoch}"
+        ),
+    )
 }
 
 pub(crate) fn metadata_key(blob_id: &BlobId) -> Key {
@@ -430,13 +577,18 @@ pub async fn dispatch(
             blob_id,
             method,
             epochs,
+            deletable,
         } => {
             if method == Method::PUT {
                 check_token(state, &request)?;
-                put_metadata(state, blob_id, epochs, request).await
+                put_metadata(state, blob_id, epochs, deletable, request).await
             } else {
                 get_metadata(state, blob_id).await
             }
+        }
+        Route::DeleteHere { blob_id, end_epoch } => {
+            check_token(state, &request)?;
+            delete_metadata(state, blob_id, end_epoch).await
         }
         Route::Sliver {
             blob_id,
@@ -478,6 +630,10 @@ pub async fn dispatch(
         }
         Route::Blob { blob_id, method } => {
             crate::blobs::read(state, blob_id, method == Method::HEAD, &request).await
+        }
+        Route::Delete { blob_id } => {
+            check_token(state, &request)?;
+            crate::blobs::delete(state, blob_id).await
         }
     }
 }
@@ -599,6 +755,7 @@ async fn put_metadata(
     state: &Rc<CoreState>,
     blob_id: BlobId,
     epochs: u32,
+    deletable: bool,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let n = state.n();
@@ -619,18 +776,58 @@ async fn put_metadata(
         .committee
         .current_epoch()
         .saturating_add(epochs);
-    let end_epoch = state
-        .store_metadata(&blob_id, body, metadata, layout, end_epoch)
+    let (end_epoch, deletable) = state
+        .store_metadata(&blob_id, body, metadata, layout, end_epoch, deletable)
         .await?;
     Ok(json_response(
         StatusCode::OK,
-        json!({"blobId": blob_id.to_string(), "stored": "metadata", "endEpoch": end_epoch}),
+        json!({
+            "blobId": blob_id.to_string(),
+            "stored": "metadata",
+            "endEpoch": end_epoch,
+            "deletable": deletable,
+        }),
+    ))
+}
+
+/// 409 `notDeletable`: the blob was stored permanent (on `node`).
+pub(crate) fn not_deletable(blob_id: &BlobId, node: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "notDeletable",
+        format!(
+            "blob {blob_id} was stored without deletable=true (on {node}): it stays until its \
+             end epoch and cannot be deleted"
+        ),
+    )
+}
+
+/// `DELETE /v1/blobs/{id}/metadata?endEpoch=E`: deletes the blob on this node only.
+async fn delete_metadata(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    end_epoch: u32,
+) -> Result<Response<Body>, ApiError> {
+    let (deleted, end_epoch) = match state.delete_here(&blob_id, end_epoch).await? {
+        Deleted::Now { end_epoch } => ("now", end_epoch),
+        Deleted::Before { end_epoch } => ("before", end_epoch),
+        Deleted::Permanent => return Err(not_deletable(&blob_id, &state.shared.me.name)),
+        Deleted::Unknown => {
+            return Err(ApiError::not_found(
+                "blobNotFound",
+                format!("this node has no metadata for blob {blob_id}"),
+            ))
+        }
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"blobId": blob_id.to_string(), "deleted": deleted, "endEpoch": end_epoch}),
     ))
 }
 
 async fn get_metadata(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>, ApiError> {
     match state.metadata_record(&blob_id).await? {
-        Some((bytes, _)) => {
+        Some(crate::owner::Found { data: bytes, .. }) => {
             state.shared.metrics.sent_bytes.inc_by(bytes.len() as u64);
             Ok(octets(bytes))
         }
@@ -723,7 +920,7 @@ pub(crate) async fn load_sliver(
     };
     let core = state.shared.owners.core_of_shard(shard);
     match state.call(core, |reply| Op::Get { key, reply }).await? {
-        Ok(found) => Ok(found.map(|(bytes, _)| bytes)),
+        Ok(found) => Ok(found.map(|found| found.data)),
         // Failed its checksum: missing, to be healed; never served.
         Err(StorageFailure::Corrupt) => Ok(None),
         Err(other) => Err(storage_error(other)),
@@ -783,12 +980,18 @@ async fn status(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>
         pairs.sort_unstable();
         pairs
     };
+    let deleted = match metadata {
+        Some(_) => None,
+        None => state.deleted(&blob_id).await?,
+    };
     Ok(json_response(
         StatusCode::OK,
         json!({
             "blobId": blob_id.to_string(),
             "known": metadata.is_some(),
-            "endEpoch": metadata.map(|m| m.end_epoch),
+            "endEpoch": metadata.map(|m| m.end_epoch).or(deleted),
+            "deletable": metadata.map(|m| m.flags & FLAG_DELETABLE != 0),
+            "deleted": deleted.is_some(),
             "primaryPairs": pairs(RecordKind::Primary),
             "secondaryPairs": pairs(RecordKind::Secondary),
         }),
@@ -982,18 +1185,22 @@ async fn get_slivers(
     Ok(octets(Bytes::from(body)))
 }
 
-/// Every blob whose metadata this node keeps after `after`, at most `limit`, from all cores.
+/// Every blob whose metadata or deletion this node keeps after `after`, at most `limit`, from
+/// all cores.
 pub(crate) async fn list_metadata(
     state: &Rc<CoreState>,
     after: Option<[u8; 32]>,
     limit: usize,
-) -> Result<Vec<([u8; 32], u32)>, ApiError> {
+) -> Result<Vec<Listed>, ApiError> {
     let mut all = Vec::new();
-    for core in 0..state.shared.owners.cores() {
+    let cores = state.shared.owners.cores();
+    for core in 0..cores {
         let page = state
             .call(core, |reply| Op::ListMetadata {
                 after,
                 limit,
+                core,
+                cores,
                 reply,
             })
             .await?;
@@ -1004,7 +1211,8 @@ pub(crate) async fn list_metadata(
     Ok(all)
 }
 
-/// `GET /v1/blobs?after=&limit=`: `{"blobs": [{"blobId", "endEpoch"}], "next": ID|null}`.
+/// `GET /v1/blobs?after=&limit=`: `{"blobs": [{"blobId", "endEpoch", "deletable"} or
+/// {"blobId", "endEpoch", "deleted": true}], "next": ID|null}`.
 async fn list_blobs(
     state: &Rc<CoreState>,
     after: Option<BlobId>,
@@ -1012,11 +1220,23 @@ async fn list_blobs(
 ) -> Result<Response<Body>, ApiError> {
     let page = list_metadata(state, after.map(|id| id.0), limit as usize).await?;
     let next = (page.len() == limit as usize)
-        .then(|| page.last().map(|(id, _)| BlobId(*id).to_string()))
+        .then(|| page.last().map(|l| BlobId(l.blob_id).to_string()))
         .flatten();
     let blobs: Vec<_> = page
         .iter()
-        .map(|(id, end)| json!({"blobId": BlobId(*id).to_string(), "endEpoch": end}))
+        .map(|l| {
+            let id = BlobId(l.blob_id).to_string();
+            match l.state {
+                BlobState::Deleted => {
+                    json!({"blobId": id, "endEpoch": l.end_epoch, "deleted": true})
+                }
+                state => json!({
+                    "blobId": id,
+                    "endEpoch": l.end_epoch,
+                    "deletable": state == BlobState::Deletable,
+                }),
+            }
+        })
         .collect();
     Ok(json_response(
         StatusCode::OK,

@@ -23,7 +23,7 @@ use floe_codec::{
     encode_metadata, encode_sliver_batch, sliver_header, verify_sliver, BlobId, BlobLayout,
     BlobMetadata, EncodedBlob, EncodingConfig, SliverKind,
 };
-use floe_storage::format::RecordKind;
+use floe_storage::format::{RecordKind, FLAG_DELETABLE};
 use floe_storage::store::Key;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -31,13 +31,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::api::{
-    json_response, octets, read_body, record_kind, reserve, sliver_index, store_per_core, Body,
-    CachedMetadata, CoreState,
+    blob_deleted, json_response, not_deletable, octets, read_body, record_kind, reserve,
+    sliver_index, store_per_core, Body, CachedMetadata, CoreState,
 };
 use crate::config::Member;
 use crate::error::ApiError;
 use crate::metrics::PeerFault;
-use crate::owner::Record;
+use crate::owner::{Deleted, Record};
 use crate::peer::Answer;
 
 /// Bytes of slivers sent to one peer in one request. Why: large enough that a 64 MiB blob
@@ -95,6 +95,12 @@ impl BlobCache {
                 None => break,
             }
         }
+    }
+
+    /// Forgets every blob.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
     }
 
     /// Forgets a blob (expired or deleted).
@@ -168,13 +174,6 @@ pub async fn publish(
     deletable: bool,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    if deletable {
-        return Err(ApiError::bad_request(
-            "deletableUnsupported",
-            "deletable blobs are not supported by this floe yet; store without deletable=true \
-             (blobs expire after their epochs instead)",
-        ));
-    }
     let n = state.n();
     let config = EncodingConfig::new(n as u16).expect("the committee's n is valid");
     let limit = config
@@ -198,33 +197,51 @@ pub async fn publish(
         .current_epoch()
         .saturating_add(epochs);
     let quorum = write_quorum(n);
-    let answer = |kind: &str, end_epoch: u32, confirmed: usize| {
+    let answer = |kind: &str, end_epoch: u32, deletable: bool, confirmed: usize| {
         json!({
             kind: {
                 "blobId": blob_id.to_string(),
                 "size": size,
                 "encodingType": "RS2",
                 "endEpoch": end_epoch,
+                "deletable": deletable,
                 "shardsConfirmed": confirmed,
                 "blobObject": {
                     "blobId": blob_id.to_string(),
                     "size": size,
                     "encodingType": "RS2",
+                    "deletable": deletable,
                     "storage": {"endEpoch": end_epoch},
                 },
             }
         })
     };
-    if let Some(known) = state.metadata(&blob_id).await? {
-        if known.end_epoch >= end_epoch {
-            let confirmed = stored_shards(state, &blob_id).await;
-            if confirmed >= quorum {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    answer("alreadyCertified", known.end_epoch, confirmed),
-                ));
+    // The home core's record, not a cache: whether the blob is deletable may have changed.
+    match state.metadata_record(&blob_id).await? {
+        Some(known) => {
+            let known_deletable = known.flags & FLAG_DELETABLE != 0;
+            // A permanent store of a deletable blob makes it permanent: stored again.
+            if known.end_epoch >= end_epoch && (deletable || !known_deletable) {
+                let confirmed = stored_shards(state, &blob_id).await;
+                if confirmed >= quorum {
+                    return Ok(json_response(
+                        StatusCode::OK,
+                        answer(
+                            "alreadyCertified",
+                            known.end_epoch,
+                            known_deletable,
+                            confirmed,
+                        ),
+                    ));
+                }
             }
         }
+        None if deletable => {
+            if let Some(until) = state.deleted(&blob_id).await? {
+                return Err(blob_deleted(&blob_id, until));
+            }
+        }
+        None => {}
     }
     let encoded = Rc::new(encoded);
     let me = &state.shared.me.name;
@@ -232,20 +249,27 @@ pub async fn publish(
         let encoded = encoded.clone();
         async move {
             let result = if &member.name == me {
-                store_here(state, &encoded, end_epoch)
+                store_here(state, &encoded, end_epoch, deletable)
                     .await
                     .map_err(|e| e.message)
             } else {
-                store_on_peer(state, member, &encoded, epochs).await
+                store_on_peer(state, member, &encoded, epochs, deletable).await
             };
             (member, result)
         }
     });
     let mut confirmed = 0;
     let mut failed = Vec::new();
+    // Deletable only if it was not permanent here before (the home core merged the two).
+    let mut stored_deletable = deletable;
     for (member, result) in futures::future::join_all(stores).await {
         match result {
-            Ok(()) => confirmed += member.shards.len(),
+            Ok(here_deletable) => {
+                confirmed += member.shards.len();
+                if &member.name == me {
+                    stored_deletable = here_deletable;
+                }
+            }
             Err(message) => {
                 tracing::warn!(blob = %blob_id, node = %member.name, %message, "a node did not store its slivers; sync will bring them");
                 failed.push(format!("{} ({message})", member.name));
@@ -262,7 +286,7 @@ pub async fn publish(
             ),
         ));
     }
-    let mut body = answer("newlyCreated", end_epoch, confirmed);
+    let mut body = answer("newlyCreated", end_epoch, stored_deletable, confirmed);
     if !failed.is_empty() {
         body["newlyCreated"]["failedNodes"] = json!(failed);
     }
@@ -270,21 +294,23 @@ pub async fn publish(
 }
 
 /// Stores this node's metadata and sliver pairs of an encoded blob (no verification: this
-/// node encoded them).
+/// node encoded them). Returns whether the blob is deletable as stored.
 async fn store_here(
     state: &Rc<CoreState>,
     encoded: &EncodedBlob,
     end_epoch: u32,
-) -> Result<(), ApiError> {
+    deletable: bool,
+) -> Result<bool, ApiError> {
     let n = state.n();
     let blob_id = *encoded.blob_id();
-    let end_epoch = state
+    let (end_epoch, deletable) = state
         .store_metadata(
             &blob_id,
             Bytes::from(encode_metadata(encoded.metadata())),
             encoded.metadata().clone(),
             *encoded.layout(),
             end_epoch,
+            deletable,
         )
         .await?;
     let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
@@ -305,17 +331,19 @@ async fn store_here(
             });
         }
     }
-    store_per_core(state, per_core).await
+    store_per_core(state, per_core).await?;
+    Ok(deletable)
 }
 
 /// Sends a peer the blob's metadata, then its sliver pairs in batches of at most
-/// [`BATCH_BYTES_MAX`].
+/// [`BATCH_BYTES_MAX`]. Returns whether the peer keeps the blob deletable.
 async fn store_on_peer(
     state: &Rc<CoreState>,
     member: &Member,
     encoded: &EncodedBlob,
     epochs: u32,
-) -> Result<(), String> {
+    deletable: bool,
+) -> Result<bool, String> {
     let n = state.n();
     let blob_id = *encoded.blob_id();
     let expect_ok = |answer: Answer| {
@@ -326,8 +354,16 @@ async fn store_on_peer(
         }
     };
     let metadata = Bytes::from(encode_metadata(encoded.metadata()));
-    let path = format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}");
-    expect_ok(peer_request(state, member, Method::PUT, &path, Some(metadata), 1 << 16).await?)?;
+    let path = match deletable {
+        true => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}&deletable=true"),
+        false => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}"),
+    };
+    let answer = peer_request(state, member, Method::PUT, &path, Some(metadata), 1 << 16).await?;
+    let kept_deletable = serde_json::from_slice::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v["deletable"].as_bool())
+        .unwrap_or(deletable);
+    expect_ok(answer)?;
     let path = format!("/v1/blobs/{blob_id}/slivers");
     let mut batch: Vec<(u16, SliverKind, Vec<u8>)> = Vec::new();
     let mut batch_bytes = 0;
@@ -355,7 +391,7 @@ async fn store_on_peer(
             expect_ok(answer)?;
         }
     }
-    Ok(())
+    Ok(kept_deletable)
 }
 
 /// Shards whose node holds both slivers of the blob, over the whole committee (nodes that do
@@ -413,6 +449,13 @@ async fn find_metadata(
     if let Some(known) = state.metadata(blob_id).await? {
         return Ok(known);
     }
+    // Deleted here: peers that did not hear of it yet must not bring it back.
+    if state.deleted(blob_id).await?.is_some() {
+        return Err(ApiError::not_found(
+            "blobNotFound",
+            format!("blob {blob_id} was deleted"),
+        ));
+    }
     let n = state.n();
     let path = format!("/v1/blobs/{blob_id}/metadata");
     let mut silent = Vec::new();
@@ -446,6 +489,7 @@ async fn find_metadata(
                     metadata,
                     layout,
                     end_epoch: 0,
+                    deletable: false,
                 }))
             }
             Err(message) => {
@@ -555,6 +599,7 @@ pub async fn read(
         return Ok(with_headers(response));
     }
     let epoch = state.shared.committee.current_epoch();
+    state.forget_deleted();
     let cached = state.blob_cache.borrow_mut().get(&blob_id, epoch);
     let known = match &cached {
         Some(_) => None,
@@ -607,6 +652,113 @@ pub async fn read(
         );
     }
     Ok(response)
+}
+
+/// `DELETE /v1/blobs/{id}`: deletes a deletable blob on this node, then on every peer. A blob
+/// stored permanent anywhere answers 409 (where this node holds it permanent, before anything
+/// is deleted); peers that cannot be reached learn of the deletion through sync.
+pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>, ApiError> {
+    let me = &state.shared.me.name;
+    let known_end = state
+        .metadata_record(&blob_id)
+        .await?
+        .map_or(0, |found| found.end_epoch);
+    let here = state.delete_here(&blob_id, known_end).await?;
+    let mut end_epoch = match here {
+        Deleted::Now { end_epoch } | Deleted::Before { end_epoch } => end_epoch,
+        Deleted::Permanent => return Err(not_deletable(&blob_id, me)),
+        Deleted::Unknown => 0,
+    };
+    let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={end_epoch}");
+    let peers = state
+        .shared
+        .committee
+        .members
+        .iter()
+        .filter(|member| &member.name != me)
+        .map(|member| {
+            let path = &path;
+            async move {
+                let answer = peer_request(state, member, Method::DELETE, path, None, 1 << 16).await;
+                (member, answer)
+            }
+        });
+    let mut deleted = Vec::new();
+    let mut permanent = Vec::new();
+    let mut failed = Vec::new();
+    if here != Deleted::Unknown {
+        deleted.push(me.clone());
+    }
+    for (member, answer) in futures::future::join_all(peers).await {
+        match answer {
+            Ok(answer) if answer.status == StatusCode::OK => {
+                let their_end = serde_json::from_slice::<serde_json::Value>(&answer.body)
+                    .ok()
+                    .and_then(|v| v["endEpoch"].as_u64())
+                    .and_then(|e| u32::try_from(e).ok())
+                    .unwrap_or(0);
+                end_epoch = end_epoch.max(their_end);
+                deleted.push(member.name.clone());
+            }
+            Ok(answer) if answer.status == StatusCode::NOT_FOUND => {}
+            Ok(answer) if answer.status == StatusCode::CONFLICT => {
+                permanent.push(member.name.clone())
+            }
+            Ok(answer) => failed.push(format!(
+                "{} ({}: {})",
+                member.name,
+                answer.status,
+                answer.error_message()
+            )),
+            Err(message) => failed.push(format!("{} ({message})", member.name)),
+        }
+    }
+    if !permanent.is_empty() {
+        let mut err = not_deletable(&blob_id, &permanent.join(", "));
+        if !deleted.is_empty() {
+            err.message.push_str(&format!(
+                "; {} deleted it and get it back from the permanent copy through sync",
+                deleted.join(", ")
+            ));
+        }
+        return Err(err);
+    }
+    if deleted.is_empty() {
+        return Err(if failed.is_empty() {
+            ApiError::not_found(
+                "blobNotFound",
+                format!("no node of the committee knows blob {blob_id}"),
+            )
+        } else {
+            ApiError::unavailable(
+                "notEnoughNodes",
+                format!(
+                    "blob {blob_id} is unknown to the nodes that answered; {} did not: {}",
+                    failed.len(),
+                    failed.join("; ")
+                ),
+            )
+        });
+    }
+    if here == Deleted::Unknown {
+        // Remember the deletion here too, so that sync never brings the blob back.
+        state.delete_here(&blob_id, end_epoch.max(1)).await?;
+        deleted.insert(0, me.clone());
+    }
+    for name in &failed {
+        tracing::warn!(blob = %blob_id, node = %name, "a node did not confirm a deletion; sync will bring it");
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "deleted": {
+                "blobId": blob_id.to_string(),
+                "endEpoch": end_epoch,
+                "nodesDeleted": deleted,
+                "failedNodes": failed,
+            }
+        }),
+    ))
 }
 
 /// Primary slivers by index, each verified (or this node's own).

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub peer_faults: Family<PeerFault, Counter>,
     /// Blobs whose metadata sync fetched from a peer.
     pub sync_blobs_learned: Counter,
+    /// Blobs deleted on this node (by a user, a peer or sync).
+    pub blobs_deleted: Counter,
     /// Blobs whose metadata this node keeps (at the last sync).
     pub sync_blobs_known: Gauge,
     /// Slivers this node should hold but lacks (at the last sync).
@@ -115,6 +117,7 @@ impl Metrics {
             records_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             peer_faults: Family::default(),
             sync_blobs_learned: Counter::default(),
+            blobs_deleted: Counter::default(),
             sync_blobs_known: Gauge::default(),
             heal_missing_slivers: Gauge::default(),
             heal_slivers: Family::default(),
@@ -155,6 +158,11 @@ impl Metrics {
             "sync_blobs_learned",
             "Blobs whose metadata was fetched from a peer by sync",
             metrics.sync_blobs_learned.clone(),
+        );
+        r.register(
+            "blobs_deleted",
+            "Blobs deleted on this node (by a user, a peer, or learned by sync)",
+            metrics.blobs_deleted.clone(),
         );
         r.register(
             "sync_blobs_known",

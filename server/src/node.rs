@@ -114,6 +114,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         registry,
         io,
         sync: Default::default(),
+        deletions: Default::default(),
     });
 
     let (events, events_rx) = std_mpsc::channel::<Event>();
@@ -365,7 +366,13 @@ async fn core_main(
         }
     }
     let disks = match Disks::open(dirs, StoreOptions::default()).await {
-        Ok((disks, reports)) => {
+        Ok((mut disks, reports)) => {
+            // Before anything is served: records of blobs past their end epoch stay out, also
+            // those a dropped tombstone no longer shadows.
+            let epoch = shared.committee.current_epoch();
+            for store in disks.stores_mut() {
+                store.expire(epoch);
+            }
             for (dir, report) in config.data_dirs.iter().zip(reports) {
                 info!(
                     core,

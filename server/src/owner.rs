@@ -13,18 +13,67 @@ use std::time::Instant;
 
 use floe_storage::device::Dir;
 use floe_storage::disks::Disks;
-use floe_storage::format::RecordKind;
+use floe_storage::format::{RecordKind, FLAG_DELETABLE};
 use floe_storage::store::{Key, Put, StoreError};
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 
 use crate::metrics::{DirLabel, Metrics};
 
-/// One record to store.
+/// One record to store (a sliver: metadata goes through [`Op::PutMetadata`]).
 pub struct Record {
     pub key: Key,
     pub end_epoch: u32,
     pub data: bytes::Bytes,
+}
+
+/// A stored record.
+pub struct Found {
+    pub data: bytes::Bytes,
+    pub end_epoch: u32,
+    /// [`FLAG_DELETABLE`] on a deletable blob's metadata.
+    pub flags: u8,
+}
+
+/// What [`Op::PutMetadata`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetadataStored {
+    /// Stored (or already stored so): the blob's end epoch and whether it is deletable, after
+    /// merging with what was stored before.
+    Stored { end_epoch: u32, deletable: bool },
+    /// Refused: a deletable store of a blob deleted until `end_epoch`.
+    Deleted { end_epoch: u32 },
+}
+
+/// What [`Op::Delete`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// Deleted now, its tombstone kept until `end_epoch`.
+    Now { end_epoch: u32 },
+    /// It had been deleted before.
+    Before { end_epoch: u32 },
+    /// The blob is permanent here: nothing was deleted.
+    Permanent,
+    /// Neither stored nor deleted here, and no end epoch was given to remember a deletion by.
+    Unknown,
+}
+
+/// How a blob stands on a node: the order is that of a merge (sync keeps the greater of two
+/// nodes' states), so that every node ends in the same state whatever order it learns in:
+/// a deletion overrides a deletable store, a permanent store overrides a deletion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BlobState {
+    Deletable,
+    Deleted,
+    Permanent,
+}
+
+/// One entry of a blob listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listed {
+    pub blob_id: [u8; 32],
+    pub end_epoch: u32,
+    pub state: BlobState,
 }
 
 /// A storage failure, as sent back to the requesting core.
@@ -54,10 +103,11 @@ pub struct Held {
     pub kind: RecordKind,
     pub shard: u16,
     pub end_epoch: u32,
+    pub flags: u8,
 }
 
-/// A record's bytes and end epoch, `None` if absent.
-pub type GetResult = Result<Option<(bytes::Bytes, u32)>, StorageFailure>;
+/// A record, `None` if absent.
+pub type GetResult = Result<Option<Found>, StorageFailure>;
 
 /// An operation for the core that owns the data.
 pub enum Op {
@@ -71,16 +121,46 @@ pub enum Op {
         key: Key,
         reply: oneshot::Sender<GetResult>,
     },
+    /// Store a blob's metadata record on its home core, merged with what is stored: the later
+    /// end epoch, deletable only if both were; a deletable store of a deleted blob is refused.
+    PutMetadata {
+        blob_id: [u8; 32],
+        data: bytes::Bytes,
+        end_epoch: u32,
+        deletable: bool,
+        reply: oneshot::Sender<Result<MetadataStored, StorageFailure>>,
+    },
+    /// Delete a blob's records on this core, with a tombstone kept until the later of
+    /// `end_epoch` and the stored end epoch. With `decide` (the blob's home core): refused if
+    /// the metadata says permanent, and [`Deleted::Unknown`] (nothing written) if neither
+    /// metadata nor tombstone is here and `end_epoch` is 0. Without: unconditional (the
+    /// other cores, after the home core decided).
+    Delete {
+        blob_id: [u8; 32],
+        end_epoch: u32,
+        decide: bool,
+        reply: oneshot::Sender<Result<Deleted, StorageFailure>>,
+    },
+    /// The end epoch of the blob's deletion, if it is deleted here.
+    IsDeleted {
+        blob_id: [u8; 32],
+        reply: oneshot::Sender<Option<u32>>,
+    },
     /// List the records this core holds for a blob.
     Keys {
         blob_id: [u8; 32],
         reply: oneshot::Sender<Vec<Held>>,
     },
-    /// Blobs whose metadata this core keeps, after `after` in blob ID order (at most `limit`).
+    /// Blobs whose metadata or deletion this core keeps, after `after` in blob ID order (at
+    /// most `limit`). Every core remembers deletions (tombstones shadow its slivers); only
+    /// the blob's home core's entry counts.
     ListMetadata {
         after: Option<[u8; 32]>,
         limit: usize,
-        reply: oneshot::Sender<Vec<([u8; 32], u32)>>,
+        /// This core and the core count, to tell its home blobs.
+        core: usize,
+        cores: usize,
+        reply: oneshot::Sender<Vec<Listed>>,
     },
     /// Of `blobs` and this core's `shards`, the slivers this core lacks: (blob, shard, kind).
     Missing {
@@ -135,8 +215,7 @@ impl Owners {
 
     /// The core that keeps a blob's metadata.
     pub fn home_of(&self, blob_id: &[u8; 32]) -> usize {
-        let head = u64::from_le_bytes(blob_id[..8].try_into().expect("8 bytes"));
-        (head % self.senders.len() as u64) as usize
+        home_core(blob_id, self.senders.len())
     }
 
     /// Sends `op` (built around a reply channel) to `core` and awaits the reply. A hop to
@@ -164,6 +243,12 @@ impl Owners {
         }
         Ok(result)
     }
+}
+
+/// The core of `cores` that keeps a blob's metadata.
+pub fn home_core(blob_id: &[u8; 32], cores: usize) -> usize {
+    let head = u64::from_le_bytes(blob_id[..8].try_into().expect("8 bytes"));
+    (head % cores as u64) as usize
 }
 
 /// The owner task of one core: serves operations until every sender is gone.
@@ -229,6 +314,7 @@ pub async fn run_owner<D: Dir>(
                 .map(|r| Put {
                     key: r.key,
                     end_epoch: r.end_epoch,
+                    flags: 0,
                     data: &r.data,
                 })
                 .collect();
@@ -246,10 +332,11 @@ pub async fn run_owner<D: Dir>(
                 Op::Put { .. } => unreachable!("puts were sorted out"),
                 Op::Get { key, reply } => {
                     let result = match disks.get_shared(&key).await {
-                        Ok(Some(data)) => {
-                            let end_epoch = end_epoch_of(&disks, &key).unwrap_or(0);
-                            Ok(Some((data, end_epoch)))
-                        }
+                        Ok(Some(data)) => Ok(Some(Found {
+                            data,
+                            end_epoch: end_epoch_of(&disks, &key).unwrap_or(0),
+                            flags: flags_of(&disks, &key).unwrap_or(0),
+                        })),
                         Ok(None) => Ok(None),
                         Err(err) => Err(StorageFailure::from(err)),
                     };
@@ -268,18 +355,34 @@ pub async fn run_owner<D: Dir>(
                 Op::ListMetadata {
                     after,
                     limit,
+                    core,
+                    cores,
                     reply,
                 } => {
-                    let mut all: Vec<([u8; 32], u32)> = disks
-                        .stores()
-                        .iter()
-                        .flat_map(|store| store.metadata_after(after.as_ref(), limit))
-                        .collect();
-                    // Metadata is kept in every directory: one entry per blob.
-                    all.sort_unstable();
-                    all.dedup_by_key(|(id, _)| *id);
-                    all.truncate(limit);
-                    let _ = reply.send(all);
+                    let home = |id: &[u8; 32]| home_core(id, cores) == core;
+                    let _ = reply.send(list(&disks, after, limit, home));
+                }
+                Op::PutMetadata {
+                    blob_id,
+                    data,
+                    end_epoch,
+                    deletable,
+                    reply,
+                } => {
+                    let result =
+                        put_metadata(&mut disks, blob_id, data, end_epoch, deletable).await;
+                    let _ = reply.send(result);
+                }
+                Op::Delete {
+                    blob_id,
+                    end_epoch,
+                    decide,
+                    reply,
+                } => {
+                    let _ = reply.send(delete(&mut disks, blob_id, end_epoch, decide).await);
+                }
+                Op::IsDeleted { blob_id, reply } => {
+                    let _ = reply.send(disks.deleted(&blob_id));
                 }
                 Op::Missing {
                     blobs,
@@ -316,6 +419,7 @@ pub async fn run_owner<D: Dir>(
                                 kind: key.kind,
                                 shard: key.shard,
                                 end_epoch: store.end_epoch(&key).unwrap_or(0),
+                                flags: store.flags(&key).unwrap_or(0),
                             });
                         }
                     }
@@ -426,4 +530,124 @@ pub async fn run_maintenance(
 /// The end epoch a record was stored with, from whichever directory holds it.
 fn end_epoch_of<D: Dir>(disks: &Disks<D>, key: &Key) -> Option<u32> {
     disks.stores().iter().find_map(|s| s.end_epoch(key))
+}
+
+/// The flags a record was stored with, from whichever directory holds it.
+fn flags_of<D: Dir>(disks: &Disks<D>, key: &Key) -> Option<u8> {
+    disks.stores().iter().find_map(|s| s.flags(key))
+}
+
+fn metadata_key(blob_id: [u8; 32]) -> Key {
+    Key {
+        blob_id,
+        kind: RecordKind::Metadata,
+        shard: 0,
+    }
+}
+
+/// [`Op::ListMetadata`]: stored blobs and deleted ones, merged in blob ID order.
+fn list<D: Dir>(
+    disks: &Disks<D>,
+    after: Option<[u8; 32]>,
+    limit: usize,
+    home: impl Fn(&[u8; 32]) -> bool,
+) -> Vec<Listed> {
+    let mut all: Vec<Listed> = Vec::new();
+    for store in disks.stores() {
+        for (blob_id, end_epoch) in store.metadata_after(after.as_ref(), limit) {
+            let flags = store.flags(&metadata_key(blob_id)).unwrap_or(0);
+            let state = if flags & FLAG_DELETABLE != 0 {
+                BlobState::Deletable
+            } else {
+                BlobState::Permanent
+            };
+            all.push(Listed {
+                blob_id,
+                end_epoch,
+                state,
+            });
+        }
+        let deleted = store.deleted_after(after.as_ref());
+        for (blob_id, end_epoch) in deleted.filter(|(id, _)| home(id)).take(limit) {
+            all.push(Listed {
+                blob_id,
+                end_epoch,
+                state: BlobState::Deleted,
+            });
+        }
+    }
+    // Metadata and tombstones are kept in every directory: one entry per blob.
+    all.sort_unstable();
+    all.dedup_by_key(|l| l.blob_id);
+    all.truncate(limit);
+    all
+}
+
+/// [`Op::PutMetadata`].
+async fn put_metadata<D: Dir>(
+    disks: &mut Disks<D>,
+    blob_id: [u8; 32],
+    data: bytes::Bytes,
+    end_epoch: u32,
+    deletable: bool,
+) -> Result<MetadataStored, StorageFailure> {
+    let key = metadata_key(blob_id);
+    let stored = end_epoch_of(disks, &key).zip(flags_of(disks, &key));
+    if stored.is_none() && deletable {
+        if let Some(deleted_until) = disks.deleted(&blob_id) {
+            return Ok(MetadataStored::Deleted {
+                end_epoch: deleted_until,
+            });
+        }
+    }
+    let (end_epoch, deletable) = match stored {
+        Some((end, flags)) => (end.max(end_epoch), deletable && flags & FLAG_DELETABLE != 0),
+        None => (end_epoch, deletable),
+    };
+    let flags = if deletable { FLAG_DELETABLE } else { 0 };
+    // Already stored so: nothing to write.
+    if stored != Some((end_epoch, flags)) {
+        disks
+            .put(&[Put {
+                key,
+                end_epoch,
+                flags,
+                data: &data,
+            }])
+            .await?;
+    }
+    Ok(MetadataStored::Stored {
+        end_epoch,
+        deletable,
+    })
+}
+
+/// [`Op::Delete`].
+async fn delete<D: Dir>(
+    disks: &mut Disks<D>,
+    blob_id: [u8; 32],
+    end_epoch: u32,
+    decide: bool,
+) -> Result<Deleted, StorageFailure> {
+    let key = metadata_key(blob_id);
+    let stored = end_epoch_of(disks, &key).zip(flags_of(disks, &key));
+    if decide {
+        match stored {
+            Some((_, flags)) if flags & FLAG_DELETABLE == 0 => return Ok(Deleted::Permanent),
+            None => {
+                if let Some(deleted_until) = disks.deleted(&blob_id) {
+                    return Ok(Deleted::Before {
+                        end_epoch: deleted_until,
+                    });
+                }
+                if end_epoch == 0 {
+                    return Ok(Deleted::Unknown);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    let end_epoch = stored.map_or(end_epoch, |(end, _)| end.max(end_epoch));
+    disks.delete_blob(&blob_id, end_epoch).await?;
+    Ok(Deleted::Now { end_epoch })
 }

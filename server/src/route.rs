@@ -15,13 +15,17 @@ pub enum Route {
     Health,
     /// `GET /metrics`
     Metrics,
-    /// `PUT|GET /v1/blobs/{id}/metadata`; `epochs` (ext, PUT only): how many epochs from the
-    /// current one the blob is stored for (default 1).
+    /// `PUT|GET /v1/blobs/{id}/metadata`; PUT only (ext): `epochs`, how many epochs from the
+    /// current one the blob is stored for (default 1), and `deletable=true`.
     Metadata {
         blob_id: BlobId,
         method: Method,
         epochs: u32,
+        deletable: bool,
     },
+    /// `DELETE /v1/blobs/{id}/metadata?endEpoch=E` (ext, node API): delete the blob on this
+    /// node; a node that never heard of it remembers the deletion until epoch `E`.
+    DeleteHere { blob_id: BlobId, end_epoch: u32 },
     /// `PUT|GET /v1/blobs/{id}/slivers/{pair}/{primary|secondary}`
     Sliver {
         blob_id: BlobId,
@@ -55,6 +59,8 @@ pub enum Route {
     List { after: Option<BlobId>, limit: u32 },
     /// `GET|HEAD /v1/blobs/{id}`: the aggregator.
     Blob { blob_id: BlobId, method: Method },
+    /// `DELETE /v1/blobs/{id}` (ext): delete a deletable blob on every node.
+    Delete { blob_id: BlobId },
 }
 
 /// Most pairs one batch request may list. Why: the largest committee's n.
@@ -72,6 +78,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Metadata { method, .. } if put(method) => "put_metadata",
             Route::Metadata { .. } => "get_metadata",
+            Route::DeleteHere { .. } => "delete_metadata",
             Route::Sliver { method, .. } if put(method) => "put_sliver",
             Route::Sliver { .. } => "get_sliver",
             Route::RecoverySymbols { .. } => "recovery_symbols",
@@ -81,6 +88,7 @@ impl Route {
             Route::Publish { .. } => "put_blob",
             Route::List { .. } => "list_blobs",
             Route::Blob { .. } => "get_blob",
+            Route::Delete { .. } => "delete_blob",
         }
     }
 }
@@ -226,6 +234,18 @@ pub fn format_pair_list(pairs: &[u16]) -> String {
     out
 }
 
+/// `deletable=true|false` (default false).
+fn parse_deletable(pairs: &[(&str, &str)]) -> Result<bool, ApiError> {
+    match lookup(pairs, "deletable") {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalidQuery",
+            format!("deletable must be `true` or `false`, got {other:?}"),
+        )),
+    }
+}
+
 /// Parses a request line into a route.
 pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, ApiError> {
     if path.len() > PATH_BYTES_MAX || query.is_some_and(|q| q.len() > QUERY_BYTES_MAX) {
@@ -258,18 +278,36 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         ["metrics"] => get_only(Route::Metrics),
         ["v1", "blobs", id, "metadata"] => {
             let blob_id = parse_blob_id(id)?;
-            let method = get_or_put(method)?;
+            if method == Method::DELETE {
+                let pairs = query_pairs(query, &["endEpoch"])?;
+                let end_epoch = lookup(&pairs, "endEpoch")
+                    .map(|text| parse_number::<u32>(text, "endEpoch"))
+                    .transpose()?
+                    .unwrap_or(0);
+                return Ok(Route::DeleteHere { blob_id, end_epoch });
+            }
+            let method = match *method {
+                Method::GET | Method::HEAD | Method::PUT => method.clone(),
+                _ => {
+                    return Err(ApiError::method_not_allowed(
+                        method,
+                        "GET, HEAD, PUT, DELETE",
+                    ))
+                }
+            };
             let known: &[&str] = if method == Method::PUT {
-                &["epochs"]
+                &["epochs", "deletable"]
             } else {
                 &[]
             };
             let pairs = query_pairs(query, known)?;
             let epochs = parse_epochs(&pairs)?;
+            let deletable = parse_deletable(&pairs)?;
             Ok(Route::Metadata {
                 blob_id,
                 method,
                 epochs,
+                deletable,
             })
         }
         ["v1", "blobs", id, "slivers", pair, kind] => {
@@ -356,16 +394,7 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             Method::PUT => {
                 let pairs = query_pairs(query, &["epochs", "deletable"])?;
                 let epochs = parse_epochs(&pairs)?;
-                let deletable = match lookup(&pairs, "deletable") {
-                    None | Some("false") => false,
-                    Some("true") => true,
-                    Some(other) => {
-                        return Err(ApiError::bad_request(
-                            "invalidQuery",
-                            format!("deletable must be `true` or `false`, got {other:?}"),
-                        ))
-                    }
-                };
+                let deletable = parse_deletable(&pairs)?;
                 Ok(Route::Publish { epochs, deletable })
             }
             Method::GET | Method::HEAD => {
@@ -389,7 +418,8 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
                         method: method.clone(),
                     })
                 }
-                _ => Err(ApiError::method_not_allowed(method, "GET, HEAD")),
+                Method::DELETE => no_query(Route::Delete { blob_id }),
+                _ => Err(ApiError::method_not_allowed(method, "GET, HEAD, DELETE")),
             }
         }
         _ => Err(ApiError::not_found(
@@ -431,8 +461,45 @@ mod tests {
             Ok(Route::Metadata {
                 blob_id: id,
                 method: Method::PUT,
-                epochs: 5
+                epochs: 5,
+                deletable: false
             })
+        );
+        assert_eq!(
+            parse(
+                &Method::PUT,
+                &format!("/v1/blobs/{ID}/metadata"),
+                Some("epochs=5&deletable=true")
+            ),
+            Ok(Route::Metadata {
+                blob_id: id,
+                method: Method::PUT,
+                epochs: 5,
+                deletable: true
+            })
+        );
+        assert_eq!(
+            parse(
+                &Method::DELETE,
+                &format!("/v1/blobs/{ID}/metadata"),
+                Some("endEpoch=9")
+            ),
+            Ok(Route::DeleteHere {
+                blob_id: id,
+                end_epoch: 9
+            })
+        );
+        assert_eq!(
+            parse(&Method::DELETE, &format!("/v1/blobs/{ID}"), None),
+            Ok(Route::Delete { blob_id: id })
+        );
+        let status = |m: Method, p: &str, q: Option<&str>| parse(&m, p, q).unwrap_err().status;
+        let metadata = format!("/v1/blobs/{ID}/metadata");
+        assert_eq!(status(Method::DELETE, &metadata, Some("endEpoch=x")), 400);
+        assert_eq!(status(Method::POST, &metadata, None), 405);
+        assert_eq!(
+            status(Method::DELETE, &format!("/v1/blobs/{ID}"), Some("a=1")),
+            400
         );
         assert_eq!(
             parse(

@@ -4,7 +4,10 @@
 //! 1. **Learn**: page through each peer's list of blobs (`GET /v1/blobs?after=`); metadata
 //!    this node lacks is fetched from that peer, verified against the blob ID and stored, so
 //!    that every node keeps every blob's metadata (a node that was down during a store, or
-//!    whose disk was wiped, learns what it missed).
+//!    whose disk was wiped, learns what it missed). Deletions travel the same way: each node
+//!    keeps the greater of its own and the peer's [`BlobState`] (deletable < deleted <
+//!    permanent), so every node ends in the same state whatever order it hears things in,
+//!    and a peer can delete only what was stored deletable.
 //! 2. **Heal**: for every known blob, each core lists the slivers of its shards that are
 //!    missing (never received, lost with a disk, or dropped by the scrubber as corrupt), and
 //!    each is rebuilt from recovery symbols: this node's own symbols first, then peers' in
@@ -23,7 +26,7 @@ use floe_codec::{
     decode_recovery_symbols, encode_sliver, recover_sliver, BlobId, RecoverySymbol, Sliver,
     SliverKind,
 };
-use floe_storage::format::RecordKind;
+use floe_storage::format::{RecordKind, FLAG_DELETABLE};
 use floe_storage::store::Key;
 use futures::StreamExt;
 use hyper::{Method, StatusCode};
@@ -32,7 +35,7 @@ use crate::api::{local_recovery_symbols, sliver_index, CoreState};
 use crate::blobs::{checked_metadata, peer_fault, peer_request};
 use crate::config::Member;
 use crate::metrics::ResultLabel;
-use crate::owner::{Op, Record};
+use crate::owner::{BlobState, Deleted, Op, Record};
 
 /// What `/v1/health` reports of sync (atomics: written on core 0, read on any).
 #[derive(Default)]
@@ -125,8 +128,58 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
             if end_epoch < state.shared.committee.current_epoch() {
                 continue;
             }
-            if state.metadata(&id).await.map_err(|e| e.message)?.is_some() {
-                continue;
+            let theirs = if entry["deleted"].as_bool() == Some(true) {
+                BlobState::Deleted
+            } else if entry["deletable"].as_bool() == Some(true) {
+                BlobState::Deletable
+            } else {
+                BlobState::Permanent
+            };
+            let known = state.metadata(&id).await.map_err(|e| e.message)?;
+            match (theirs, known) {
+                (BlobState::Deleted, known) => {
+                    // The home core keeps a permanent blob; a blob never heard of is
+                    // remembered as deleted, so that a peer that missed it cannot bring it back.
+                    let here = state.deleted(&id).await.map_err(|e| e.message)?;
+                    if here.is_none() || known.is_some() {
+                        let outcome = state
+                            .delete_here(&id, end_epoch)
+                            .await
+                            .map_err(|e| e.message)?;
+                        if matches!(outcome, Deleted::Now { .. }) && known.is_some() {
+                            tracing::info!(blob = %id, peer = %member.name, "sync: deleted a blob a peer deleted");
+                        }
+                    }
+                    continue;
+                }
+                (BlobState::Permanent, Some(known)) if known.deletable => {
+                    // Stored permanent elsewhere: permanent here too (the home core's record,
+                    // not this core's cache, says whether it still is deletable).
+                    if let Some(found) = state.metadata_record(&id).await.map_err(|e| e.message)? {
+                        if found.flags & FLAG_DELETABLE != 0 {
+                            state
+                                .store_metadata(
+                                    &id,
+                                    found.data,
+                                    known.metadata.clone(),
+                                    known.layout,
+                                    end_epoch,
+                                    false,
+                                )
+                                .await
+                                .map_err(|e| e.message)?;
+                        }
+                    }
+                    continue;
+                }
+                (_, Some(_)) => continue,
+                (BlobState::Deletable, None) => {
+                    if state.deleted(&id).await.map_err(|e| e.message)?.is_some() {
+                        continue;
+                    }
+                }
+                // Permanent overrides a deletion: learnt below.
+                (BlobState::Permanent, None) => {}
             }
             let path = format!("/v1/blobs/{id}/metadata");
             let answer = peer_request(state, member, Method::GET, &path, None, 16 + n * 66).await?;
@@ -146,11 +199,25 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
                     continue;
                 }
             };
-            state
-                .store_metadata(&id, answer.body.clone(), metadata, layout, end_epoch)
+            let deletable = theirs == BlobState::Deletable;
+            match state
+                .store_metadata(
+                    &id,
+                    answer.body.clone(),
+                    metadata,
+                    layout,
+                    end_epoch,
+                    deletable,
+                )
                 .await
-                .map_err(|e| e.message)?;
-            state.shared.metrics.sync_blobs_learned.inc();
+            {
+                Ok(_) => {
+                    state.shared.metrics.sync_blobs_learned.inc();
+                }
+                // Deleted here meanwhile.
+                Err(err) if err.code == "blobDeleted" => {}
+                Err(err) => return Err(err.message),
+            }
         }
         match page["next"].as_str() {
             Some(next) => after = Some(next.to_string()),
@@ -173,12 +240,12 @@ async fn heal(state: &Rc<CoreState>) -> Result<(), crate::error::ApiError> {
     loop {
         let page = crate::api::list_metadata(state, after, PAGE as usize).await?;
         let Some(last) = page.last() else { break };
-        after = Some(last.0);
-        known += page.len() as u64;
-        let blobs: Vec<[u8; 32]> = page
-            .iter()
-            .filter(|(_, end)| *end >= epoch)
-            .map(|(id, _)| *id)
+        after = Some(last.blob_id);
+        let stored = page.iter().filter(|l| l.state != BlobState::Deleted);
+        known += stored.clone().count() as u64;
+        let blobs: Vec<[u8; 32]> = stored
+            .filter(|l| l.end_epoch >= epoch)
+            .map(|l| l.blob_id)
             .collect();
         for (core, shards) in shards_of_core.iter().enumerate() {
             if shards.is_empty() {

@@ -50,6 +50,7 @@ fn main() {
                         .map(|key| Put {
                             key: *key,
                             end_epoch: 1,
+                            flags: 0,
                             data: &data,
                         })
                         .collect();

@@ -52,6 +52,7 @@ fn main() {
                             .map(|k| Put {
                                 key: *k,
                                 end_epoch: 1,
+                                flags: 0,
                                 data: &data,
                             })
                             .collect();

@@ -88,12 +88,21 @@ impl<D: Dir> Disks<D> {
         last_error.map_or(Ok(None), Err)
     }
 
-    /// Deletes a blob from every directory.
-    pub async fn delete_blob(&mut self, blob_id: &[u8; 32]) -> Result<(), StoreError> {
+    /// Deletes a blob from every directory (its tombstone kept until `end_epoch`).
+    pub async fn delete_blob(
+        &mut self,
+        blob_id: &[u8; 32],
+        end_epoch: u32,
+    ) -> Result<(), StoreError> {
         for store in &mut self.stores {
-            store.delete_blob(blob_id).await?;
+            store.delete_blob(blob_id, end_epoch).await?;
         }
         Ok(())
+    }
+
+    /// [`Store::deleted`] of whichever directory remembers the deletion.
+    pub fn deleted(&self, blob_id: &[u8; 32]) -> Option<u32> {
+        self.stores.iter().filter_map(|s| s.deleted(blob_id)).max()
     }
 
     /// The per-directory stores, in the order of the directories.

@@ -30,12 +30,18 @@ pub const SEGMENT_BYTES_MAX: u64 = 256 * 1024 * 1024;
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"FLR1");
 pub const RECORD_MAGIC_AT: usize = 0;
 pub const RECORD_KIND_AT: usize = 4;
+/// Flag bits ([`FLAG_DELETABLE`]); zero in records written before flags existed, which is
+/// why adding them kept [`FORMAT_VERSION`] (a zero flag means what those records meant).
+pub const RECORD_FLAGS_AT: usize = 5;
 pub const RECORD_SHARD_AT: usize = 6;
 pub const RECORD_END_EPOCH_AT: usize = 8;
 pub const RECORD_DATA_BYTES_AT: usize = 12;
 pub const RECORD_SEQUENCE_AT: usize = 16;
 pub const RECORD_BLOB_ID_AT: usize = 24;
 pub const RECORD_CHECKSUM_AT: usize = 56;
+/// Flag of a metadata record: the blob was stored deletable (it may be deleted with the
+/// write token); without it the blob is permanent until its end epoch.
+pub const FLAG_DELETABLE: u8 = 1;
 /// Truncated blake3: 128 bits detect any accidental corruption with certainty in practice.
 pub const RECORD_CHECKSUM_BYTES: usize = 16;
 pub const RECORD_HEADER_BYTES: usize = RECORD_CHECKSUM_AT + RECORD_CHECKSUM_BYTES;
@@ -82,6 +88,8 @@ impl RecordKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     pub kind: RecordKind,
+    /// [`FLAG_DELETABLE`] or 0.
+    pub flags: u8,
     pub shard: u16,
     pub end_epoch: u32,
     pub data_bytes: u32,
@@ -111,6 +119,7 @@ impl RecordHeader {
         let h = &mut out[start..];
         h[RECORD_MAGIC_AT..][..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
         h[RECORD_KIND_AT] = self.kind as u8;
+        h[RECORD_FLAGS_AT] = self.flags;
         h[RECORD_SHARD_AT..][..2].copy_from_slice(&self.shard.to_le_bytes());
         h[RECORD_END_EPOCH_AT..][..4].copy_from_slice(&self.end_epoch.to_le_bytes());
         h[RECORD_DATA_BYTES_AT..][..4].copy_from_slice(&self.data_bytes.to_le_bytes());
@@ -138,6 +147,7 @@ impl RecordHeader {
         }
         Some(Self {
             kind,
+            flags: bytes[RECORD_FLAGS_AT],
             shard: u16::from_le_bytes([bytes[RECORD_SHARD_AT], bytes[RECORD_SHARD_AT + 1]]),
             end_epoch: u32_at(RECORD_END_EPOCH_AT),
             data_bytes,
@@ -204,7 +214,7 @@ pub fn parse_segment_header(block: &[u8]) -> Result<u64, String> {
 }
 
 /// One record of a sealed segment, as listed in its footer, so that opening the store reads
-/// the footers instead of every record. Layout (64 bytes): kind u8 @0, shard u16 @2, end epoch
+/// the footers instead of every record. Layout (64 bytes): kind u8 @0, flags u8 @1, shard u16 @2, end epoch
 /// u32 @4, data bytes u32 @8, sequence u64 @16, offset u64 @24, blob ID @32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FooterEntry {
@@ -222,6 +232,7 @@ impl FooterEntry {
         let e = &mut out[start..];
         let h = &self.header;
         e[0] = h.kind as u8;
+        e[1] = h.flags;
         e[2..4].copy_from_slice(&h.shard.to_le_bytes());
         e[4..8].copy_from_slice(&h.end_epoch.to_le_bytes());
         e[8..12].copy_from_slice(&h.data_bytes.to_le_bytes());
@@ -235,6 +246,7 @@ impl FooterEntry {
         Some(Self {
             header: RecordHeader {
                 kind,
+                flags: e[1],
                 shard: u16::from_le_bytes([e[2], e[3]]),
                 end_epoch: u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")),
                 data_bytes: u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")),
@@ -300,7 +312,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_any_flip_breaks_the_checksum() {
         let header = RecordHeader {
-            kind: RecordKind::Primary,
+            kind: RecordKind::Metadata,
+            flags: FLAG_DELETABLE,
             shard: 7,
             end_epoch: 9,
             data_bytes: 5,
@@ -310,6 +323,19 @@ mod tests {
         let mut out = Vec::new();
         header.write(b"hello", &mut out);
         assert_eq!(RecordHeader::parse(&out), Some(header));
+        let mut entry = Vec::new();
+        FooterEntry {
+            header,
+            offset: 8192,
+        }
+        .write(&mut entry);
+        assert_eq!(
+            FooterEntry::parse(&entry),
+            Some(FooterEntry {
+                header,
+                offset: 8192
+            })
+        );
         assert!(RecordHeader::checksum_holds(&out));
         for bit in 0..out.len() * 8 {
             let mut bad = out.clone();

@@ -26,7 +26,7 @@
 //! block_on(async {
 //!     let (mut store, _) = Store::open(MemDir::new(1)).await?;
 //!     let key = Key { blob_id: [7; 32], kind: RecordKind::Primary, shard: 3 };
-//!     store.put(&[Put { key, end_epoch: 10, data: b"sliver bytes" }]).await?;
+//!     store.put(&[Put { key, end_epoch: 10, flags: 0, data: b"sliver bytes" }]).await?;
 //!     assert_eq!(store.get(&key).await?.as_deref(), Some(&b"sliver bytes"[..]));
 //!     Ok::<(), floe_storage::store::StoreError>(())
 //! })?;

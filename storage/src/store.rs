@@ -41,6 +41,8 @@ pub struct Put<'a> {
     pub key: Key,
     /// Last epoch the blob is stored for.
     pub end_epoch: u32,
+    /// [`FLAG_DELETABLE`](crate::format::FLAG_DELETABLE) on a deletable blob's metadata, else 0.
+    pub flags: u8,
     pub data: &'a [u8],
 }
 
@@ -111,6 +113,7 @@ struct Location {
     data_bytes: u32,
     sequence: u64,
     end_epoch: u32,
+    flags: u8,
     /// The record's checksum held on a mapped read since the store opened (see
     /// [`Store::get_shared`]).
     verified: bool,
@@ -402,6 +405,7 @@ impl<D: Dir> Store<D> {
             data_bytes: header.data_bytes,
             sequence: header.sequence,
             end_epoch: header.end_epoch,
+            flags: header.flags,
             verified: false,
         };
         if header.kind == RecordKind::Footer {
@@ -446,6 +450,7 @@ impl<D: Dir> Store<D> {
         for (blob_id, kind, shard, location) in live.filter(|(.., l)| l.segment == id) {
             let header = RecordHeader {
                 kind,
+                flags: location.flags,
                 shard,
                 end_epoch: location.end_epoch,
                 data_bytes: location.data_bytes,
@@ -471,6 +476,7 @@ impl<D: Dir> Store<D> {
         if let Some(data_bytes) = footer {
             let header = RecordHeader {
                 kind: RecordKind::Footer,
+                flags: 0,
                 shard: 0,
                 end_epoch: 0,
                 data_bytes,
@@ -581,6 +587,7 @@ impl<D: Dir> Store<D> {
             }
             let header = self.header(
                 put.key.kind,
+                put.flags,
                 put.key.blob_id,
                 put.key.shard,
                 put.end_epoch,
@@ -599,6 +606,7 @@ impl<D: Dir> Store<D> {
                     data_bytes: header.data_bytes,
                     sequence: header.sequence,
                     end_epoch: header.end_epoch,
+                    flags: header.flags,
                     verified: false,
                 },
             );
@@ -607,9 +615,15 @@ impl<D: Dir> Store<D> {
         Ok(())
     }
 
-    /// Deletes every record of a blob (durably, with a tombstone).
-    pub async fn delete_blob(&mut self, blob_id: &[u8; 32]) -> Result<(), StoreError> {
-        let header = self.header(RecordKind::Tombstone, *blob_id, 0, 0, &[])?;
+    /// Deletes every record of a blob, durably, with a tombstone kept until `end_epoch` (the
+    /// deleted blob's own end epoch: until then [`Store::deleted`] remembers the deletion, so
+    /// that a node can tell a deleted blob from one it never heard of).
+    pub async fn delete_blob(
+        &mut self,
+        blob_id: &[u8; 32],
+        end_epoch: u32,
+    ) -> Result<(), StoreError> {
+        let header = self.header(RecordKind::Tombstone, 0, *blob_id, 0, end_epoch, &[])?;
         let mut buffer = Vec::new();
         header.write(&[], &mut buffer);
         let at = self.commit(buffer).await?;
@@ -620,7 +634,8 @@ impl<D: Dir> Store<D> {
                 offset: at,
                 data_bytes: 0,
                 sequence: header.sequence,
-                end_epoch: 0,
+                end_epoch,
+                flags: 0,
                 verified: false,
             },
         );
@@ -631,9 +646,11 @@ impl<D: Dir> Store<D> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn header(
         &mut self,
         kind: RecordKind,
+        flags: u8,
         blob_id: [u8; 32],
         shard: u16,
         end_epoch: u32,
@@ -650,6 +667,7 @@ impl<D: Dir> Store<D> {
         self.next_sequence += 1;
         Ok(RecordHeader {
             kind,
+            flags,
             shard,
             end_epoch,
             data_bytes,
@@ -789,9 +807,13 @@ impl<D: Dir> Store<D> {
     /// Drops every record whose blob's end epoch is before `current_epoch` from the index; their
     /// space is freed by [`Store::reclaim`]. Call after every open, as epochs advance.
     /// Returns how many records expired.
+    /// Tombstones are dropped too once their end epoch has passed: every record they shadowed
+    /// has expired with them.
     pub fn expire(&mut self, current_epoch: u32) -> usize {
         let before = self.index.len();
         self.index
+            .retain(|_, location| location.end_epoch >= current_epoch);
+        self.tombstones
             .retain(|_, location| location.end_epoch >= current_epoch);
         before - self.index.len()
     }
@@ -1001,6 +1023,38 @@ impl<D: Dir> Store<D> {
             });
         }
         found
+    }
+
+    /// The end epoch of the blob's deletion, if it was deleted and not stored again since
+    /// (a later metadata record, a permanent store after the deletion, supersedes it).
+    pub fn deleted(&self, blob_id: &[u8; 32]) -> Option<u32> {
+        let tombstone = self.tombstones.get(blob_id)?;
+        let metadata = Key {
+            blob_id: *blob_id,
+            kind: RecordKind::Metadata,
+            shard: 0,
+        };
+        match self.index.get(&metadata) {
+            Some(stored) if stored.sequence > tombstone.sequence => None,
+            _ => Some(tombstone.end_epoch),
+        }
+    }
+
+    /// Deleted blobs ([`Store::deleted`]) in blob ID order after `after`, each with the end
+    /// epoch of its deletion.
+    pub fn deleted_after(
+        &self,
+        after: Option<&[u8; 32]>,
+    ) -> impl Iterator<Item = ([u8; 32], u32)> + '_ {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.tombstones
+            .range::<[u8; 32], _>((from, std::ops::Bound::Unbounded))
+            .filter_map(|(id, _)| Some((*id, self.deleted(id)?)))
+    }
+
+    /// The flags a record was stored with ([`FLAG_DELETABLE`](crate::format::FLAG_DELETABLE)).
+    pub fn flags(&self, key: &Key) -> Option<u8> {
+        self.index.get(key).map(|l| l.flags)
     }
 
     /// Number of segment files.

@@ -71,7 +71,7 @@ fn random_operations_with_restarts_and_a_torn_tail() {
                 for _ in 0..40 {
                     if rng.gen_ratio(1, 10) {
                         let blob = [rng.gen_range(0..8u8); 32];
-                        store.delete_blob(&blob).await.unwrap();
+                        store.delete_blob(&blob, 3).await.unwrap();
                         model.retain(|k, _| k.blob_id != blob);
                         continue;
                     }
@@ -86,6 +86,7 @@ fn random_operations_with_restarts_and_a_torn_tail() {
                         .map(|(k, d)| Put {
                             key: *k,
                             end_epoch: 3,
+                            flags: 0,
                             data: d,
                         })
                         .collect();
@@ -167,6 +168,7 @@ fn mapped_reads_check_checksums_and_follow_a_growing_segment() {
                 .put(&[Put {
                     key: key(shard),
                     end_epoch: 1,
+                    flags: 0,
                     data: &data,
                 }])
                 .await

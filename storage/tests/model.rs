@@ -9,7 +9,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use floe_storage::device::{Faults, MemDir};
-use floe_storage::format::{segment_name, RecordKind};
+use floe_storage::format::{segment_name, RecordKind, FLAG_DELETABLE};
 use floe_storage::store::{Key, Put, Store, StoreError, StoreOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -79,6 +79,16 @@ impl Allowed {
     }
 }
 
+/// The flags the crash test stores a record with: a function of its value, so that the
+/// model's values also say which flags must read back.
+fn flags_of(key: &Key, data: &[u8]) -> u8 {
+    if key.kind == RecordKind::Metadata && data.first().is_some_and(|b| b % 2 == 1) {
+        FLAG_DELETABLE
+    } else {
+        0
+    }
+}
+
 fn check(store: &mut Store<MemDir>, model: &BTreeMap<Key, Allowed>, lost_ok: bool, seed: u64) {
     for (i, (key, allowed)) in model.iter().enumerate() {
         // Both read paths: direct reads into a new buffer, and shared (mapped) views.
@@ -88,6 +98,13 @@ fn check(store: &mut Store<MemDir>, model: &BTreeMap<Key, Allowed>, lost_ok: boo
             block_on(store.get_shared(key))
         }
         .map(|v| v.map(|b| b.to_vec()));
+        if let Ok(Some(value)) = &read {
+            assert_eq!(
+                store.flags(key),
+                Some(flags_of(key, value)),
+                "seed {seed}: {key:?} flags"
+            );
+        }
         match read {
             Ok(value) => assert!(
                 allowed.admits(&value) || (lost_ok && value.is_none()),
@@ -138,6 +155,7 @@ fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
                         .map(|(key, data)| Put {
                             key: *key,
                             end_epoch: 5,
+                            flags: flags_of(key, data),
                             data,
                         })
                         .collect();
@@ -157,7 +175,7 @@ fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
                 }
                 6 => {
                     let blob = [rng.gen_range(0..6u8); 32];
-                    let result = block_on(store.delete_blob(&blob));
+                    let result = block_on(store.delete_blob(&blob, 5));
                     for (_, allowed) in model.range_mut(
                         Key {
                             blob_id: blob,
@@ -221,6 +239,7 @@ fn flipped_bits_are_detected_never_served() {
             block_on(store.put(&[Put {
                 key,
                 end_epoch: 1,
+                flags: flags_of(&key, &data),
                 data: &data,
             }]))
             .expect("no faults injected");
@@ -277,6 +296,7 @@ fn a_full_disk_refuses_new_writes_and_keeps_old_ones() {
         match block_on(store.put(&[Put {
             key,
             end_epoch: 1,
+            flags: 0,
             data: &data,
         }])) {
             Ok(()) => stored.push((key, data)),
@@ -295,6 +315,7 @@ fn a_full_disk_refuses_new_writes_and_keeps_old_ones() {
             shard: 1,
         },
         end_epoch: 1,
+        flags: 0,
         data: &[1; 3000],
     }]))
     .unwrap_err()
@@ -323,6 +344,7 @@ fn a_full_disk_refuses_new_writes_and_keeps_old_ones() {
     block_on(store.put(&[Put {
         key,
         end_epoch: 1,
+        flags: 0,
         data: b"after",
     }]))
     .expect("space again");
@@ -351,6 +373,7 @@ fn reclaiming_frees_deleted_and_expired_space_and_keeps_the_rest() {
             block_on(store.put(&[Put {
                 key: key(blob, shard),
                 end_epoch,
+                flags: 0,
                 data: &data(blob, shard),
             }]))
             .unwrap();
@@ -364,7 +387,7 @@ fn reclaiming_frees_deleted_and_expired_space_and_keeps_the_rest() {
     let before = total_bytes(&dir);
     let segments_before = store.segment_count();
     for blob in (0..40u8).filter(|b| b % 4 == 0) {
-        block_on(store.delete_blob(&[blob; 32])).unwrap();
+        block_on(store.delete_blob(&[blob; 32], 9)).unwrap();
     }
     assert_eq!(
         store.expire(3),
@@ -403,6 +426,97 @@ fn reclaiming_frees_deleted_and_expired_space_and_keeps_the_rest() {
     check_all(&mut reopened);
 }
 
+/// A deletion is remembered (with its end epoch) until that epoch has passed, across seals,
+/// reclaiming and restarts, and a later store of the blob's metadata supersedes it; metadata
+/// flags survive the same.
+#[test]
+fn deletions_are_remembered_until_their_end_epoch() {
+    let dir = MemDir::new(21);
+    let options = StoreOptions {
+        segment_bytes_max: 64 * 1024,
+        ..StoreOptions::default()
+    };
+    let (mut store, _) = block_on(Store::open_with(dir.clone(), options)).unwrap();
+    let key = |blob: u8, kind: RecordKind| Key {
+        blob_id: [blob; 32],
+        kind,
+        shard: if kind == RecordKind::Metadata { 0 } else { 1 },
+    };
+    for blob in 1..=5u8 {
+        let flags = if blob == 5 { 0 } else { FLAG_DELETABLE };
+        block_on(store.put(&[
+            Put {
+                key: key(blob, RecordKind::Metadata),
+                end_epoch: 9,
+                flags,
+                data: b"metadata",
+            },
+            Put {
+                key: key(blob, RecordKind::Primary),
+                end_epoch: 9,
+                flags: 0,
+                data: &[blob; 3000],
+            },
+        ]))
+        .unwrap();
+    }
+    block_on(store.delete_blob(&[1; 32], 4)).unwrap();
+    block_on(store.delete_blob(&[2; 32], 7)).unwrap();
+    block_on(store.delete_blob(&[3; 32], 8)).unwrap();
+    // Blob 3 is stored again (permanent) after its deletion.
+    block_on(store.put(&[Put {
+        key: key(3, RecordKind::Metadata),
+        end_epoch: 9,
+        flags: 0,
+        data: b"metadata",
+    }]))
+    .unwrap();
+    let expect = |store: &mut Store<MemDir>, epoch_passed: bool| {
+        assert_eq!(store.deleted(&[1; 32]), (!epoch_passed).then_some(4));
+        assert_eq!(store.deleted(&[2; 32]), Some(7));
+        assert_eq!(store.deleted(&[3; 32]), None, "stored again after deletion");
+        assert_eq!(store.deleted(&[4; 32]), None);
+        let listed: Vec<u8> = store.deleted_after(None).map(|(id, _)| id[0]).collect();
+        assert_eq!(listed, if epoch_passed { vec![2] } else { vec![1, 2] });
+        assert_eq!(
+            store.deleted_after(Some(&[1; 32])).collect::<Vec<_>>(),
+            vec![([2; 32], 7)]
+        );
+        for blob in [1u8, 2] {
+            assert_eq!(
+                block_on(store.get(&key(blob, RecordKind::Primary))).unwrap(),
+                None
+            );
+        }
+        assert_eq!(
+            store.flags(&key(4, RecordKind::Metadata)),
+            Some(FLAG_DELETABLE)
+        );
+        assert_eq!(store.flags(&key(5, RecordKind::Metadata)), Some(0));
+        assert_eq!(store.flags(&key(3, RecordKind::Metadata)), Some(0));
+    };
+    expect(&mut store, false);
+    // Seal the segment (footers carry flags and tombstones) and reopen.
+    for i in 0..40u8 {
+        block_on(store.put(&[Put {
+            key: key(100 + i, RecordKind::Primary),
+            end_epoch: 9,
+            flags: 0,
+            data: &[i; 3000],
+        }]))
+        .unwrap();
+    }
+    let (mut store, report) = block_on(Store::open_with(dir.clone(), options)).unwrap();
+    assert!(report.segments_from_footer > 0, "{report:?}");
+    expect(&mut store, false);
+    // Reclaiming every sealed segment carries tombstones and flags forward.
+    block_on(store.reclaim(1.0)).unwrap();
+    let (mut store, _) = block_on(Store::open_with(dir.clone(), options)).unwrap();
+    expect(&mut store, false);
+    store.expire(5);
+    expect(&mut store, true);
+}
+
 /// The scrubber walks every record at a bounded number of bytes per call, finds a flipped bit
 /// in a record nobody reads, and drops that record so that it is healed rather than served.
 #[test]
@@ -420,6 +534,7 @@ fn the_scrubber_finds_cold_corruption() {
         block_on(store.put(&[Put {
             key: *key,
             end_epoch: 1,
+            flags: 0,
             data: &[key.blob_id[0]; 1000],
         }]))
         .unwrap();
@@ -483,6 +598,7 @@ fn losing_one_disk_loses_only_its_shards() {
         .map(|(key, data)| Put {
             key: *key,
             end_epoch: 1,
+            flags: 0,
             data,
         })
         .collect();
@@ -516,6 +632,7 @@ fn metadata_listing_pages_in_blob_order() {
                     shard: 0,
                 },
                 end_epoch: u32::from(blob),
+                flags: 0,
                 data: b"metadata",
             }]))
             .unwrap();
@@ -531,6 +648,7 @@ fn metadata_listing_pages_in_blob_order() {
                 block_on(store.put(&[Put {
                     key,
                     end_epoch: 1,
+                    flags: 0,
                     data: b"sliver",
                 }]))
                 .unwrap();

@@ -901,3 +901,28 @@ fn deletable_blobs_are_deleted_on_every_node_and_permanent_ones_never() {
         assert_eq!(blob_status(&cluster, i, &id_a)["deleted"], false);
     }
 }
+
+/// A burst of reads of a blob that is not cached yet gathers and decodes it once: the other
+/// readers wait for that fill, and every one gets the bytes.
+#[test]
+fn concurrent_reads_of_an_uncached_blob_fill_the_cache_once() {
+    let cluster = Cluster::start(2, 10);
+    let blob = blob_bytes(1_500_000, 41);
+    let (status, answer) = store(&cluster.url(0), &blob, 2);
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["newlyCreated"]["blobId"].as_str().unwrap().to_string();
+    let url = cluster.url(1);
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let (url, id) = (url.clone(), id.clone());
+            std::thread::spawn(move || get(&url, &format!("/v1/blobs/{id}")))
+        })
+        .collect();
+    for reader in readers {
+        let (status, body) = reader.join().unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(body == blob);
+    }
+    assert_eq!(metric(&url, "floe_blob_cache_fills_total"), 1.0);
+    assert_eq!(metric(&url, "floe_blob_cache_hits_total"), 15.0);
+}

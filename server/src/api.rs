@@ -116,6 +116,8 @@ pub struct CoreState {
     pub(crate) blob_cache: RefCell<crate::blobs::BlobCache>,
     /// How many of [`Shared::deletions`] this core's caches have dropped.
     deletions_seen: Cell<u64>,
+    /// Blobs being read into `blob_cache`, for other reads of them to wait on.
+    pub(crate) filling: RefCell<HashMap<[u8; 32], Rc<event_listener::Event>>>,
 }
 
 pub type Body = Full<Bytes>;
@@ -135,8 +137,14 @@ impl CoreState {
             ),
             blob_cache: RefCell::new(crate::blobs::BlobCache::new(
                 shared.config.cache_bytes_per_core,
+                shared
+                    .config
+                    .cache_dir
+                    .clone()
+                    .or_else(|| shared.config.data_dirs.first().cloned()),
             )),
             deletions_seen: Cell::new(0),
+            filling: RefCell::new(HashMap::new()),
             shared,
         }
     }

@@ -101,6 +101,11 @@ pub struct NodeConfig {
     /// Verified blobs kept in memory per core for the aggregator (0 = no cache). A blob larger
     /// than a quarter of it is not cached.
     pub cache_bytes_per_core: u64,
+    /// Where cached blobs of 64 KiB and more live, as unnamed files (`O_TMPFILE`, gone with the
+    /// process) that responses leave from with `sendfile`: default the first data directory
+    /// (the page cache holds them; the kernel may write them out). A tmpfs path keeps them in
+    /// memory only.
+    pub cache_dir: Option<PathBuf>,
     /// How often the node asks its peers which blobs they know and rebuilds the slivers it
     /// should hold but lacks (0 = never).
     pub sync_interval_seconds: u64,
@@ -129,6 +134,7 @@ impl Default for NodeConfig {
             reclaim_interval_seconds: 60,
             io_properties: None,
             cache_bytes_per_core: 256 << 20,
+            cache_dir: None,
             sync_interval_seconds: 30,
             heal_concurrency: 4,
             peer_timeout_seconds: 60,

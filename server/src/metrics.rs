@@ -84,6 +84,10 @@ pub struct Metrics {
     pub sync_blobs_learned: Counter,
     /// Blobs deleted on this node (by a user, a peer or sync).
     pub blobs_deleted: Counter,
+    /// Whole-blob reads answered from the blob cache.
+    pub blob_cache_hits: Counter,
+    /// Whole blobs gathered and verified into the blob cache.
+    pub blob_cache_fills: Counter,
     /// Blobs whose metadata this node keeps (at the last sync).
     pub sync_blobs_known: Gauge,
     /// Slivers this node should hold but lacks (at the last sync).
@@ -118,6 +122,8 @@ impl Metrics {
             peer_faults: Family::default(),
             sync_blobs_learned: Counter::default(),
             blobs_deleted: Counter::default(),
+            blob_cache_hits: Counter::default(),
+            blob_cache_fills: Counter::default(),
             sync_blobs_known: Gauge::default(),
             heal_missing_slivers: Gauge::default(),
             heal_slivers: Family::default(),
@@ -158,6 +164,16 @@ impl Metrics {
             "sync_blobs_learned",
             "Blobs whose metadata was fetched from a peer by sync",
             metrics.sync_blobs_learned.clone(),
+        );
+        r.register(
+            "blob_cache_hits",
+            "Blob reads answered from the blob cache",
+            metrics.blob_cache_hits.clone(),
+        );
+        r.register(
+            "blob_cache_fills",
+            "Whole blobs gathered, verified and put into the blob cache",
+            metrics.blob_cache_fills.clone(),
         );
         r.register(
             "blobs_deleted",

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
 use crate::mapped::MappedFile;
 use glommio::io::{DmaFile, OpenOptions};
@@ -36,15 +35,6 @@ pub struct GlommioFile {
     /// The whole mapping as one `Bytes`, so that a read is a slice of it (a reference count,
     /// no allocation).
     map: Rc<RefCell<Option<bytes::Bytes>>>,
-}
-
-/// A mapping as the owner of a `Bytes` (keeps the mapping alive).
-struct WholeMap(Arc<MappedFile>);
-
-impl AsRef<[u8]> for WholeMap {
-    fn as_ref(&self) -> &[u8] {
-        self.0.bytes()
-    }
 }
 
 fn to_io(err: glommio::GlommioError<()>) -> io::Error {
@@ -158,7 +148,7 @@ impl File for GlommioFile {
             _ => {
                 // The active segment grows: map it again, as long as it is now. Views of the
                 // old mapping stay valid (they hold it).
-                let map = bytes::Bytes::from_owner(WholeMap(MappedFile::open(&self.path)?));
+                let map = MappedFile::open(&self.path)?.into_bytes();
                 *self.map.borrow_mut() = Some(map.clone());
                 map
             }

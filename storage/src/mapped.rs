@@ -23,6 +23,15 @@ pub struct MappedFile {
     file: File,
 }
 
+/// A mapping as the owner of a `Bytes` (keeps the mapping alive).
+struct WholeMap(Arc<MappedFile>);
+
+impl AsRef<[u8]> for WholeMap {
+    fn as_ref(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
 /// Live mappings by start address: (length, the mapping).
 type Registry = BTreeMap<usize, (usize, Weak<MappedFile>)>;
 
@@ -35,6 +44,55 @@ impl MappedFile {
         // SAFETY: floe never modifies committed bytes of a segment nor truncates one (see the
         // module comment); the store only appends past every record it has indexed.
         let map = unsafe { Mmap::map(&file)? };
+        Ok(Self::register(map, file))
+    }
+
+    /// `bytes` in a sealed in-memory file (memfd), mapped and registered: memory like a heap
+    /// buffer, but a view of it can leave through `sendfile(2)` without a copy through user
+    /// space. The seals (no write, shrink or grow, ever) make the kernel enforce what the
+    /// mapping relies on.
+    pub fn sealed_copy(bytes: &[u8]) -> io::Result<Arc<Self>> {
+        use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+        let fd = memfd_create(
+            "floe-cache",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        let mut file = File::from(fd);
+        io::Write::write_all(&mut file, bytes)?;
+        fcntl_add_seals(
+            &file,
+            SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )?;
+        // SAFETY: the file is sealed against every change (above), and only this mapping and
+        // this handle refer to it.
+        let map = unsafe { Mmap::map(&file)? };
+        Ok(Self::register(map, file))
+    }
+
+    /// `bytes` in an unnamed file (`O_TMPFILE`) in directory `dir`, mapped and registered: the
+    /// page cache holds it (large folios on file systems that have them), the kernel may write
+    /// it out under memory pressure, and it vanishes when the last view is dropped, or with
+    /// the process. Nobody else can open it, and it is written once, before it is mapped.
+    pub fn private_copy_in(dir: &Path, bytes: &[u8]) -> io::Result<Arc<Self>> {
+        use rustix::fs::{open, Mode, OFlags};
+        let fd = open(
+            dir,
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut file = File::from(fd);
+        io::Write::write_all(&mut file, bytes)?;
+        // SAFETY: an unnamed file only this process holds, never written after this point.
+        let map = unsafe { Mmap::map(&file)? };
+        Ok(Self::register(map, file))
+    }
+
+    /// The whole mapping as one `Bytes` (a view of it keeps it alive).
+    pub fn into_bytes(self: Arc<Self>) -> bytes::Bytes {
+        bytes::Bytes::from_owner(WholeMap(self))
+    }
+
+    fn register(map: Mmap, file: File) -> Arc<Self> {
         let mapped = Arc::new(Self { map, file });
         if !mapped.map.is_empty() {
             REGISTRY
@@ -42,7 +100,7 @@ impl MappedFile {
                 .expect("registry lock")
                 .insert(mapped.start(), (mapped.map.len(), Arc::downgrade(&mapped)));
         }
-        Ok(mapped)
+        mapped
     }
 
     fn start(&self) -> usize {
@@ -113,5 +171,24 @@ mod tests {
         let start = mapped.bytes().as_ptr() as usize;
         drop(mapped);
         assert!(!REGISTRY.read().unwrap().contains_key(&start));
+    }
+
+    #[test]
+    fn sealed_copies_are_mapped_files_nobody_can_change() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let bytes = MappedFile::sealed_copy(&data).unwrap().into_bytes();
+        assert_eq!(&bytes[..], &data[..]);
+        let view = bytes.slice(5000..9000);
+        let (found, offset) = file_region(&view).unwrap();
+        assert_eq!(offset, 5000);
+        let mut file = found.file();
+        assert!(
+            io::Write::write_all(&mut file, b"x").is_err(),
+            "sealed against writes"
+        );
+        assert!(
+            found.file().set_len(10).is_err(),
+            "sealed against shrinking"
+        );
     }
 }

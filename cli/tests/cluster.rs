@@ -910,7 +910,10 @@ fn concurrent_reads_of_an_uncached_blob_fill_the_cache_once() {
     let blob = blob_bytes(1_500_000, 41);
     let (status, answer) = store(&cluster.url(0), &blob, 2);
     assert_eq!(status, 200, "{answer}");
-    let id = answer["newlyCreated"]["blobId"].as_str().unwrap().to_string();
+    let id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let url = cluster.url(1);
     let readers: Vec<_> = (0..16)
         .map(|_| {

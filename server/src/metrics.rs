@@ -74,6 +74,10 @@ pub struct Metrics {
     pub disk_free_bytes: Family<DirLabel, Gauge>,
     pub disk_io_errors: Family<DirLabel, Counter>,
     pub corrupt_records: Family<DirLabel, Counter>,
+    /// Bytes of live records reclaiming copied forward, per data directory.
+    pub reclaim_moved_bytes: Family<DirLabel, Counter>,
+    /// Bytes of segment files reclaiming removed, per data directory.
+    pub reclaim_freed_bytes: Family<DirLabel, Counter>,
     /// Storage operations a connection's core sent to another core.
     pub cross_core_hops: Counter,
     pub cross_core_hop_seconds: Histogram,
@@ -116,6 +120,8 @@ impl Metrics {
             disk_free_bytes: Family::default(),
             disk_io_errors: Family::default(),
             corrupt_records: Family::default(),
+            reclaim_moved_bytes: Family::default(),
+            reclaim_freed_bytes: Family::default(),
             cross_core_hops: Counter::default(),
             cross_core_hop_seconds: latency_histogram(),
             records_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -238,6 +244,16 @@ impl Metrics {
             "Free bytes on each data directory's file system",
             Unit::Bytes,
             metrics.disk_free_bytes.clone(),
+        );
+        r.register(
+            "reclaim_moved_bytes",
+            "Bytes of live records reclaiming copied forward (its write amplification)",
+            metrics.reclaim_moved_bytes.clone(),
+        );
+        r.register(
+            "reclaim_freed_bytes",
+            "Bytes of segment files reclaiming removed",
+            metrics.reclaim_freed_bytes.clone(),
         );
         r.register(
             "disk_io_errors",

@@ -18,6 +18,9 @@ use floe_storage::store::{Key, Put, StoreError};
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::metrics::{DirLabel, Metrics};
 
 /// One record to store (a sliver: metadata goes through [`Op::PutMetadata`]).
@@ -259,24 +262,28 @@ pub async fn run_owner<D: Dir>(
     dir_labels: Vec<String>,
     commit_bytes_max: u64,
 ) {
-    let mut seen = vec![(0u64, 0u64, 0u64); dir_labels.len()];
-    // Bytes each directory's scrubber may still check this second. Scrubbing runs only while
-    // the queue is empty, one small step at a time, so it never holds up a request for long.
+    let mut seen = vec![DiskCounters::default(); dir_labels.len()];
+    // Bytes each directory's scrubber may still check this second. Scrubbing and reclaiming
+    // run only while the queue is empty, one small step at a time, so they never hold up a
+    // request for long.
     let mut scrub_budget = vec![0u64; dir_labels.len()];
     let mut last_step = Instant::now();
     loop {
-        let scrubbing = scrub_budget.iter().any(|b| *b > 0);
+        let background = scrub_budget.iter().any(|b| *b > 0)
+            || disks.stores().iter().any(|s| s.reclaim_pending());
         // Under constant load the queue is never empty: still make some progress.
-        if scrubbing && last_step.elapsed() >= SCRUB_BUSY_INTERVAL {
-            scrub_step(&mut disks, &mut scrub_budget, &dir_labels).await;
+        if background && last_step.elapsed() >= BACKGROUND_BUSY_INTERVAL {
+            background_step(&mut disks, &mut scrub_budget, &dir_labels).await;
+            update_disk_metrics(&disks, &dir_labels, &mut seen, &metrics);
             last_step = Instant::now();
         }
-        let first = if scrubbing {
+        let first = if background {
             match queue.try_recv() {
                 Ok(op) => op,
                 Err(err) if err.is_closed() => break,
                 Err(_) => {
-                    scrub_step(&mut disks, &mut scrub_budget, &dir_labels).await;
+                    background_step(&mut disks, &mut scrub_budget, &dir_labels).await;
+                    update_disk_metrics(&disks, &dir_labels, &mut seen, &metrics);
                     last_step = Instant::now();
                     futures_lite::future::yield_now().await;
                     continue;
@@ -349,7 +356,7 @@ pub async fn run_owner<D: Dir>(
                     // A new second's allowance; what was not used does not pile up.
                     scrub_budget = scrub_bytes;
                     if let Some(epoch) = expire_epoch {
-                        expire_and_reclaim(&mut disks, epoch, &dir_labels).await;
+                        expire_and_start_reclaim(&mut disks, epoch, &dir_labels);
                     }
                 }
                 Op::ListMetadata {
@@ -427,23 +434,45 @@ pub async fn run_owner<D: Dir>(
                 }
             }
         }
-        // Per-directory error counters, as deltas of the stores' own counters.
-        for ((store, label), last) in disks.stores().iter().zip(&dir_labels).zip(&mut seen) {
-            let c = store.counters();
-            let now = (c.failed_commits, c.read_errors, c.corrupt_records);
-            let dir = DirLabel { dir: label.clone() };
-            let io = (now.0 + now.1).saturating_sub(last.0 + last.1);
-            if io > 0 {
-                metrics.disk_io_errors.get_or_create(&dir).inc_by(io);
+        update_disk_metrics(&disks, &dir_labels, &mut seen, &metrics);
+    }
+}
+
+/// What [`update_disk_metrics`] last saw of a store's counters.
+#[derive(Clone, Copy, Default)]
+struct DiskCounters {
+    io_errors: u64,
+    corrupt: u64,
+    moved: u64,
+    freed: u64,
+}
+
+/// Per-directory counters in `/metrics`, as deltas of the stores' own counters.
+fn update_disk_metrics<D: Dir>(
+    disks: &Disks<D>,
+    dir_labels: &[String],
+    seen: &mut [DiskCounters],
+    metrics: &Metrics,
+) {
+    for ((store, label), last) in disks.stores().iter().zip(dir_labels).zip(seen) {
+        let c = store.counters();
+        let now = DiskCounters {
+            io_errors: c.failed_commits + c.read_errors,
+            corrupt: c.corrupt_records,
+            moved: c.reclaim_bytes_moved,
+            freed: c.reclaim_bytes_freed,
+        };
+        let dir = DirLabel { dir: label.clone() };
+        let add = |family: &Family<DirLabel, Counter>, now: u64, last: u64| {
+            if now > last {
+                family.get_or_create(&dir).inc_by(now - last);
             }
-            if now.2 > last.2 {
-                metrics
-                    .corrupt_records
-                    .get_or_create(&dir)
-                    .inc_by(now.2 - last.2);
-            }
-            *last = now;
-        }
+        };
+        add(&metrics.disk_io_errors, now.io_errors, last.io_errors);
+        add(&metrics.corrupt_records, now.corrupt, last.corrupt);
+        add(&metrics.reclaim_moved_bytes, now.moved, last.moved);
+        add(&metrics.reclaim_freed_bytes, now.freed, last.freed);
+        *last = now;
     }
 }
 
@@ -451,9 +480,36 @@ pub async fn run_owner<D: Dir>(
 /// at most this much direct reading and hashing (about a millisecond on an SSD).
 const SCRUB_STEP_BYTES: u64 = 1 << 20;
 
-/// While requests keep the owner busy, one scrub step at most this often. Why: the scrubber
-/// still checks ~10 MiB/s per directory under saturation, at ~1% of the owner's time.
-const SCRUB_BUSY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// While requests keep the owner busy, one background step (scrub or reclaim) at most this
+/// often. Why: the scrubber still checks ~10 MiB/s per directory under saturation, and
+/// reclaiming copies ~40 MiB/s, at a few percent of the owner's time.
+const BACKGROUND_BUSY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Bytes one reclaim step copies at most. Why: like a scrub step, a request that arrives
+/// during it waits for a few milliseconds of I/O at most.
+const RECLAIM_STEP_BYTES: u64 = 4 << 20;
+
+/// One background step: reclaiming first (space), then scrubbing.
+async fn background_step<D: Dir>(disks: &mut Disks<D>, budget: &mut [u64], dir_labels: &[String]) {
+    let reclaiming = disks.stores().iter().position(|s| s.reclaim_pending());
+    let Some(index) = reclaiming else {
+        return scrub_step(disks, budget, dir_labels).await;
+    };
+    let dir = &dir_labels[index];
+    let store = &mut disks.stores_mut()[index];
+    match store.reclaim_step(RECLAIM_STEP_BYTES).await {
+        Ok(report) if report.segments_removed > 0 => tracing::info!(
+            dir,
+            segments_removed = report.segments_removed,
+            bytes_freed = report.bytes_freed,
+            records_moved = report.records_moved,
+            "reclaimed space"
+        ),
+        Ok(_) => {}
+        // The segment it was emptying stays (the next pass looks at it again); the pass goes on.
+        Err(err) => tracing::warn!(dir, %err, "reclaiming a segment failed"),
+    }
+}
 
 /// One bounded step of the scrubber, on the first directory with budget left. What it finds
 /// corrupt leaves the index (to be healed) and is logged; failures are logged and retried
@@ -483,21 +539,16 @@ async fn scrub_step<D: Dir>(disks: &mut Disks<D>, budget: &mut [u64], dir_labels
     }
 }
 
-/// Drops expired records and reclaims sparse segments in every data directory.
-async fn expire_and_reclaim<D: Dir>(disks: &mut Disks<D>, epoch: u32, dir_labels: &[String]) {
+/// Drops expired records in every data directory and starts a reclaiming pass over its sparse
+/// segments (done in steps while the owner is idle; see [`background_step`]).
+fn expire_and_start_reclaim<D: Dir>(disks: &mut Disks<D>, epoch: u32, dir_labels: &[String]) {
     for (store, dir) in disks.stores_mut().iter_mut().zip(dir_labels) {
         let expired = store.expire(epoch);
-        match store.reclaim(RECLAIM_LIVE_FRACTION_MAX).await {
-            Ok(report) if report.segments_removed > 0 || expired > 0 => tracing::info!(
-                dir,
-                expired,
-                segments_removed = report.segments_removed,
-                bytes_freed = report.bytes_freed,
-                records_moved = report.records_moved,
-                "reclaimed space"
-            ),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(dir, %err, "reclaiming failed"),
+        if expired > 0 {
+            tracing::info!(dir, expired, "records expired");
+        }
+        if !store.reclaim_pending() {
+            store.start_reclaim(RECLAIM_LIVE_FRACTION_MAX);
         }
     }
 }

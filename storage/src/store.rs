@@ -100,6 +100,23 @@ pub struct ReclaimReport {
     pub segments_removed: usize,
     pub bytes_freed: u64,
     pub records_moved: usize,
+    /// The pass is over (no segment left to look at).
+    pub pass_complete: bool,
+}
+
+/// A reclaiming pass (see [`Store::reclaim_step`]).
+struct Reclaiming {
+    live_fraction_max: f64,
+    /// Sealed segments still to look at, with their live bytes when the pass started.
+    candidates: std::collections::VecDeque<(u64, u64)>,
+    current: Option<Emptying>,
+}
+
+/// A segment being emptied: its live records still to copy, the next one last.
+struct Emptying {
+    segment: u64,
+    size: u64,
+    moving: Vec<(Result<Key, [u8; 32]>, Location)>,
 }
 
 /// Bytes copied per commit while reclaiming. Why: bounds the copy buffer while amortising the
@@ -142,6 +159,10 @@ pub struct StoreCounters {
     pub failed_commits: u64,
     /// Record reads the device failed (I/O errors, not checksum failures).
     pub read_errors: u64,
+    /// Bytes of live records reclaiming copied forward (its write amplification).
+    pub reclaim_bytes_moved: u64,
+    /// Bytes of segment files reclaiming removed.
+    pub reclaim_bytes_freed: u64,
 }
 
 /// Settings of a [`Store`].
@@ -179,6 +200,8 @@ pub struct Store<D: Dir> {
     /// The newest tombstone of each deleted blob. Kept (and carried forward when its segment
     /// is reclaimed) so that older records of the blob never come back.
     tombstones: BTreeMap<[u8; 32], Location>,
+    /// The reclaiming pass under way, if any.
+    reclaiming: Option<Reclaiming>,
 }
 
 /// Writes `data` at `offset` and syncs: the only way the store writes, so that nothing it
@@ -257,6 +280,7 @@ impl<D: Dir> Store<D> {
             corrupt_keys: Vec::new(),
             tombstones: BTreeMap::new(),
             scrub_cursor: None,
+            reclaiming: None,
         };
         let mut report = RecoveryReport::default();
         let mut active_sealed = false;
@@ -820,99 +844,177 @@ impl<D: Dir> Store<D> {
 
     /// Frees the space of deleted, overwritten and expired records: every sealed segment whose
     /// live bytes are at most `live_fraction_max` of its size has its live records (and
-    /// tombstones) copied into the active segment, durably, and is then removed.
+    /// tombstones) copied into the active segment, durably, and is then removed. One whole
+    /// pass of [`Store::reclaim_step`].
     ///
     /// Why whole segments: a segment is removed by one unlink, and copying is bounded by
     /// `live_fraction_max`, so a store that deletes blob by blob pays at most that fraction of
     /// rewriting per freed byte; crash-safe because the copies are durable before the unlink,
     /// and a copy keeps its record's sequence, so a duplicate left by a crash is harmless.
     pub async fn reclaim(&mut self, live_fraction_max: f64) -> Result<ReclaimReport, StoreError> {
+        self.start_reclaim(live_fraction_max);
+        let mut report = ReclaimReport::default();
+        loop {
+            let step = self.reclaim_step(u64::MAX).await?;
+            report.segments_removed += step.segments_removed;
+            report.bytes_freed += step.bytes_freed;
+            report.records_moved += step.records_moved;
+            if step.pass_complete {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Starts a reclaiming pass over the segments sealed now (a pass in progress starts over;
+    /// what it copied stays copied). [`Store::reclaim_step`] does the work in bounded steps.
+    pub fn start_reclaim(&mut self, live_fraction_max: f64) {
         let mut live: BTreeMap<u64, u64> = BTreeMap::new();
         for location in self.index.values().chain(self.tombstones.values()) {
             *live.entry(location.segment).or_default() += location.record_bytes();
         }
-        let mut report = ReclaimReport::default();
-        let sealed: Vec<u64> = self
+        let candidates = self
             .files
             .keys()
             .copied()
             .filter(|id| *id != self.active)
+            .map(|id| (id, live.get(&id).copied().unwrap_or(0)))
             .collect();
-        for id in sealed {
-            let size = self.files[&id]
-                .size_bytes()
-                .await
-                .map_err(io_error("sizing a segment"))?;
-            let live_bytes = live.get(&id).copied().unwrap_or(0);
-            if live_bytes as f64 > live_fraction_max * size as f64 {
-                continue;
-            }
-            self.move_live_records(id, &mut report).await?;
-            self.files.remove(&id);
-            self.dir
-                .remove(&segment_name(id))
-                .await
-                .map_err(io_error("removing a reclaimed segment"))?;
-            self.dir
-                .sync()
-                .await
-                .map_err(io_error("syncing the data directory"))?;
-            report.segments_removed += 1;
-            report.bytes_freed += size;
-        }
-        Ok(report)
+        self.reclaiming = Some(Reclaiming {
+            live_fraction_max,
+            candidates,
+            current: None,
+        });
     }
 
-    /// Copies the live records and tombstones of segment `id` to the active segment.
-    async fn move_live_records(
-        &mut self,
-        id: u64,
-        report: &mut ReclaimReport,
-    ) -> Result<(), StoreError> {
-        // (key, or the tombstone's blob) of each live record, in file order.
-        let mut moving: Vec<(Result<Key, [u8; 32]>, Location)> = self
-            .index
-            .iter()
-            .filter(|(_, l)| l.segment == id)
-            .map(|(k, l)| (Ok(*k), *l))
-            .chain(
-                self.tombstones
+    /// Whether a reclaiming pass is under way.
+    pub fn reclaim_pending(&self) -> bool {
+        self.reclaiming.is_some()
+    }
+
+    /// One step of the reclaiming pass started by [`Store::start_reclaim`]: copies at most about
+    /// `bytes_max` of live records (at least one record), and removes each segment it has
+    /// emptied. Records that died since the pass started are skipped. Returns what it did; a
+    /// step with no pass under way reports the pass complete.
+    pub async fn reclaim_step(&mut self, bytes_max: u64) -> Result<ReclaimReport, StoreError> {
+        let result = self.reclaim_step_inner(bytes_max).await;
+        if result.is_err() {
+            // Records of the segment being emptied may have been read but not copied: it must
+            // not be removed. A later pass looks at it afresh.
+            if let Some(pass) = self.reclaiming.as_mut() {
+                pass.current = None;
+            }
+        }
+        result
+    }
+
+    async fn reclaim_step_inner(&mut self, bytes_max: u64) -> Result<ReclaimReport, StoreError> {
+        let mut report = ReclaimReport::default();
+        let mut budget = bytes_max;
+        while let Some(pass) = self.reclaiming.as_mut() {
+            let Some(current) = pass.current.as_mut() else {
+                let Some((id, live_then)) = pass.candidates.pop_front() else {
+                    self.reclaiming = None;
+                    report.pass_complete = true;
+                    return Ok(report);
+                };
+                let fraction = pass.live_fraction_max;
+                let Some(file) = self.files.get(&id) else {
+                    continue;
+                };
+                let size = file
+                    .size_bytes()
+                    .await
+                    .map_err(io_error("sizing a segment"))?;
+                if live_then as f64 > fraction * size as f64 {
+                    continue;
+                }
+                // (key, or the tombstone's blob) of each live record, in file order.
+                let mut moving: Vec<(Result<Key, [u8; 32]>, Location)> = self
+                    .index
                     .iter()
                     .filter(|(_, l)| l.segment == id)
-                    .map(|(b, l)| (Err(*b), *l)),
-            )
-            .collect();
-        moving.sort_by_key(|(_, l)| l.offset);
-        let mut buffer = Vec::new();
-        let mut placed = Vec::new();
-        for (owner, location) in moving {
-            let bytes = self.files[&id]
-                .read_at(location.offset, location.record_bytes() as usize)
-                .await
-                .map_err(io_error("reading a record to reclaim"))?;
-            if !RecordHeader::checksum_holds(&bytes) {
-                // Corrupt: not copied; the node heals it like any other missing sliver.
-                if let Ok(key) = owner {
-                    self.index.remove(&key);
+                    .map(|(k, l)| (Ok(*k), *l))
+                    .chain(
+                        self.tombstones
+                            .iter()
+                            .filter(|(_, l)| l.segment == id)
+                            .map(|(b, l)| (Err(*b), *l)),
+                    )
+                    .collect();
+                moving.sort_by_key(|(_, l)| std::cmp::Reverse(l.offset));
+                if let Some(pass) = self.reclaiming.as_mut() {
+                    pass.current = Some(Emptying {
+                        segment: id,
+                        size,
+                        moving,
+                    });
                 }
-                self.counters.corrupt_records += 1;
                 continue;
+            };
+            if budget == 0 {
+                return Ok(report);
             }
-            placed.push((owner, location, buffer.len() as u64));
-            buffer.extend_from_slice(&bytes);
-            if buffer.len() >= RECLAIM_COMMIT_BYTES {
-                self.commit_moved(
-                    std::mem::take(&mut buffer),
-                    std::mem::take(&mut placed),
-                    report,
-                )
-                .await?;
+            let id = current.segment;
+            // Copy the next records, up to the budget, in one commit.
+            let mut buffer = Vec::new();
+            let mut placed = Vec::new();
+            while let Some((owner, location)) = current.moving.last().copied() {
+                if !placed.is_empty()
+                    && (buffer.len() as u64 + location.record_bytes() > budget
+                        || buffer.len() >= RECLAIM_COMMIT_BYTES)
+                {
+                    break;
+                }
+                current.moving.pop();
+                let still = match owner {
+                    Ok(key) => self.index.get(&key),
+                    Err(blob) => self.tombstones.get(&blob),
+                };
+                if still.is_none_or(|l| l.segment != id || l.offset != location.offset) {
+                    continue; // Died (or moved) since the pass started.
+                }
+                let bytes = self.files[&id]
+                    .read_at(location.offset, location.record_bytes() as usize)
+                    .await
+                    .map_err(io_error("reading a record to reclaim"))?;
+                if !RecordHeader::checksum_holds(&bytes) {
+                    // Corrupt: not copied; the node heals it like any other missing sliver.
+                    if let Ok(key) = owner {
+                        self.index.remove(&key);
+                    }
+                    self.counters.corrupt_records += 1;
+                    continue;
+                }
+                placed.push((owner, location, buffer.len() as u64));
+                buffer.extend_from_slice(&bytes);
+            }
+            let emptied = current.moving.is_empty();
+            let size = current.size;
+            if !placed.is_empty() {
+                budget = budget.saturating_sub(buffer.len() as u64);
+                self.counters.reclaim_bytes_moved += buffer.len() as u64;
+                self.commit_moved(buffer, placed, &mut report).await?;
+            }
+            if emptied {
+                self.files.remove(&id);
+                self.dir
+                    .remove(&segment_name(id))
+                    .await
+                    .map_err(io_error("removing a reclaimed segment"))?;
+                self.dir
+                    .sync()
+                    .await
+                    .map_err(io_error("syncing the data directory"))?;
+                report.segments_removed += 1;
+                report.bytes_freed += size;
+                self.counters.reclaim_bytes_freed += size;
+                if let Some(pass) = self.reclaiming.as_mut() {
+                    pass.current = None;
+                }
             }
         }
-        if !placed.is_empty() {
-            self.commit_moved(buffer, placed, report).await?;
-        }
-        Ok(())
+        report.pass_complete = true;
+        Ok(report)
     }
 
     /// Re-reads up to `bytes_max` bytes of stored records, in order, picking up where the last

@@ -2,14 +2,15 @@
 //! user stores) and space amplification (disk used per live byte), on the real backend.
 //!
 //! `cargo run --release -p floe-storage --example reclaim_amplification -- <dir> [fifo|random]
-//! [live MiB] [written MiB]`
+//! [live MiB] [written MiB] [live fraction]`
 //!
 //! Blobs of 16 slivers of 64 KiB (1 MiB) are stored one commit each until `live` MiB are
 //! stored; from then on every new blob deletes one: the oldest (`fifo`: blobs that expire in
 //! the order they came) or one picked uniformly at random (`random`: the worst case for
 //! segment-granular reclaiming, every segment decays evenly). Every 64 MiB written, a
-//! reclaiming pass runs with the node's threshold (a segment at most half live is rewritten).
-//! Defaults: `random`, 1024 MiB live, 4096 MiB written. `<dir>` must be empty or missing.
+//! reclaiming pass runs: a segment at most `live fraction` live is rewritten (default 0.5, the
+//! node's). Defaults: `random`, 1024 MiB live, 4096 MiB written. `<dir>` must be empty or
+//! missing.
 
 use std::time::Instant;
 
@@ -22,8 +23,6 @@ use rand::{Rng, SeedableRng};
 const SLIVERS_PER_BLOB: usize = 16;
 const SLIVER_BYTES: usize = 64 * 1024;
 const RECLAIM_EVERY_BLOBS: u64 = 64;
-/// The node's threshold (`server::owner::RECLAIM_LIVE_FRACTION_MAX`).
-const LIVE_FRACTION_MAX: f64 = 0.5;
 
 fn disk_bytes(dir: &str) -> u64 {
     std::fs::read_dir(dir)
@@ -35,12 +34,15 @@ fn disk_bytes(dir: &str) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: reclaim_amplification <dir> [fifo|random] [live MiB] [written MiB]";
+    let usage =
+        "usage: reclaim_amplification <dir> [fifo|random] [live MiB] [written MiB] [live fraction]";
     let dir = args.get(1).expect(usage).clone();
     let pattern = args.get(2).cloned().unwrap_or_else(|| "random".into());
     assert!(pattern == "fifo" || pattern == "random", "{usage}");
     let live_blobs: u64 = args.get(3).map_or(1024, |a| a.parse().expect(usage));
     let written_blobs: u64 = args.get(4).map_or(4096, |a| a.parse().expect(usage));
+    // The node's threshold is `server::owner::RECLAIM_LIVE_FRACTION_MAX`.
+    let fraction: f64 = args.get(5).map_or(0.5, |a| a.parse().expect(usage));
     std::fs::create_dir_all(&dir).unwrap();
     assert_eq!(disk_bytes(&dir), 0, "{dir} must be empty");
     LocalExecutorBuilder::default()
@@ -88,7 +90,7 @@ fn main() {
                 }
                 if (blob + 1) % RECLAIM_EVERY_BLOBS == 0 {
                     disk_max = disk_max.max(disk_bytes(&dir));
-                    store.reclaim(LIVE_FRACTION_MAX).await.unwrap();
+                    store.reclaim(fraction).await.unwrap();
                 }
             }
             let secs = started.elapsed().as_secs_f64();
@@ -96,7 +98,8 @@ fn main() {
             let user = c.bytes_written - c.reclaim_bytes_moved;
             let live_bytes = live.len() as f64 * (SLIVERS_PER_BLOB * SLIVER_BYTES) as f64;
             println!(
-                "{pattern}: {written_blobs} MiB of blobs stored, {} MiB live at the end, {secs:.1} s",
+                "{pattern}, threshold {fraction}: {written_blobs} MiB of blobs stored, {} MiB live \
+                 at the end, {secs:.1} s",
                 live.len()
             );
             println!(

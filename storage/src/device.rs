@@ -42,6 +42,13 @@ pub trait File {
     async fn read_shared(&self, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
         self.read_at(offset, len).await.map(bytes::Bytes::from)
     }
+    /// Reads exactly `out.len()` bytes at `offset` into `out`. Several may be in flight at
+    /// once on one file (the store reads large records in pieces and checks each as it lands).
+    async fn read_into(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let read = self.read_at(offset, out.len()).await?;
+        out.copy_from_slice(&read);
+        Ok(())
+    }
     /// Writes whole blocks at a block-aligned offset.
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes every write so far durable.

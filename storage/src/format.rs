@@ -164,16 +164,48 @@ impl RecordHeader {
 
     /// Does `record` (header then data) carry a valid checksum?
     pub fn checksum_holds(record: &[u8]) -> bool {
-        if record.len() < RECORD_HEADER_BYTES {
-            return false;
-        }
-        let (header, data) = record.split_at(RECORD_HEADER_BYTES);
-        checksum(&header[..RECORD_CHECKSUM_AT], data)[..] == header[RECORD_CHECKSUM_AT..]
+        let mut stream = ChecksumStream::default();
+        stream.update(record);
+        stream.holds(record)
     }
 
     /// Bytes of the whole record.
     pub fn record_bytes(&self) -> usize {
         RECORD_HEADER_BYTES + self.data_bytes as usize
+    }
+}
+
+/// A record's checksum computed piece by piece, in order, as the pieces arrive: the same hash
+/// as [`RecordHeader::checksum_holds`] (blake3 of the header up to the checksum, then the
+/// data), so a large record can be checked while the rest of it is still being read.
+#[derive(Default)]
+pub struct ChecksumStream {
+    hasher: blake3::Hasher,
+    /// Bytes of the record fed so far.
+    at: usize,
+}
+
+impl ChecksumStream {
+    /// Feeds the record's next bytes.
+    pub fn update(&mut self, piece: &[u8]) {
+        let (start, end) = (self.at, self.at + piece.len());
+        if start < RECORD_CHECKSUM_AT {
+            self.hasher
+                .update(&piece[..end.min(RECORD_CHECKSUM_AT) - start]);
+        }
+        if end > RECORD_HEADER_BYTES {
+            self.hasher
+                .update(&piece[start.max(RECORD_HEADER_BYTES) - start..]);
+        }
+        self.at = end;
+    }
+
+    /// Whether what was fed matches the checksum in `header` (the record's first bytes).
+    pub fn holds(&self, header: &[u8]) -> bool {
+        self.at >= RECORD_HEADER_BYTES
+            && header.len() >= RECORD_HEADER_BYTES
+            && self.hasher.finalize().as_bytes()[..RECORD_CHECKSUM_BYTES]
+                == header[RECORD_CHECKSUM_AT..RECORD_HEADER_BYTES]
     }
 }
 
@@ -323,6 +355,12 @@ mod tests {
         let mut out = Vec::new();
         header.write(b"hello", &mut out);
         assert_eq!(RecordHeader::parse(&out), Some(header));
+        // Fed in pieces of any size, the stream agrees.
+        for piece in [1, 7, 56, 60, 72, 76] {
+            let mut stream = ChecksumStream::default();
+            out.chunks(piece).for_each(|p| stream.update(p));
+            assert!(stream.holds(&out), "pieces of {piece}");
+        }
         let mut entry = Vec::new();
         FooterEntry {
             header,

@@ -140,6 +140,23 @@ impl File for GlommioFile {
         Ok(read.to_vec())
     }
 
+    async fn read_into(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let len = out.len();
+        let read = self.file.read_at(offset, len).await.map_err(to_io)?;
+        if read.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: read {} of {len} bytes at {offset}",
+                    self.path.display(),
+                    read.len()
+                ),
+            ));
+        }
+        out.copy_from_slice(&read);
+        Ok(())
+    }
+
     async fn read_shared(&self, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
         let end = offset as usize + len;
         let current = self.map.borrow().clone();

@@ -233,6 +233,35 @@ async fn read_range<F: File>(file: &F, start: u64, len: u64) -> io::Result<Vec<u
 /// Size of each read when a whole segment is read (recovery, scrubbing).
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Records at least this large are read in pieces of [`READ_PIECE_BYTES`], all in flight at
+/// once, each checksummed as it lands: the hashing of all but the last piece overlaps the
+/// reading of the rest, instead of following the whole read.
+const READ_PIECES_FROM_BYTES: usize = 512 * 1024;
+const READ_PIECE_BYTES: usize = 256 * 1024;
+
+/// Reads `len` bytes of a record at `offset` in pieces (see [`READ_PIECES_FROM_BYTES`]):
+/// the bytes, and whether the record's checksum holds.
+async fn read_checking<F: File>(file: &F, offset: u64, len: usize) -> io::Result<(Vec<u8>, bool)> {
+    use futures_lite::StreamExt;
+    let mut record = vec![0u8; len];
+    let mut checksum = crate::format::ChecksumStream::default();
+    {
+        let mut pieces: futures::stream::FuturesOrdered<_> = record
+            .chunks_mut(READ_PIECE_BYTES)
+            .enumerate()
+            .map(|(i, piece)| async move {
+                let at = offset + (i * READ_PIECE_BYTES) as u64;
+                file.read_into(at, piece).await.map(|()| &*piece)
+            })
+            .collect();
+        while let Some(piece) = pieces.next().await {
+            checksum.update(piece?);
+        }
+    }
+    let holds = checksum.holds(&record);
+    Ok((record, holds))
+}
+
 impl Location {
     fn record_bytes(&self) -> u64 {
         (RECORD_HEADER_BYTES + self.data_bytes as usize) as u64
@@ -735,14 +764,16 @@ impl<D: Dir> Store<D> {
         let Some((location, file)) = self.locate(key) else {
             return Ok(None);
         };
-        let read = file
-            .read_at(
-                location.offset,
-                RECORD_HEADER_BYTES + location.data_bytes as usize,
-            )
-            .await;
-        let bytes = read.map_err(|err| self.read_failed(err))?;
-        self.check_record(key, &location, &bytes)?;
+        let len = location.record_bytes() as usize;
+        let (bytes, checksum) = if len < READ_PIECES_FROM_BYTES {
+            let read = file.read_at(location.offset, len).await;
+            (read.map_err(|err| self.read_failed(err))?, None)
+        } else {
+            let read = read_checking(file, location.offset, len).await;
+            let (bytes, holds) = read.map_err(|err| self.read_failed(err))?;
+            (bytes, Some(holds))
+        };
+        self.check_record(key, &location, &bytes, checksum)?;
         // The data is a view past the header: no copy to drop it.
         Ok(Some(bytes::Bytes::from(bytes).slice(RECORD_HEADER_BYTES..)))
     }
@@ -764,19 +795,21 @@ impl<D: Dir> Store<D> {
     }
 
     /// Checks a record read for `key` at `location` (header names the key and sequence,
-    /// checksum holds); one that fails leaves the index, is counted, and reads as `Corrupt`.
+    /// checksum holds: `checksum` if the caller checked it already); one that fails leaves the
+    /// index, is counted, and reads as `Corrupt`.
     fn check_record(
         &mut self,
         key: &Key,
         location: &Location,
         record: &[u8],
+        checksum: Option<bool>,
     ) -> Result<(), StoreError> {
         let intact = RecordHeader::parse(record).is_some_and(|h| {
             h.kind == key.kind
                 && h.shard == key.shard
                 && h.blob_id == key.blob_id
                 && h.sequence == location.sequence
-        }) && RecordHeader::checksum_holds(record);
+        }) && checksum.unwrap_or_else(|| RecordHeader::checksum_holds(record));
         if intact {
             return Ok(());
         }
@@ -816,7 +849,7 @@ impl<D: Dir> Store<D> {
         if !check {
             return Ok(Some(record));
         }
-        self.check_record(key, &location, &record)?;
+        self.check_record(key, &location, &record, None)?;
         if let Some(entry) = self.index.get_mut(key) {
             entry.verified = true;
         }

@@ -592,6 +592,80 @@ fn reclaiming_in_steps_interleaves_with_writes_and_deletions() {
     }
 }
 
+/// Records of 512 KiB and more are read in pieces, all in flight at once, each checksummed as
+/// it arrives: they read back exactly, a flipped bit in any piece (or in the header) makes the
+/// record corrupt, and an I/O error on a piece is an error, never a short or wrong record.
+#[test]
+fn large_records_are_read_in_pieces_and_checked_whole() {
+    let key = |blob: u8| Key {
+        blob_id: [blob; 32],
+        kind: RecordKind::Secondary,
+        shard: 3,
+    };
+    let sizes = [524_288 - 72, 700_001, 1 << 20, 1_500_000];
+    let data = |i: usize| -> Vec<u8> { (0..sizes[i]).map(|j| (j * 7 + i) as u8).collect() };
+    for (case, flip_at) in [None, Some(10u64), Some(300_000), Some(1_000_000)]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = MemDir::new(case as u64);
+        let (mut store, _) = block_on(Store::open(dir.clone())).unwrap();
+        for i in 0..sizes.len() {
+            block_on(store.put(&[Put {
+                key: key(i as u8),
+                end_epoch: 1,
+                flags: 0,
+                data: &data(i),
+            }]))
+            .unwrap();
+        }
+        // The last record starts after the others (one commit each, padded to whole 4 KiB
+        // blocks): flip a bit inside it, at `flip_at`.
+        let last_at = sizes[..3]
+            .iter()
+            .fold(4096u64, |at, s| (at + *s as u64 + 72).div_ceil(4096) * 4096);
+        if let Some(at) = flip_at {
+            dir.flip_bit(&segment_name(1), (last_at + at) * 8 + 3);
+        }
+        for i in 0..sizes.len() {
+            let got = block_on(store.get(&key(i as u8)));
+            if i == 3 && flip_at.is_some() {
+                assert!(
+                    matches!(got, Err(StoreError::Corrupt { .. })),
+                    "case {case}"
+                );
+            } else {
+                assert!(got.unwrap().unwrap() == data(i), "case {case} record {i}");
+            }
+        }
+    }
+    // An I/O error on one of the pieces: an error, then a clean read once the device recovers.
+    let dir = MemDir::new(99);
+    let (mut store, _) = block_on(Store::open(dir.clone())).unwrap();
+    block_on(store.put(&[Put {
+        key: key(0),
+        end_epoch: 1,
+        flags: 0,
+        data: &data(3),
+    }]))
+    .unwrap();
+    dir.set_faults(Faults {
+        read_error_per_mille: 500,
+        ..Faults::default()
+    });
+    let mut errors = 0;
+    for _ in 0..20 {
+        match block_on(store.get(&key(0))) {
+            Ok(Some(bytes)) => assert!(bytes == data(3)),
+            Err(StoreError::Io { .. }) => errors += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(errors > 0, "some reads hit an injected error");
+    dir.set_faults(Faults::default());
+    assert!(block_on(store.get(&key(0))).unwrap().unwrap() == data(3));
+}
+
 /// The scrubber walks every record at a bounded number of bytes per call, finds a flipped bit
 /// in a record nobody reads, and drops that record so that it is healed rather than served.
 #[test]

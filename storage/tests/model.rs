@@ -56,11 +56,13 @@ fn random_key(rng: &mut StdRng) -> Key {
 }
 
 fn random_data(rng: &mut StdRng) -> Vec<u8> {
-    let len = match rng.gen_range(0..4) {
-        0 => 0,
-        1 => rng.gen_range(1..100),
-        2 => rng.gen_range(100..5000),
-        _ => rng.gen_range(5000..20_000),
+    // Now and then a record large enough to be written and read in pieces.
+    let len = match rng.gen_range(0..25) {
+        0..=5 => 0,
+        6..=11 => rng.gen_range(1..100),
+        12..=17 => rng.gen_range(100..5000),
+        18..=23 => rng.gen_range(5000..20_000),
+        _ => rng.gen_range(500_000..1_300_000),
     };
     (0..len).map(|_| rng.gen()).collect()
 }

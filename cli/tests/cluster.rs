@@ -217,11 +217,16 @@ fn get(url: &str, path: &str) -> (u16, Vec<u8>) {
 }
 
 fn get_with(url: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
-    let mut request = agent().get(&format!("{url}{path}"));
+    let mut request = ureq::http::Request::get(format!("{url}{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    match request.call() {
+    run(request, &[])
+}
+
+/// Sends a request: status and body (status 0 if the node could not be reached).
+fn run(request: ureq::http::request::Builder, body: &[u8]) -> (u16, Vec<u8>) {
+    match agent().run(request.body(body.to_vec()).unwrap()) {
         Ok(mut response) => {
             let status = response.status().as_u16();
             let body = response
@@ -768,15 +773,7 @@ fn send(method: &str, url: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let mut response = agent().run(request.body(body.to_vec()).unwrap()).unwrap();
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .unwrap();
-    (status, body)
+    run(request, body)
 }
 
 /// Node `i`'s `/status` of `id`.

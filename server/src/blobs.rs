@@ -316,27 +316,29 @@ pub async fn publish(
     let stores = state.shared.committee.members.iter().map(|member| {
         let encoded = encoded.clone();
         async move {
+            // This node's answer says whether the blob stays deletable (merged with any
+            // earlier store of it).
             let result = if &member.name == me {
                 store_here(state, &encoded, end_epoch, deletable)
                     .await
+                    .map(Some)
                     .map_err(|e| e.message)
             } else {
-                store_on_peer(state, member, &encoded, epochs, deletable).await
+                store_on_peer(state, member, &encoded, epochs, deletable)
+                    .await
+                    .map(|()| None)
             };
             (member, result)
         }
     });
     let mut confirmed = 0;
     let mut failed = Vec::new();
-    // Deletable only if it was not permanent here before (the home core merged the two).
     let mut stored_deletable = deletable;
     for (member, result) in futures::future::join_all(stores).await {
         match result {
             Ok(here_deletable) => {
                 confirmed += member.shards.len();
-                if &member.name == me {
-                    stored_deletable = here_deletable;
-                }
+                stored_deletable = here_deletable.unwrap_or(stored_deletable);
             }
             Err(message) => {
                 tracing::warn!(blob = %blob_id, node = %member.name, %message, "a node did not store its slivers; sync will bring them");
@@ -404,14 +406,14 @@ async fn store_here(
 }
 
 /// Sends a peer the blob's metadata, then its sliver pairs in batches of at most
-/// [`BATCH_BYTES_MAX`]. Returns whether the peer keeps the blob deletable.
+/// [`BATCH_BYTES_MAX`].
 async fn store_on_peer(
     state: &Rc<CoreState>,
     member: &Member,
     encoded: &EncodedBlob,
     epochs: u32,
     deletable: bool,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     let n = state.n();
     let blob_id = *encoded.blob_id();
     let expect_ok = |answer: Answer| {
@@ -426,12 +428,7 @@ async fn store_on_peer(
         true => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}&deletable=true"),
         false => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}"),
     };
-    let answer = peer_request(state, member, Method::PUT, &path, Some(metadata), 1 << 16).await?;
-    let kept_deletable = serde_json::from_slice::<serde_json::Value>(&answer.body)
-        .ok()
-        .and_then(|v| v["deletable"].as_bool())
-        .unwrap_or(deletable);
-    expect_ok(answer)?;
+    expect_ok(peer_request(state, member, Method::PUT, &path, Some(metadata), 1 << 16).await?)?;
     let path = format!("/v1/blobs/{blob_id}/slivers");
     let mut batch: Vec<(u16, SliverKind, Vec<u8>)> = Vec::new();
     let mut batch_bytes = 0;
@@ -459,7 +456,7 @@ async fn store_on_peer(
             expect_ok(answer)?;
         }
     }
-    Ok(kept_deletable)
+    Ok(())
 }
 
 /// Shards whose node holds both slivers of the blob, over the whole committee (nodes that do

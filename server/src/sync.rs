@@ -140,8 +140,11 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
                 (BlobState::Deleted, known) => {
                     // The home core keeps a permanent blob; a blob never heard of is
                     // remembered as deleted, so that a peer that missed it cannot bring it back.
-                    let here = state.deleted(&id).await.map_err(|e| e.message)?;
-                    if here.is_none() || known.is_some() {
+                    let remembered = match known {
+                        Some(_) => false,
+                        None => state.deleted(&id).await.map_err(|e| e.message)?.is_some(),
+                    };
+                    if !remembered {
                         let outcome = state
                             .delete_here(&id, end_epoch)
                             .await

@@ -124,8 +124,9 @@ impl Dir for GlommioDir {
     }
 }
 
-impl File for GlommioFile {
-    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+impl GlommioFile {
+    /// Exactly `len` bytes at `offset`, in glommio's DMA buffer.
+    async fn read_exactly(&self, offset: u64, len: usize) -> io::Result<glommio::io::ReadResult> {
         let read = self.file.read_at(offset, len).await.map_err(to_io)?;
         if read.len() != len {
             return Err(io::Error::new(
@@ -137,23 +138,17 @@ impl File for GlommioFile {
                 ),
             ));
         }
-        Ok(read.to_vec())
+        Ok(read)
+    }
+}
+
+impl File for GlommioFile {
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        Ok(self.read_exactly(offset, len).await?.to_vec())
     }
 
     async fn read_into(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        let len = out.len();
-        let read = self.file.read_at(offset, len).await.map_err(to_io)?;
-        if read.len() != len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: read {} of {len} bytes at {offset}",
-                    self.path.display(),
-                    read.len()
-                ),
-            ));
-        }
-        out.copy_from_slice(&read);
+        out.copy_from_slice(&self.read_exactly(offset, out.len()).await?);
         Ok(())
     }
 

@@ -574,27 +574,40 @@ fn a_node_that_returns_corrupted_slivers_is_detected_skipped_and_reported() {
     lying_proxy(proxy, cluster.nodes[0].port);
     let config = EncodingConfig::new(10).unwrap();
     let k_p = config.n_primary_source();
-    // A blob some of whose systematic slivers node 0 holds, so that a reader must ask it.
-    let (blob, id) = (0..)
-        .map(|seed| {
-            let blob = blob_bytes(300_000, 100 + seed);
-            let id = *encode(&config, &blob).unwrap().blob_id();
-            (blob, id)
-        })
-        .find(|(_, id)| {
-            (0..k_p).any(|row| cluster.shards[0].contains(&(id.shard_for_pair(row, 10) as u16)))
-        })
-        .unwrap();
-    let (status, answer) = store(&cluster.url(1), &blob, 1);
-    assert_eq!(status, 200, "{answer}");
-    let (status, body) = get(&cluster.url(3), &format!("/v1/blobs/{id}"));
-    assert_eq!(status, 200);
-    assert!(body == blob, "the reader got the wrong bytes");
-    let faults = metric(
-        &cluster.url(3),
-        "floe_peer_faults_total{peer=\"n0\",kind=\"bad_sliver\"}",
-    );
-    assert!(faults >= 1.0, "the lie was not counted");
+    // Blobs some of whose systematic slivers node 0 holds, so that a reader must ask it: a
+    // small one (its slivers verified on the reading core) and a large one (verified on the
+    // blocking pool, over every core).
+    let mut last = None;
+    for (round, size) in [300_000, 1_500_000].into_iter().enumerate() {
+        let (blob, id) = (0..)
+            .map(|seed| {
+                let blob = blob_bytes(size, 100 + seed);
+                let id = *encode(&config, &blob).unwrap().blob_id();
+                (blob, id)
+            })
+            .find(|(_, id)| {
+                (0..k_p).any(|row| cluster.shards[0].contains(&(id.shard_for_pair(row, 10) as u16)))
+            })
+            .unwrap();
+        let (status, answer) = store(&cluster.url(1), &blob, 1);
+        assert_eq!(status, 200, "{answer}");
+        let (status, body) = get(&cluster.url(3), &format!("/v1/blobs/{id}"));
+        assert_eq!(status, 200);
+        assert!(
+            body == blob,
+            "the reader got the wrong bytes ({size} bytes)"
+        );
+        let faults = metric(
+            &cluster.url(3),
+            "floe_peer_faults_total{peer=\"n0\",kind=\"bad_sliver\"}",
+        );
+        assert!(
+            faults > round as f64,
+            "the lie was not counted ({size} bytes)"
+        );
+        last = Some((blob, id));
+    }
+    let (blob, id) = last.unwrap();
     assert!(
         cluster.log(3).contains("fails verification"),
         "the lie was not logged"

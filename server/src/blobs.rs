@@ -1026,30 +1026,21 @@ async fn fetch_rows(
             failures.push(format!("{}: a malformed sliver batch", member.name));
             continue;
         };
+        let mut candidates = Vec::new();
         for entry in entries {
             let index = usize::from(entry.pair);
             if entry.kind != SliverKind::Primary || !pairs.contains(&entry.pair) {
                 continue;
             }
             let body = answer.body.slice(entry.body);
-            let verified = sliver_header(&body).ok().filter(|h| {
-                usize::from(h.index) == index
-                    && verify_sliver(
-                        &known.metadata,
-                        &known.layout,
-                        SliverKind::Primary,
-                        index,
-                        h.symbol_bytes.into(),
-                        &body[h.data.clone()],
-                        &mut state.scratch.borrow_mut(),
-                    )
-                    .is_ok()
-            });
+            candidates.push((index, body));
+        }
+        for (index, verified) in verify_primaries(state, known, candidates).await {
             match verified {
-                Some(header) => {
-                    rows.insert(index, body.slice(header.data));
+                Ok(data) => {
+                    rows.insert(index, data);
                 }
-                None => {
+                Err(()) => {
                     peer_fault(state, &member.name, "bad_sliver");
                     tracing::warn!(peer = %member.name, blob = %blob_id, sliver = index, "a peer sent a primary sliver that fails verification; skipped");
                     failures.push(format!(
@@ -1061,6 +1052,70 @@ async fn fetch_rows(
         }
     }
     Ok(())
+}
+
+/// Peer slivers at least this many bytes in all are verified off the executor. Why: below it
+/// handing them over costs more than it saves.
+const VERIFY_OFFLOAD_BYTES_MIN: usize = 256 * 1024;
+
+/// Verifies primary slivers (index, BCS body) from a peer against the metadata: the data of
+/// each that holds, in the same order. Large sets go to glommio's blocking pool and are
+/// spread over every core with rayon (a verification is a Reed-Solomon re-encode of the
+/// sliver: the cost of a cold read), so the core that serves the read keeps serving.
+async fn verify_primaries(
+    state: &Rc<CoreState>,
+    known: &CachedMetadata,
+    slivers: Vec<(usize, Bytes)>,
+) -> Vec<(usize, Result<Bytes, ()>)> {
+    fn verify_one(
+        metadata: &BlobMetadata,
+        layout: &BlobLayout,
+        index: usize,
+        body: &Bytes,
+        scratch: &mut floe_codec::VerifyScratch,
+    ) -> Result<Bytes, ()> {
+        let header = sliver_header(body).map_err(|_| ())?;
+        let data = &body[header.data.clone()];
+        let holds = usize::from(header.index) == index
+            && verify_sliver(
+                metadata,
+                layout,
+                SliverKind::Primary,
+                index,
+                header.symbol_bytes.into(),
+                data,
+                scratch,
+            )
+            .is_ok();
+        holds.then(|| body.slice(header.data)).ok_or(())
+    }
+    let bytes: usize = slivers.iter().map(|(_, b)| b.len()).sum();
+    if bytes < VERIFY_OFFLOAD_BYTES_MIN {
+        let mut scratch = state.scratch.borrow_mut();
+        return slivers
+            .into_iter()
+            .map(|(index, body)| {
+                let verified =
+                    verify_one(&known.metadata, &known.layout, index, &body, &mut scratch);
+                (index, verified)
+            })
+            .collect();
+    }
+    let (metadata, layout) = (known.metadata.clone(), known.layout);
+    glommio::executor()
+        .spawn_blocking(move || {
+            use rayon::prelude::*;
+            slivers
+                .into_par_iter()
+                .map_init(
+                    floe_codec::VerifyScratch::default,
+                    |scratch, (index, body)| {
+                        (index, verify_one(&metadata, &layout, index, &body, scratch))
+                    },
+                )
+                .collect()
+        })
+        .await
 }
 
 /// Metadata from a peer, decoded and verified against the blob ID, with its layout.

@@ -614,10 +614,10 @@ pub async fn dispatch(
         }
         Route::RecoverySymbols {
             blob_id,
-            target_pair,
+            target_pairs,
             target_kind,
             limit,
-        } => recovery_symbols(state, blob_id, target_pair, target_kind, limit).await,
+        } => recovery_symbols(state, blob_id, &target_pairs, target_kind, limit).await,
         Route::Status { blob_id } => status(state, blob_id).await,
         Route::Slivers {
             blob_id,
@@ -1009,11 +1009,13 @@ async fn status(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>
 async fn recovery_symbols(
     state: &Rc<CoreState>,
     blob_id: BlobId,
-    target_pair: u16,
+    target_pairs: &[u16],
     target_kind: SliverKind,
     limit: Option<u32>,
 ) -> Result<Response<Body>, ApiError> {
-    check_pair(target_pair, state.n(), "targetPair")?;
+    for &pair in target_pairs {
+        check_pair(pair, state.n(), "targetPair")?;
+    }
     let Some(known) = state.metadata(&blob_id).await? else {
         return Err(ApiError::not_found(
             "blobNotFound",
@@ -1021,7 +1023,7 @@ async fn recovery_symbols(
         ));
     };
     let symbols =
-        local_recovery_symbols(state, &blob_id, &known, target_pair, target_kind, limit).await?;
+        local_recovery_symbols(state, &blob_id, &known, target_pairs, target_kind, limit).await?;
     if symbols.is_empty() {
         return Err(ApiError::not_found(
             "sliverNotFound",
@@ -1036,18 +1038,22 @@ async fn recovery_symbols(
     Ok(octets(Bytes::from(body)))
 }
 
-/// Symbols for rebuilding sliver `target_kind` of `target_pair`: one from each sliver of the
-/// other kind this node holds, at most `min(limit, k)`.
+/// Symbols for rebuilding sliver `target_kind` of each of `target_pairs`: one from each
+/// sliver of the other kind this node holds, at most `min(limit, k)` per target; each source
+/// sliver is expanded once for all targets.
 pub(crate) async fn local_recovery_symbols(
     state: &Rc<CoreState>,
     blob_id: &BlobId,
     known: &CachedMetadata,
-    target_pair: u16,
+    target_pairs: &[u16],
     target_kind: SliverKind,
     limit: Option<u32>,
 ) -> Result<Vec<RecoverySymbol>, ApiError> {
     let n = state.n();
-    let target_index = sliver_index(target_kind, target_pair, n);
+    let targets: Vec<usize> = target_pairs
+        .iter()
+        .map(|&pair| sliver_index(target_kind, pair, n))
+        .collect();
     let source_kind = target_kind.orthogonal();
     let needed = target_kind.n_symbols(&known.layout);
     let limit = limit.map_or(needed, |l| (l as usize).min(needed));
@@ -1056,9 +1062,10 @@ pub(crate) async fn local_recovery_symbols(
         .into_iter()
         .filter(|h| h.kind == record_kind(source_kind))
         .collect();
-    let mut symbols = Vec::with_capacity(limit.min(sources.len()));
+    let mut symbols = Vec::with_capacity(limit.min(sources.len()) * targets.len());
+    let mut used = 0;
     for source in sources {
-        if symbols.len() == limit {
+        if used == limit {
             break;
         }
         let Some(bytes) = load_sliver(state, blob_id, source.shard, source_kind).await? else {
@@ -1080,7 +1087,8 @@ pub(crate) async fn local_recovery_symbols(
         ) else {
             continue;
         };
-        symbols.push(expanded.recovery_symbol(target_index));
+        used += 1;
+        symbols.extend(targets.iter().map(|&t| expanded.recovery_symbol(t)));
     }
     Ok(symbols)
 }

@@ -34,10 +34,12 @@ pub enum Route {
         kind: SliverKind,
     },
     /// `GET /v1/blobs/{id}/recoverySymbols?targetPair=P&targetKind=primary|secondary[&limit=L]`:
-    /// symbols of the slivers this node holds, for rebuilding one sliver elsewhere.
+    /// symbols of the slivers this node holds, for rebuilding one sliver elsewhere; with
+    /// `targetPairs=0,3,5-9` (ext) instead of `targetPair`, for several slivers at once (each
+    /// source sliver is expanded once for all of them).
     RecoverySymbols {
         blob_id: BlobId,
-        target_pair: u16,
+        target_pairs: Vec<u16>,
         target_kind: SliverKind,
         limit: Option<u32>,
     },
@@ -328,17 +330,24 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             if method != Method::GET && method != Method::HEAD {
                 return Err(ApiError::method_not_allowed(method, "GET, HEAD"));
             }
-            let pairs = query_pairs(query, &["targetPair", "targetKind", "limit"])?;
+            let pairs = query_pairs(query, &["targetPair", "targetPairs", "targetKind", "limit"])?;
             let missing = |key: &str| {
                 ApiError::bad_request(
                     "invalidQuery",
                     format!("query parameter {key} is required (targetPair=P&targetKind=primary|secondary)"),
                 )
             };
-            let target_pair = parse_number::<u16>(
-                lookup(&pairs, "targetPair").ok_or_else(|| missing("targetPair"))?,
-                "targetPair",
-            )?;
+            let target_pairs = match (lookup(&pairs, "targetPair"), lookup(&pairs, "targetPairs")) {
+                (Some(pair), None) => vec![parse_number::<u16>(pair, "targetPair")?],
+                (None, Some(list)) => parse_pair_list(list)?,
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::bad_request(
+                        "invalidQuery",
+                        "give targetPair or targetPairs, not both",
+                    ))
+                }
+                (None, None) => return Err(missing("targetPair")),
+            };
             let target_kind = parse_kind(
                 lookup(&pairs, "targetKind").ok_or_else(|| missing("targetKind"))?,
                 "targetKind",
@@ -348,7 +357,7 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
                 .transpose()?;
             Ok(Route::RecoverySymbols {
                 blob_id,
-                target_pair,
+                target_pairs,
                 target_kind,
                 limit,
             })
@@ -509,11 +518,34 @@ mod tests {
             ),
             Ok(Route::RecoverySymbols {
                 blob_id: id,
-                target_pair: 3,
+                target_pairs: vec![3],
                 target_kind: SliverKind::Primary,
                 limit: None
             })
         );
+        let symbols = format!("/v1/blobs/{ID}/recoverySymbols");
+        assert_eq!(
+            parse(
+                &Method::GET,
+                &symbols,
+                Some("targetPairs=1,4-6&targetKind=secondary&limit=2")
+            ),
+            Ok(Route::RecoverySymbols {
+                blob_id: id,
+                target_pairs: vec![1, 4, 5, 6],
+                target_kind: SliverKind::Secondary,
+                limit: Some(2)
+            })
+        );
+        let status = |m: Method, p: &str, q: Option<&str>| parse(&m, p, q).unwrap_err().status;
+        let both = Some("targetPair=1&targetPairs=2&targetKind=primary");
+        assert_eq!(status(Method::GET, &symbols, both), 400);
+        assert_eq!(
+            status(Method::GET, &symbols, Some("targetKind=primary")),
+            400
+        );
+        let reversed = Some("targetPairs=5-2&targetKind=primary");
+        assert_eq!(status(Method::GET, &symbols, reversed), 400);
     }
 
     #[test]

@@ -10,13 +10,17 @@
 //!    and a peer can delete only what was stored deletable.
 //! 2. **Heal**: for every known blob, each core lists the slivers of its shards that are
 //!    missing (never received, lost with a disk, or dropped by the scrubber as corrupt), and
-//!    each is rebuilt from recovery symbols: this node's own symbols first, then peers' in
-//!    turn, asking each for no more than are still needed, so the traffic is about one sliver
-//!    (plus Merkle proofs) per rebuilt sliver. At most `heal_concurrency` rebuilds at once, so
+//!    they are rebuilt from recovery symbols, a blob's missing slivers of one kind together:
+//!    this node's own symbols first, then peers' in turn, each asked once for all the slivers
+//!    still short (`targetPairs=`: it expands each of its slivers once for all of them) and for
+//!    no more symbols than they still need, so the traffic is about one sliver (plus Merkle
+//!    proofs) per rebuilt sliver. Primary slivers first: once they are back, this node's own
+//!    symbols cover part of its secondary ones. At most `heal_concurrency` blobs at once, so
 //!    that serving reads is not starved.
 //!
 //! Progress is in `/metrics` (`floe_sync_*`, `floe_heal_*`) and `/v1/health` (`sync`).
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -280,72 +284,107 @@ async fn heal(state: &Rc<CoreState>) -> Result<(), crate::error::ApiError> {
         return Ok(());
     }
     tracing::info!(slivers = missing.len(), "sync: rebuilding missing slivers");
+    // One rebuild per blob and kind, so that a helper expands each of its slivers once for all
+    // of a blob's missing slivers of that kind; primary slivers first, because once they are
+    // back this node's own symbols cover part of its secondary slivers.
+    let mut groups: BTreeMap<(u8, [u8; 32]), Vec<u16>> = BTreeMap::new();
+    for (blob, shard, kind) in missing {
+        let phase = u8::from(kind != RecordKind::Primary);
+        groups.entry((phase, blob)).or_default().push(shard);
+    }
     let concurrency = state.shared.config.heal_concurrency;
-    futures::stream::iter(missing)
-        .for_each_concurrent(concurrency, |(blob, shard, kind)| async move {
-            let blob_id = BlobId(blob);
-            let kind = match kind {
-                RecordKind::Primary => SliverKind::Primary,
-                _ => SliverKind::Secondary,
-            };
-            let result = rebuild(state, &blob_id, shard, kind).await;
-            let label = ResultLabel {
-                result: if result.is_ok() { "ok" } else { "failed" },
-            };
-            state.shared.metrics.heal_slivers.get_or_create(&label).inc();
-            match result {
-                Ok(()) => {
-                    status.healed_slivers.fetch_add(1, Ordering::Relaxed);
-                    status.missing_slivers.fetch_sub(1, Ordering::Relaxed);
-                    state.shared.metrics.heal_missing_slivers.dec();
+    for phase in [0u8, 1] {
+        let of_phase: Vec<([u8; 32], Vec<u16>)> = groups
+            .iter()
+            .filter(|((p, _), _)| *p == phase)
+            .map(|((_, blob), shards)| (*blob, shards.clone()))
+            .collect();
+        let kind = if phase == 0 {
+            SliverKind::Primary
+        } else {
+            SliverKind::Secondary
+        };
+        futures::stream::iter(of_phase)
+            .for_each_concurrent(concurrency, |(blob, shards)| async move {
+                let blob_id = BlobId(blob);
+                for (shard, result) in rebuild(state, &blob_id, &shards, kind).await {
+                    let label = ResultLabel {
+                        result: if result.is_ok() { "ok" } else { "failed" },
+                    };
+                    state.shared.metrics.heal_slivers.get_or_create(&label).inc();
+                    match result {
+                        Ok(()) => {
+                            status.healed_slivers.fetch_add(1, Ordering::Relaxed);
+                            status.missing_slivers.fetch_sub(1, Ordering::Relaxed);
+                            state.shared.metrics.heal_missing_slivers.dec();
+                        }
+                        Err(message) => {
+                            status.heal_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(blob = %blob_id, shard, %kind, %message, "sync: could not rebuild a sliver yet");
+                        }
+                    }
                 }
-                Err(message) => {
-                    status.heal_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(blob = %blob_id, shard, %kind, %message, "sync: could not rebuild a sliver yet");
-                }
-            }
-        })
-        .await;
+            })
+            .await;
+    }
     Ok(())
 }
 
-/// Rebuilds one sliver from recovery symbols and stores it.
+/// Rebuilds the slivers of `kind` of `shards` of one blob from recovery symbols and stores
+/// them: this node's own symbols first, then each peer in turn, asked once for all of the
+/// slivers still short and for no more symbols than they still need. Returns each shard's
+/// outcome.
 async fn rebuild(
     state: &Rc<CoreState>,
     blob_id: &BlobId,
-    shard: u16,
+    shards: &[u16],
     kind: SliverKind,
-) -> Result<(), String> {
+) -> Vec<(u16, Result<(), String>)> {
+    let all_failed = |message: String| shards.iter().map(|s| (*s, Err(message.clone()))).collect();
+    let known = match state.metadata(blob_id).await {
+        Ok(Some(known)) => known,
+        Ok(None) => return all_failed("the metadata is gone".into()),
+        Err(err) => return all_failed(err.message),
+    };
     let n = state.n();
-    let known = state
-        .metadata(blob_id)
-        .await
-        .map_err(|e| e.message)?
-        .ok_or("the metadata is gone")?;
-    let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
-    let target_index = sliver_index(kind, pair, n);
+    let pairs: Vec<u16> = shards
+        .iter()
+        .map(|&shard| blob_id.pair_for_shard(shard.into(), n) as u16)
+        .collect();
+    let targets: Vec<usize> = pairs.iter().map(|&p| sliver_index(kind, p, n)).collect();
+    let slot_of = |target: usize| targets.iter().position(|t| *t == target);
     let needed = kind.n_symbols(&known.layout);
+    let mut have: Vec<Vec<RecoverySymbol>> = vec![Vec::new(); shards.len()];
     // This node's own slivers of the other kind cost no traffic.
-    let mut symbols: Vec<RecoverySymbol> =
-        local_recovery_symbols(state, blob_id, &known, pair, kind, None)
-            .await
-            .map_err(|e| e.message)?;
-    let members = &state.shared.committee.members;
-    // Start at a different peer for each sliver, spreading the load.
-    let start = (usize::from(shard) + usize::from(blob_id.0[0])) % members.len();
-    for member in members.iter().cycle().skip(start).take(members.len()) {
-        let valid = symbols.len();
-        if valid >= needed {
-            break;
+    match local_recovery_symbols(state, blob_id, &known, &pairs, kind, None).await {
+        Ok(symbols) => {
+            for symbol in symbols {
+                if let Some(slot) = slot_of(symbol.target_index) {
+                    have[slot].push(symbol);
+                }
+            }
         }
+        Err(err) => return all_failed(err.message),
+    }
+    let members = &state.shared.committee.members;
+    // Start at a different peer for each blob, spreading the load.
+    let start = (usize::from(shards[0]) + usize::from(blob_id.0[0])) % members.len();
+    for member in members.iter().cycle().skip(start).take(members.len()) {
+        let short: Vec<usize> = (0..shards.len())
+            .filter(|&slot| have[slot].len() < needed)
+            .collect();
+        let Some(want) = short.iter().map(|&slot| needed - have[slot].len()).max() else {
+            break;
+        };
         if member.name == state.shared.me.name {
             continue;
         }
+        let short_pairs: Vec<u16> = short.iter().map(|&slot| pairs[slot]).collect();
         let path = format!(
-            "/v1/blobs/{blob_id}/recoverySymbols?targetPair={pair}&targetKind={kind}&limit={}",
-            needed - valid
+            "/v1/blobs/{blob_id}/recoverySymbols?targetPairs={}&targetKind={kind}&limit={want}",
+            crate::route::format_pair_list(&short_pairs)
         );
-        let limit = (needed - valid) * (known.layout.symbol_bytes + 32 * 13 + 16) + 16;
+        let limit = short.len() * want * (known.layout.symbol_bytes + 32 * 13 + 16) + 16;
         let Ok(answer) = peer_request(state, member, Method::GET, &path, None, limit).await else {
             continue;
         };
@@ -362,48 +401,67 @@ async fn rebuild(
             continue;
         };
         for symbol in received {
+            let slot = slot_of(symbol.target_index).filter(|s| short.contains(s));
+            // More than a sliver still needs (it was asked for the neediest one's count).
+            if slot.is_some_and(|slot| have[slot].len() >= needed) {
+                continue;
+            }
             // Only symbols that verify count towards what is still needed.
-            if symbol.source_kind == kind.orthogonal()
-                && symbol.target_index == target_index
-                && symbol.verify(&known.metadata, &known.layout).is_ok()
-                && !symbols
-                    .iter()
-                    .any(|s| s.source_index == symbol.source_index)
-            {
-                symbols.push(symbol);
-            } else {
-                peer_fault(state, &member.name, "bad_symbol");
-                tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
+            let valid = slot.filter(|&slot| {
+                symbol.source_kind == kind.orthogonal()
+                    && symbol.verify(&known.metadata, &known.layout).is_ok()
+                    && !have[slot]
+                        .iter()
+                        .any(|s| s.source_index == symbol.source_index)
+            });
+            match valid {
+                Some(slot) => have[slot].push(symbol),
+                None => {
+                    peer_fault(state, &member.name, "bad_symbol");
+                    tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
+                }
             }
         }
     }
-    let recovered =
-        recover_sliver(&known.metadata, kind, target_index, &symbols).map_err(|e| e.to_string())?;
-    let sliver = Sliver {
-        kind,
-        index: target_index as u16,
-        symbol_bytes: known.layout.symbol_bytes as u16,
-        data: recovered.data,
-    };
-    state
-        .shared
-        .metrics
-        .heal_rebuilt_bytes
-        .inc_by(sliver.data.len() as u64);
-    let core = state.shared.owners.core_of_shard(shard);
-    state
-        .store_record(
-            core,
-            Record {
-                key: Key {
-                    blob_id: blob_id.0,
-                    kind: crate::api::record_kind(kind),
-                    shard,
-                },
-                end_epoch: known.end_epoch,
-                data: Bytes::from(encode_sliver(&sliver)),
+    let mut outcomes = Vec::with_capacity(shards.len());
+    let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
+        .map(|_| Vec::new())
+        .collect();
+    let mut rebuilt = Vec::new();
+    for (slot, &shard) in shards.iter().enumerate() {
+        let recovered = recover_sliver(&known.metadata, kind, targets[slot], &have[slot]);
+        let recovered = match recovered {
+            Ok(recovered) => recovered,
+            Err(err) => {
+                outcomes.push((shard, Err(err.to_string())));
+                continue;
+            }
+        };
+        let sliver = Sliver {
+            kind,
+            index: targets[slot] as u16,
+            symbol_bytes: known.layout.symbol_bytes as u16,
+            data: recovered.data,
+        };
+        state
+            .shared
+            .metrics
+            .heal_rebuilt_bytes
+            .inc_by(sliver.data.len() as u64);
+        per_core[state.shared.owners.core_of_shard(shard)].push(Record {
+            key: Key {
+                blob_id: blob_id.0,
+                kind: crate::api::record_kind(kind),
+                shard,
             },
-        )
+            end_epoch: known.end_epoch,
+            data: Bytes::from(encode_sliver(&sliver)),
+        });
+        rebuilt.push(shard);
+    }
+    let stored = crate::api::store_per_core(state, per_core)
         .await
-        .map_err(|e| e.message)
+        .map_err(|e| e.message);
+    outcomes.extend(rebuilt.into_iter().map(|shard| (shard, stored.clone())));
+    outcomes
 }

@@ -1022,6 +1022,24 @@ async fn recovery_symbols(
             format!("this node has no metadata for blob {blob_id}"),
         ));
     };
+    // The answer is built in memory: at most one symbol per source per target.
+    let needed = target_kind.n_symbols(&known.layout);
+    let per_target = limit.map_or(needed, |l| (l as usize).min(needed));
+    let estimate =
+        (target_pairs.len() * per_target * recovery_symbol_bytes_max(&known.layout)) as u64;
+    if estimate > state.shared.config.limits.buffer_bytes_per_core {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "answerTooLarge",
+            format!(
+                "{} target slivers would take up to {estimate} bytes of symbols, over this \
+                 node's {} per core; ask for fewer targetPairs",
+                target_pairs.len(),
+                state.shared.config.limits.buffer_bytes_per_core
+            ),
+        ));
+    }
+    let _reservation = reserve(state, estimate)?;
     let symbols =
         local_recovery_symbols(state, &blob_id, &known, target_pairs, target_kind, limit).await?;
     if symbols.is_empty() {
@@ -1036,6 +1054,12 @@ async fn recovery_symbols(
     let body = encode_recovery_symbols(&symbols);
     state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
     Ok(octets(Bytes::from(body)))
+}
+
+/// The most bytes one recovery symbol takes on the wire: the symbol, a Merkle proof for the
+/// largest committee (13 levels), and framing.
+pub(crate) fn recovery_symbol_bytes_max(layout: &BlobLayout) -> usize {
+    layout.symbol_bytes + 32 * 13 + 16
 }
 
 /// Symbols for rebuilding sliver `target_kind` of each of `target_pairs`: one from each

@@ -330,6 +330,84 @@ async fn heal(state: &Rc<CoreState>) -> Result<(), crate::error::ApiError> {
     Ok(())
 }
 
+/// Most bytes of symbols one healing request asks a peer for. Why: like a publisher's sliver
+/// batch, large enough for few requests, far below any node's per-core body budget.
+const HEAL_REQUEST_BYTES_MAX: usize = 16 << 20;
+
+/// One request for recovery symbols: the slivers (`slots` into `pairs` / `targets`) of `kind`
+/// of a blob, `want` symbols each.
+struct Asked<'a> {
+    blob_id: &'a BlobId,
+    known: &'a crate::api::CachedMetadata,
+    kind: SliverKind,
+    slots: &'a [usize],
+    pairs: &'a [u16],
+    targets: &'a [usize],
+    want: usize,
+}
+
+/// Asks `member` for symbols for `asked` and adds those that verify to `have` (per slot), up
+/// to what each sliver needs; a symbol that fails, or that was not asked for, is counted
+/// against the peer and skipped.
+async fn ask_for_symbols(
+    state: &Rc<CoreState>,
+    member: &Member,
+    asked: &Asked<'_>,
+    have: &mut [Vec<RecoverySymbol>],
+) {
+    let (blob_id, known, kind) = (asked.blob_id, asked.known, asked.kind);
+    let needed = kind.n_symbols(&known.layout);
+    let pairs: Vec<u16> = asked.slots.iter().map(|&slot| asked.pairs[slot]).collect();
+    let path = format!(
+        "/v1/blobs/{blob_id}/recoverySymbols?targetPairs={}&targetKind={kind}&limit={}",
+        crate::route::format_pair_list(&pairs),
+        asked.want
+    );
+    let limit =
+        asked.slots.len() * asked.want * crate::api::recovery_symbol_bytes_max(&known.layout) + 16;
+    let Ok(answer) = peer_request(state, member, Method::GET, &path, None, limit).await else {
+        return;
+    };
+    state
+        .shared
+        .metrics
+        .heal_fetched_bytes
+        .inc_by(answer.body.len() as u64);
+    if answer.status != StatusCode::OK {
+        return;
+    }
+    let Ok(received) = decode_recovery_symbols(&answer.body) else {
+        peer_fault(state, &member.name, "bad_symbol");
+        return;
+    };
+    for symbol in received {
+        let slot = asked
+            .slots
+            .iter()
+            .copied()
+            .find(|&slot| asked.targets[slot] == symbol.target_index);
+        // More than a sliver still needs (it was asked for the neediest one's count).
+        if slot.is_some_and(|slot| have[slot].len() >= needed) {
+            continue;
+        }
+        // Only symbols that verify count towards what is still needed.
+        let valid = slot.filter(|&slot| {
+            symbol.source_kind == kind.orthogonal()
+                && symbol.verify(&known.metadata, &known.layout).is_ok()
+                && !have[slot]
+                    .iter()
+                    .any(|s| s.source_index == symbol.source_index)
+        });
+        match valid {
+            Some(slot) => have[slot].push(symbol),
+            None => {
+                peer_fault(state, &member.name, "bad_symbol");
+                tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
+            }
+        }
+    }
+}
+
 /// Rebuilds the slivers of `kind` of `shards` of one blob from recovery symbols and stores
 /// them: this node's own symbols first, then each peer in turn, asked once for all of the
 /// slivers still short and for no more symbols than they still need. Returns each shard's
@@ -379,48 +457,20 @@ async fn rebuild(
         if member.name == state.shared.me.name {
             continue;
         }
-        let short_pairs: Vec<u16> = short.iter().map(|&slot| pairs[slot]).collect();
-        let path = format!(
-            "/v1/blobs/{blob_id}/recoverySymbols?targetPairs={}&targetKind={kind}&limit={want}",
-            crate::route::format_pair_list(&short_pairs)
-        );
-        let limit = short.len() * want * (known.layout.symbol_bytes + 32 * 13 + 16) + 16;
-        let Ok(answer) = peer_request(state, member, Method::GET, &path, None, limit).await else {
-            continue;
-        };
-        state
-            .shared
-            .metrics
-            .heal_fetched_bytes
-            .inc_by(answer.body.len() as u64);
-        if answer.status != StatusCode::OK {
-            continue;
-        }
-        let Ok(received) = decode_recovery_symbols(&answer.body) else {
-            peer_fault(state, &member.name, "bad_symbol");
-            continue;
-        };
-        for symbol in received {
-            let slot = slot_of(symbol.target_index).filter(|s| short.contains(s));
-            // More than a sliver still needs (it was asked for the neediest one's count).
-            if slot.is_some_and(|slot| have[slot].len() >= needed) {
-                continue;
-            }
-            // Only symbols that verify count towards what is still needed.
-            let valid = slot.filter(|&slot| {
-                symbol.source_kind == kind.orthogonal()
-                    && symbol.verify(&known.metadata, &known.layout).is_ok()
-                    && !have[slot]
-                        .iter()
-                        .any(|s| s.source_index == symbol.source_index)
-            });
-            match valid {
-                Some(slot) => have[slot].push(symbol),
-                None => {
-                    peer_fault(state, &member.name, "bad_symbol");
-                    tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
-                }
-            }
+        // Requests of at most HEAL_REQUEST_BYTES_MAX of answer each.
+        let per_target = want * crate::api::recovery_symbol_bytes_max(&known.layout);
+        let per_request = (HEAL_REQUEST_BYTES_MAX / per_target).max(1);
+        for chunk in short.chunks(per_request) {
+            let asked = Asked {
+                blob_id,
+                known: &known,
+                kind,
+                slots: chunk,
+                pairs: &pairs,
+                targets: &targets,
+                want,
+            };
+            ask_for_symbols(state, member, &asked, &mut have).await;
         }
     }
     let mut outcomes = Vec::with_capacity(shards.len());

@@ -330,9 +330,10 @@ async fn heal(state: &Rc<CoreState>) -> Result<(), crate::error::ApiError> {
     Ok(())
 }
 
-/// Most bytes of symbols one healing request asks a peer for. Why: like a publisher's sliver
-/// batch, large enough for few requests, far below any node's per-core body budget.
-const HEAL_REQUEST_BYTES_MAX: usize = 16 << 20;
+/// Most bytes of symbols one healing request asks a peer for. Why: one request per blob and
+/// kind at n = 100 for blobs up to 64 MiB (a helper expands its slivers once per request),
+/// and still a sixteenth of the default per-core body budget.
+const HEAL_REQUEST_BYTES_MAX: usize = 64 << 20;
 
 /// One request for recovery symbols: the slivers (`slots` into `pairs` / `targets`) of `kind`
 /// of a blob, `want` symbols each.

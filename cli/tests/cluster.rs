@@ -257,6 +257,16 @@ fn store(url: &str, blob: &[u8], epochs: u32) -> (u16, serde_json::Value) {
     (status, json(&body))
 }
 
+/// Stores a new `blob` through node `url` (status 200 asserted): its blob ID.
+fn store_new(url: &str, blob: &[u8], epochs: u32) -> String {
+    let (status, answer) = store(url, blob, epochs);
+    assert_eq!(status, 200, "{answer}");
+    answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Deterministic pseudo-random bytes.
 fn blob_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -449,12 +459,7 @@ fn reads_and_writes_survive_f_lost_nodes_and_fail_clearly_beyond() {
     // n = 10, f = 3: nodes hold 3, 3, 2 and 2 shards. A write needs 7, a read 4 primary slivers.
     let mut cluster = Cluster::start(4, 10);
     let before = blob_bytes(500_000, 11);
-    let (status, answer) = store(&cluster.url(0), &before, 1);
-    assert_eq!(status, 200, "{answer}");
-    let before_id = answer["newlyCreated"]["blobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let before_id = store_new(&cluster.url(0), &before, 1);
 
     cluster.kill(1); // 3 shards = f
     let during = blob_bytes(400_000, 12);
@@ -675,12 +680,8 @@ fn a_wiped_node_rebuilds_its_slivers_from_peers_with_about_one_sliver_of_traffic
     let blobs: Vec<Vec<u8>> = (0..3).map(|s| blob_bytes(1_500_000, 200 + s)).collect();
     let mut ids = Vec::new();
     for blob in &blobs {
-        let (status, answer) = store(&cluster.url(0), blob, 2);
-        assert_eq!(status, 200, "{answer}");
         ids.push(
-            answer["newlyCreated"]["blobId"]
-                .as_str()
-                .unwrap()
+            store_new(&cluster.url(0), blob, 2)
                 .parse::<BlobId>()
                 .unwrap(),
         );
@@ -918,12 +919,7 @@ fn deletable_blobs_are_deleted_on_every_node_and_permanent_ones_never() {
 fn concurrent_reads_of_an_uncached_blob_fill_the_cache_once() {
     let cluster = Cluster::start(2, 10);
     let blob = blob_bytes(1_500_000, 41);
-    let (status, answer) = store(&cluster.url(0), &blob, 2);
-    assert_eq!(status, 200, "{answer}");
-    let id = answer["newlyCreated"]["blobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = store_new(&cluster.url(0), &blob, 2);
     let url = cluster.url(1);
     let readers: Vec<_> = (0..16)
         .map(|_| {

@@ -195,7 +195,7 @@ impl CoreState {
         blob_id: &BlobId,
     ) -> Result<Option<crate::owner::Found>, ApiError> {
         let home = self.shared.owners.home_of(&blob_id.0);
-        let key = metadata_key(blob_id);
+        let key = Key::metadata(blob_id.0);
         let found = self.call(home, |reply| Op::Get { key, reply }).await?;
         found.map_err(storage_error)
     }
@@ -333,7 +333,6 @@ impl CoreState {
             } => (end_epoch, deletable),
             MetadataStored::Deleted { end_epoch } => return Err(blob_deleted(blob_id, end_epoch)),
         };
-        self.metadata_cache.borrow_mut().entries.remove(&id);
         self.remember(
             blob_id,
             Rc::new(CachedMetadata {
@@ -368,14 +367,6 @@ pub(crate) fn blob_deleted(blob_id: &BlobId, end_epoch: u32) -> ApiError {
              deletable=true) now, or as deletable after epoch {end_epoch}"
         ),
     )
-}
-
-pub(crate) fn metadata_key(blob_id: &BlobId) -> Key {
-    Key {
-        blob_id: blob_id.0,
-        kind: RecordKind::Metadata,
-        shard: 0,
-    }
 }
 
 pub(crate) fn record_kind(kind: SliverKind) -> RecordKind {

@@ -30,7 +30,8 @@ pub struct Record {
     pub data: bytes::Bytes,
 }
 
-/// A stored record.
+/// A stored record. `end_epoch` and `flags` are a metadata record's (what its readers need);
+/// a sliver's read leaves them 0, sparing the hot path a second index lookup.
 pub struct Found {
     pub data: bytes::Bytes,
     pub end_epoch: u32,
@@ -339,11 +340,18 @@ pub async fn run_owner<D: Dir>(
                 Op::Put { .. } => unreachable!("puts were sorted out"),
                 Op::Get { key, reply } => {
                     let result = match disks.get_shared(&key).await {
-                        Ok(Some(data)) => Ok(Some(Found {
-                            data,
-                            end_epoch: end_epoch_of(&disks, &key).unwrap_or(0),
-                            flags: flags_of(&disks, &key).unwrap_or(0),
-                        })),
+                        Ok(Some(data)) => {
+                            // Only metadata reads want these: no second lookup for a sliver.
+                            let (end_epoch, flags) = match key.kind {
+                                RecordKind::Metadata => disks.stored(&key).unwrap_or_default(),
+                                _ => (0, 0),
+                            };
+                            Ok(Some(Found {
+                                data,
+                                end_epoch,
+                                flags,
+                            }))
+                        }
                         Ok(None) => Ok(None),
                         Err(err) => Err(StorageFailure::from(err)),
                     };
@@ -405,7 +413,7 @@ pub async fn run_owner<D: Dir>(
                                     kind,
                                     shard,
                                 };
-                                if end_epoch_of(&disks, &key).is_none() {
+                                if disks.stored(&key).is_none() {
                                     missing.push((*blob_id, shard, kind));
                                 }
                             }
@@ -422,11 +430,12 @@ pub async fn run_owner<D: Dir>(
                             {
                                 continue;
                             }
+                            let (end_epoch, flags) = store.stored(&key).unwrap_or_default();
                             held.push(Held {
                                 kind: key.kind,
                                 shard: key.shard,
-                                end_epoch: store.end_epoch(&key).unwrap_or(0),
-                                flags: store.flags(&key).unwrap_or(0),
+                                end_epoch,
+                                flags,
                             });
                         }
                     }
@@ -578,24 +587,6 @@ pub async fn run_maintenance(
     }
 }
 
-/// The end epoch a record was stored with, from whichever directory holds it.
-fn end_epoch_of<D: Dir>(disks: &Disks<D>, key: &Key) -> Option<u32> {
-    disks.stores().iter().find_map(|s| s.end_epoch(key))
-}
-
-/// The flags a record was stored with, from whichever directory holds it.
-fn flags_of<D: Dir>(disks: &Disks<D>, key: &Key) -> Option<u8> {
-    disks.stores().iter().find_map(|s| s.flags(key))
-}
-
-fn metadata_key(blob_id: [u8; 32]) -> Key {
-    Key {
-        blob_id,
-        kind: RecordKind::Metadata,
-        shard: 0,
-    }
-}
-
 /// [`Op::ListMetadata`]: stored blobs and deleted ones, merged in blob ID order.
 fn list<D: Dir>(
     disks: &Disks<D>,
@@ -606,7 +597,7 @@ fn list<D: Dir>(
     let mut all: Vec<Listed> = Vec::new();
     for store in disks.stores() {
         for (blob_id, end_epoch) in store.metadata_after(after.as_ref(), limit) {
-            let flags = store.flags(&metadata_key(blob_id)).unwrap_or(0);
+            let flags = store.flags(&Key::metadata(blob_id)).unwrap_or(0);
             let state = if flags & FLAG_DELETABLE != 0 {
                 BlobState::Deletable
             } else {
@@ -642,8 +633,8 @@ async fn put_metadata<D: Dir>(
     end_epoch: u32,
     deletable: bool,
 ) -> Result<MetadataStored, StorageFailure> {
-    let key = metadata_key(blob_id);
-    let stored = end_epoch_of(disks, &key).zip(flags_of(disks, &key));
+    let key = Key::metadata(blob_id);
+    let stored = disks.stored(&key);
     if stored.is_none() && deletable {
         if let Some(deleted_until) = disks.deleted(&blob_id) {
             return Ok(MetadataStored::Deleted {
@@ -680,8 +671,7 @@ async fn delete<D: Dir>(
     end_epoch: u32,
     decide: bool,
 ) -> Result<Deleted, StorageFailure> {
-    let key = metadata_key(blob_id);
-    let stored = end_epoch_of(disks, &key).zip(flags_of(disks, &key));
+    let stored = disks.stored(&Key::metadata(blob_id));
     if decide {
         match stored {
             Some((_, flags)) if flags & FLAG_DELETABLE == 0 => return Ok(Deleted::Permanent),

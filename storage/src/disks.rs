@@ -100,6 +100,11 @@ impl<D: Dir> Disks<D> {
         Ok(())
     }
 
+    /// [`Store::stored`] of whichever directory holds the record.
+    pub fn stored(&self, key: &Key) -> Option<(u32, u8)> {
+        self.stores.iter().find_map(|s| s.stored(key))
+    }
+
     /// [`Store::deleted`] of whichever directory remembers the deletion.
     pub fn deleted(&self, blob_id: &[u8; 32]) -> Option<u32> {
         self.stores.iter().filter_map(|s| s.deleted(blob_id)).max()

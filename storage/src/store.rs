@@ -35,6 +35,17 @@ pub struct Key {
     pub shard: u16,
 }
 
+impl Key {
+    /// The key of a blob's metadata record.
+    pub fn metadata(blob_id: [u8; 32]) -> Self {
+        Self {
+            blob_id,
+            kind: RecordKind::Metadata,
+            shard: 0,
+        }
+    }
+}
+
 /// One record to store.
 #[derive(Clone, Copy, Debug)]
 pub struct Put<'a> {
@@ -1116,11 +1127,7 @@ impl<D: Dir> Store<D> {
 
     /// The keys stored for a blob.
     pub fn keys_of(&self, blob_id: &[u8; 32]) -> impl Iterator<Item = Key> + '_ {
-        let first = Key {
-            blob_id: *blob_id,
-            kind: RecordKind::Metadata,
-            shard: 0,
-        };
+        let first = Key::metadata(*blob_id);
         let last = Key {
             blob_id: *blob_id,
             kind: RecordKind::Tombstone,
@@ -1164,12 +1171,7 @@ impl<D: Dir> Store<D> {
     /// (a later metadata record, a permanent store after the deletion, supersedes it).
     pub fn deleted(&self, blob_id: &[u8; 32]) -> Option<u32> {
         let tombstone = self.tombstones.get(blob_id)?;
-        let metadata = Key {
-            blob_id: *blob_id,
-            kind: RecordKind::Metadata,
-            shard: 0,
-        };
-        match self.index.get(&metadata) {
+        match self.index.get(&Key::metadata(*blob_id)) {
             Some(stored) if stored.sequence > tombstone.sequence => None,
             _ => Some(tombstone.end_epoch),
         }
@@ -1207,9 +1209,9 @@ impl<D: Dir> Store<D> {
         self.index.is_empty()
     }
 
-    /// The end epoch a record was stored with.
-    pub fn end_epoch(&self, key: &Key) -> Option<u32> {
-        self.index.get(key).map(|l| l.end_epoch)
+    /// The end epoch and flags a record was stored with.
+    pub fn stored(&self, key: &Key) -> Option<(u32, u8)> {
+        self.index.get(key).map(|l| (l.end_epoch, l.flags))
     }
 
     pub fn counters(&self) -> &StoreCounters {

@@ -8,8 +8,8 @@ use floe_codec::{
 };
 use hyper::{HeaderMap, Method, Uri};
 
-use crate::api::{bearer_token, declared_length};
-use crate::route;
+use crate::http::body::{bearer_token, declared_length};
+use crate::http::route;
 
 /// Headers parsed per request. Why: hyper's own default.
 const HEADERS_MAX: usize = 100;

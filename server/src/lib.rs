@@ -1,29 +1,43 @@
 //! The floe storage node: one glommio executor per core, shared-nothing, serving the user,
 //! node (peer) and operator APIs over HTTP/1.1 (hyper).
 //!
-//! - [`config`]: `node.toml` and the committee file.
-//! - [`route`]: request line to [`route::Route`] (pure; fuzzed).
-//! - [`api`]: the handlers of the node (peer) and operator APIs.
-//! - [`blobs`]: the user API: publisher and aggregator, with the hot-blob cache.
-//! - [`sync`]: learning blobs from peers and rebuilding missing slivers (healing).
-//! - [`peer`]: the HTTP client each core uses to talk to other nodes.
+//! The modules, lowest layer first (a module uses only those above it in this list;
+//! `ARCHITECTURE.md` has the invariant and boundary of each):
+//!
+//! - [`config`], [`metrics`], [`io_plan`]: `node.toml` and the committee file, Prometheus
+//!   metrics, how hard each disk is pushed.
 //! - [`owner`]: which core owns which shard, and the owner task that serves its storage.
+//! - [`http`]: HTTP plumbing: errors, bodies and responses, routing (pure; fuzzed), the hyper
+//!   adapter with the `sendfile` path.
+//! - [`state`] and [`budget`]: what every core shares and each core keeps (caches, storage
+//!   calls); the counts and reservations a request takes, each given back by a guard on drop.
+//! - [`peer_client`]: the HTTP client each core uses to talk to other nodes: deadlines,
+//!   retries, hedged requests, answer bounds.
+//! - [`node_api`]: the node (peer) API handlers; [`operator`]: health and metrics.
+//! - [`blob_cache`], [`aggregator`]: the user API's reads, with the hot-blob cache.
+//! - [`publisher`]: the user API's writes (`PUT`, `DELETE`).
+//! - [`sync`] and [`heal`]: learning blobs from peers, rebuilding missing slivers.
+//! - [`serve`]: a connection's life: limits, idle timeout, routing a request to its handler.
 //! - [`node`]: startup checks, executors, graceful shutdown.
-//! - [`metrics`]: Prometheus metrics.
 
-pub mod api;
-pub mod blobs;
+pub mod aggregator;
+pub mod blob_cache;
+pub mod budget;
 pub mod config;
-pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-mod hyper_io;
+pub mod heal;
+pub mod http;
 pub mod io_plan;
 pub mod metrics;
 pub mod node;
+pub mod node_api;
+pub mod operator;
 pub mod owner;
-pub mod peer;
-pub mod route;
+pub mod peer_client;
+pub mod publisher;
+pub mod serve;
+pub mod state;
 pub mod sync;
 
 pub use config::NodeConfig;

@@ -11,7 +11,6 @@
 //! drained, the owners stop. Every acknowledged write was durable before it was acknowledged,
 //! so nothing needs flushing.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -20,13 +19,8 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use futures::future::{select, Either};
-use futures_lite::AsyncWriteExt;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
@@ -34,12 +28,11 @@ use floe_storage::disks::Disks;
 use floe_storage::glommio_dir::GlommioDir;
 use floe_storage::store::StoreOptions;
 
-use crate::api::{dispatch, error_response, Body, CoreState, Shared};
 use crate::config::NodeConfig;
-use crate::error::ApiError;
-use crate::hyper_io::HyperStream;
-use crate::metrics::{CoreLabel, Metrics, ReasonLabel};
+use crate::metrics::Metrics;
 use crate::owner::{run_maintenance, run_owner, Owners};
+use crate::serve::Stopping;
+use crate::state::{CoreState, Shared};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -333,13 +326,6 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-/// Tells connections to finish up.
-#[derive(Default)]
-struct Stopping {
-    flag: std::cell::Cell<bool>,
-    event: event_listener::Event,
-}
-
 async fn core_main(
     shared: Arc<Shared>,
     core: usize,
@@ -441,23 +427,9 @@ async fn core_main(
     loop {
         match select(Box::pin(listener.accept()), &mut stop).await {
             Either::Left((Ok(stream), _)) => {
-                let limit = config.limits.connections_per_core;
-                if state.connections.get() >= limit {
-                    shared
-                        .metrics
-                        .rejected
-                        .get_or_create(&ReasonLabel {
-                            reason: "connections",
-                        })
-                        .inc();
-                    // A dropped glommio task is cancelled: detach it; the gate still waits for it.
-                    if let Ok(task) = gate.spawn(refuse_connection(stream, limit)) {
-                        task.detach();
-                    }
-                    continue;
-                }
-                let (state, stopping) = (state.clone(), stopping.clone());
-                if let Ok(task) = gate.spawn(serve_connection(state, stream, stopping)) {
+                let connection = crate::serve::connection(state.clone(), stream, stopping.clone());
+                // A dropped glommio task is cancelled: detach it; the gate still waits for it.
+                if let Ok(task) = gate.spawn(connection) {
                     task.detach();
                 }
             }
@@ -493,140 +465,4 @@ async fn core_main(
     shared.owners.close(core);
     owner.await;
     drop(maintenance);
-}
-
-/// Answers 503 on a connection over the limit and closes it.
-async fn refuse_connection(mut stream: TcpStream, limit: usize) {
-    let err = ApiError::unavailable(
-        "tooManyConnections",
-        format!("this core serves {limit} connections already; retry later"),
-    );
-    let body = err.body();
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(&body).await;
-    let _ = stream.close().await;
-}
-
-/// Largest request head hyper buffers. Why: bounds per-connection memory; real heads are
-/// well under 16 KiB.
-const HEAD_BYTES_MAX: usize = 64 << 10;
-
-async fn serve_connection(state: Rc<CoreState>, stream: TcpStream, stopping: Rc<Stopping>) {
-    let idle = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
-    let _ = stream.set_read_timeout(Some(idle));
-    let _ = stream.set_write_timeout(Some(idle));
-    let _ = stream.set_nodelay(true);
-    let metrics = state.shared.metrics.clone();
-    let label = CoreLabel {
-        core: state.core as u16,
-    };
-    state.connections.set(state.connections.get() + 1);
-    metrics.connections.get_or_create(&label).inc();
-    let service_state = state.clone();
-    let service = service_fn(move |request| {
-        let state = service_state.clone();
-        async move { Ok::<_, Infallible>(handle(state, request).await) }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .header_read_timeout(None)
-        .max_buf_size(HEAD_BYTES_MAX.max(8192))
-        .keep_alive(true);
-    let io = match HyperStream::new(stream) {
-        Ok(io) => io,
-        Err(err) => {
-            debug!(%err, "could not set up a connection");
-            state.connections.set(state.connections.get() - 1);
-            metrics.connections.get_or_create(&label).dec();
-            return;
-        }
-    };
-    let connection = builder.serve_connection(io, service);
-    futures::pin_mut!(connection);
-    let listener = stopping.event.listen();
-    let result = if stopping.flag.get() {
-        connection.as_mut().graceful_shutdown();
-        connection.await
-    } else {
-        match select(connection.as_mut(), listener).await {
-            Either::Left((result, _)) => result,
-            Either::Right(((), _)) => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        }
-    };
-    if let Err(err) = result {
-        debug!(%err, "connection ended with an error");
-    }
-    state.connections.set(state.connections.get() - 1);
-    metrics.connections.get_or_create(&label).dec();
-}
-
-/// Serves one request: the in-flight limit, routing, the handler, metrics.
-async fn handle(state: Rc<CoreState>, request: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let metrics = state.shared.metrics.clone();
-    let limit = state.shared.config.limits.in_flight_per_core;
-    if state.in_flight.get() >= limit {
-        metrics
-            .rejected
-            .get_or_create(&ReasonLabel {
-                reason: "in_flight",
-            })
-            .inc();
-        let err = ApiError::unavailable(
-            "overloaded",
-            format!("this core is serving {limit} requests already; retry later"),
-        );
-        return finish(&metrics, "overloaded", started, error_response(&err));
-    }
-    let label = CoreLabel {
-        core: state.core as u16,
-    };
-    state.in_flight.set(state.in_flight.get() + 1);
-    metrics.in_flight.get_or_create(&label).inc();
-    let route = crate::route::parse(
-        request.method(),
-        request.uri().path(),
-        request.uri().query(),
-    );
-    let (name, response) = match route {
-        Ok(route) => {
-            let name = route.name();
-            let response = dispatch(&state, route, request)
-                .await
-                .unwrap_or_else(|err| error_response(&err));
-            (name, response)
-        }
-        Err(err) => ("unknown", error_response(&err)),
-    };
-    state.in_flight.set(state.in_flight.get() - 1);
-    metrics.in_flight.get_or_create(&label).dec();
-    finish(&metrics, name, started, response)
-}
-
-fn finish(
-    metrics: &Metrics,
-    route: &'static str,
-    started: Instant,
-    response: Response<Body>,
-) -> Response<Body> {
-    metrics
-        .requests
-        .get_or_create(&crate::metrics::RouteStatus {
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    metrics
-        .request_seconds
-        .get_or_create(&crate::metrics::RouteLabel { route })
-        .observe(started.elapsed().as_secs_f64());
-    response
 }

@@ -17,7 +17,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use thiserror::Error;
 
-use crate::hyper_io::HyperStream;
+use floe_codec::{decode_metadata, BlobId, BlobLayout, BlobMetadata};
+
+use crate::config::Member;
+use crate::http::io::HyperStream;
+use crate::metrics::PeerFault;
+use crate::state::CoreState;
 
 /// Why a request to a peer got no answer.
 #[derive(Debug, Error)]
@@ -163,4 +168,71 @@ impl Peers {
             }),
         }
     }
+}
+/// Attempts per request to a peer, and the wait before the second (doubling after).
+const ATTEMPTS: u32 = 3;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+
+/// Counts a peer's failure or lie in `floe_peer_faults_total`.
+pub(crate) fn peer_fault(state: &CoreState, peer: &str, kind: &'static str) {
+    state
+        .shared
+        .metrics
+        .peer_faults
+        .get_or_create(&PeerFault {
+            peer: peer.to_string(),
+            kind,
+        })
+        .inc();
+}
+
+/// Sends one request to a peer, retrying transport failures and 5xx answers (except 507, a
+/// full disk) with back-off. Any other answer is returned as it is.
+pub(crate) async fn peer_request(
+    state: &CoreState,
+    member: &Member,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    limit: usize,
+) -> Result<Answer, String> {
+    let mut wait = BACKOFF_FIRST;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match state
+            .peers
+            .request(&member.address, method.clone(), path, body.clone(), limit)
+            .await
+        {
+            Ok(answer)
+                if answer.status.is_server_error()
+                    && answer.status != StatusCode::INSUFFICIENT_STORAGE =>
+            {
+                last = format!("{} ({})", answer.status, answer.error_message());
+            }
+            Ok(answer) => return Ok(answer),
+            Err(err) => {
+                peer_fault(state, &member.name, "unreachable");
+                last = err.to_string();
+            }
+        }
+        if attempt < ATTEMPTS {
+            glommio::timer::sleep(wait).await;
+            wait *= 2;
+        }
+    }
+    Err(last)
+}
+
+/// Metadata from a peer, decoded and verified against the blob ID, with its layout.
+pub(crate) fn checked_metadata(
+    body: &[u8],
+    blob_id: &BlobId,
+    n: usize,
+) -> Result<(BlobMetadata, BlobLayout), String> {
+    let metadata = decode_metadata(body).map_err(|e| e.to_string())?;
+    metadata.verify(blob_id, n).map_err(|e| e.to_string())?;
+    let layout = metadata.layout().map_err(|e| e.to_string())?;
+    Ok((metadata, layout))
 }

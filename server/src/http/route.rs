@@ -6,7 +6,7 @@
 use floe_codec::{BlobId, SliverKind};
 use hyper::Method;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// What a request asks for, with its parameters parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,10 +11,13 @@
 //! glommio's own `poll_write` of the same bytes, which either sends them or registers the task
 //! to be woken when the socket can take more.
 
+use std::cell::Cell;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use floe_storage::mapped::file_region;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -25,9 +28,57 @@ use rustix::net::SendFlags;
 /// Slices gathered into one `sendmsg`. Why: hyper queues a handful; Linux allows 1024.
 const IOVECS_MAX: usize = 64;
 
+/// When a connection last moved bytes, and how many of its requests are being served: what
+/// the server's idle timeout looks at.
+pub struct Activity {
+    last: Cell<Instant>,
+    busy: Rc<Cell<usize>>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            last: Cell::new(Instant::now()),
+            busy: Rc::default(),
+        }
+    }
+}
+
+/// A request being served on a connection; counted until dropped.
+pub struct Busy(Rc<Cell<usize>>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last.set(Instant::now());
+    }
+
+    /// How long since bytes last moved.
+    pub fn quiet_for(&self) -> Duration {
+        self.last.get().elapsed()
+    }
+
+    /// Whether a request of the connection is being served.
+    pub fn is_busy(&self) -> bool {
+        self.busy.get() > 0
+    }
+
+    /// Marks a request as being served until the guard is dropped.
+    pub fn busy(&self) -> Busy {
+        self.busy.set(self.busy.get() + 1);
+        Busy(self.busy.clone())
+    }
+}
+
 /// A glommio stream that hyper can serve.
 pub struct HyperStream {
     stream: TcpStream,
+    activity: Option<Rc<Activity>>,
 }
 
 impl HyperStream {
@@ -35,7 +86,23 @@ impl HyperStream {
         // glommio itself uses MSG_DONTWAIT and io_uring polls, so it works unchanged on a
         // non-blocking socket; sendfile(2) has no flag and needs it.
         rustix::io::ioctl_fionbio(fd(&stream), true)?;
-        Ok(Self { stream })
+        Ok(Self {
+            stream,
+            activity: None,
+        })
+    }
+
+    /// A stream that records its progress in `activity`.
+    pub fn with_activity(stream: TcpStream, activity: Rc<Activity>) -> io::Result<Self> {
+        let mut io = Self::new(stream)?;
+        io.activity = Some(activity);
+        Ok(io)
+    }
+
+    fn progressed(&self) {
+        if let Some(activity) = &self.activity {
+            activity.touch();
+        }
     }
 
     /// Sends the run of slices that starts at `bufs[0]`: one mapped slice with sendfile, or
@@ -96,6 +163,7 @@ impl Read for HyperStream {
         };
         match Pin::new(&mut self.stream).poll_read(cx, slice) {
             Poll::Ready(Ok(n)) => {
+                self.progressed();
                 // SAFETY: `n` bytes were written by the read.
                 unsafe { buf.advance(n) };
                 Poll::Ready(Ok(()))
@@ -124,12 +192,18 @@ impl Write for HyperStream {
             return Poll::Ready(Ok(0));
         };
         let bufs = &bufs[first..];
-        match self.send_now(bufs) {
+        let result = match self.send_now(bufs) {
             Some(result) => Poll::Ready(result),
             // Full: glommio sends the same bytes if room appeared meanwhile, or wakes us when
             // there is some.
             None => Pin::new(&mut self.stream).poll_write(cx, &bufs[0]),
+        };
+        if let Poll::Ready(Ok(sent)) = result {
+            if sent > 0 {
+                self.progressed();
+            }
         }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,0 +1,321 @@
+//! Self-healing, in the background on core 0 after each sync round ([`crate::sync`]).
+//!
+//! For every known blob, each core lists the slivers of its shards that are missing (never
+//! received, lost with a disk, or dropped by the scrubber as corrupt), and they are rebuilt from
+//! recovery symbols, a blob's missing slivers of one kind together: this node's own symbols
+//! first, then peers' in turn, each asked once for all the slivers still short
+//! (`targetPairs=`: it expands each of its slivers once for all of them) and for no more
+//! symbols than they still need, so the traffic is about one sliver (plus Merkle proofs) per
+//! rebuilt sliver. Primary slivers first: once they are back, this node's own symbols cover
+//! part of its secondary ones. At most `heal_concurrency` blobs at once, so that serving reads
+//! is not starved.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use floe_codec::{
+    decode_recovery_symbols, encode_sliver, recover_sliver, BlobId, RecoverySymbol, Sliver,
+    SliverKind,
+};
+use floe_storage::format::RecordKind;
+use floe_storage::store::Key;
+use futures::StreamExt;
+use hyper::{Method, StatusCode};
+
+use crate::config::Member;
+use crate::http::error::ApiError;
+use crate::metrics::ResultLabel;
+use crate::node_api::local_recovery_symbols;
+use crate::owner::{BlobState, Op, Record};
+use crate::peer_client::{peer_fault, peer_request};
+use crate::state::{sliver_index, CoreState};
+
+/// Blobs listed per page of this node's own list.
+const PAGE: usize = 1000;
+
+/// Finds the slivers this node lacks and rebuilds them.
+pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
+    let cores = state.shared.owners.cores();
+    let mut shards_of_core: Vec<Vec<u16>> = vec![Vec::new(); cores];
+    for &shard in &state.shared.me.shards {
+        shards_of_core[state.shared.owners.core_of_shard(shard)].push(shard);
+    }
+    let epoch = state.shared.committee.current_epoch();
+    let mut after = None;
+    let mut known = 0u64;
+    let mut missing = Vec::new();
+    loop {
+        let page = crate::state::list_metadata(state, after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.blob_id);
+        let stored = page.iter().filter(|l| l.state != BlobState::Deleted);
+        known += stored.clone().count() as u64;
+        let blobs: Vec<[u8; 32]> = stored
+            .filter(|l| l.end_epoch >= epoch)
+            .map(|l| l.blob_id)
+            .collect();
+        for (core, shards) in shards_of_core.iter().enumerate() {
+            if shards.is_empty() {
+                continue;
+            }
+            let (blobs, shards) = (blobs.clone(), shards.clone());
+            let found = state
+                .call(core, |reply| Op::Missing {
+                    blobs,
+                    shards,
+                    reply,
+                })
+                .await?;
+            missing.extend(found);
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    let metrics = &state.shared.metrics;
+    let status = &state.shared.sync;
+    status.blobs_known.store(known, Ordering::Relaxed);
+    status
+        .missing_slivers
+        .store(missing.len() as u64, Ordering::Relaxed);
+    metrics.sync_blobs_known.set(known as i64);
+    metrics.heal_missing_slivers.set(missing.len() as i64);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(slivers = missing.len(), "sync: rebuilding missing slivers");
+    // One rebuild per blob and kind, so that a helper expands each of its slivers once for all
+    // of a blob's missing slivers of that kind; primary slivers first, because once they are
+    // back this node's own symbols cover part of its secondary slivers.
+    let mut groups: BTreeMap<(u8, [u8; 32]), Vec<u16>> = BTreeMap::new();
+    for (blob, shard, kind) in missing {
+        let phase = u8::from(kind != RecordKind::Primary);
+        groups.entry((phase, blob)).or_default().push(shard);
+    }
+    let concurrency = state.shared.config.heal_concurrency;
+    for phase in [0u8, 1] {
+        let of_phase: Vec<([u8; 32], Vec<u16>)> = groups
+            .iter()
+            .filter(|((p, _), _)| *p == phase)
+            .map(|((_, blob), shards)| (*blob, shards.clone()))
+            .collect();
+        let kind = if phase == 0 {
+            SliverKind::Primary
+        } else {
+            SliverKind::Secondary
+        };
+        futures::stream::iter(of_phase)
+            .for_each_concurrent(concurrency, |(blob, shards)| async move {
+                let blob_id = BlobId(blob);
+                for (shard, result) in rebuild(state, &blob_id, &shards, kind).await {
+                    let label = ResultLabel {
+                        result: if result.is_ok() { "ok" } else { "failed" },
+                    };
+                    state.shared.metrics.heal_slivers.get_or_create(&label).inc();
+                    match result {
+                        Ok(()) => {
+                            status.healed_slivers.fetch_add(1, Ordering::Relaxed);
+                            status.missing_slivers.fetch_sub(1, Ordering::Relaxed);
+                            state.shared.metrics.heal_missing_slivers.dec();
+                        }
+                        Err(message) => {
+                            status.heal_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(blob = %blob_id, shard, %kind, %message, "sync: could not rebuild a sliver yet");
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+    Ok(())
+}
+
+/// Most bytes of symbols one healing request asks a peer for. Why: one request per blob and
+/// kind at n = 100 for blobs up to 64 MiB (a helper expands its slivers once per request),
+/// and still a sixteenth of the default per-core body budget.
+const HEAL_REQUEST_BYTES_MAX: usize = 64 << 20;
+
+/// One request for recovery symbols: the slivers (`slots` into `pairs` / `targets`) of `kind`
+/// of a blob, `want` symbols each.
+struct Asked<'a> {
+    blob_id: &'a BlobId,
+    known: &'a crate::state::CachedMetadata,
+    kind: SliverKind,
+    slots: &'a [usize],
+    pairs: &'a [u16],
+    targets: &'a [usize],
+    want: usize,
+}
+
+/// Asks `member` for symbols for `asked` and adds those that verify to `have` (per slot), up
+/// to what each sliver needs; a symbol that fails, or that was not asked for, is counted
+/// against the peer and skipped.
+async fn ask_for_symbols(
+    state: &Rc<CoreState>,
+    member: &Member,
+    asked: &Asked<'_>,
+    have: &mut [Vec<RecoverySymbol>],
+) {
+    let (blob_id, known, kind) = (asked.blob_id, asked.known, asked.kind);
+    let needed = kind.n_symbols(&known.layout);
+    let pairs: Vec<u16> = asked.slots.iter().map(|&slot| asked.pairs[slot]).collect();
+    let path = format!(
+        "/v1/blobs/{blob_id}/recoverySymbols?targetPairs={}&targetKind={kind}&limit={}",
+        crate::http::route::format_pair_list(&pairs),
+        asked.want
+    );
+    let limit =
+        asked.slots.len() * asked.want * crate::node_api::recovery_symbol_bytes_max(&known.layout)
+            + 16;
+    let Ok(answer) = peer_request(state, member, Method::GET, &path, None, limit).await else {
+        return;
+    };
+    state
+        .shared
+        .metrics
+        .heal_fetched_bytes
+        .inc_by(answer.body.len() as u64);
+    if answer.status != StatusCode::OK {
+        return;
+    }
+    let Ok(received) = decode_recovery_symbols(&answer.body) else {
+        peer_fault(state, &member.name, "bad_symbol");
+        return;
+    };
+    for symbol in received {
+        let slot = asked
+            .slots
+            .iter()
+            .copied()
+            .find(|&slot| asked.targets[slot] == symbol.target_index);
+        // More than a sliver still needs (it was asked for the neediest one's count).
+        if slot.is_some_and(|slot| have[slot].len() >= needed) {
+            continue;
+        }
+        // Only symbols that verify count towards what is still needed.
+        let valid = slot.filter(|&slot| {
+            symbol.source_kind == kind.orthogonal()
+                && symbol.verify(&known.metadata, &known.layout).is_ok()
+                && !have[slot]
+                    .iter()
+                    .any(|s| s.source_index == symbol.source_index)
+        });
+        match valid {
+            Some(slot) => have[slot].push(symbol),
+            None => {
+                peer_fault(state, &member.name, "bad_symbol");
+                tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
+            }
+        }
+    }
+}
+
+/// Rebuilds the slivers of `kind` of `shards` of one blob from recovery symbols and stores
+/// them: this node's own symbols first, then each peer in turn, asked once for all of the
+/// slivers still short and for no more symbols than they still need. Returns each shard's
+/// outcome.
+async fn rebuild(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    shards: &[u16],
+    kind: SliverKind,
+) -> Vec<(u16, Result<(), String>)> {
+    let all_failed = |message: String| shards.iter().map(|s| (*s, Err(message.clone()))).collect();
+    let known = match state.metadata(blob_id).await {
+        Ok(Some(known)) => known,
+        Ok(None) => return all_failed("the metadata is gone".into()),
+        Err(err) => return all_failed(err.message),
+    };
+    let n = state.n();
+    let pairs: Vec<u16> = shards
+        .iter()
+        .map(|&shard| blob_id.pair_for_shard(shard.into(), n) as u16)
+        .collect();
+    let targets: Vec<usize> = pairs.iter().map(|&p| sliver_index(kind, p, n)).collect();
+    let slot_of = |target: usize| targets.iter().position(|t| *t == target);
+    let needed = kind.n_symbols(&known.layout);
+    let mut have: Vec<Vec<RecoverySymbol>> = vec![Vec::new(); shards.len()];
+    // This node's own slivers of the other kind cost no traffic.
+    match local_recovery_symbols(state, blob_id, &known, &pairs, kind, None).await {
+        Ok(symbols) => {
+            for symbol in symbols {
+                if let Some(slot) = slot_of(symbol.target_index) {
+                    have[slot].push(symbol);
+                }
+            }
+        }
+        Err(err) => return all_failed(err.message),
+    }
+    let members = &state.shared.committee.members;
+    // Start at a different peer for each blob, spreading the load.
+    let start = (usize::from(shards[0]) + usize::from(blob_id.0[0])) % members.len();
+    for member in members.iter().cycle().skip(start).take(members.len()) {
+        let short: Vec<usize> = (0..shards.len())
+            .filter(|&slot| have[slot].len() < needed)
+            .collect();
+        let Some(want) = short.iter().map(|&slot| needed - have[slot].len()).max() else {
+            break;
+        };
+        if member.name == state.shared.me.name {
+            continue;
+        }
+        // Requests of at most HEAL_REQUEST_BYTES_MAX of answer each.
+        let per_target = want * crate::node_api::recovery_symbol_bytes_max(&known.layout);
+        let per_request = (HEAL_REQUEST_BYTES_MAX / per_target).max(1);
+        for chunk in short.chunks(per_request) {
+            let asked = Asked {
+                blob_id,
+                known: &known,
+                kind,
+                slots: chunk,
+                pairs: &pairs,
+                targets: &targets,
+                want,
+            };
+            ask_for_symbols(state, member, &asked, &mut have).await;
+        }
+    }
+    let mut outcomes = Vec::with_capacity(shards.len());
+    let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
+        .map(|_| Vec::new())
+        .collect();
+    let mut rebuilt = Vec::new();
+    for (slot, &shard) in shards.iter().enumerate() {
+        let recovered = recover_sliver(&known.metadata, kind, targets[slot], &have[slot]);
+        let recovered = match recovered {
+            Ok(recovered) => recovered,
+            Err(err) => {
+                outcomes.push((shard, Err(err.to_string())));
+                continue;
+            }
+        };
+        let sliver = Sliver {
+            kind,
+            index: targets[slot] as u16,
+            symbol_bytes: known.layout.symbol_bytes as u16,
+            data: recovered.data,
+        };
+        state
+            .shared
+            .metrics
+            .heal_rebuilt_bytes
+            .inc_by(sliver.data.len() as u64);
+        per_core[state.shared.owners.core_of_shard(shard)].push(Record {
+            key: Key {
+                blob_id: blob_id.0,
+                kind: crate::state::record_kind(kind),
+                shard,
+            },
+            end_epoch: known.end_epoch,
+            data: Bytes::from(encode_sliver(&sliver)),
+        });
+        rebuilt.push(shard);
+    }
+    let stored = crate::state::store_per_core(state, per_core)
+        .await
+        .map_err(|e| e.message);
+    outcomes.extend(rebuilt.into_iter().map(|shard| (shard, stored.clone())));
+    outcomes
+}

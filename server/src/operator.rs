@@ -1,0 +1,77 @@
+//! The operator endpoints: `/v1/health` (JSON) and `/metrics` (Prometheus text).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::http::body::{json_response, Body};
+use crate::http::error::ApiError;
+use crate::metrics::fs_space;
+use crate::state::CoreState;
+
+pub(crate) fn health(state: &CoreState) -> Response<Body> {
+    let shared = &state.shared;
+    let dirs = &shared.config.data_dirs;
+    let mut disks = Vec::new();
+    let mut healthy_dirs = Vec::new();
+    for dir in dirs {
+        let space = fs_space(dir);
+        let ok = space.is_some_and(|(free, _)| free > 0);
+        healthy_dirs.push(ok);
+        disks.push(json!({
+            "dir": dir.display().to_string(),
+            "freeBytes": space.map(|s| s.0),
+            "totalBytes": space.map(|s| s.1),
+            "healthy": ok,
+        }));
+    }
+    let healthy = shared
+        .me
+        .shards
+        .iter()
+        .filter(|s| healthy_dirs[usize::from(**s) % dirs.len()])
+        .count();
+    let owned = shared.me.shards.len();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "status": if healthy == owned { "ok" } else { "degraded" },
+            "name": shared.me.name,
+            "epoch": shared.committee.current_epoch(),
+            "nShards": shared.committee.n_shards,
+            "shardsOwned": owned,
+            "shardsHealthy": healthy,
+            "cores": shared.owners.cores(),
+            "disks": disks,
+            "io": shared.io,
+            "sync": shared.sync.to_json(),
+            "blobBytesMax": floe_codec::EncodingConfig::new(shared.committee.n_shards)
+                .map_or(0, |c| c.blob_bytes_max())
+                .min(shared.config.limits.body_bytes_max),
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    )
+}
+
+pub(crate) fn metrics(state: &CoreState) -> Result<Response<Body>, ApiError> {
+    state
+        .shared
+        .metrics
+        .refresh_disks(&state.shared.config.data_dirs);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.shared.registry).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metricsError",
+            e.to_string(),
+        )
+    })?;
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(response)
+}

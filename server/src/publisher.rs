@@ -1,0 +1,431 @@
+//! The user API's writes (`api.md`, "Users"): the publisher (`PUT /v1/blobs`) and deletion
+//! (`DELETE /v1/blobs/{id}`), served by every node.
+//!
+//! The publisher encodes the blob (on glommio's blocking pool, which runs the codec's rayon
+//! work on every core), stores this node's sliver pairs itself and sends every other node its
+//! metadata and its pairs in batches, all nodes at once. It answers as soon as the nodes that
+//! confirmed hold at least `n - f` shards (2f + 1 when n = 3f + 1): a hung or slow node (up to
+//! f shards' worth) does not hold up the answer. The stores still under way then finish in the
+//! background, bounded by the peer client's deadlines; healing covers what they miss.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use floe_codec::{
+    encode_metadata, encode_sliver_batch, BlobId, EncodedBlob, EncodingConfig, SliverKind,
+};
+use floe_storage::format::{RecordKind, FLAG_DELETABLE};
+use floe_storage::store::Key;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::budget::{read_body, reserve};
+use crate::config::Member;
+use crate::http::body::{json_response, Body};
+use crate::http::error::ApiError;
+use crate::owner::{Deleted, Record};
+use crate::peer_client::{peer_request, Answer};
+use crate::state::{
+    blob_deleted, not_deletable, record_kind, sliver_index, store_per_core, CoreState,
+};
+
+/// Bytes of slivers sent to one peer in one request. Why: large enough that a 64 MiB blob
+/// takes a handful of requests per peer, small enough that the peer's body limit and memory
+/// budget are never a concern and a retry repeats little.
+const BATCH_BYTES_MAX: usize = 16 << 20;
+
+/// Shards that must confirm a write: `n - f` (2f + 1 when n = 3f + 1).
+pub fn write_quorum(n: usize) -> usize {
+    n - (n - 1) / 3
+}
+
+/// `PUT /v1/blobs?epochs=N`.
+pub async fn publish(
+    state: &Rc<CoreState>,
+    epochs: u32,
+    deletable: bool,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let n = state.n();
+    let config = EncodingConfig::new(n as u16).expect("the committee's n is valid");
+    let limit = config
+        .blob_bytes_max()
+        .min(state.shared.config.limits.body_bytes_max);
+    let (body, _reservation) = read_body(state, request, limit).await?;
+    let layout = config
+        .layout(body.len() as u64)
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bodyTooLarge", e.to_string()))?;
+    // The encoded slivers live as long as the request: count them against this core's memory.
+    let _encoded_reservation = reserve(state, layout.encoded_bytes_total())?;
+    let encoded = glommio::executor()
+        .spawn_blocking(move || floe_codec::encode(&config, &body))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bodyTooLarge", e.to_string()))?;
+    let blob_id = *encoded.blob_id();
+    let size = encoded.layout().blob_bytes;
+    let end_epoch = state
+        .shared
+        .committee
+        .current_epoch()
+        .saturating_add(epochs);
+    let quorum = write_quorum(n);
+    let answer = |kind: &str, end_epoch: u32, deletable: bool, confirmed: usize| {
+        json!({
+            kind: {
+                "blobId": blob_id.to_string(),
+                "size": size,
+                "encodingType": "RS2",
+                "endEpoch": end_epoch,
+                "deletable": deletable,
+                "shardsConfirmed": confirmed,
+                "blobObject": {
+                    "blobId": blob_id.to_string(),
+                    "size": size,
+                    "encodingType": "RS2",
+                    "deletable": deletable,
+                    "storage": {"endEpoch": end_epoch},
+                },
+            }
+        })
+    };
+    // The home core's record, not a cache: whether the blob is deletable may have changed.
+    match state.metadata_record(&blob_id).await? {
+        Some(known) => {
+            let known_deletable = known.flags & FLAG_DELETABLE != 0;
+            // A permanent store of a deletable blob makes it permanent: stored again.
+            if known.end_epoch >= end_epoch && (deletable || !known_deletable) {
+                let confirmed = stored_shards(state, &blob_id).await;
+                if confirmed >= quorum {
+                    return Ok(json_response(
+                        StatusCode::OK,
+                        answer(
+                            "alreadyCertified",
+                            known.end_epoch,
+                            known_deletable,
+                            confirmed,
+                        ),
+                    ));
+                }
+            }
+        }
+        None if deletable => {
+            if let Some(until) = state.deleted(&blob_id).await? {
+                return Err(blob_deleted(&blob_id, until));
+            }
+        }
+        None => {}
+    }
+    let encoded = Rc::new(encoded);
+    let me = &state.shared.me.name;
+    let stores = state.shared.committee.members.iter().map(|member| {
+        let encoded = encoded.clone();
+        async move {
+            // This node's answer says whether the blob stays deletable (merged with any
+            // earlier store of it).
+            let result = if &member.name == me {
+                store_here(state, &encoded, end_epoch, deletable)
+                    .await
+                    .map(Some)
+                    .map_err(|e| e.message)
+            } else {
+                store_on_peer(state, member, &encoded, epochs, deletable)
+                    .await
+                    .map(|()| None)
+            };
+            (member, result)
+        }
+    });
+    let mut confirmed = 0;
+    let mut failed = Vec::new();
+    let mut stored_deletable = deletable;
+    for (member, result) in futures::future::join_all(stores).await {
+        match result {
+            Ok(here_deletable) => {
+                confirmed += member.shards.len();
+                stored_deletable = here_deletable.unwrap_or(stored_deletable);
+            }
+            Err(message) => {
+                tracing::warn!(blob = %blob_id, node = %member.name, %message, "a node did not store its slivers; sync will bring them");
+                failed.push(format!("{} ({message})", member.name));
+            }
+        }
+    }
+    if confirmed < quorum {
+        return Err(ApiError::unavailable(
+            "notEnoughShards",
+            format!(
+                "only {confirmed} of {n} shards confirmed blob {blob_id}; a write needs {quorum}. \
+                 Failed: {}",
+                failed.join("; ")
+            ),
+        ));
+    }
+    let mut body = answer("newlyCreated", end_epoch, stored_deletable, confirmed);
+    if !failed.is_empty() {
+        body["newlyCreated"]["failedNodes"] = json!(failed);
+    }
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Stores this node's metadata and sliver pairs of an encoded blob (no verification: this
+/// node encoded them). Returns whether the blob is deletable as stored.
+async fn store_here(
+    state: &Rc<CoreState>,
+    encoded: &EncodedBlob,
+    end_epoch: u32,
+    deletable: bool,
+) -> Result<bool, ApiError> {
+    let n = state.n();
+    let blob_id = *encoded.blob_id();
+    let (end_epoch, deletable) = state
+        .store_metadata(
+            &blob_id,
+            Bytes::from(encode_metadata(encoded.metadata())),
+            encoded.metadata().clone(),
+            *encoded.layout(),
+            end_epoch,
+            deletable,
+        )
+        .await?;
+    let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
+        .map(|_| Vec::new())
+        .collect();
+    for &shard in &state.shared.me.shards {
+        let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
+        for kind in [SliverKind::Primary, SliverKind::Secondary] {
+            let body = encoded.sliver_bcs(kind, sliver_index(kind, pair, n));
+            per_core[state.shared.owners.core_of_shard(shard)].push(Record {
+                key: Key {
+                    blob_id: blob_id.0,
+                    kind: record_kind(kind),
+                    shard,
+                },
+                end_epoch,
+                data: Bytes::from(body),
+            });
+        }
+    }
+    store_per_core(state, per_core).await?;
+    Ok(deletable)
+}
+
+/// Sends a peer the blob's metadata, then its sliver pairs in batches of at most
+/// [`BATCH_BYTES_MAX`].
+async fn store_on_peer(
+    state: &Rc<CoreState>,
+    member: &Member,
+    encoded: &EncodedBlob,
+    epochs: u32,
+    deletable: bool,
+) -> Result<(), String> {
+    let n = state.n();
+    let blob_id = *encoded.blob_id();
+    let expect_ok = |answer: Answer| {
+        if answer.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!("{}: {}", answer.status, answer.error_message()))
+        }
+    };
+    let metadata = Bytes::from(encode_metadata(encoded.metadata()));
+    let path = match deletable {
+        true => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}&deletable=true"),
+        false => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}"),
+    };
+    expect_ok(peer_request(state, member, Method::PUT, &path, Some(metadata), 1 << 16).await?)?;
+    let path = format!("/v1/blobs/{blob_id}/slivers");
+    let mut batch: Vec<(u16, SliverKind, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
+    let shards = &member.shards;
+    for (i, &shard) in shards.iter().enumerate() {
+        let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
+        for kind in [SliverKind::Primary, SliverKind::Secondary] {
+            let body = encoded.sliver_bcs(kind, sliver_index(kind, pair, n));
+            batch_bytes += body.len();
+            batch.push((pair, kind, body));
+        }
+        if batch_bytes >= BATCH_BYTES_MAX || i + 1 == shards.len() {
+            let body = encode_sliver_batch(batch.iter().map(|(p, k, b)| (*p, *k, b.as_slice())));
+            batch.clear();
+            batch_bytes = 0;
+            let answer = peer_request(
+                state,
+                member,
+                Method::PUT,
+                &path,
+                Some(Bytes::from(body)),
+                1 << 16,
+            )
+            .await?;
+            expect_ok(answer)?;
+        }
+    }
+    Ok(())
+}
+
+/// Shards whose node holds both slivers of the blob, over the whole committee (nodes that do
+/// not answer count for nothing).
+async fn stored_shards(state: &Rc<CoreState>, blob_id: &BlobId) -> usize {
+    let n = state.n();
+    let me = &state.shared.me.name;
+    let counts = state
+        .shared
+        .committee
+        .members
+        .iter()
+        .map(|member| async move {
+            if &member.name == me {
+                let held = crate::state::held(state, blob_id).await.unwrap_or_default();
+                let has = |kind| held.iter().filter(|h| h.kind == kind).count();
+                return has(RecordKind::Primary).min(has(RecordKind::Secondary));
+            }
+            let path = format!("/v1/blobs/{blob_id}/status");
+            let Ok(answer) = state
+                .peers
+                .request(&member.address, Method::GET, &path, None, 1 << 20)
+                .await
+            else {
+                return 0;
+            };
+            let Ok(status) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+                return 0;
+            };
+            let pairs = |key: &str| -> Vec<u64> {
+                status[key]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                    .unwrap_or_default()
+            };
+            let secondary = pairs("secondaryPairs");
+            // Only pairs of shards the committee gives this member count.
+            pairs("primaryPairs")
+                .into_iter()
+                .filter(|p| secondary.contains(p) && (*p as usize) < n)
+                .filter(|p| {
+                    let shard = blob_id.shard_for_pair(*p as usize, n) as u16;
+                    member.shards.binary_search(&shard).is_ok()
+                })
+                .count()
+        });
+    futures::future::join_all(counts).await.into_iter().sum()
+}
+
+/// `DELETE /v1/blobs/{id}`: deletes a deletable blob on this node, then on every peer. A blob
+/// stored permanent anywhere answers 409 (where this node holds it permanent, before anything
+/// is deleted); peers that cannot be reached learn of the deletion through sync.
+pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>, ApiError> {
+    let me = &state.shared.me.name;
+    let known_end = state
+        .metadata_record(&blob_id)
+        .await?
+        .map_or(0, |found| found.end_epoch);
+    let here = state.delete_here(&blob_id, known_end).await?;
+    let mut end_epoch = match here {
+        Deleted::Now { end_epoch } | Deleted::Before { end_epoch } => end_epoch,
+        Deleted::Permanent => return Err(not_deletable(&blob_id, me)),
+        Deleted::Unknown => 0,
+    };
+    let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={end_epoch}");
+    let peers = state
+        .shared
+        .committee
+        .members
+        .iter()
+        .filter(|member| &member.name != me)
+        .map(|member| {
+            let path = &path;
+            async move {
+                let answer = peer_request(state, member, Method::DELETE, path, None, 1 << 16).await;
+                (member, answer)
+            }
+        });
+    let mut deleted = Vec::new();
+    let mut permanent = Vec::new();
+    let mut failed = Vec::new();
+    if here != Deleted::Unknown {
+        deleted.push(me.clone());
+    }
+    for (member, answer) in futures::future::join_all(peers).await {
+        match answer {
+            Ok(answer) if answer.status == StatusCode::OK => {
+                let their_end = serde_json::from_slice::<serde_json::Value>(&answer.body)
+                    .ok()
+                    .and_then(|v| v["endEpoch"].as_u64())
+                    .and_then(|e| u32::try_from(e).ok())
+                    .unwrap_or(0);
+                end_epoch = end_epoch.max(their_end);
+                deleted.push(member.name.clone());
+            }
+            Ok(answer) if answer.status == StatusCode::NOT_FOUND => {}
+            Ok(answer) if answer.status == StatusCode::CONFLICT => {
+                permanent.push(member.name.clone())
+            }
+            Ok(answer) => failed.push(format!(
+                "{} ({}: {})",
+                member.name,
+                answer.status,
+                answer.error_message()
+            )),
+            Err(message) => failed.push(format!("{} ({message})", member.name)),
+        }
+    }
+    if !permanent.is_empty() {
+        let mut err = not_deletable(&blob_id, &permanent.join(", "));
+        if !deleted.is_empty() {
+            err.message.push_str(&format!(
+                "; {} deleted it and get it back from the permanent copy through sync",
+                deleted.join(", ")
+            ));
+        }
+        return Err(err);
+    }
+    if deleted.is_empty() {
+        return Err(if failed.is_empty() {
+            ApiError::not_found(
+                "blobNotFound",
+                format!("no node of the committee knows blob {blob_id}"),
+            )
+        } else {
+            ApiError::unavailable(
+                "notEnoughNodes",
+                format!(
+                    "blob {blob_id} is unknown to the nodes that answered; {} did not: {}",
+                    failed.len(),
+                    failed.join("; ")
+                ),
+            )
+        });
+    }
+    if here == Deleted::Unknown {
+        // Remember the deletion here too, so that sync never brings the blob back.
+        state.delete_here(&blob_id, end_epoch.max(1)).await?;
+        deleted.insert(0, me.clone());
+    }
+    for name in &failed {
+        tracing::warn!(blob = %blob_id, node = %name, "a node did not confirm a deletion; sync will bring it");
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "deleted": {
+                "blobId": blob_id.to_string(),
+                "endEpoch": end_epoch,
+                "nodesDeleted": deleted,
+                "failedNodes": failed,
+            }
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_needs_n_minus_f_shards() {
+        assert_eq!(write_quorum(10), 7);
+        assert_eq!(write_quorum(1000), 667);
+        assert_eq!(write_quorum(4), 3);
+    }
+}

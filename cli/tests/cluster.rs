@@ -58,6 +58,22 @@ impl Cluster {
         address_of: impl Fn(usize, u16) -> String,
         token: Option<&str>,
     ) -> Cluster {
+        Self::start_full(nodes, n_shards, address_of, token, "")
+    }
+
+    /// [`Cluster::start`] with `extra` lines (TOML) replacing keys in every node's config.
+    fn start_configured(nodes: usize, n_shards: u16, extra: &str) -> Cluster {
+        let address_of = |_, port| format!("127.0.0.1:{port}");
+        Self::start_full(nodes, n_shards, address_of, None, extra)
+    }
+
+    fn start_full(
+        nodes: usize,
+        n_shards: u16,
+        address_of: impl Fn(usize, u16) -> String,
+        token: Option<&str>,
+        extra: &str,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut committee = format!("n_shards = {n_shards}\n");
         let mut shards = Vec::new();
@@ -87,18 +103,24 @@ impl Cluster {
             std::fs::create_dir_all(&home).unwrap();
             let config = home.join("node.toml");
             let data = home.join("data");
-            std::fs::write(
-                &config,
-                format!(
-                    "name = \"n{i}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dirs = [{:?}]\n\
-                     committee = {:?}\ncores = 1\npin_cores = false\n\
-                     sync_interval_seconds = 1\npeer_timeout_seconds = 10\n\
-                     shutdown_grace_seconds = 2\n",
-                    data.display().to_string(),
-                    committee_path.display().to_string()
-                ),
-            )
-            .unwrap();
+            let mut lines: Vec<String> = [
+                format!("name = \"n{i}\""),
+                format!("listen = \"127.0.0.1:{port}\""),
+                format!("data_dirs = [{:?}]", data.display().to_string()),
+                format!("committee = {:?}", committee_path.display().to_string()),
+                "cores = 1".into(),
+                "pin_cores = false".into(),
+                "sync_interval_seconds = 1".into(),
+                "peer_timeout_seconds = 10".into(),
+                "shutdown_grace_seconds = 2".into(),
+            ]
+            .into();
+            for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+                let key = line.split('=').next().unwrap().trim();
+                lines.retain(|l| l.split('=').next().unwrap().trim() != key);
+                lines.push(line.to_string());
+            }
+            std::fs::write(&config, lines.join("\n") + "\n").unwrap();
             cluster.nodes.push(Node {
                 name: format!("n{i}"),
                 port,
@@ -934,4 +956,134 @@ fn concurrent_reads_of_an_uncached_blob_fill_the_cache_once() {
     }
     assert_eq!(metric(&url, "floe_blob_cache_fills_total"), 1.0);
     assert_eq!(metric(&url, "floe_blob_cache_hits_total"), 15.0);
+}
+
+/// Sends a signal to node `i`'s process.
+fn signal(cluster: &Cluster, i: usize, signal: &str) {
+    let pid = cluster.nodes[i].child.as_ref().unwrap().id();
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A node that hangs (SIGSTOP: it accepts connections and never answers) holding f shards'
+/// worth: every store through another node still succeeds within 3 s (the publisher answers at
+/// the write quorum), and every uncached read within 1 s (it asks other peers when the hung one
+/// is slow). Bounds only a stall can break.
+#[test]
+fn a_hung_node_holds_up_no_write_and_no_read() {
+    let mut cluster = Cluster::start(4, 10);
+    assert_eq!(cluster.shards[0].len(), 3, "n0 holds f = 3 shards");
+    let before: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let blob = blob_bytes(150_000 + i * 50_000, 70 + i as u64);
+            (store_new(&cluster.url(2), &blob, 5), blob)
+        })
+        .collect();
+    signal(&cluster, 0, "STOP");
+    let mut after = Vec::new();
+    for i in 0..3u64 {
+        let blob = blob_bytes(180_000, 80 + i);
+        let started = Instant::now();
+        let (status, answer) = store(&cluster.url(1), &blob, 5);
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{answer}");
+        assert!(took < Duration::from_secs(3), "a store took {took:?}: {answer}");
+        let created = &answer["newlyCreated"];
+        assert!(created["shardsConfirmed"].as_u64().unwrap() >= 7, "{answer}");
+        assert_eq!(created["pendingNodes"], serde_json::json!(["n0"]), "{answer}");
+        after.push((created["blobId"].as_str().unwrap().to_string(), blob));
+    }
+    // Every read on n3 is its first of that blob: nothing cached.
+    for (id, blob) in before.iter().chain(&after) {
+        let started = Instant::now();
+        let (status, body) = get(&cluster.url(3), &format!("/v1/blobs/{id}"));
+        let took = started.elapsed();
+        assert_eq!(status, 200);
+        assert!(&body == blob, "blob {id} read back different");
+        assert!(took < Duration::from_secs(1), "an uncached read took {took:?}");
+    }
+    let (id, blob) = &after[0];
+    let started = Instant::now();
+    let (status, body) = get_with(
+        &cluster.url(2),
+        &format!("/v1/blobs/{id}"),
+        &[("Range", "bytes=1000-99999")],
+    );
+    assert_eq!(status, 206);
+    assert!(body == blob[1000..100_000]);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(metric(&cluster.url(3), "floe_hedged_reads_total") >= 1.0);
+    signal(&cluster, 0, "CONT");
+    // The hung node, back, gets what it missed (in the background or through sync).
+    for (id, _) in &after {
+        wait_healed(&cluster, 0, &id.parse().unwrap());
+    }
+    cluster.kill(0);
+}
+
+/// A later end epoch stored on one node only (as when a node missed an extension) reaches
+/// every node through sync, and every core of each, whatever it had cached.
+#[test]
+fn a_later_end_epoch_reaches_every_node_and_core() {
+    let cluster = Cluster::start_configured(4, 10, "cores = 2");
+    let blob = blob_bytes(120_000, 91);
+    let id = store_new(&cluster.url(0), &blob, 2);
+    let end_epochs = |i: usize| -> Vec<u64> {
+        // Fresh connections, spread over the node's cores by the kernel.
+        (0..8)
+            .map(|_| {
+                let mut stream =
+                    TcpStream::connect(cluster.url(i).trim_start_matches("http://")).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                write!(stream, "HEAD /v1/blobs/{id} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .unwrap();
+                let mut head = String::new();
+                let _ = stream.read_to_string(&mut head);
+                head.lines()
+                    .find_map(|l| l.strip_prefix("x-floe-end-epoch: "))
+                    .unwrap_or_else(|| panic!("no end epoch in {head}"))
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let first: u64 = json(&get(&cluster.url(0), &format!("/v1/blobs/{id}/status")).1)["endEpoch"]
+        .as_u64()
+        .unwrap();
+    for i in 0..4 {
+        assert!(end_epochs(i).iter().all(|e| *e == first), "node {i}");
+    }
+    // Extended on n0 only, through the node API (no fan-out).
+    let (_, metadata) = get(&cluster.url(0), &format!("/v1/blobs/{id}/metadata"));
+    let (status, answer) = send(
+        "PUT",
+        &format!("{}/v1/blobs/{id}/metadata?epochs=30", cluster.url(0)),
+        None,
+        &metadata,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let later = json(&answer)["endEpoch"].as_u64().unwrap();
+    assert!(later > first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..4 {
+        loop {
+            let status = json(&get(&cluster.url(i), &format!("/v1/blobs/{id}/status")).1);
+            let seen = end_epochs(i);
+            if status["endEpoch"] == later && seen.iter().all(|e| *e == later) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i}: status {status}, cores answer {seen:?}, want {later}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(metric(&cluster.url(1), "floe_sync_blobs_updated_total") >= 1.0);
 }

@@ -721,7 +721,22 @@ fn a_full_disk_answers_507_and_keeps_what_it_stored() {
 fn the_scrubber_finds_a_corrupted_sliver_and_stops_serving_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let node = start_n10(data.to_str().unwrap(), 1, &[]);
+    // One pass every two seconds (the default is a week).
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "scrub_interval_seconds = 2\n").unwrap();
+    let node = start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--shards",
+            "10",
+            "--cores",
+            "1",
+        ],
+        &[],
+    );
     let blob = encode(&EncodingConfig::new(10).unwrap(), &unique_bytes(100_000, 7)).unwrap();
     store(&node, &blob);
     let id = blob.blob_id();
@@ -905,4 +920,214 @@ fn an_interrupted_tune_removes_its_test_file() {
         !dir.path().join("p.toml").exists(),
         "no properties from a partial run"
     );
+}
+
+/// Makes `close` reset the connection at once (SO_LINGER 0), as a client that gives up does.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a correctly sized option value.
+    let done = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(done, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// The sum of a metric's samples in `/metrics`.
+fn metric(node: &NodeProcess, name: &str) -> f64 {
+    let body = get(&format!("{}/metrics", node.url)).body;
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Stores `blob` through the publisher; its blob ID.
+fn publish(node: &NodeProcess, blob: &[u8], epochs: u32) -> String {
+    let answer = put(&format!("{}/v1/blobs?epochs={epochs}", node.url), blob);
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    let json = answer.json();
+    json["newlyCreated"]["blobId"]
+        .as_str()
+        .or(json["alreadyCertified"]["blobId"].as_str())
+        .unwrap()
+        .to_string()
+}
+
+/// Clients that hang up mid-upload or right after asking, thousands of times, on one core
+/// (512 requests in flight at most): every count they took is given back, and the node keeps
+/// answering everything.
+#[test]
+fn clients_that_hang_up_give_back_everything_they_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let node = start(&["--data-dir", data, "--shards", "100", "--cores", "1"], &[]);
+    let blob = unique_bytes(3_000_000, 5);
+    let id = publish(&node, &blob, 1);
+    let partial = vec![7u8; 1000];
+    for i in 0..3000 {
+        let mut stream = TcpStream::connect(node.address()).unwrap();
+        if i % 2 == 0 {
+            // An upload that stops after a part of its body.
+            write!(
+                stream,
+                "PUT /v1/blobs?epochs=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n"
+            )
+            .unwrap();
+            stream.write_all(&partial).unwrap();
+        } else {
+            // A read the client does not wait for.
+            write!(stream, "GET /v1/blobs/{id} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        }
+        reset_on_close(&stream);
+        drop(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "floe_http_in_flight_requests") > 1.0 {
+        assert!(Instant::now() < deadline, "requests of gone clients still count");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The only request in flight is the one reading /metrics.
+    assert_eq!(metric(&node, "floe_http_in_flight_requests"), 1.0);
+    assert_eq!(get(&format!("{}/v1/health", node.url)).status, 200);
+    assert_eq!(get(&format!("{}/v1/blobs/{id}", node.url)).body, blob);
+    publish(&node, &unique_bytes(100_000, 6), 1);
+    let connections = metric(&node, "floe_http_connections");
+    assert!(connections <= 2.0, "{connections} connections still counted");
+}
+
+/// CPU time (user + system) of a process so far, in seconds, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name, which may hold spaces: fields 14 and 15 (utime, stime).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_second
+}
+
+/// The default node (n = 1000) holding blobs, restarted and left alone, does next to nothing:
+/// its scrubber is paced to one pass a week instead of re-reading everything every second.
+#[test]
+fn an_idle_default_node_uses_almost_no_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut node = start(&["--data-dir", data, "--cores", "1"], &[]);
+    let mut stored = Vec::new();
+    for (i, size) in [65_536usize, 300_000, 700_000, 1_048_576].iter().enumerate() {
+        let blob = unique_bytes(*size, 40 + i as u64);
+        stored.push((publish(&node, &blob, 5), blob));
+    }
+    node.stop();
+    let node = start(&["--data-dir", data, "--cores", "1"], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = node.child.id();
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.5,
+        "an idle node used {used:.2} s of CPU in 10 s (5% of a core is 0.5 s)"
+    );
+    for (id, blob) in &stored {
+        assert_eq!(&get(&format!("{}/v1/blobs/{id}", node.url)).body, blob);
+    }
+}
+
+/// A blob that can never fit in the node's memory budget is refused at once with 413 naming
+/// the limit, and /v1/health states that limit.
+#[test]
+fn a_blob_that_can_never_fit_is_refused_with_413_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["--data-dir", dir.path().to_str().unwrap()], &[]);
+    let limit = get(&format!("{}/v1/health", node.url)).json()["blobBytesMax"]
+        .as_u64()
+        .unwrap();
+    // At n = 1000 a blob is encoded to about 4.5x: with the default 1 GiB per core, about
+    // 190 MB fit, not the 256 MiB body limit.
+    assert!(limit > 150_000_000 && limit < 250_000_000, "{limit}");
+    let mut stream = TcpStream::connect(node.address()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "PUT /v1/blobs?epochs=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 250000000\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(read) = stream.read(&mut buf) {
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..read]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}}") {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("bodyTooLarge"), "{answer}");
+    assert!(answer.contains(&limit.to_string()), "{answer}");
+}
+
+/// A blob's lifetime extended through its metadata alone (as sync does): its slivers stay past
+/// their own end epoch, also after a restart, and go once the extended lifetime ends.
+#[test]
+fn slivers_live_as_long_as_their_blob_s_extended_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "epoch_seconds = 2\nreclaim_interval_seconds = 1\n").unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap().to_string().leak(),
+        "--shards",
+        "10",
+        "--cores",
+        "2",
+    ];
+    let mut node = start(&args, &[]);
+    let blob = unique_bytes(150_000, 9);
+    let id = publish(&node, &blob, 1);
+    let blob_url = format!("{}/v1/blobs/{id}", node.url);
+    let metadata = get(&format!("{blob_url}/metadata")).body;
+    let extended = put(&format!("{blob_url}/metadata?epochs=6"), &metadata).json();
+    let end = extended["endEpoch"].as_u64().unwrap();
+    let epoch = || get(&format!("{}/v1/health", node.url)).json()["epoch"].as_u64().unwrap();
+    let first_end = end - 5;
+    while epoch() <= first_end + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Past the slivers' own end epoch, and a sweep later.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(&blob_url).body, blob, "read past the slivers' own end epoch");
+    node.stop();
+    let node = start(&args, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let blob_url = format!("{}/v1/blobs/{id}", node.url);
+    assert_eq!(get(&blob_url).body, blob, "read after a restart");
+    let epoch = || get(&format!("{}/v1/health", node.url)).json()["epoch"].as_u64().unwrap();
+    while epoch() <= end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    get(&blob_url).assert_error(404, "blobNotFound");
+    let status = get(&format!("{blob_url}/status")).json();
+    assert_eq!(status["primaryPairs"].as_array().unwrap().len(), 0, "{status}");
 }

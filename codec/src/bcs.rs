@@ -284,6 +284,31 @@ fn tag_kind(tag: u8) -> Result<SliverKind, BcsError> {
     }
 }
 
+/// The most bytes [`encode_metadata`] writes for a committee of `n_shards`: version, encoding
+/// type, length, ULEB(n) and `n` pairs of tagged 32-byte hashes. What a node accepts as a
+/// metadata body and what a client reads of a peer's metadata answer.
+pub fn metadata_bcs_bytes_max(n_shards: usize) -> usize {
+    2 + 8 + 10 + n_shards * 66
+}
+
+/// The most bytes [`encode_sliver`] writes for a sliver of `symbols` symbols of
+/// `symbol_bytes` each: the symbols' ULEB length, the data, symbol size and index.
+pub fn sliver_bcs_bytes_max(symbols: usize, symbol_bytes: usize) -> usize {
+    10 + symbols * symbol_bytes + 4
+}
+
+/// The most bytes [`encode_sliver_batch`] writes for `slivers` slivers whose BCS bodies are
+/// at most `sliver_bcs_bytes` each.
+pub fn sliver_batch_bytes_max(slivers: usize, sliver_bcs_bytes: usize) -> usize {
+    10 + slivers * (3 + 10 + sliver_bcs_bytes)
+}
+
+/// The most bytes one symbol of `symbol_bytes` takes in [`encode_recovery_symbols`]: kind and
+/// indices, the symbol, and a Merkle proof for the largest committee.
+pub fn recovery_symbol_bytes_max(symbol_bytes: usize) -> usize {
+    5 + 10 + symbol_bytes + 10 + PROOF_SIBLINGS_MAX as usize * 32
+}
+
 /// Encodes a batch of BCS sliver bodies: ULEB(count), then per sliver: u16 pair || u8 kind
 /// (0 primary, 1 secondary) || ULEB(len) || the sliver's BCS body.
 pub fn encode_sliver_batch<'a>(
@@ -415,6 +440,38 @@ pub fn decode_recovery_symbols(body: &[u8]) -> Result<Vec<RecoverySymbol>, BcsEr
 mod tests {
     use super::*;
     use crate::encode;
+
+    #[test]
+    fn size_bounds_hold_for_what_is_encoded() {
+        for n in [4u16, 10, 100, 1000] {
+            let config = EncodingConfig::new(n).unwrap();
+            let encoded = encode(&config, &[3u8; 70_000]).unwrap();
+            let layout = *encoded.layout();
+            let n = usize::from(n);
+            assert!(encode_metadata(encoded.metadata()).len() <= metadata_bcs_bytes_max(n));
+            let mut bodies = Vec::new();
+            for (kind, index) in [(SliverKind::Primary, 0), (SliverKind::Secondary, n - 1)] {
+                let body = encoded.sliver_bcs(kind, index);
+                let bound = sliver_bcs_bytes_max(kind.n_symbols(&layout), layout.symbol_bytes);
+                assert!(body.len() <= bound, "{kind} at n = {n}");
+                bodies.push((0u16, kind, body));
+            }
+            let biggest = bodies.iter().map(|b| b.2.len()).max().unwrap();
+            let batch = encode_sliver_batch(bodies.iter().map(|(p, k, b)| (*p, *k, &b[..])));
+            assert!(batch.len() <= sliver_batch_bytes_max(2, biggest));
+            let expanded = crate::ExpandedSliver::new(
+                encoded.metadata(),
+                &layout,
+                SliverKind::Primary,
+                0,
+                encoded.primary_sliver(0),
+            )
+            .unwrap();
+            let symbol = expanded.recovery_symbol(n - 1);
+            let one = encode_recovery_symbols(&[symbol]);
+            assert!(one.len() <= 10 + recovery_symbol_bytes_max(layout.symbol_bytes));
+        }
+    }
 
     #[test]
     fn recovery_symbols_round_trip_and_reject_bad_bodies() {

@@ -42,8 +42,9 @@ mod util;
 
 pub use bcs::{
     decode_metadata, decode_recovery_symbols, decode_sliver, decode_sliver_batch, encode_metadata,
-    encode_recovery_symbols, encode_sliver, encode_sliver_batch, sliver_header, uleb128_len,
-    BatchEntry, SliverHeader, METADATA_VERSION_V1,
+    encode_recovery_symbols, encode_sliver, encode_sliver_batch, metadata_bcs_bytes_max,
+    recovery_symbol_bytes_max, sliver_batch_bytes_max, sliver_bcs_bytes_max, sliver_header,
+    uleb128_len, BatchEntry, SliverHeader, METADATA_VERSION_V1,
 };
 pub use config::{
     BlobLayout, EncodingConfig, N_SHARDS_DEFAULT, N_SHARDS_MAX, N_SHARDS_MIN, SYMBOL_BYTES_MAX,

@@ -8,8 +8,12 @@
 //! ([`crate::blob_cache::BlobCache`]), so a hot blob costs no network, decoding or hashing;
 //! blobs are immutable, so the cache is never stale.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use bytes::{Bytes, BytesMut};
 use floe_codec::{
@@ -18,14 +22,18 @@ use floe_codec::{
 };
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
 use crate::blob_cache::{fill_or_wait, Fill};
 use crate::budget::reserve;
+use crate::config::Member;
 use crate::http::body::{octets, Body};
 use crate::http::error::ApiError;
-use crate::peer_client::{checked_metadata, peer_fault, peer_request};
+use crate::peer_client::{checked_metadata, peer_fault, peer_request, Patience, PeerRequest};
 use crate::state::{CachedMetadata, CoreState};
+
+/// The header that tells a reader until which epoch this node keeps the blob.
+pub const END_EPOCH_HEADER: &str = "x-floe-end-epoch";
 
 /// `Cache-Control` of blob reads. Why: a blob ID names its bytes forever.
 const CACHE_CONTROL_IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -48,31 +56,34 @@ async fn find_metadata(
     let n = state.n();
     let path = format!("/v1/blobs/{blob_id}/metadata");
     let mut silent = Vec::new();
-    let limit = 16 + n * 66;
-    for member in &state.shared.committee.members {
-        if member.name == state.shared.me.name {
-            continue;
-        }
-        let answer = match state
-            .peers
-            .request(&member.address, Method::GET, &path, None, limit)
-            .await
-        {
-            Ok(answer) => answer,
+    let limit = floe_codec::metadata_bcs_bytes_max(n);
+    // Every peer at once; the first metadata that verifies wins (the rest are dropped).
+    let me = &state.shared.me.name;
+    let mut asks: FuturesUnordered<_> = state
+        .shared
+        .committee
+        .members
+        .iter()
+        .filter(|member| &member.name != me)
+        .map(|member| {
+            let path = &path;
+            async move {
+                let asked = PeerRequest::get(path, limit, Patience::Lookup);
+                let answer = peer_request(state, member, asked).await;
+                (member, answer.and_then(|a| a.ok_body(member)))
+            }
+        })
+        .collect();
+    while let Some((member, answer)) = asks.next().await {
+        let body = match answer {
+            Ok(body) => body,
+            Err(err) if err.is_not_found() => continue,
             Err(err) => {
-                peer_fault(state, &member.name, "unreachable");
                 silent.push(format!("{} ({err})", member.name));
                 continue;
             }
         };
-        if answer.status != StatusCode::OK {
-            if answer.status != StatusCode::NOT_FOUND {
-                silent.push(format!("{} ({})", member.name, answer.status));
-            }
-            continue;
-        }
-        let checked = checked_metadata(&answer.body, blob_id, n);
-        match checked {
+        match checked_metadata(&body, blob_id, n) {
             Ok((metadata, layout)) => {
                 return Ok(Rc::new(CachedMetadata {
                     metadata,
@@ -188,11 +199,16 @@ pub async fn read(
         return Ok(with_headers(response));
     }
     let epoch = state.shared.committee.current_epoch();
-    state.forget_deleted();
+    state.forget_changed();
     let cached = state.blob_cache.borrow_mut().get(&blob_id, epoch);
     let known = match &cached {
         Some(_) => None,
         None => Some(find_metadata(state, &blob_id).await?),
+    };
+    // This node's end epoch of the blob (0: known from a peer only).
+    let end_epoch = match &known {
+        Some(known) => known.end_epoch,
+        None => state.blob_cache.borrow().end_epoch(&blob_id).unwrap_or(0),
     };
     let size = match (&cached, &known) {
         (Some(blob), _) => blob.len() as u64,
@@ -251,6 +267,9 @@ pub async fn read(
     let mut response = with_headers(octets(body));
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if end_epoch > 0 {
+        h.insert(END_EPOCH_HEADER, HeaderValue::from(end_epoch));
+    }
     if let Some((start, end)) = range {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         response.headers_mut().insert(
@@ -265,7 +284,7 @@ pub async fn read(
 type Rows = HashMap<usize, Bytes>;
 
 /// Reads blob bytes `[start, end)`: the systematic rows that cover them, or, if any of those
-/// cannot be had, a decode from any `k_p` primary slivers.
+/// cannot be had (or come too slowly), a decode from any `k_p` primary slivers.
 async fn read_range(
     state: &Rc<CoreState>,
     blob_id: &BlobId,
@@ -277,9 +296,7 @@ async fn read_range(
     let spans = byte_range_rows(layout, start, end)
         .map_err(|e| ApiError::bad_request("invalidRange", e.to_string()))?;
     let wanted: Vec<usize> = spans.iter().map(|s| s.row_index).collect();
-    let mut rows = Rows::new();
-    let mut failures = Vec::new();
-    fetch_rows(state, blob_id, known, &wanted, &mut rows, &mut failures).await?;
+    let (rows, failures) = gather_rows(state, blob_id, known, &wanted).await?;
     if wanted.iter().all(|r| rows.contains_key(r)) {
         if let [span] = spans.as_slice() {
             // One row: a view of it (for this node's own slivers, of the mapped file).
@@ -292,12 +309,7 @@ async fn read_range(
         return Ok(out.freeze());
     }
     // Some systematic row is missing: any k_p primary slivers decode the blob.
-    let n = layout.config.n_shards();
     let k_p = layout.config.n_primary_source();
-    let others: Vec<usize> = (0..n)
-        .filter(|i| !rows.contains_key(i) && !wanted.contains(i))
-        .collect();
-    fetch_rows(state, blob_id, known, &others, &mut rows, &mut failures).await?;
     if rows.len() < k_p {
         return Err(ApiError::unavailable(
             "notEnoughSlivers",
@@ -309,7 +321,7 @@ async fn read_range(
             ),
         ));
     }
-    tracing::info!(blob = %blob_id, "systematic slivers missing; decoding from {} primary slivers", rows.len());
+    tracing::info!(blob = %blob_id, "systematic slivers missing or slow; decoding from {} primary slivers", rows.len());
     let slivers: Vec<(usize, &[u8])> = rows.iter().map(|(i, b)| (*i, b.as_ref())).collect();
     let blob = decode_primary_verified(&known.metadata, &slivers).map_err(|e| {
         ApiError::new(
@@ -321,102 +333,213 @@ async fn read_range(
     Ok(Bytes::from(blob).slice(start as usize..end as usize))
 }
 
-/// Adds the primary slivers `indices` to `rows`: this node's own first, then one batch
-/// request per peer holding some, all peers at once. Failures are described in `failures`.
-async fn fetch_rows(
+/// The least time a read waits for the peers holding its systematic rows before it also asks
+/// the others (hedging). Why: a healthy peer on a LAN answers a small batch in well under a
+/// millisecond; a hung one never does, and a client should not wait a peer deadline for it.
+const HEDGE_AFTER_MIN: Duration = Duration::from_millis(150);
+
+/// The transfer rate below which a batch counts as slow for hedging: the wait grows with the
+/// bytes asked for, so that a large read from healthy peers is not fetched twice.
+const HEDGE_BYTES_PER_SECOND: f64 = 100e6;
+
+/// Verified primary slivers of a blob: every one of `wanted`, or, when some of those are
+/// missing or their peers are slow (no answer after the hedge delay), enough others to decode
+/// from (`k_p` in all). This node's own slivers are read first; peers are asked with one batch
+/// request each, all at once; requests still under way when enough is in are dropped.
+/// Failures are described in the second value.
+async fn gather_rows(
     state: &Rc<CoreState>,
     blob_id: &BlobId,
     known: &CachedMetadata,
+    wanted: &[usize],
+) -> Result<(Rows, Vec<String>), ApiError> {
+    let n = state.n();
+    let k_p = known.layout.config.n_primary_source();
+    let mut rows = Rows::new();
+    let mut failures = Vec::new();
+    let remote = local_rows(state, blob_id, wanted, &mut rows).await?;
+    let mut asked: HashSet<usize> = wanted.iter().copied().collect();
+    // Members with a request under way (the slow ones, when the hedge fires).
+    let mut waiting: HashSet<&str> = HashSet::new();
+    let mut fetches = FuturesUnordered::new();
+    for (member, pairs) in by_member(state, blob_id, &remote) {
+        waiting.insert(member.name.as_str());
+        fetches.push(fetch_from(state, blob_id, known, member, pairs));
+    }
+    let expected = remote.len() * known.layout.primary_sliver_bytes();
+    let hedge_after =
+        HEDGE_AFTER_MIN + Duration::from_secs_f64(expected as f64 / HEDGE_BYTES_PER_SECOND);
+    let mut hedge = Some(Box::pin(glommio::timer::sleep(hedge_after)));
+    loop {
+        if wanted.iter().all(|r| rows.contains_key(r)) {
+            break;
+        }
+        if hedge.is_none() && rows.len() >= k_p {
+            break;
+        }
+        let widen = match (fetches.is_empty(), hedge.as_mut()) {
+            (true, None) => break,
+            // Every answer is in and some wanted row is missing: decode.
+            (true, Some(_)) => true,
+            (false, None) => {
+                let done = fetches.next().await.expect("not empty");
+                waiting.remove(done.0.name.as_str());
+                merge(state, blob_id, done, &mut rows, &mut failures);
+                false
+            }
+            (false, Some(timer)) => match select(fetches.next(), timer).await {
+                Either::Left((done, _)) => {
+                    let done = done.expect("not empty");
+                    waiting.remove(done.0.name.as_str());
+                    merge(state, blob_id, done, &mut rows, &mut failures);
+                    false
+                }
+                Either::Right(_) => {
+                    state.shared.metrics.hedged_reads.inc();
+                    true
+                }
+            },
+        };
+        if widen {
+            hedge = None;
+            // Every other primary sliver: this node's own, and those of the members not
+            // waited on (a slow member is not asked again).
+            let others: Vec<usize> = (0..n)
+                .filter(|i| !asked.contains(i) && !rows.contains_key(i))
+                .collect();
+            asked.extend(others.iter().copied());
+            let remote = local_rows(state, blob_id, &others, &mut rows).await?;
+            for (member, pairs) in by_member(state, blob_id, &remote) {
+                if waiting.insert(member.name.as_str()) {
+                    fetches.push(fetch_from(state, blob_id, known, member, pairs));
+                }
+            }
+        }
+    }
+    Ok((rows, failures))
+}
+
+/// Adds this node's own primary slivers among `indices` to `rows`; returns the indices other
+/// nodes hold.
+async fn local_rows(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
     indices: &[usize],
     rows: &mut Rows,
-    failures: &mut Vec<String>,
-) -> Result<(), ApiError> {
+) -> Result<Vec<usize>, ApiError> {
     let n = state.n();
-    let mut per_member: HashMap<&str, Vec<u16>> = HashMap::new();
+    let mut remote = Vec::new();
     for &index in indices {
         let shard = blob_id.shard_for_pair(index, n) as u16;
-        if state.shared.owned[usize::from(shard)] {
-            let Some(bytes) =
-                crate::state::load_sliver(state, blob_id, shard, SliverKind::Primary).await?
-            else {
-                continue;
-            };
-            if let Ok(header) = sliver_header(&bytes) {
-                rows.insert(index, bytes.slice(header.data));
-            }
+        if !state.shared.owned[usize::from(shard)] {
+            remote.push(index);
             continue;
         }
-        if let Some(member) = state
+        let Some(bytes) =
+            crate::state::load_sliver(state, blob_id, shard, SliverKind::Primary).await?
+        else {
+            continue;
+        };
+        if let Ok(header) = sliver_header(&bytes) {
+            rows.insert(index, bytes.slice(header.data));
+        }
+    }
+    Ok(remote)
+}
+
+/// `indices` grouped by the committee member holding each.
+fn by_member<'a>(
+    state: &'a CoreState,
+    blob_id: &BlobId,
+    indices: &[usize],
+) -> Vec<(&'a Member, Vec<u16>)> {
+    let n = state.n();
+    let mut grouped: Vec<(&Member, Vec<u16>)> = Vec::new();
+    for &index in indices {
+        let shard = blob_id.shard_for_pair(index, n) as u16;
+        let Some(member) = state
             .shared
             .committee
             .members
             .iter()
             .find(|m| m.shards.binary_search(&shard).is_ok())
-        {
-            per_member
-                .entry(&member.name)
-                .or_default()
-                .push(index as u16);
-        }
-    }
-    let sliver_bytes = known.layout.primary_sliver_bytes();
-    let fetches = per_member.into_iter().map(|(name, pairs)| async move {
-        let member = state
-            .shared
-            .committee
-            .member(name)
-            .expect("grouped by committee members");
-        let path = format!(
-            "/v1/blobs/{blob_id}/slivers?kind=primary&pairs={}",
-            crate::http::route::format_pair_list(&pairs)
-        );
-        let limit = 16 + pairs.len() * (sliver_bytes + 16);
-        let answer = peer_request(state, member, Method::GET, &path, None, limit).await;
-        (member, pairs, answer)
-    });
-    for (member, pairs, answer) in futures::future::join_all(fetches).await {
-        let answer = match answer {
-            Ok(answer) if answer.status == StatusCode::OK => answer,
-            Ok(answer) => {
-                failures.push(format!("{}: {}", member.name, answer.error_message()));
-                continue;
-            }
-            Err(message) => {
-                failures.push(format!("{}: {message}", member.name));
-                continue;
-            }
-        };
-        let Ok(entries) = decode_sliver_batch(&answer.body) else {
-            peer_fault(state, &member.name, "bad_sliver");
-            failures.push(format!("{}: a malformed sliver batch", member.name));
+        else {
             continue;
         };
-        let mut candidates = Vec::new();
-        for entry in entries {
-            let index = usize::from(entry.pair);
-            if entry.kind != SliverKind::Primary || !pairs.contains(&entry.pair) {
-                continue;
-            }
-            let body = answer.body.slice(entry.body);
-            candidates.push((index, body));
+        match grouped.iter_mut().find(|(m, _)| m.name == member.name) {
+            Some((_, pairs)) => pairs.push(index as u16),
+            None => grouped.push((member, vec![index as u16])),
         }
-        for (index, verified) in verify_primaries(state, known, candidates).await {
-            match verified {
-                Ok(data) => {
-                    rows.insert(index, data);
-                }
-                Err(()) => {
-                    peer_fault(state, &member.name, "bad_sliver");
-                    tracing::warn!(peer = %member.name, blob = %blob_id, sliver = index, "a peer sent a primary sliver that fails verification; skipped");
-                    failures.push(format!(
-                        "{}: sliver {index} failed verification",
-                        member.name
-                    ));
-                }
+    }
+    grouped
+}
+
+/// What one peer's batch gave: its member, and the verified slivers or why there are none.
+type Fetched<'a> = (&'a Member, Result<Vec<(usize, Result<Bytes, ()>)>, String>);
+
+/// Asks `member` for the primary slivers `pairs` in one batch and verifies each.
+async fn fetch_from<'a>(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    known: &CachedMetadata,
+    member: &'a Member,
+    pairs: Vec<u16>,
+) -> Fetched<'a> {
+    let path = format!(
+        "/v1/blobs/{blob_id}/slivers?kind=primary&pairs={}",
+        crate::http::route::format_pair_list(&pairs)
+    );
+    let layout = &known.layout;
+    let sliver_bytes =
+        floe_codec::sliver_bcs_bytes_max(SliverKind::Primary.n_symbols(layout), layout.symbol_bytes);
+    let limit = floe_codec::sliver_batch_bytes_max(pairs.len(), sliver_bytes);
+    let asked = PeerRequest::get(&path, limit, Patience::Transfer);
+    let body = match peer_request(state, member, asked).await {
+        Ok(answer) => match answer.ok_body(member) {
+            Ok(body) => body,
+            Err(err) => return (member, Err(err.to_string())),
+        },
+        Err(err) => return (member, Err(err.to_string())),
+    };
+    let Ok(entries) = decode_sliver_batch(&body) else {
+        peer_fault(state, &member.name, "bad_sliver");
+        return (member, Err("a malformed sliver batch".into()));
+    };
+    let candidates: Vec<(usize, Bytes)> = entries
+        .into_iter()
+        .filter(|e| e.kind == SliverKind::Primary && pairs.contains(&e.pair))
+        .map(|e| (usize::from(e.pair), body.slice(e.body)))
+        .collect();
+    (member, Ok(verify_primaries(state, known, candidates).await))
+}
+
+/// Adds what one peer's batch gave to `rows`; failures and lies are described and counted.
+fn merge(
+    state: &CoreState,
+    blob_id: &BlobId,
+    (member, fetched): Fetched<'_>,
+    rows: &mut Rows,
+    failures: &mut Vec<String>,
+) {
+    let verified = match fetched {
+        Ok(verified) => verified,
+        Err(message) => {
+            failures.push(format!("{}: {message}", member.name));
+            return;
+        }
+    };
+    for (index, verified) in verified {
+        match verified {
+            Ok(data) => {
+                rows.insert(index, data);
+            }
+            Err(()) => {
+                peer_fault(state, &member.name, "bad_sliver");
+                tracing::warn!(peer = %member.name, blob = %blob_id, sliver = index, "a peer sent a primary sliver that fails verification; skipped");
+                failures.push(format!("{}: sliver {index} failed verification", member.name));
             }
         }
     }
-    Ok(())
 }
 
 /// Peer slivers at least this many bytes in all are verified off the executor. Why: below it

@@ -67,6 +67,11 @@ impl BlobCache {
         Some(entry.blob.clone())
     }
 
+    /// The end epoch of a cached blob (without counting as a use).
+    pub(crate) fn end_epoch(&self, blob_id: &BlobId) -> Option<u32> {
+        self.entries.peek(&blob_id.0).map(|entry| entry.end_epoch)
+    }
+
     /// Whether a blob of `size` bytes would be kept: not if it is larger than a quarter of the
     /// cache (one huge blob would evict every hot small one).
     pub(crate) fn keeps(&self, size: u64) -> bool {

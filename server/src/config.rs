@@ -19,6 +19,12 @@ pub const DATA_DIR_DEFAULT: &str = "./floe-data";
 /// Default epoch length: one day.
 pub const EPOCH_SECONDS_DEFAULT: u64 = 24 * 3600;
 /// Environment variable that overrides `write_token`.
+/// One scrub pass a week. Why: Ceph deep-scrubs every placement group weekly
+/// (`osd_deep_scrub_interval`), HDFS's block scanner re-reads every block every three weeks,
+/// ZFS pools are commonly scrubbed weekly to monthly; a week finds silent corruption while a
+/// second copy is still likely intact, at a cost of about one read of the data per week.
+pub const SCRUB_INTERVAL_SECONDS_DEFAULT: u64 = 7 * 24 * 3600;
+
 pub const WRITE_TOKEN_ENV: &str = "FLOE_WRITE_TOKEN";
 
 #[derive(Debug, Error)]
@@ -64,6 +70,14 @@ impl Default for Limits {
     }
 }
 
+/// The deadlines of the peer client (`peer_*` keys of `node.toml`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PeerDeadlines {
+    pub connect: std::time::Duration,
+    pub lookup: std::time::Duration,
+    pub transfer: std::time::Duration,
+}
+
 /// `node.toml`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -93,6 +107,10 @@ pub struct NodeConfig {
     /// Bytes the background scrubber re-reads (direct I/O, checksums) per second per core and
     /// data directory; 0 turns it off.
     pub scrub_bytes_per_second: u64,
+    /// Every live record is re-read from the disk and checked once per this period, at the
+    /// rate that needs (at most `scrub_bytes_per_second`). Default 7 days, like Ceph's deep
+    /// scrub (see docs/node.md).
+    pub scrub_interval_seconds: u64,
     /// How often expired blobs are dropped and their space reclaimed.
     pub reclaim_interval_seconds: u64,
     /// What `floe tune` measured (`io-properties.toml`); default: that file in the working
@@ -111,8 +129,14 @@ pub struct NodeConfig {
     pub sync_interval_seconds: u64,
     /// Slivers rebuilt at once by the healer.
     pub heal_concurrency: usize,
-    /// Longest wait for a peer's answer (connection included).
+    /// Longest wait for a peer to take a batch of slivers or recovery symbols, or send one
+    /// (connection included).
     pub peer_timeout_seconds: u64,
+    /// Longest wait for a peer's answer to a small question (metadata, status, a listing page,
+    /// a delete), connection included. Why short: a hung peer must not hold up a client.
+    pub peer_lookup_timeout_ms: u64,
+    /// Longest wait for a connection to a peer to open.
+    pub peer_connect_timeout_ms: u64,
     pub limits: Limits,
 }
 
@@ -131,13 +155,16 @@ impl Default for NodeConfig {
             shutdown_grace_seconds: 10,
             epoch_seconds: EPOCH_SECONDS_DEFAULT,
             scrub_bytes_per_second: 32 << 20,
+            scrub_interval_seconds: SCRUB_INTERVAL_SECONDS_DEFAULT,
             reclaim_interval_seconds: 60,
             io_properties: None,
             cache_bytes_per_core: 256 << 20,
             cache_dir: None,
             sync_interval_seconds: 30,
             heal_concurrency: 4,
-            peer_timeout_seconds: 60,
+            peer_timeout_seconds: 10,
+            peer_lookup_timeout_ms: 2000,
+            peer_connect_timeout_ms: 1000,
             limits: Limits::default(),
         }
     }
@@ -334,6 +361,16 @@ impl NodeConfig {
     }
 
     /// Executor threads to run.
+    /// The peer client's deadlines.
+    pub fn peer_deadlines(&self) -> PeerDeadlines {
+        use std::time::Duration;
+        PeerDeadlines {
+            connect: Duration::from_millis(self.peer_connect_timeout_ms),
+            lookup: Duration::from_millis(self.peer_lookup_timeout_ms),
+            transfer: Duration::from_secs(self.peer_timeout_seconds),
+        }
+    }
+
     pub fn core_count(&self) -> usize {
         if self.cores > 0 {
             self.cores
@@ -399,8 +436,15 @@ impl NodeConfig {
         if self.reclaim_interval_seconds == 0 {
             return invalid("reclaim_interval_seconds must be at least 1");
         }
-        if self.peer_timeout_seconds == 0 || self.heal_concurrency == 0 {
-            return invalid("peer_timeout_seconds and heal_concurrency must be at least 1");
+        if self.peer_timeout_seconds == 0
+            || self.peer_lookup_timeout_ms == 0
+            || self.peer_connect_timeout_ms == 0
+            || self.heal_concurrency == 0
+        {
+            return invalid(
+                "peer_timeout_seconds, peer_lookup_timeout_ms, peer_connect_timeout_ms and \
+                 heal_concurrency must be at least 1",
+            );
         }
         if l.idle_timeout_seconds == 0 {
             return invalid("limits.idle_timeout_seconds must be at least 1");

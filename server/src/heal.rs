@@ -22,14 +22,14 @@ use floe_codec::{
 use floe_storage::format::RecordKind;
 use floe_storage::store::Key;
 use futures::StreamExt;
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 
 use crate::config::Member;
 use crate::http::error::ApiError;
 use crate::metrics::ResultLabel;
 use crate::node_api::local_recovery_symbols;
 use crate::owner::{BlobState, Op, Record};
-use crate::peer_client::{peer_fault, peer_request};
+use crate::peer_client::{peer_fault, peer_request, Patience, PeerRequest};
 use crate::state::{sliver_index, CoreState};
 
 /// Blobs listed per page of this node's own list.
@@ -167,9 +167,10 @@ async fn ask_for_symbols(
         asked.want
     );
     let limit =
-        asked.slots.len() * asked.want * crate::node_api::recovery_symbol_bytes_max(&known.layout)
+        asked.slots.len() * asked.want * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes)
             + 16;
-    let Ok(answer) = peer_request(state, member, Method::GET, &path, None, limit).await else {
+    let request = PeerRequest::get(&path, limit, Patience::Transfer);
+    let Ok(answer) = peer_request(state, member, request).await else {
         return;
     };
     state
@@ -262,7 +263,7 @@ async fn rebuild(
             continue;
         }
         // Requests of at most HEAL_REQUEST_BYTES_MAX of answer each.
-        let per_target = want * crate::node_api::recovery_symbol_bytes_max(&known.layout);
+        let per_target = want * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes);
         let per_request = (HEAL_REQUEST_BYTES_MAX / per_target).max(1);
         for chunk in short.chunks(per_request) {
             let asked = Asked {

@@ -6,6 +6,7 @@
 //!
 //! - [`config`], [`metrics`], [`io_plan`]: `node.toml` and the committee file, Prometheus
 //!   metrics, how hard each disk is pushed.
+//! - [`scrub`]: the scrubber's pace (one pass per `scrub_interval_seconds`).
 //! - [`owner`]: which core owns which shard, and the owner task that serves its storage.
 //! - [`http`]: HTTP plumbing: errors, bodies and responses, routing (pure; fuzzed), the hyper
 //!   adapter with the `sendfile` path.
@@ -36,6 +37,7 @@ pub mod operator;
 pub mod owner;
 pub mod peer_client;
 pub mod publisher;
+pub mod scrub;
 pub mod serve;
 pub mod state;
 pub mod sync;

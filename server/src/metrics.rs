@@ -86,8 +86,15 @@ pub struct Metrics {
     pub peer_faults: Family<PeerFault, Counter>,
     /// Blobs whose metadata sync fetched from a peer.
     pub sync_blobs_learned: Counter,
+    /// Known blobs whose later end epoch or permanence was learned from a peer.
+    pub sync_blobs_updated: Counter,
     /// Blobs deleted on this node (by a user, a peer or sync).
     pub blobs_deleted: Counter,
+    /// Stores to peers still under way after the publisher answered (it answers at the write
+    /// quorum, see `publisher`).
+    pub publish_background: Gauge,
+    /// Aggregator reads that asked more peers because the first were slow.
+    pub hedged_reads: Counter,
     /// Whole-blob reads answered from the blob cache.
     pub blob_cache_hits: Counter,
     /// Whole blobs gathered and verified into the blob cache.
@@ -127,7 +134,10 @@ impl Metrics {
             records_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             peer_faults: Family::default(),
             sync_blobs_learned: Counter::default(),
+            sync_blobs_updated: Counter::default(),
             blobs_deleted: Counter::default(),
+            publish_background: Gauge::default(),
+            hedged_reads: Counter::default(),
             blob_cache_hits: Counter::default(),
             blob_cache_fills: Counter::default(),
             sync_blobs_known: Gauge::default(),
@@ -172,6 +182,11 @@ impl Metrics {
             metrics.sync_blobs_learned.clone(),
         );
         r.register(
+            "sync_blobs_updated",
+            "Known blobs whose later end epoch or permanence sync learned from a peer",
+            metrics.sync_blobs_updated.clone(),
+        );
+        r.register(
             "blob_cache_hits",
             "Blob reads answered from the blob cache",
             metrics.blob_cache_hits.clone(),
@@ -185,6 +200,16 @@ impl Metrics {
             "blobs_deleted",
             "Blobs deleted on this node (by a user, a peer, or learned by sync)",
             metrics.blobs_deleted.clone(),
+        );
+        r.register(
+            "publish_background_stores",
+            "Stores to peers still under way after the publisher answered at the write quorum",
+            metrics.publish_background.clone(),
+        );
+        r.register(
+            "hedged_reads",
+            "Reads that asked more peers because the first ones were slow",
+            metrics.hedged_reads.clone(),
         );
         r.register(
             "sync_blobs_known",

@@ -107,7 +107,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         registry,
         io,
         sync: Default::default(),
-        deletions: Default::default(),
+        changes: Default::default(),
     });
 
     let (events, events_rx) = std_mpsc::channel::<Event>();
@@ -353,11 +353,12 @@ async fn core_main(
     }
     let disks = match Disks::open(dirs, StoreOptions::default()).await {
         Ok((mut disks, reports)) => {
-            // Before anything is served: records of blobs past their end epoch stay out, also
-            // those a dropped tombstone no longer shadows.
+            // Before anything is served: metadata of blobs past their end epoch stays out, also
+            // that a dropped tombstone no longer shadows; their slivers follow at the first
+            // expiry sweep (`owner::run_maintenance`), which asks the metadata's home core.
             let epoch = shared.committee.current_epoch();
             for store in disks.stores_mut() {
-                store.expire(epoch);
+                store.expire_metadata(epoch);
             }
             for (dir, report) in config.data_dirs.iter().zip(reports) {
                 info!(
@@ -390,20 +391,35 @@ async fn core_main(
         .map(|p| p.commit_bytes_max)
         .min()
         .unwrap_or(1 << 20);
+    let scrubbers = config
+        .data_dirs
+        .iter()
+        .zip(&shared.io)
+        .map(|(data_dir, plan)| {
+            crate::scrub::ScrubPacer::new(
+                plan.scrub_bytes_per_second,
+                Duration::from_secs(config.scrub_interval_seconds),
+                Some(core_dir(data_dir, core, cores).join("scrub-pass.json")),
+            )
+        })
+        .collect();
     let owner = glommio::spawn_local(run_owner(
         disks,
         queue,
         shared.metrics.clone(),
         labels,
         commit_bytes_max,
+        scrubbers,
     ));
     let committee = shared.committee.clone();
     let maintenance = glommio::spawn_local(run_maintenance(
         shared.owners.clone(),
         core,
-        shared.io.iter().map(|p| p.scrub_bytes_per_second).collect(),
-        u32::try_from(config.reclaim_interval_seconds).unwrap_or(u32::MAX),
+        u32::try_from(config.reclaim_interval_seconds)
+            .unwrap_or(u32::MAX)
+            .max(1),
         move || committee.current_epoch(),
+        shared.metrics.clone(),
     ));
     let listener = match listen(address) {
         Ok(listener) => listener,

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use floe_codec::{
     decode_metadata, decode_sliver, decode_sliver_batch, encode_recovery_symbols,
-    encode_sliver_batch, sliver_header, BlobId, BlobLayout, ExpandedSliver, RecoverySymbol,
+    encode_sliver_batch, sliver_header, BlobId, ExpandedSliver, RecoverySymbol,
     SliverKind, SYMBOL_BYTES_MAX,
 };
 use floe_storage::format::{RecordKind, FLAG_DELETABLE};
@@ -85,8 +85,7 @@ pub(crate) async fn put_metadata(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let n = state.n();
-    // Version, encoding, length, ULEB(n) and n tagged pairs.
-    let format_max = (2 + 8 + 5 + n * 66) as u64;
+    let format_max = floe_codec::metadata_bcs_bytes_max(n) as u64;
     let limit = format_max.min(state.shared.config.limits.body_bytes_max);
     let (body, _reservation) = read_body(state, request, limit).await?;
     let metadata = decode_metadata(&body)
@@ -166,8 +165,7 @@ pub(crate) async fn put_sliver(
     let n = state.n();
     let config = floe_codec::EncodingConfig::new(n as u16).expect("the committee's n is valid");
     let symbols = kind.n_symbols(&config.layout(0).expect("an empty blob has a layout"));
-    // ULEB length, the symbols at the largest symbol size, symbol size and index.
-    let format_max = (5 + symbols * SYMBOL_BYTES_MAX + 4) as u64;
+    let format_max = floe_codec::sliver_bcs_bytes_max(symbols, SYMBOL_BYTES_MAX) as u64;
     let limit = format_max.min(state.shared.config.limits.body_bytes_max);
     let (body, _reservation) = read_body(state, request, limit).await?;
     let Some(known) = state.metadata(&blob_id).await? else {
@@ -290,7 +288,7 @@ pub(crate) async fn recovery_symbols(
     let needed = target_kind.n_symbols(&known.layout);
     let per_target = limit.map_or(needed, |l| (l as usize).min(needed));
     let estimate =
-        (target_pairs.len() * per_target * recovery_symbol_bytes_max(&known.layout)) as u64;
+        (target_pairs.len() * per_target * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes)) as u64;
     if estimate > state.shared.config.limits.buffer_bytes_per_core {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -318,12 +316,6 @@ pub(crate) async fn recovery_symbols(
     let body = encode_recovery_symbols(&symbols);
     state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
     Ok(octets(Bytes::from(body)))
-}
-
-/// The most bytes one recovery symbol takes on the wire: the symbol, a Merkle proof for the
-/// largest committee (13 levels), and framing.
-pub(crate) fn recovery_symbol_bytes_max(layout: &BlobLayout) -> usize {
-    layout.symbol_bytes + 32 * 13 + 16
 }
 
 /// Symbols for rebuilding sliver `target_kind` of each of `target_pairs`: one from each

@@ -47,9 +47,7 @@ pub(crate) fn health(state: &CoreState) -> Response<Body> {
             "disks": disks,
             "io": shared.io,
             "sync": shared.sync.to_json(),
-            "blobBytesMax": floe_codec::EncodingConfig::new(shared.committee.n_shards)
-                .map_or(0, |c| c.blob_bytes_max())
-                .min(shared.config.limits.body_bytes_max),
+            "blobBytesMax": shared.blob_bytes_max(),
             "version": env!("CARGO_PKG_VERSION"),
         }),
     )

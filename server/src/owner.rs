@@ -22,6 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::metrics::{DirLabel, Metrics};
+use crate::scrub::ScrubPacer;
 
 /// One record to store (a sliver: metadata goes through [`Op::PutMetadata`]).
 pub struct Record {
@@ -43,8 +44,13 @@ pub struct Found {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetadataStored {
     /// Stored (or already stored so): the blob's end epoch and whether it is deletable, after
-    /// merging with what was stored before.
-    Stored { end_epoch: u32, deletable: bool },
+    /// merging with what was stored before; `changed` when an earlier record was replaced
+    /// (a later end epoch, or made permanent).
+    Stored {
+        end_epoch: u32,
+        deletable: bool,
+        changed: bool,
+    },
     /// Refused: a deletable store of a blob deleted until `end_epoch`.
     Deleted { end_epoch: u32 },
 }
@@ -172,13 +178,27 @@ pub enum Op {
         shards: Vec<u16>,
         reply: oneshot::Sender<Vec<([u8; 32], u16, RecordKind)>>,
     },
-    /// Background upkeep, sent by the core's maintenance timer every second: the scrubber may
-    /// check up to `scrub_bytes` per data directory in the coming second (in small steps while
-    /// the queue is empty); with `expire_epoch`, also drop expired records and reclaim segments.
-    Maintain {
-        /// Per data directory.
-        scrub_bytes: Vec<u64>,
-        expire_epoch: Option<u32>,
+    /// Background upkeep, sent by the core's maintenance timer every second: the scrubber's
+    /// pacing decides what it may check in the coming second (see [`ScrubPacer`]).
+    Maintain,
+    /// Drops metadata and tombstones that expired before `epoch`, and lists the blobs with
+    /// slivers on this core whose own end epoch passed: they expire only if their blob's
+    /// metadata did (a lifetime may have been extended since they were stored); see
+    /// [`run_maintenance`].
+    ExpireMetadata {
+        epoch: u32,
+        reply: oneshot::Sender<Vec<[u8; 32]>>,
+    },
+    /// The end epoch of each blob's metadata on this (its home) core, `None` where there is none.
+    EndEpochs {
+        blobs: Vec<[u8; 32]>,
+        reply: oneshot::Sender<Vec<Option<u32>>>,
+    },
+    /// Gives the slivers of `extend` their blob's later end epoch, drops those of `expire`, and
+    /// starts reclaiming.
+    SettleSlivers {
+        extend: Vec<([u8; 32], u32)>,
+        expire: Vec<[u8; 32]>,
     },
 }
 
@@ -262,6 +282,7 @@ pub async fn run_owner<D: Dir>(
     metrics: Arc<Metrics>,
     dir_labels: Vec<String>,
     commit_bytes_max: u64,
+    mut scrubbers: Vec<ScrubPacer>,
 ) {
     let mut seen = vec![DiskCounters::default(); dir_labels.len()];
     // Bytes each directory's scrubber may still check this second. Scrubbing and reclaiming
@@ -269,12 +290,15 @@ pub async fn run_owner<D: Dir>(
     // request for long.
     let mut scrub_budget = vec![0u64; dir_labels.len()];
     let mut last_step = Instant::now();
+    for (pacer, store) in scrubbers.iter_mut().zip(disks.stores_mut()) {
+        pacer.resume(store);
+    }
     loop {
         let background = scrub_budget.iter().any(|b| *b > 0)
             || disks.stores().iter().any(|s| s.reclaim_pending());
         // Under constant load the queue is never empty: still make some progress.
         if background && last_step.elapsed() >= BACKGROUND_BUSY_INTERVAL {
-            background_step(&mut disks, &mut scrub_budget, &dir_labels).await;
+            background_step(&mut disks, &mut scrub_budget, &mut scrubbers, &dir_labels).await;
             update_disk_metrics(&disks, &dir_labels, &mut seen, &metrics);
             last_step = Instant::now();
         }
@@ -283,7 +307,8 @@ pub async fn run_owner<D: Dir>(
                 Ok(op) => op,
                 Err(err) if err.is_closed() => break,
                 Err(_) => {
-                    background_step(&mut disks, &mut scrub_budget, &dir_labels).await;
+                    background_step(&mut disks, &mut scrub_budget, &mut scrubbers, &dir_labels)
+                        .await;
                     update_disk_metrics(&disks, &dir_labels, &mut seen, &metrics);
                     last_step = Instant::now();
                     futures_lite::future::yield_now().await;
@@ -357,15 +382,39 @@ pub async fn run_owner<D: Dir>(
                     };
                     let _ = reply.send(result);
                 }
-                Op::Maintain {
-                    scrub_bytes,
-                    expire_epoch,
-                } => {
-                    // A new second's allowance; what was not used does not pile up.
-                    scrub_budget = scrub_bytes;
-                    if let Some(epoch) = expire_epoch {
-                        expire_and_start_reclaim(&mut disks, epoch, &dir_labels);
+                Op::Maintain => {
+                    // A new second's allowance: what the pace makes due, at most the ceiling.
+                    let now = Instant::now();
+                    for ((budget, pacer), store) in scrub_budget
+                        .iter_mut()
+                        .zip(&mut scrubbers)
+                        .zip(disks.stores_mut())
+                    {
+                        *budget = pacer.due(store, now);
                     }
+                }
+                Op::ExpireMetadata { epoch, reply } => {
+                    let mut lapsed = Vec::new();
+                    for (store, dir) in disks.stores_mut().iter_mut().zip(&dir_labels) {
+                        let expired = store.expire_metadata(epoch);
+                        if expired > 0 {
+                            tracing::info!(dir, expired, "metadata and tombstones expired");
+                        }
+                        lapsed.extend(store.lapsed_slivers(epoch));
+                    }
+                    lapsed.sort_unstable();
+                    lapsed.dedup();
+                    let _ = reply.send(lapsed);
+                }
+                Op::EndEpochs { blobs, reply } => {
+                    let ends = blobs
+                        .iter()
+                        .map(|id| disks.stored(&Key::metadata(*id)).map(|(end, _)| end))
+                        .collect();
+                    let _ = reply.send(ends);
+                }
+                Op::SettleSlivers { extend, expire } => {
+                    settle_and_start_reclaim(&mut disks, &extend, &expire, &dir_labels);
                 }
                 Op::ListMetadata {
                     after,
@@ -499,10 +548,15 @@ const BACKGROUND_BUSY_INTERVAL: std::time::Duration = std::time::Duration::from_
 const RECLAIM_STEP_BYTES: u64 = 4 << 20;
 
 /// One background step: reclaiming first (space), then scrubbing.
-async fn background_step<D: Dir>(disks: &mut Disks<D>, budget: &mut [u64], dir_labels: &[String]) {
+async fn background_step<D: Dir>(
+    disks: &mut Disks<D>,
+    budget: &mut [u64],
+    scrubbers: &mut [ScrubPacer],
+    dir_labels: &[String],
+) {
     let reclaiming = disks.stores().iter().position(|s| s.reclaim_pending());
     let Some(index) = reclaiming else {
-        return scrub_step(disks, budget, dir_labels).await;
+        return scrub_step(disks, budget, scrubbers, dir_labels).await;
     };
     let dir = &dir_labels[index];
     let store = &mut disks.stores_mut()[index];
@@ -523,7 +577,12 @@ async fn background_step<D: Dir>(disks: &mut Disks<D>, budget: &mut [u64], dir_l
 /// One bounded step of the scrubber, on the first directory with budget left. What it finds
 /// corrupt leaves the index (to be healed) and is logged; failures are logged and retried
 /// next second.
-async fn scrub_step<D: Dir>(disks: &mut Disks<D>, budget: &mut [u64], dir_labels: &[String]) {
+async fn scrub_step<D: Dir>(
+    disks: &mut Disks<D>,
+    budget: &mut [u64],
+    scrubbers: &mut [ScrubPacer],
+    dir_labels: &[String],
+) {
     let Some(index) = budget.iter().position(|b| *b > 0) else {
         return;
     };
@@ -535,9 +594,9 @@ async fn scrub_step<D: Dir>(disks: &mut Disks<D>, budget: &mut [u64], dir_labels
                 tracing::warn!(dir, kind = ?key.kind, shard = key.shard, "scrubber found a corrupt record; it is treated as missing");
             }
             budget[index] = budget[index].saturating_sub(report.bytes_checked);
+            scrubbers[index].checked(store, report.bytes_checked, report.pass_complete);
             if report.pass_complete {
-                tracing::debug!(dir, "scrub pass complete");
-                // The next pass starts with the next second's budget.
+                tracing::info!(dir, "scrub pass complete");
                 budget[index] = 0;
             }
         }
@@ -548,13 +607,22 @@ async fn scrub_step<D: Dir>(disks: &mut Disks<D>, budget: &mut [u64], dir_labels
     }
 }
 
-/// Drops expired records in every data directory and starts a reclaiming pass over its sparse
-/// segments (done in steps while the owner is idle; see [`background_step`]).
-fn expire_and_start_reclaim<D: Dir>(disks: &mut Disks<D>, epoch: u32, dir_labels: &[String]) {
+/// Applies an expiry sweep's outcome ([`Op::SettleSlivers`]) in every data directory and
+/// starts a reclaiming pass over its sparse segments (done in steps while the owner is idle;
+/// see [`background_step`]).
+fn settle_and_start_reclaim<D: Dir>(
+    disks: &mut Disks<D>,
+    extend: &[([u8; 32], u32)],
+    expire: &[[u8; 32]],
+    dir_labels: &[String],
+) {
     for (store, dir) in disks.stores_mut().iter_mut().zip(dir_labels) {
-        let expired = store.expire(epoch);
+        for (blob_id, end_epoch) in extend {
+            store.extend_blob(blob_id, *end_epoch);
+        }
+        let expired: usize = expire.iter().map(|blob_id| store.expire_blob(blob_id)).sum();
         if expired > 0 {
-            tracing::info!(dir, expired, "records expired");
+            tracing::info!(dir, expired, "slivers expired");
         }
         if !store.reclaim_pending() {
             store.start_reclaim(RECLAIM_LIVE_FRACTION_MAX);
@@ -562,29 +630,70 @@ fn expire_and_start_reclaim<D: Dir>(disks: &mut Disks<D>, epoch: u32, dir_labels
     }
 }
 
-/// Sends [`Op::Maintain`] to this core's owner every second until the owner's queue closes:
-/// scrubbing `scrub_bytes_per_second` (per data directory), and expiring and reclaiming every
-/// `expire_every` ticks.
+/// The core's maintenance timer, until the owner's queue closes: [`Op::Maintain`] every
+/// second (the scrubber's pace), and every `expire_every` seconds (and once at start) an
+/// expiry sweep. The sweep lets slivers follow their blob's metadata: a sliver record carries
+/// the end epoch its blob had when it was stored, and a later extension rewrites only the
+/// metadata (on the blob's home core), so a sliver whose own end epoch passed is kept, with
+/// the later one, while its blob's metadata lives, and dropped once it does not.
 pub async fn run_maintenance(
     owners: Owners,
     core: usize,
-    scrub_bytes_per_second: Vec<u64>,
     expire_every: u32,
     epoch: impl Fn() -> u32,
+    metrics: Arc<Metrics>,
 ) {
     let mut sender = owners.senders[core].clone();
     let mut tick = 0u32;
     loop {
+        if tick.is_multiple_of(expire_every) && sweep(&owners, core, epoch(), &metrics).await.is_err() {
+            return;
+        }
         glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
         tick = tick.wrapping_add(1);
-        let op = Op::Maintain {
-            scrub_bytes: scrub_bytes_per_second.clone(),
-            expire_epoch: tick.is_multiple_of(expire_every).then(&epoch),
-        };
-        if futures::SinkExt::send(&mut sender, op).await.is_err() {
+        if futures::SinkExt::send(&mut sender, Op::Maintain).await.is_err() {
             return;
         }
     }
+}
+
+/// One expiry sweep of `core` (see [`run_maintenance`]).
+async fn sweep(
+    owners: &Owners,
+    core: usize,
+    epoch: u32,
+    metrics: &Metrics,
+) -> Result<(), StorageFailure> {
+    let lapsed = owners
+        .call(core, core, metrics, |reply| Op::ExpireMetadata { epoch, reply })
+        .await?;
+    let mut by_home: Vec<Vec<[u8; 32]>> = vec![Vec::new(); owners.cores()];
+    for blob_id in lapsed {
+        by_home[owners.home_of(&blob_id)].push(blob_id);
+    }
+    let (mut extend, mut expire) = (Vec::new(), Vec::new());
+    for (home, blobs) in by_home.into_iter().enumerate() {
+        if blobs.is_empty() {
+            continue;
+        }
+        let asked = blobs.clone();
+        let ends = owners
+            .call(core, home, metrics, |reply| Op::EndEpochs {
+                blobs: asked,
+                reply,
+            })
+            .await?;
+        for (blob_id, end) in blobs.into_iter().zip(ends) {
+            match end {
+                Some(end) if end >= epoch => extend.push((blob_id, end)),
+                _ => expire.push(blob_id),
+            }
+        }
+    }
+    let mut sender = owners.senders[core].clone();
+    futures::SinkExt::send(&mut sender, Op::SettleSlivers { extend, expire })
+        .await
+        .map_err(|_| StorageFailure::Other("the node is shutting down".into()))
 }
 
 /// [`Op::ListMetadata`]: stored blobs and deleted ones, merged in blob ID order.
@@ -661,6 +770,7 @@ async fn put_metadata<D: Dir>(
     Ok(MetadataStored::Stored {
         end_epoch,
         deletable,
+        changed: stored.is_some_and(|old| old != (end_epoch, flags)),
     })
 }
 

@@ -1,9 +1,19 @@
 //! Talking to the other nodes of the committee: an HTTP/1.1 client per core (hyper over a
 //! glommio socket, the same adapter the server uses), with idle connections kept per peer, a
-//! time limit on every request and a bound on every answer.
+//! deadline on every connect and every request, retries with back-off, and a bound on every
+//! answer.
+//!
+//! Deadlines are far below any client's timeout, so that a hung peer (one that accepts
+//! connections and never answers, the common way to be faulty) costs a request a bounded
+//! wait, never the client's patience: [`Patience::Lookup`] for small questions (metadata,
+//! status, listings), [`Patience::Transfer`] for sliver and symbol batches. A request that
+//! timed out is not retried (a hung peer will not answer the second time either).
 //!
 //! Nothing a peer says is trusted: callers verify metadata, slivers and recovery symbols
 //! against the blob ID before using them, and a peer that answers garbage is just a failed peer.
+//!
+//! Boundary: errors are [`PeerError`]s, never strings; every answer is read under a bound
+//! named next to the codec's sizes (`floe_codec::*_bytes_max`) or here.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,23 +29,64 @@ use thiserror::Error;
 
 use floe_codec::{decode_metadata, BlobId, BlobLayout, BlobMetadata};
 
-use crate::config::Member;
+use crate::config::{Member, PeerDeadlines};
 use crate::http::io::HyperStream;
 use crate::metrics::PeerFault;
 use crate::state::CoreState;
 
-/// Why a request to a peer got no answer.
+/// Why a request to a peer did not succeed.
 #[derive(Debug, Error)]
 pub enum PeerError {
     #[error("cannot connect to {address}: {message}")]
     Connect { address: String, message: String },
-    #[error("{address} did not answer within {seconds} s")]
-    Timeout { address: String, seconds: u64 },
+    #[error("{address} did not answer within {millis} ms")]
+    Timeout { address: String, millis: u64 },
     #[error("talking to {address}: {message}")]
     Http { address: String, message: String },
     #[error("{address} answered more than {limit} bytes")]
     TooLarge { address: String, limit: usize },
+    /// The peer answered, but not with success.
+    #[error("{address} answered {status}: {message}")]
+    Answered {
+        address: String,
+        status: StatusCode,
+        /// The floe error code of the answer, if it had one.
+        code: Option<String>,
+        message: String,
+    },
 }
+
+impl PeerError {
+    /// Whether the peer said it does not have the thing (404).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Answered { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+
+    /// The HTTP status the peer answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Answered { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes of a peer's JSON acknowledgement (a store or delete answer) read at most.
+pub const ACK_BYTES_MAX: usize = 64 << 10;
+
+/// Bytes of a peer's blob listing page or status answer read at most. Why: a page of 1000
+/// entries is about 100 KiB.
+pub const LISTING_BYTES_MAX: usize = 1 << 20;
+
+/// How long a kind of request may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patience {
+    /// A small question (metadata, status, a listing page, a delete): `peer_lookup_timeout_ms`.
+    Lookup,
+    /// A batch of slivers or recovery symbols: `peer_timeout_seconds`.
+    Transfer,
+}
+
 
 /// A peer's answer: its status and whole body.
 #[derive(Debug)]
@@ -52,6 +103,22 @@ impl Answer {
             .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
             .unwrap_or_else(|| format!("HTTP {}", self.status))
     }
+
+    /// The body of a 200 answer; any other answer is [`PeerError::Answered`].
+    pub fn ok_body(self, member: &Member) -> Result<Bytes, PeerError> {
+        if self.status == StatusCode::OK {
+            return Ok(self.body);
+        }
+        let code = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        Err(PeerError::Answered {
+            address: member.address.clone(),
+            status: self.status,
+            message: self.error_message(),
+            code,
+        })
+    }
 }
 
 /// Idle connections kept per peer and core. Why: enough for the publisher's and the healer's
@@ -62,16 +129,17 @@ const IDLE_PER_PEER: usize = 16;
 pub struct Peers {
     idle: RefCell<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
     token: Option<String>,
-    timeout: Duration,
+    deadlines: PeerDeadlines,
 }
 
 impl Peers {
-    /// `token` goes with writes (`PUT`, `DELETE`); `timeout` bounds each request, answer included.
-    pub fn new(token: Option<String>, timeout: Duration) -> Self {
+    /// `token` goes with writes (`PUT`, `DELETE`); `deadlines` bound connecting and each
+    /// request, answer included.
+    pub fn new(token: Option<String>, deadlines: PeerDeadlines) -> Self {
         Self {
             idle: RefCell::new(HashMap::new()),
             token,
-            timeout,
+            deadlines,
         }
     }
 
@@ -88,7 +156,7 @@ impl Peers {
             address: address.to_string(),
             message,
         };
-        let stream = TcpStream::connect_timeout(address, self.timeout)
+        let stream = TcpStream::connect_timeout(address, self.deadlines.connect)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let _ = stream.set_nodelay(true);
@@ -103,7 +171,8 @@ impl Peers {
         Ok(sender)
     }
 
-    /// Sends one request and reads the whole answer, at most `limit` bytes of body.
+    /// Sends one request and reads the whole answer, at most `limit` bytes of body, within the
+    /// deadline of its `patience`.
     pub async fn request(
         &self,
         address: &str,
@@ -111,7 +180,12 @@ impl Peers {
         path_and_query: &str,
         body: Option<Bytes>,
         limit: usize,
+        patience: Patience,
     ) -> Result<Answer, PeerError> {
+        let deadline = match patience {
+            Patience::Lookup => self.deadlines.lookup,
+            Patience::Transfer => self.deadlines.transfer,
+        };
         let http = |message: String| PeerError::Http {
             address: address.to_string(),
             message,
@@ -160,11 +234,11 @@ impl Peers {
             }
             Ok(Answer { status, body })
         };
-        match glommio::timer::timeout(self.timeout, async { Ok(exchange.await) }).await {
+        match glommio::timer::timeout(deadline, async { Ok(exchange.await) }).await {
             Ok(result) => result,
             Err(_) => Err(PeerError::Timeout {
                 address: address.to_string(),
-                seconds: self.timeout.as_secs(),
+                millis: deadline.as_millis() as u64,
             }),
         }
     }
@@ -187,42 +261,82 @@ pub(crate) fn peer_fault(state: &CoreState, peer: &str, kind: &'static str) {
         .inc();
 }
 
-/// Sends one request to a peer, retrying transport failures and 5xx answers (except 507, a
-/// full disk) with back-off. Any other answer is returned as it is.
+/// One request to a peer.
+pub(crate) struct PeerRequest<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub body: Option<Bytes>,
+    /// Most bytes of answer body read.
+    pub limit: usize,
+    pub patience: Patience,
+}
+
+impl<'a> PeerRequest<'a> {
+    /// A `GET` of at most `limit` bytes.
+    pub fn get(path: &'a str, limit: usize, patience: Patience) -> Self {
+        Self {
+            method: Method::GET,
+            path,
+            body: None,
+            limit,
+            patience,
+        }
+    }
+}
+
+/// Sends one request to a peer, retrying failures to connect or talk and 5xx answers (except
+/// 507, a full disk) with back-off; a timeout is not retried. Any other answer is returned as
+/// it is; a 5xx after the last attempt is [`PeerError::Answered`].
 pub(crate) async fn peer_request(
     state: &CoreState,
     member: &Member,
-    method: Method,
-    path: &str,
-    body: Option<Bytes>,
-    limit: usize,
-) -> Result<Answer, String> {
+    request: PeerRequest<'_>,
+) -> Result<Answer, PeerError> {
     let mut wait = BACKOFF_FIRST;
-    let mut last = String::new();
-    for attempt in 1..=ATTEMPTS {
-        match state
+    let mut attempt = 1;
+    loop {
+        let result = state
             .peers
-            .request(&member.address, method.clone(), path, body.clone(), limit)
-            .await
-        {
+            .request(
+                &member.address,
+                request.method.clone(),
+                request.path,
+                request.body.clone(),
+                request.limit,
+                request.patience,
+            )
+            .await;
+        let error = match result {
             Ok(answer)
                 if answer.status.is_server_error()
                     && answer.status != StatusCode::INSUFFICIENT_STORAGE =>
             {
-                last = format!("{} ({})", answer.status, answer.error_message());
+                answer
+                    .ok_body(member)
+                    .expect_err("a server error is not a success")
             }
             Ok(answer) => return Ok(answer),
             Err(err) => {
                 peer_fault(state, &member.name, "unreachable");
-                last = err.to_string();
+                err
             }
+        };
+        if attempt == ATTEMPTS || matches!(error, PeerError::Timeout { .. }) {
+            return Err(error);
         }
-        if attempt < ATTEMPTS {
-            glommio::timer::sleep(wait).await;
-            wait *= 2;
-        }
+        glommio::timer::sleep(wait).await;
+        wait *= 2;
+        attempt += 1;
     }
-    Err(last)
+}
+
+/// Why a peer's metadata was refused.
+#[derive(Debug, Error)]
+pub enum BadMetadata {
+    #[error("it does not decode: {0}")]
+    Decode(#[from] floe_codec::BcsError),
+    #[error("it does not hold for the blob ID: {0}")]
+    Verify(#[from] floe_codec::MetadataError),
 }
 
 /// Metadata from a peer, decoded and verified against the blob ID, with its layout.
@@ -230,9 +344,9 @@ pub(crate) fn checked_metadata(
     body: &[u8],
     blob_id: &BlobId,
     n: usize,
-) -> Result<(BlobMetadata, BlobLayout), String> {
-    let metadata = decode_metadata(body).map_err(|e| e.to_string())?;
-    metadata.verify(blob_id, n).map_err(|e| e.to_string())?;
-    let layout = metadata.layout().map_err(|e| e.to_string())?;
+) -> Result<(BlobMetadata, BlobLayout), BadMetadata> {
+    let metadata = decode_metadata(body)?;
+    metadata.verify(blob_id, n)?;
+    let layout = metadata.layout()?;
     Ok((metadata, layout))
 }

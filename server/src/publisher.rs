@@ -10,6 +10,8 @@
 
 use std::rc::Rc;
 
+use futures::stream::{FuturesUnordered, StreamExt};
+
 use bytes::Bytes;
 use floe_codec::{
     encode_metadata, encode_sliver_batch, BlobId, EncodedBlob, EncodingConfig, SliverKind,
@@ -20,12 +22,14 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::budget::{read_body, reserve};
+use crate::budget::{read_body, reserve, BufferReservation};
 use crate::config::Member;
 use crate::http::body::{json_response, Body};
 use crate::http::error::ApiError;
 use crate::owner::{Deleted, Record};
-use crate::peer_client::{peer_request, Answer};
+use crate::peer_client::{
+    peer_request, PeerError, PeerRequest, Patience, ACK_BYTES_MAX, LISTING_BYTES_MAX,
+};
 use crate::state::{
     blob_deleted, not_deletable, record_kind, sliver_index, store_per_core, CoreState,
 };
@@ -49,10 +53,22 @@ pub async fn publish(
 ) -> Result<Response<Body>, ApiError> {
     let n = state.n();
     let config = EncodingConfig::new(n as u16).expect("the committee's n is valid");
-    let limit = config
-        .blob_bytes_max()
-        .min(state.shared.config.limits.body_bytes_max);
-    let (body, _reservation) = read_body(state, request, limit).await?;
+    let limit = state.shared.blob_bytes_max();
+    let (body, _reservation) = read_body(state, request, limit).await.map_err(|err| {
+        if err.status != StatusCode::PAYLOAD_TOO_LARGE {
+            return err;
+        }
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            err.code,
+            format!(
+                "{}: the largest blob this node takes is {limit} bytes (the code's limit at \
+                 n = {n}, `limits.body_bytes_max`, and a blob with its encoding within \
+                 `limits.buffer_bytes_per_core`)",
+                err.message
+            ),
+        )
+    })?;
     let layout = config
         .layout(body.len() as u64)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bodyTooLarge", e.to_string()))?;
@@ -95,7 +111,7 @@ pub async fn publish(
             let known_deletable = known.flags & FLAG_DELETABLE != 0;
             // A permanent store of a deletable blob makes it permanent: stored again.
             if known.end_epoch >= end_epoch && (deletable || !known_deletable) {
-                let confirmed = stored_shards(state, &blob_id).await;
+                let confirmed = stored_shards(state, &blob_id, quorum).await;
                 if confirmed >= quorum {
                     return Ok(json_response(
                         StatusCode::OK,
@@ -117,29 +133,40 @@ pub async fn publish(
         None => {}
     }
     let encoded = Rc::new(encoded);
-    let me = &state.shared.me.name;
-    let stores = state.shared.committee.members.iter().map(|member| {
-        let encoded = encoded.clone();
-        async move {
-            // This node's answer says whether the blob stays deletable (merged with any
-            // earlier store of it).
-            let result = if &member.name == me {
-                store_here(state, &encoded, end_epoch, deletable)
-                    .await
-                    .map(Some)
-                    .map_err(|e| e.message)
-            } else {
-                store_on_peer(state, member, &encoded, epochs, deletable)
-                    .await
-                    .map(|()| None)
-            };
-            (member, result)
-        }
-    });
+    let me = state.shared.me.name.clone();
+    // Owned futures: the stores still under way when the answer goes out finish in the
+    // background (bounded by the peer client's deadlines and retries).
+    let mut stores: FuturesUnordered<_> = state
+        .shared
+        .committee
+        .members
+        .iter()
+        .map(|member| {
+            let (state, encoded, member) = (state.clone(), encoded.clone(), member.clone());
+            let here = member.name == me;
+            async move {
+                // This node's answer says whether the blob stays deletable (merged with any
+                // earlier store of it).
+                let result = if here {
+                    store_here(&state, &encoded, end_epoch, deletable)
+                        .await
+                        .map(Some)
+                        .map_err(|e| e.to_string())
+                } else {
+                    store_on_peer(&state, &member, &encoded, epochs, deletable)
+                        .await
+                        .map(|()| None)
+                        .map_err(|e| e.to_string())
+                };
+                (member, result)
+            }
+        })
+        .collect();
     let mut confirmed = 0;
     let mut failed = Vec::new();
     let mut stored_deletable = deletable;
-    for (member, result) in futures::future::join_all(stores).await {
+    let mut answered = Vec::new();
+    while let Some((member, result)) = stores.next().await {
         match result {
             Ok(here_deletable) => {
                 confirmed += member.shards.len();
@@ -150,6 +177,21 @@ pub async fn publish(
                 failed.push(format!("{} ({message})", member.name));
             }
         }
+        answered.push(member.name);
+        if confirmed >= quorum && answered.contains(&me) {
+            break;
+        }
+    }
+    let pending: Vec<&str> = state
+        .shared
+        .committee
+        .members
+        .iter()
+        .map(|m| m.name.as_str())
+        .filter(|name| !answered.iter().any(|a| a == name))
+        .collect();
+    if !stores.is_empty() {
+        finish_in_background(state, blob_id, stores, _encoded_reservation);
     }
     if confirmed < quorum {
         return Err(ApiError::unavailable(
@@ -165,7 +207,36 @@ pub async fn publish(
     if !failed.is_empty() {
         body["newlyCreated"]["failedNodes"] = json!(failed);
     }
+    if !pending.is_empty() {
+        body["newlyCreated"]["pendingNodes"] = json!(pending);
+    }
     Ok(json_response(StatusCode::OK, body))
+}
+
+/// Lets the stores still under way finish on this core's executor after the answer went out,
+/// holding the encoding's memory reservation until the last one ends. Bounded: each store ends
+/// within the peer client's deadlines and retries; what fails is logged, and healing brings
+/// those nodes their slivers. `floe_publish_background_stores` counts them.
+fn finish_in_background<F>(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    mut stores: FuturesUnordered<F>,
+    reservation: BufferReservation,
+) where
+    F: std::future::Future<Output = (Member, Result<Option<bool>, String>)> + 'static,
+{
+    let metrics = state.shared.metrics.clone();
+    metrics.publish_background.inc_by(stores.len() as i64);
+    glommio::spawn_local(async move {
+        let _reservation = reservation;
+        while let Some((member, result)) = stores.next().await {
+            metrics.publish_background.dec();
+            if let Err(message) = result {
+                tracing::warn!(blob = %blob_id, node = %member.name, %message, "a node did not store its slivers after the answer; sync will bring them");
+            }
+        }
+    })
+    .detach();
 }
 
 /// Stores this node's metadata and sliver pairs of an encoded blob (no verification: this
@@ -218,22 +289,24 @@ async fn store_on_peer(
     encoded: &EncodedBlob,
     epochs: u32,
     deletable: bool,
-) -> Result<(), String> {
+) -> Result<(), PeerError> {
     let n = state.n();
     let blob_id = *encoded.blob_id();
-    let expect_ok = |answer: Answer| {
-        if answer.status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(format!("{}: {}", answer.status, answer.error_message()))
-        }
-    };
     let metadata = Bytes::from(encode_metadata(encoded.metadata()));
     let path = match deletable {
         true => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}&deletable=true"),
         false => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}"),
     };
-    expect_ok(peer_request(state, member, Method::PUT, &path, Some(metadata), 1 << 16).await?)?;
+    let put = |path, body| PeerRequest {
+        method: Method::PUT,
+        path,
+        body: Some(body),
+        limit: ACK_BYTES_MAX,
+        patience: Patience::Transfer,
+    };
+    peer_request(state, member, put(&path, metadata))
+        .await?
+        .ok_body(member)?;
     let path = format!("/v1/blobs/{blob_id}/slivers");
     let mut batch: Vec<(u16, SliverKind, Vec<u8>)> = Vec::new();
     let mut batch_bytes = 0;
@@ -249,16 +322,9 @@ async fn store_on_peer(
             let body = encode_sliver_batch(batch.iter().map(|(p, k, b)| (*p, *k, b.as_slice())));
             batch.clear();
             batch_bytes = 0;
-            let answer = peer_request(
-                state,
-                member,
-                Method::PUT,
-                &path,
-                Some(Bytes::from(body)),
-                1 << 16,
-            )
-            .await?;
-            expect_ok(answer)?;
+            peer_request(state, member, put(&path, Bytes::from(body)))
+                .await?
+                .ok_body(member)?;
         }
     }
     Ok(())
@@ -266,10 +332,10 @@ async fn store_on_peer(
 
 /// Shards whose node holds both slivers of the blob, over the whole committee (nodes that do
 /// not answer count for nothing).
-async fn stored_shards(state: &Rc<CoreState>, blob_id: &BlobId) -> usize {
+async fn stored_shards(state: &Rc<CoreState>, blob_id: &BlobId, quorum: usize) -> usize {
     let n = state.n();
     let me = &state.shared.me.name;
-    let counts = state
+    let mut counts: FuturesUnordered<_> = state
         .shared
         .committee
         .members
@@ -281,11 +347,8 @@ async fn stored_shards(state: &Rc<CoreState>, blob_id: &BlobId) -> usize {
                 return has(RecordKind::Primary).min(has(RecordKind::Secondary));
             }
             let path = format!("/v1/blobs/{blob_id}/status");
-            let Ok(answer) = state
-                .peers
-                .request(&member.address, Method::GET, &path, None, 1 << 20)
-                .await
-            else {
+            let asked = PeerRequest::get(&path, LISTING_BYTES_MAX, Patience::Lookup);
+            let Ok(answer) = peer_request(state, member, asked).await else {
                 return 0;
             };
             let Ok(status) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
@@ -307,8 +370,17 @@ async fn stored_shards(state: &Rc<CoreState>, blob_id: &BlobId) -> usize {
                     member.shards.binary_search(&shard).is_ok()
                 })
                 .count()
-        });
-    futures::future::join_all(counts).await.into_iter().sum()
+        })
+        .collect();
+    // Enough is enough: a hung node is not waited for once the others make the quorum.
+    let mut total = 0;
+    while let Some(count) = counts.next().await {
+        total += count;
+        if total >= quorum {
+            break;
+        }
+    }
+    total
 }
 
 /// `DELETE /v1/blobs/{id}`: deletes a deletable blob on this node, then on every peer. A blob
@@ -336,8 +408,14 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
         .map(|member| {
             let path = &path;
             async move {
-                let answer = peer_request(state, member, Method::DELETE, path, None, 1 << 16).await;
-                (member, answer)
+                let asked = PeerRequest {
+                    method: Method::DELETE,
+                    path,
+                    body: None,
+                    limit: ACK_BYTES_MAX,
+                    patience: Patience::Lookup,
+                };
+                (member, peer_request(state, member, asked).await)
             }
         });
     let mut deleted = Vec::new();

@@ -40,32 +40,68 @@ pub struct Shared {
     pub io: Vec<crate::io_plan::DiskPlan>,
     /// Sync and healing progress, for `/v1/health`.
     pub sync: crate::sync::SyncStatus,
-    /// Blobs deleted while the node runs, for every core to drop from its caches.
-    pub deletions: DeletionLog,
+    /// Blobs deleted, extended or made permanent while the node runs, for every core to drop
+    /// from its caches.
+    pub changes: ChangeLog,
 }
 
-/// The blobs deleted on this node, newest last, so that each core drops them from its caches
-/// (a core checks one atomic per lookup; the lock is taken only when something was deleted).
+impl Shared {
+    /// The largest blob `PUT /v1/blobs` takes: the code's limit at the committee's n, the body
+    /// limit, and what fits this core's buffer budget with its encoding (the publisher holds
+    /// the body and every encoded sliver at once; `limits.buffer_bytes_per_core`).
+    pub fn blob_bytes_max(&self) -> u64 {
+        let Ok(config) = floe_codec::EncodingConfig::new(self.committee.n_shards) else {
+            return 0;
+        };
+        let budget = self.config.limits.buffer_bytes_per_core;
+        let fits = |bytes: u64| {
+            config
+                .layout(bytes)
+                .is_ok_and(|l| bytes.saturating_add(l.encoded_bytes_total()) <= budget)
+        };
+        let bound = config
+            .blob_bytes_max()
+            .min(self.config.limits.body_bytes_max);
+        if fits(bound) {
+            return bound;
+        }
+        // The encoding grows with the blob: the largest size that fits, by bisection.
+        let (mut fits_below, mut too_big) = (0u64, bound);
+        while too_big - fits_below > 1 {
+            let middle = fits_below + (too_big - fits_below) / 2;
+            if fits(middle) {
+                fits_below = middle;
+            } else {
+                too_big = middle;
+            }
+        }
+        fits_below
+    }
+}
+
+/// The blobs deleted or changed (a later end epoch, made permanent) on this node, newest
+/// last, so that each core drops them from its caches (a core checks one atomic per lookup;
+/// the lock is taken only when something changed).
 #[derive(Default)]
-pub struct DeletionLog {
+pub struct ChangeLog {
     total: AtomicU64,
     recent: Mutex<VecDeque<[u8; 32]>>,
 }
 
-/// Deletions the log keeps. Why: a core that fell further behind clears its caches instead.
-const DELETION_LOG_ENTRIES: usize = 4096;
+/// Changes the log keeps. Why: a core that fell further behind clears its caches instead.
+const CHANGE_LOG_ENTRIES: usize = 4096;
 
-impl DeletionLog {
+impl ChangeLog {
     fn push(&self, blob_id: [u8; 32]) {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent.push_back(blob_id);
-        if recent.len() > DELETION_LOG_ENTRIES {
+        if recent.len() > CHANGE_LOG_ENTRIES {
             recent.pop_front();
         }
         self.total.fetch_add(1, Ordering::Release);
     }
 
-    /// The number of deletions so far, and those after the first `seen` (`None` when the log
+    /// The number of changes so far, and those after the first `seen` (`None` when the log
     /// no longer has them all).
     fn since(&self, seen: u64) -> (u64, Option<Vec<[u8; 32]>>) {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -109,8 +145,8 @@ pub struct CoreState {
     pub peers: crate::peer_client::Peers,
     /// Verified blobs, for the aggregator.
     pub(crate) blob_cache: RefCell<crate::blob_cache::BlobCache>,
-    /// How many of [`Shared::deletions`] this core's caches have dropped.
-    deletions_seen: Cell<u64>,
+    /// How many of [`Shared::changes`] this core's caches have dropped.
+    changes_seen: Cell<u64>,
     /// Blobs being read into `blob_cache`, for other reads of them to wait on.
     pub(crate) filling: RefCell<HashMap<[u8; 32], Rc<event_listener::Event>>>,
 }
@@ -126,7 +162,7 @@ impl CoreState {
             scratch: RefCell::new(VerifyScratch::default()),
             peers: crate::peer_client::Peers::new(
                 shared.config.write_token.clone(),
-                std::time::Duration::from_secs(shared.config.peer_timeout_seconds),
+                shared.config.peer_deadlines(),
             ),
             blob_cache: RefCell::new(crate::blob_cache::BlobCache::new(
                 shared.config.cache_bytes_per_core,
@@ -136,7 +172,7 @@ impl CoreState {
                     .clone()
                     .or_else(|| shared.config.data_dirs.first().cloned()),
             )),
-            deletions_seen: Cell::new(0),
+            changes_seen: Cell::new(0),
             filling: RefCell::new(HashMap::new()),
             shared,
         }
@@ -158,13 +194,13 @@ impl CoreState {
             .map_err(storage_error)
     }
 
-    /// Drops blobs deleted since the last call from this core's caches.
-    pub(crate) fn forget_deleted(&self) {
-        let log = &self.shared.deletions;
-        if log.total.load(Ordering::Acquire) == self.deletions_seen.get() {
+    /// Drops blobs deleted or changed since the last call from this core's caches.
+    pub(crate) fn forget_changed(&self) {
+        let log = &self.shared.changes;
+        if log.total.load(Ordering::Acquire) == self.changes_seen.get() {
             return;
         }
-        let (total, deleted) = log.since(self.deletions_seen.get());
+        let (total, deleted) = log.since(self.changes_seen.get());
         let mut metadata = self.metadata_cache.borrow_mut();
         let mut blobs = self.blob_cache.borrow_mut();
         match deleted {
@@ -179,7 +215,7 @@ impl CoreState {
                 blobs.clear();
             }
         }
-        self.deletions_seen.set(total);
+        self.changes_seen.set(total);
     }
 
     /// The stored metadata record (BCS), end epoch and flags, from the blob's home core.
@@ -208,13 +244,24 @@ impl CoreState {
         &self,
         blob_id: &BlobId,
     ) -> Result<Option<Rc<CachedMetadata>>, ApiError> {
-        self.forget_deleted();
-        if let Some(hit) = self.metadata_cache.borrow().entries.get(&blob_id.0) {
-            return Ok(Some(hit.clone()));
+        self.forget_changed();
+        let epoch = self.shared.committee.current_epoch();
+        let hit = self.metadata_cache.borrow().entries.get(&blob_id.0).cloned();
+        match hit {
+            Some(hit) if hit.end_epoch >= epoch => return Ok(Some(hit)),
+            // Expired here (or extended since: the home core's record says).
+            Some(_) => {
+                self.metadata_cache.borrow_mut().entries.remove(&blob_id.0);
+            }
+            None => {}
         }
         let Some(found) = self.metadata_record(blob_id).await? else {
             return Ok(None);
         };
+        if found.end_epoch < epoch {
+            // Past its end epoch: gone, whether or not the next sweep dropped it yet.
+            return Ok(None);
+        }
         let (bytes, end_epoch) = (found.data, found.end_epoch);
         // It was verified before it was stored, and its checksum held on this read.
         let metadata = decode_metadata(&bytes).map_err(|e| {
@@ -284,8 +331,8 @@ impl CoreState {
             });
         // Caches forget it even if a core failed: the home core's tombstone already hides it.
         let results = futures::future::join_all(others).await;
-        self.shared.deletions.push(id);
-        self.forget_deleted();
+        self.shared.changes.push(id);
+        self.forget_changed();
         for result in results {
             result?;
         }
@@ -323,7 +370,15 @@ impl CoreState {
             MetadataStored::Stored {
                 end_epoch,
                 deletable,
-            } => (end_epoch, deletable),
+                changed,
+            } => {
+                if changed {
+                    // A later end epoch or permanence: every core's cached copy is stale.
+                    self.shared.changes.push(id);
+                    self.forget_changed();
+                }
+                (end_epoch, deletable)
+            }
             MetadataStored::Deleted { end_epoch } => return Err(blob_deleted(blob_id, end_epoch)),
         };
         self.remember(
@@ -351,10 +406,13 @@ impl CoreState {
 }
 
 /// 409 `blobDeleted`: a deletable store of a blob deleted until `end_epoch`.
+/// The error code of [`blob_deleted`].
+pub(crate) const BLOB_DELETED: &str = "blobDeleted";
+
 pub(crate) fn blob_deleted(blob_id: &BlobId, end_epoch: u32) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
-        "blobDeleted",
+        BLOB_DELETED,
         format!(
             "blob {blob_id} was deleted; it can be stored again as permanent (without \
              deletable=true) now, or as deletable after epoch {end_epoch}"

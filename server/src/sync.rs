@@ -17,14 +17,17 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use floe_codec::BlobId;
+use floe_codec::{metadata_bcs_bytes_max, BlobId};
 use floe_storage::format::FLAG_DELETABLE;
-use hyper::{Method, StatusCode};
 
 use crate::config::Member;
 use crate::owner::{BlobState, Deleted};
-use crate::peer_client::{checked_metadata, peer_fault, peer_request};
-use crate::state::CoreState;
+use crate::http::error::ApiError;
+use crate::peer_client::{
+    checked_metadata, peer_fault, peer_request, Patience, PeerError, PeerRequest,
+    LISTING_BYTES_MAX,
+};
+use crate::state::{CoreState, BLOB_DELETED};
 
 /// What `/v1/health` reports of sync (atomics: written on core 0, read on any).
 #[derive(Default)]
@@ -65,16 +68,22 @@ pub async fn run(state: Rc<CoreState>) {
     }
 }
 
-/// One round: learn, then heal.
+/// One round: learn from every peer at once (a hung peer costs the round one lookup
+/// deadline, not one per peer), then heal.
 pub async fn round(state: &Rc<CoreState>) {
     let me = state.shared.me.name.clone();
-    for member in &state.shared.committee.members {
-        if member.name != me {
-            if let Err(message) = learn_from(state, member).await {
-                tracing::debug!(peer = %member.name, %message, "sync: could not list the peer's blobs");
+    let learning = state
+        .shared
+        .committee
+        .members
+        .iter()
+        .filter(|member| member.name != me)
+        .map(|member| async move {
+            if let Err(err) = learn_from(state, member).await {
+                tracing::debug!(peer = %member.name, %err, "sync: could not learn from the peer");
             }
-        }
-    }
+        });
+    futures::future::join_all(learning).await;
     if let Err(err) = crate::heal::heal(state).await {
         tracing::warn!(%err, "sync: healing stopped early");
     }
@@ -88,8 +97,19 @@ pub async fn round(state: &Rc<CoreState>) {
         .store(now, Ordering::Relaxed);
 }
 
+/// Why learning from a peer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("asking the peer: {0}")]
+    Peer(#[from] PeerError),
+    #[error("its listing is not JSON: {0}")]
+    Listing(#[from] serde_json::Error),
+    #[error("storing here: {0}")]
+    Local(#[from] ApiError),
+}
+
 /// Fetches, verifies and stores the metadata of every blob `member` lists that this node lacks.
-async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String> {
+async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncError> {
     let n = state.n();
     let mut after: Option<String> = None;
     loop {
@@ -97,12 +117,9 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
             Some(id) => format!("/v1/blobs?limit={PAGE}&after={id}"),
             None => format!("/v1/blobs?limit={PAGE}"),
         };
-        let answer = peer_request(state, member, Method::GET, &path, None, 1 << 20).await?;
-        if answer.status != StatusCode::OK {
-            return Err(answer.error_message());
-        }
-        let page: serde_json::Value =
-            serde_json::from_slice(&answer.body).map_err(|e| e.to_string())?;
+        let asked = PeerRequest::get(&path, LISTING_BYTES_MAX, Patience::Lookup);
+        let body = peer_request(state, member, asked).await?.ok_body(member)?;
+        let page: serde_json::Value = serde_json::from_slice(&body)?;
         for entry in page["blobs"].as_array().into_iter().flatten() {
             let (Some(id), Some(end_epoch)) = (
                 entry["blobId"]
@@ -124,49 +141,50 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
             } else {
                 BlobState::Permanent
             };
-            let known = state.metadata(&id).await.map_err(|e| e.message)?;
+            let known = state.metadata(&id).await?;
             match (theirs, known) {
                 (BlobState::Deleted, known) => {
                     // The home core keeps a permanent blob; a blob never heard of is
                     // remembered as deleted, so that a peer that missed it cannot bring it back.
                     let remembered = match known {
                         Some(_) => false,
-                        None => state.deleted(&id).await.map_err(|e| e.message)?.is_some(),
+                        None => state.deleted(&id).await?.is_some(),
                     };
                     if !remembered {
-                        let outcome = state
-                            .delete_here(&id, end_epoch)
-                            .await
-                            .map_err(|e| e.message)?;
+                        let outcome = state.delete_here(&id, end_epoch).await?;
                         if matches!(outcome, Deleted::Now { .. }) && known.is_some() {
                             tracing::info!(blob = %id, peer = %member.name, "sync: deleted a blob a peer deleted");
                         }
                     }
                     continue;
                 }
-                (BlobState::Permanent, Some(known)) if known.deletable => {
-                    // Stored permanent elsewhere: permanent here too (the home core's record,
-                    // not this core's cache, says whether it still is deletable).
-                    if let Some(found) = state.metadata_record(&id).await.map_err(|e| e.message)? {
-                        if found.flags & FLAG_DELETABLE != 0 {
-                            state
-                                .store_metadata(
-                                    &id,
-                                    found.data,
-                                    known.metadata.clone(),
-                                    known.layout,
-                                    end_epoch,
-                                    false,
-                                )
-                                .await
-                                .map_err(|e| e.message)?;
+                (theirs, Some(known)) => {
+                    // Known here: take a later end epoch (an extension stored elsewhere), and
+                    // a permanent store made elsewhere. The home core's record, not this
+                    // core's cache, says what is stored; the merge keeps the greater of each.
+                    if end_epoch > known.end_epoch || (theirs == BlobState::Permanent && known.deletable) {
+                        if let Some(found) = state.metadata_record(&id).await? {
+                            let stored_deletable = found.flags & FLAG_DELETABLE != 0;
+                            let permanent_now = theirs == BlobState::Permanent && stored_deletable;
+                            if end_epoch > found.end_epoch || permanent_now {
+                                state
+                                    .store_metadata(
+                                        &id,
+                                        found.data,
+                                        known.metadata.clone(),
+                                        known.layout,
+                                        end_epoch,
+                                        theirs != BlobState::Permanent,
+                                    )
+                                    .await?;
+                                state.shared.metrics.sync_blobs_updated.inc();
+                            }
                         }
                     }
                     continue;
                 }
-                (_, Some(_)) => continue,
                 (BlobState::Deletable, None) => {
-                    if state.deleted(&id).await.map_err(|e| e.message)?.is_some() {
+                    if state.deleted(&id).await?.is_some() {
                         continue;
                     }
                 }
@@ -174,16 +192,17 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
                 (BlobState::Permanent, None) => {}
             }
             let path = format!("/v1/blobs/{id}/metadata");
-            let answer = peer_request(state, member, Method::GET, &path, None, 16 + n * 66).await?;
-            if answer.status != StatusCode::OK {
+            let asked = PeerRequest::get(&path, metadata_bcs_bytes_max(n), Patience::Lookup);
+            let answer = peer_request(state, member, asked).await?;
+            let Ok(body) = answer.ok_body(member) else {
                 continue;
-            }
+            };
             state
                 .shared
                 .metrics
                 .heal_fetched_bytes
-                .inc_by(answer.body.len() as u64);
-            let (metadata, layout) = match checked_metadata(&answer.body, &id, n) {
+                .inc_by(body.len() as u64);
+            let (metadata, layout) = match checked_metadata(&body, &id, n) {
                 Ok(checked) => checked,
                 Err(message) => {
                     peer_fault(state, &member.name, "bad_metadata");
@@ -193,22 +212,15 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), String
             };
             let deletable = theirs == BlobState::Deletable;
             match state
-                .store_metadata(
-                    &id,
-                    answer.body.clone(),
-                    metadata,
-                    layout,
-                    end_epoch,
-                    deletable,
-                )
+                .store_metadata(&id, body, metadata, layout, end_epoch, deletable)
                 .await
             {
                 Ok(_) => {
                     state.shared.metrics.sync_blobs_learned.inc();
                 }
                 // Deleted here meanwhile.
-                Err(err) if err.code == "blobDeleted" => {}
-                Err(err) => return Err(err.message),
+                Err(err) if err.code == BLOB_DELETED => {}
+                Err(err) => return Err(err.into()),
             }
         }
         match page["next"].as_str() {

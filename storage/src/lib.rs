@@ -7,8 +7,9 @@
 //! batched, durable commits and crash recovery, tested against a simple model under injected
 //! I/O errors, torn writes, lost unsynced writes, bit flips and a full disk, and on the real
 //! backend with restarts and torn tails; expiry by end epoch; reclaiming the space of dead
-//! records segment by segment; a bounded scrubber; and sealed-segment footers, so restart reads
-//! an index per segment instead of every record; and several data directories ([`disks`]).
+//! records segment by segment; a bounded scrubber that walks the segments in large sequential
+//! reads; and sealed-segment footers, so restart reads an index per segment instead of every
+//! record; and several data directories ([`disks`]).
 //! Hot reads are shared views of mapped segments ([`mapped`], [`store::Store::get_shared`]).
 //! Measured against fio in `BENCHMARKS.md`.
 //!

@@ -12,6 +12,11 @@
 //! highest sequence wins, tombstones shadow older records of their blob); a bad region followed
 //! by valid commits is corruption (reported, skipped); a bad region at the end of the last
 //! segment is the torn tail of a commit that was never acknowledged.
+//!
+//! The scrubber ([`Store::scrub`]) finds corruption in records nobody reads: it walks the
+//! segment files front to back in large sequential reads, the way the disk likes them, and
+//! checks every live record it meets; the live records counted per segment tell it whether the
+//! walk met them all.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -94,16 +99,105 @@ fn io_error(op: &'static str) -> impl FnOnce(io::Error) -> StoreError {
 /// What one [`Store::scrub`] call did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubReport {
+    /// Live records checked (read and hashed).
     pub records_checked: usize,
+    /// Bytes read from the device.
     pub bytes_checked: u64,
-    /// Records that failed their checksum, now dropped from the index.
+    /// Records that failed their checksum, now dropped from the index. A tombstone that failed
+    /// is listed with kind `Tombstone` (it was written again, see [`Store::scrub`]).
     pub corrupt: Vec<Key>,
-    /// The scrubber went past the last key; the next call starts a new pass.
+    /// The scrubber went past the end of the last segment; the next call starts a new pass at
+    /// the first.
     pub pass_complete: bool,
 }
 
-/// Keys one scrub call looks at, at most. Why: bounds the key list a call collects.
-const SCRUB_KEYS_PER_CALL_MAX: usize = 4096;
+/// The least one scrub read asks for, however little of its budget a call has left. Why: it
+/// must hold a whole record header for the walk to move on (every call makes progress), and
+/// a block is what a direct read costs anyway.
+const SCRUB_READ_MIN_BYTES: u64 = BLOCK_BYTES as u64;
+
+/// What a live record belongs to: its key, or (`Err`) the blob of a tombstone.
+type Owner = Result<Key, [u8; 32]>;
+
+/// The live records of one segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SegmentLive {
+    records: u64,
+    bytes: u64,
+}
+
+/// The live records (index entries and tombstones), counted per segment. Every change of the
+/// index or the tombstones goes through [`Live::add`] and [`Live::remove`]. Why: the scrubber
+/// checks against these counts that its walk met every live record of a segment (it keeps no
+/// list of them), and [`Store::live_bytes`] and [`Store::start_reclaim`] read them without a
+/// walk over the index.
+#[derive(Debug, Default)]
+struct Live {
+    segments: BTreeMap<u64, SegmentLive>,
+    bytes: u64,
+    /// The scrubber's walk, kept here so that a record dying behind it is taken off `met`.
+    scrub: ScrubCursor,
+}
+
+/// Where the scrubber's walk is.
+#[derive(Clone, Copy, Debug, Default)]
+struct ScrubCursor {
+    /// The segment walked.
+    segment: u64,
+    /// Where the walk goes on: everything before it was read (or skipped as dead).
+    offset: u64,
+    /// Live records of `segment` the walk checked, less every record before `offset` that died
+    /// since the walk passed it. Once the walk reaches the segment's end, the segment's live
+    /// records outnumber this by exactly the number of records live when the walk passed them
+    /// that it did not meet (corruption made it skip them).
+    met: i64,
+    /// The segment's size, once it is sealed (it no longer changes).
+    sealed_end: Option<u64>,
+}
+
+/// A segment whose walk missed live records: its live records, checked again by their
+/// locations, the next one last.
+struct Recheck {
+    records: Vec<(Owner, Location)>,
+}
+
+impl Live {
+    /// Counts `locations` afresh.
+    fn counting<'a>(locations: impl Iterator<Item = &'a Location>) -> Self {
+        let mut live = Self::default();
+        locations.for_each(|location| live.add(location));
+        live
+    }
+
+    /// A record became live at `location`.
+    fn add(&mut self, location: &Location) {
+        let segment = self.segments.entry(location.segment).or_default();
+        segment.records += 1;
+        segment.bytes += location.record_bytes();
+        self.bytes += location.record_bytes();
+    }
+
+    /// The record at `location` died (or moved away from it).
+    fn remove(&mut self, location: &Location) {
+        let segment = self.segments.get_mut(&location.segment);
+        debug_assert!(
+            segment.is_some(),
+            "a record dies in a segment it was counted in"
+        );
+        if let Some(segment) = segment {
+            segment.records -= 1;
+            segment.bytes -= location.record_bytes();
+            if segment.records == 0 {
+                self.segments.remove(&location.segment);
+            }
+        }
+        self.bytes = self.bytes.saturating_sub(location.record_bytes());
+        let scrub = &mut self.scrub;
+        if location.segment == scrub.segment && location.offset < scrub.offset {
+            scrub.met -= 1;
+        }
+    }
+}
 
 /// What [`Store::reclaim`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -127,7 +221,7 @@ struct Reclaiming {
 struct Emptying {
     segment: u64,
     size: u64,
-    moving: Vec<(Result<Key, [u8; 32]>, Location)>,
+    moving: Vec<(Owner, Location)>,
 }
 
 /// Bytes copied per commit while reclaiming. Why: bounds the copy buffer while amortising the
@@ -206,8 +300,10 @@ pub struct Store<D: Dir> {
     counters: StoreCounters,
     /// Found at recovery: keys whose newest record failed its checksum, with its sequence.
     corrupt_keys: Vec<(Key, u64)>,
-    /// Where the scrubber stopped (the last key it checked).
-    scrub_cursor: Option<Key>,
+    /// The live records counted per segment, and where the scrubber's walk is.
+    live: Live,
+    /// The segment the scrubber checks again by locations, if its walk missed live records.
+    scrub_recheck: Option<Recheck>,
     /// The newest tombstone of each deleted blob. Kept (and carried forward when its segment
     /// is reclaimed) so that older records of the blob never come back.
     tombstones: BTreeMap<[u8; 32], Location>,
@@ -319,7 +415,8 @@ impl<D: Dir> Store<D> {
             counters: StoreCounters::default(),
             corrupt_keys: Vec::new(),
             tombstones: BTreeMap::new(),
-            scrub_cursor: None,
+            live: Live::default(),
+            scrub_recheck: None,
             reclaiming: None,
         };
         let mut report = RecoveryReport::default();
@@ -390,6 +487,7 @@ impl<D: Dir> Store<D> {
                 .is_none_or(|deleted| deleted.sequence < location.sequence)
         });
         store.tombstones = tombstones;
+        store.live = Live::counting(store.index.values().chain(store.tombstones.values()));
         if store.files.is_empty() {
             store.roll(1).await?;
         } else if active_sealed {
@@ -461,6 +559,7 @@ impl<D: Dir> Store<D> {
         valid_end as u64
     }
 
+    /// Indexes a record found at open (which counts [`Live`] afresh once every segment is read).
     fn apply(&mut self, segment: u64, offset: u64, header: &RecordHeader) {
         self.next_sequence = self.next_sequence.max(header.sequence + 1);
         let location = Location {
@@ -662,18 +761,16 @@ impl<D: Dir> Store<D> {
         }
         let at = self.commit(buffer).await?;
         for (put, (offset, header)) in batch.iter().zip(headers) {
-            self.index.insert(
-                put.key,
-                Location {
-                    segment: self.active,
-                    offset: at + offset,
-                    data_bytes: header.data_bytes,
-                    sequence: header.sequence,
-                    end_epoch: header.end_epoch,
-                    flags: header.flags,
-                    verified: false,
-                },
-            );
+            let location = Location {
+                segment: self.active,
+                offset: at + offset,
+                data_bytes: header.data_bytes,
+                sequence: header.sequence,
+                end_epoch: header.end_epoch,
+                flags: header.flags,
+                verified: false,
+            };
+            self.index_insert(put.key, location);
         }
         self.counters.records_written += batch.len() as u64;
         Ok(())
@@ -691,21 +788,19 @@ impl<D: Dir> Store<D> {
         let mut buffer = Vec::new();
         header.write(&[], &mut buffer);
         let at = self.commit(buffer).await?;
-        self.tombstones.insert(
-            *blob_id,
-            Location {
-                segment: self.active,
-                offset: at,
-                data_bytes: 0,
-                sequence: header.sequence,
-                end_epoch,
-                flags: 0,
-                verified: false,
-            },
-        );
+        let location = Location {
+            segment: self.active,
+            offset: at,
+            data_bytes: 0,
+            sequence: header.sequence,
+            end_epoch,
+            flags: 0,
+            verified: false,
+        };
+        self.set_tombstone(*blob_id, location);
         let keys: Vec<Key> = self.keys_of(blob_id).collect();
         for key in keys {
-            self.index.remove(&key);
+            self.unindex(&key);
         }
         Ok(())
     }
@@ -824,7 +919,7 @@ impl<D: Dir> Store<D> {
         if intact {
             return Ok(());
         }
-        self.index.remove(key);
+        self.unindex(key);
         self.counters.corrupt_records += 1;
         Err(StoreError::Corrupt {
             kind: key.kind,
@@ -879,10 +974,16 @@ impl<D: Dir> Store<D> {
     /// has expired with them.
     pub fn expire(&mut self, current_epoch: u32) -> usize {
         let before = self.index.len();
-        self.index
-            .retain(|_, location| location.end_epoch >= current_epoch);
-        self.tombstones
-            .retain(|_, location| location.end_epoch >= current_epoch);
+        let live = &mut self.live;
+        let mut keep = |location: &Location| {
+            let kept = location.end_epoch >= current_epoch;
+            if !kept {
+                live.remove(location);
+            }
+            kept
+        };
+        self.index.retain(|_, location| keep(location));
+        self.tombstones.retain(|_, location| keep(location));
         before - self.index.len()
     }
 
@@ -912,16 +1013,13 @@ impl<D: Dir> Store<D> {
     /// Starts a reclaiming pass over the segments sealed now (a pass in progress starts over;
     /// what it copied stays copied). [`Store::reclaim_step`] does the work in bounded steps.
     pub fn start_reclaim(&mut self, live_fraction_max: f64) {
-        let mut live: BTreeMap<u64, u64> = BTreeMap::new();
-        for location in self.index.values().chain(self.tombstones.values()) {
-            *live.entry(location.segment).or_default() += location.record_bytes();
-        }
+        debug_assert!(self.live_counts_hold(), "live records are counted exactly");
         let candidates = self
             .files
             .keys()
             .copied()
             .filter(|id| *id != self.active)
-            .map(|id| (id, live.get(&id).copied().unwrap_or(0)))
+            .map(|id| (id, self.live.segments.get(&id).map_or(0, |s| s.bytes)))
             .collect();
         self.reclaiming = Some(Reclaiming {
             live_fraction_max,
@@ -972,20 +1070,7 @@ impl<D: Dir> Store<D> {
                 if live_then as f64 > fraction * size as f64 {
                     continue;
                 }
-                // (key, or the tombstone's blob) of each live record, in file order.
-                let mut moving: Vec<(Result<Key, [u8; 32]>, Location)> = self
-                    .index
-                    .iter()
-                    .filter(|(_, l)| l.segment == id)
-                    .map(|(k, l)| (Ok(*k), *l))
-                    .chain(
-                        self.tombstones
-                            .iter()
-                            .filter(|(_, l)| l.segment == id)
-                            .map(|(b, l)| (Err(*b), *l)),
-                    )
-                    .collect();
-                moving.sort_by_key(|(_, l)| std::cmp::Reverse(l.offset));
+                let moving = self.live_records_of(id);
                 if let Some(pass) = self.reclaiming.as_mut() {
                     pass.current = Some(Emptying {
                         segment: id,
@@ -1024,7 +1109,9 @@ impl<D: Dir> Store<D> {
                 if !RecordHeader::checksum_holds(&bytes) {
                     // Corrupt: not copied; the node heals it like any other missing sliver.
                     if let Ok(key) = owner {
-                        self.index.remove(&key);
+                        if let Some(old) = self.index.remove(&key) {
+                            self.live.remove(&old);
+                        }
                     }
                     self.counters.corrupt_records += 1;
                     continue;
@@ -1061,51 +1148,376 @@ impl<D: Dir> Store<D> {
         Ok(report)
     }
 
-    /// Re-reads up to `bytes_max` bytes of stored records, in order, picking up where the last
-    /// call stopped, and checks each against its checksum; a record that fails is dropped from
-    /// the index (so the node heals it from peers) and counted. The node calls this from a
-    /// background task at the configured scrub rate; a full pass ends when it returns
-    /// `pass_complete`.
+    /// Re-reads stored records from the device (direct I/O) and checks every live one against
+    /// its checksum, picking up where the last call stopped; a record that fails is dropped
+    /// from the index (so the node heals it from peers), counted and reported. The node calls
+    /// this from a background task at the configured scrub rate; a full pass ends when it
+    /// returns `pass_complete`.
+    ///
+    /// Why a walk of the files: the index is in key order, which is random on disk, and at
+    /// n = 1000 a blob is some 2000 small records; checking record by record would queue
+    /// thousands of tiny random reads ahead of requests. The walk reads each segment front to
+    /// back in reads of up to 1 MiB (`READ_CHUNK_BYTES`), parses the record headers in what it
+    /// read (as recovery does) and checks each record that the index or a tombstone points at
+    /// exactly there, as [`Store::get`] would; dead records (overwritten, deleted, expired, a
+    /// sealed segment's footer) are skipped unhashed, and unread where they run past the
+    /// read. What does not parse (padding, a sealed segment's trailer, corruption) is skipped
+    /// to the next block, where the next commit starts. Corruption can hide live records from
+    /// the walk (a flipped header, a region that does not parse): at a segment's end the live
+    /// records counted there say whether the walk met them all, and only if it did not are
+    /// the segment's live records listed (one walk over the index) and checked again by their
+    /// locations.
+    ///
+    /// Reads about `bytes_max` bytes per call, and at least one block or record, so every
+    /// call makes progress (a live record larger than what is left is read whole). The active
+    /// segment is walked up to its last commit; segments reclaimed meanwhile are skipped. A
+    /// corrupt tombstone is not dropped but written again from memory (its blob, end epoch and
+    /// sequence are all there), so the deletion survives a restart. A failed read is counted,
+    /// its region skipped (the segment's end check finds the live records it held) and the
+    /// error returned.
     pub async fn scrub(&mut self, bytes_max: u64) -> Result<ScrubReport, StoreError> {
         let mut report = ScrubReport::default();
-        let mut keys: Vec<Key> = self
-            .index
-            .range(self.after_scrub_cursor())
-            .map(|(key, _)| *key)
-            .collect();
-        keys.truncate(SCRUB_KEYS_PER_CALL_MAX);
-        for key in keys {
-            if report.bytes_checked >= bytes_max {
+        loop {
+            let cursor = self.live.scrub;
+            let Some(id) = self.files.range(cursor.segment..).next().map(|(id, _)| *id) else {
+                debug_assert!(self.live_counts_hold(), "live records are counted exactly");
+                self.live.scrub = ScrubCursor::default();
+                self.scrub_recheck = None;
+                report.pass_complete = true;
+                return Ok(report);
+            };
+            if id != cursor.segment || cursor.offset < SEGMENT_HEADER_BYTES as u64 {
+                // The next segment (or the one after a reclaimed one).
+                self.live.scrub = ScrubCursor {
+                    segment: id,
+                    offset: SEGMENT_HEADER_BYTES as u64,
+                    ..ScrubCursor::default()
+                };
+                self.scrub_recheck = None;
+            }
+            let spent = report.bytes_checked >= bytes_max.max(1);
+            if let Some(recheck) = &self.scrub_recheck {
+                if recheck.records.is_empty() {
+                    self.scrub_next_segment(id);
+                } else if spent {
+                    return Ok(report);
+                } else {
+                    self.scrub_recheck_step(id, bytes_max, &mut report).await?;
+                }
+                continue;
+            }
+            let end = self.scrub_end(id).await?;
+            if self.live.scrub.offset >= end {
+                let live = self.live.segments.get(&id).map_or(0, |s| s.records);
+                if live as i64 > self.live.scrub.met {
+                    self.scrub_recheck = Some(Recheck {
+                        records: self.live_records_of(id),
+                    });
+                } else {
+                    self.scrub_next_segment(id);
+                }
+                continue;
+            }
+            if spent {
                 return Ok(report);
             }
-            let location = self.index[&key];
-            report.bytes_checked += location.record_bytes();
-            report.records_checked += 1;
-            self.scrub_cursor = Some(key);
-            if let Err(StoreError::Corrupt { .. }) = self.get(&key).await {
-                report.corrupt.push(key);
-            }
+            self.scrub_walk_step(id, end, bytes_max, &mut report)
+                .await?;
         }
-        if self.index.range(self.after_scrub_cursor()).next().is_none() {
-            self.scrub_cursor = None;
-            report.pass_complete = true;
-        }
-        Ok(report)
     }
 
-    /// The keys after the scrubber's cursor.
-    fn after_scrub_cursor(&self) -> (std::ops::Bound<Key>, std::ops::Bound<Key>) {
-        let start = self
-            .scrub_cursor
-            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        (start, std::ops::Bound::Unbounded)
+    /// Bytes of live records: every indexed record and kept tombstone, headers included (what
+    /// keeping them all costs on disk; a scrub pass reads at least this much). A running total.
+    pub fn live_bytes(&self) -> u64 {
+        self.live.bytes
+    }
+
+    /// Moves the scrubber on to the segment after `id`.
+    fn scrub_next_segment(&mut self, id: u64) {
+        self.live.scrub = ScrubCursor {
+            segment: id + 1,
+            ..ScrubCursor::default()
+        };
+        self.scrub_recheck = None;
+    }
+
+    /// Where the scrubber's walk of segment `id` ends: the active segment's last commit, or a
+    /// sealed segment's size.
+    async fn scrub_end(&mut self, id: u64) -> Result<u64, StoreError> {
+        if id == self.active {
+            return Ok(self.write_offset);
+        }
+        if let Some(end) = self.live.scrub.sealed_end {
+            return Ok(end);
+        }
+        let end = self.files[&id]
+            .size_bytes()
+            .await
+            .map_err(io_error("sizing a segment"))?;
+        self.live.scrub.sealed_end = Some(end);
+        Ok(end)
+    }
+
+    /// One read of the scrubber's walk over segment `id` (see [`Store::scrub`]), from its
+    /// cursor: checks the live records in it and moves the cursor past what it covered.
+    async fn scrub_walk_step(
+        &mut self,
+        id: u64,
+        end: u64,
+        bytes_max: u64,
+        report: &mut ScrubReport,
+    ) -> Result<(), StoreError> {
+        let start = self.live.scrub.offset;
+        let left = bytes_max.saturating_sub(report.bytes_checked);
+        let len = (end - start)
+            .min(READ_CHUNK_BYTES as u64)
+            .min(left.max(SCRUB_READ_MIN_BYTES));
+        let read = read_range(&self.files[&id], start, len).await;
+        let mut buffer = match read {
+            Ok(buffer) => buffer,
+            Err(err) => {
+                self.live.scrub.offset = start + len;
+                return Err(self.read_failed(err));
+            }
+        };
+        report.bytes_checked += len;
+        let mut pos = 0;
+        while pos < buffer.len() {
+            let at = start + pos as u64;
+            if buffer.len() - pos < RECORD_HEADER_BYTES && at + RECORD_HEADER_BYTES as u64 <= end {
+                break; // A header cut off by the read: the next read starts with it.
+            }
+            let header = RecordHeader::parse(&buffer[pos..]);
+            let Some((owner, location)) = header.and_then(|h| self.live_at(id, at, &h)) else {
+                pos = match header {
+                    // Dead: skipped unhashed (and unread, where it runs past this read).
+                    Some(h) if at + h.record_bytes() as u64 <= end => pos + h.record_bytes(),
+                    // Padding, the trailer or corruption: a commit starts on a block boundary.
+                    _ => (align_up(at + 1).min(end) - start) as usize,
+                };
+                self.live.scrub.offset = start + pos as u64;
+                continue;
+            };
+            // Live: the index's length, not the header's (which may be corrupt).
+            let record_bytes = location.record_bytes() as usize;
+            if pos + record_bytes > buffer.len() {
+                if pos > 0 {
+                    break; // The next read starts with it.
+                }
+                let rest = (record_bytes - buffer.len()) as u64;
+                let read = read_range(&self.files[&id], at + buffer.len() as u64, rest).await;
+                match read {
+                    Ok(read) => buffer.extend_from_slice(&read),
+                    Err(err) => {
+                        self.live.scrub.offset = at + record_bytes as u64;
+                        return Err(self.read_failed(err));
+                    }
+                }
+                report.bytes_checked += rest;
+            }
+            let record = &buffer[pos..pos + record_bytes];
+            self.scrub_check(owner, location, record, report).await?;
+            pos += record_bytes;
+            self.live.scrub.offset = start + pos as u64;
+        }
+        Ok(())
+    }
+
+    /// One read of a recheck of segment `id` (see [`Store::scrub`]): the next live records
+    /// that lie within one read (or the next one alone, if it is larger), checked.
+    async fn scrub_recheck_step(
+        &mut self,
+        id: u64,
+        bytes_max: u64,
+        report: &mut ScrubReport,
+    ) -> Result<(), StoreError> {
+        let Some(mut recheck) = self.scrub_recheck.take() else {
+            return Ok(());
+        };
+        let left = bytes_max.saturating_sub(report.bytes_checked);
+        let chunk = (READ_CHUNK_BYTES as u64).min(left.max(SCRUB_READ_MIN_BYTES));
+        let mut batch = Vec::new();
+        let (mut start, mut end) = (0, 0);
+        while let Some(&(owner, location)) = recheck.records.last() {
+            let still = self.live_location(&owner);
+            if still.is_none_or(|l| l.segment != id || l.offset != location.offset) {
+                recheck.records.pop();
+                continue; // Died (or moved) since the recheck started.
+            }
+            let record_end = location.offset + location.record_bytes();
+            if batch.is_empty() {
+                start = location.offset;
+            } else if record_end > start + chunk {
+                break;
+            }
+            end = record_end;
+            batch.push((owner, location));
+            recheck.records.pop();
+        }
+        self.scrub_recheck = Some(recheck);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let read = read_range(&self.files[&id], start, end - start).await;
+        let buffer = read.map_err(|err| self.read_failed(err))?;
+        report.bytes_checked += end - start;
+        for (owner, location) in batch {
+            let from = (location.offset - start) as usize;
+            let record = &buffer[from..from + location.record_bytes() as usize];
+            self.scrub_check(owner, location, record, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks a live record the scrubber read, as [`Store::check_record`] does: one that fails
+    /// leaves the index and is counted and reported; a tombstone that fails is written again.
+    async fn scrub_check(
+        &mut self,
+        owner: Owner,
+        location: Location,
+        record: &[u8],
+        report: &mut ScrubReport,
+    ) -> Result<(), StoreError> {
+        let intact = match owner {
+            Ok(key) => self.check_record(&key, &location, record, None).is_ok(),
+            Err(blob) => {
+                let intact = RecordHeader::parse(record).is_some_and(|h| {
+                    h.kind == RecordKind::Tombstone
+                        && h.blob_id == blob
+                        && h.sequence == location.sequence
+                }) && RecordHeader::checksum_holds(record);
+                if !intact {
+                    self.rewrite_tombstone(blob, location).await?;
+                    self.counters.corrupt_records += 1;
+                }
+                intact
+            }
+        };
+        report.records_checked += 1;
+        if intact {
+            self.live.scrub.met += 1;
+        } else {
+            report.corrupt.push(owner.unwrap_or_else(|blob_id| Key {
+                blob_id,
+                kind: RecordKind::Tombstone,
+                shard: 0,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Writes a tombstone found corrupt again, from what memory holds of it (the copy keeps its
+    /// sequence, as reclaiming's copies do), and points the blob's deletion at the copy.
+    async fn rewrite_tombstone(
+        &mut self,
+        blob_id: [u8; 32],
+        location: Location,
+    ) -> Result<(), StoreError> {
+        let header = RecordHeader {
+            kind: RecordKind::Tombstone,
+            flags: location.flags,
+            shard: 0,
+            end_epoch: location.end_epoch,
+            data_bytes: 0,
+            sequence: location.sequence,
+            blob_id,
+        };
+        let mut buffer = Vec::new();
+        header.write(&[], &mut buffer);
+        let at = self.commit(buffer).await?;
+        let copy = Location {
+            segment: self.active,
+            offset: at,
+            verified: false,
+            ..location
+        };
+        self.set_tombstone(blob_id, copy);
+        Ok(())
+    }
+
+    /// The owner and location of the record at `offset` of `segment` whose header is `header`,
+    /// if the index (or the tombstones) point exactly there: if it is live.
+    fn live_at(
+        &self,
+        segment: u64,
+        offset: u64,
+        header: &RecordHeader,
+    ) -> Option<(Owner, Location)> {
+        let owner = match header.kind {
+            RecordKind::Footer => return None,
+            RecordKind::Tombstone => Err(header.blob_id),
+            kind => Ok(Key {
+                blob_id: header.blob_id,
+                kind,
+                shard: header.shard,
+            }),
+        };
+        let location = *self.live_location(&owner)?;
+        (location.segment == segment && location.offset == offset).then_some((owner, location))
+    }
+
+    /// Where the live record of `owner` is.
+    fn live_location(&self, owner: &Owner) -> Option<&Location> {
+        match owner {
+            Ok(key) => self.index.get(key),
+            Err(blob) => self.tombstones.get(blob),
+        }
+    }
+
+    /// The live records (and tombstones) of segment `id`, the last in the file first. One walk
+    /// over the index.
+    fn live_records_of(&self, id: u64) -> Vec<(Owner, Location)> {
+        let mut records: Vec<(Owner, Location)> = self
+            .index
+            .iter()
+            .filter(|(_, l)| l.segment == id)
+            .map(|(k, l)| (Ok(*k), *l))
+            .chain(
+                self.tombstones
+                    .iter()
+                    .filter(|(_, l)| l.segment == id)
+                    .map(|(b, l)| (Err(*b), *l)),
+            )
+            .collect();
+        records.sort_by_key(|(_, l)| std::cmp::Reverse(l.offset));
+        records
+    }
+
+    /// Points `key` at `location`. The index changes only through here and [`Store::unindex`]
+    /// (and at open, which counts afresh), so that [`Live`] stays exact.
+    fn index_insert(&mut self, key: Key, location: Location) {
+        if let Some(old) = self.index.insert(key, location) {
+            self.live.remove(&old);
+        }
+        self.live.add(&location);
+    }
+
+    /// Drops `key` from the index.
+    fn unindex(&mut self, key: &Key) -> Option<Location> {
+        let old = self.index.remove(key)?;
+        self.live.remove(&old);
+        Some(old)
+    }
+
+    /// Points the deletion of `blob_id` at the tombstone at `location`.
+    fn set_tombstone(&mut self, blob_id: [u8; 32], location: Location) {
+        if let Some(old) = self.tombstones.insert(blob_id, location) {
+            self.live.remove(&old);
+        }
+        self.live.add(&location);
+    }
+
+    /// Whether [`Live`] agrees with the index and the tombstones (checked in debug builds).
+    fn live_counts_hold(&self) -> bool {
+        let counted = Live::counting(self.index.values().chain(self.tombstones.values()));
+        counted.segments == self.live.segments && counted.bytes == self.live.bytes
     }
 
     /// Commits copied records and points the index (or the tombstones) at the copies.
     async fn commit_moved(
         &mut self,
         buffer: Vec<u8>,
-        placed: Vec<(Result<Key, [u8; 32]>, Location, u64)>,
+        placed: Vec<(Owner, Location, u64)>,
         report: &mut ReclaimReport,
     ) -> Result<(), StoreError> {
         let at = self.commit(buffer).await?;
@@ -1117,9 +1529,9 @@ impl<D: Dir> Store<D> {
                 ..location
             };
             match owner {
-                Ok(key) => self.index.insert(key, moved),
-                Err(blob) => self.tombstones.insert(blob, moved),
-            };
+                Ok(key) => self.index_insert(key, moved),
+                Err(blob) => self.set_tombstone(blob, moved),
+            }
             report.records_moved += 1;
         }
         Ok(())
@@ -1218,3 +1630,6 @@ impl<D: Dir> Store<D> {
         &self.counters
     }
 }
+
+mod lifetimes;
+mod resume;

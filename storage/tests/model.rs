@@ -124,9 +124,9 @@ fn check(store: &mut Store<MemDir>, model: &BTreeMap<Key, Allowed>, lost_ok: boo
     }
 }
 
-/// Random puts, deletes, reads, injected I/O errors and crashes: after every crash and reopen,
-/// every acknowledged record reads back exactly, and nothing reads as a value that was never
-/// written to it.
+/// Random puts, deletes, reads, reclaiming, scrubbing, injected I/O errors and crashes: after
+/// every crash and reopen, every acknowledged record reads back exactly, and nothing reads as a
+/// value that was never written to it.
 #[test]
 fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
     for seed in seeds("crash", 40) {
@@ -147,7 +147,7 @@ fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
                 sync_error_per_mille: 40,
                 capacity_bytes: None,
             });
-            match rng.gen_range(0..10) {
+            match rng.gen_range(0..11) {
                 0..=5 => {
                     let puts: Vec<(Key, Vec<u8>)> = (0..rng.gen_range(1..6))
                         .map(|_| (random_key(&mut rng), random_data(&mut rng)))
@@ -210,6 +210,14 @@ fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
                             store.start_reclaim(rng.gen_range(0.3..1.0));
                         }
                         let _ = block_on(store.reclaim_step(rng.gen_range(1..32_000)));
+                    }
+                }
+                9 => {
+                    // Scrubbing, under the same faults, between everything else: it never
+                    // drops a healthy record (the next check would miss it), and read errors
+                    // are errors, never corruption.
+                    if let Ok(report) = block_on(store.scrub(rng.gen_range(1..200_000))) {
+                        assert!(report.corrupt.is_empty(), "seed {seed}: {report:?}");
                     }
                 }
                 _ => {

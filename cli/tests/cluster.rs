@@ -361,7 +361,11 @@ fn blobs_of_every_size_round_trip_through_any_node() {
             let created = &answer["newlyCreated"];
             assert_eq!(created["size"], size as u64);
             assert_eq!(created["encodingType"], "RS2");
-            assert_eq!(created["shardsConfirmed"], 100);
+            // The answer comes at the write quorum; the rest may still be under way.
+            assert!(
+                created["shardsConfirmed"].as_u64().unwrap() >= 67,
+                "{answer}"
+            );
             created["blobId"].as_str().unwrap().to_string()
         };
         // The same ID Walrus gives these bytes at n = 100.
@@ -488,10 +492,13 @@ fn reads_and_writes_survive_f_lost_nodes_and_fail_clearly_beyond() {
     let (status, answer) = store(&cluster.url(2), &during, 1);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["newlyCreated"]["shardsConfirmed"], 7);
-    assert!(answer["newlyCreated"]["failedNodes"][0]
-        .as_str()
-        .unwrap()
-        .starts_with("n1"));
+    // Answered at the quorum: the dead node failed already, or is still being retried.
+    let failed = answer["newlyCreated"]["failedNodes"][0].as_str();
+    let pending = answer["newlyCreated"]["pendingNodes"][0].as_str();
+    assert!(
+        failed.is_some_and(|f| f.starts_with("n1")) || pending == Some("n1"),
+        "{answer}"
+    );
     let during_id = answer["newlyCreated"]["blobId"]
         .as_str()
         .unwrap()
@@ -990,10 +997,20 @@ fn a_hung_node_holds_up_no_write_and_no_read() {
         let (status, answer) = store(&cluster.url(1), &blob, 5);
         let took = started.elapsed();
         assert_eq!(status, 200, "{answer}");
-        assert!(took < Duration::from_secs(3), "a store took {took:?}: {answer}");
+        assert!(
+            took < Duration::from_secs(3),
+            "a store took {took:?}: {answer}"
+        );
         let created = &answer["newlyCreated"];
-        assert!(created["shardsConfirmed"].as_u64().unwrap() >= 7, "{answer}");
-        assert_eq!(created["pendingNodes"], serde_json::json!(["n0"]), "{answer}");
+        assert!(
+            created["shardsConfirmed"].as_u64().unwrap() >= 7,
+            "{answer}"
+        );
+        assert_eq!(
+            created["pendingNodes"],
+            serde_json::json!(["n0"]),
+            "{answer}"
+        );
         after.push((created["blobId"].as_str().unwrap().to_string(), blob));
     }
     // Every read on n3 is its first of that blob: nothing cached.
@@ -1003,7 +1020,10 @@ fn a_hung_node_holds_up_no_write_and_no_read() {
         let took = started.elapsed();
         assert_eq!(status, 200);
         assert!(&body == blob, "blob {id} read back different");
-        assert!(took < Duration::from_secs(1), "an uncached read took {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "an uncached read took {took:?}"
+        );
     }
     let (id, blob) = &after[0];
     let started = Instant::now();
@@ -1040,8 +1060,11 @@ fn a_later_end_epoch_reaches_every_node_and_core() {
                 stream
                     .set_read_timeout(Some(Duration::from_secs(5)))
                     .unwrap();
-                write!(stream, "HEAD /v1/blobs/{id} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                    .unwrap();
+                write!(
+                    stream,
+                    "HEAD /v1/blobs/{id} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+                )
+                .unwrap();
                 let mut head = String::new();
                 let _ = stream.read_to_string(&mut head);
                 head.lines()

@@ -956,7 +956,12 @@ fn metric(node: &NodeProcess, name: &str) -> f64 {
 /// Stores `blob` through the publisher; its blob ID.
 fn publish(node: &NodeProcess, blob: &[u8], epochs: u32) -> String {
     let answer = put(&format!("{}/v1/blobs?epochs={epochs}", node.url), blob);
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     let json = answer.json();
     json["newlyCreated"]["blobId"]
         .as_str()
@@ -972,7 +977,10 @@ fn publish(node: &NodeProcess, blob: &[u8], epochs: u32) -> String {
 fn clients_that_hang_up_give_back_everything_they_took() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let node = start(&["--data-dir", data, "--shards", "100", "--cores", "1"], &[]);
+    let node = start(
+        &["--data-dir", data, "--shards", "100", "--cores", "1"],
+        &[],
+    );
     let blob = unique_bytes(3_000_000, 5);
     let id = publish(&node, &blob, 1);
     let partial = vec![7u8; 1000];
@@ -995,7 +1003,10 @@ fn clients_that_hang_up_give_back_everything_they_took() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&node, "floe_http_in_flight_requests") > 1.0 {
-        assert!(Instant::now() < deadline, "requests of gone clients still count");
+        assert!(
+            Instant::now() < deadline,
+            "requests of gone clients still count"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The only request in flight is the one reading /metrics.
@@ -1004,7 +1015,10 @@ fn clients_that_hang_up_give_back_everything_they_took() {
     assert_eq!(get(&format!("{}/v1/blobs/{id}", node.url)).body, blob);
     publish(&node, &unique_bytes(100_000, 6), 1);
     let connections = metric(&node, "floe_http_connections");
-    assert!(connections <= 2.0, "{connections} connections still counted");
+    assert!(
+        connections <= 2.0,
+        "{connections} connections still counted"
+    );
 }
 
 /// CPU time (user + system) of a process so far, in seconds, from /proc.
@@ -1027,7 +1041,10 @@ fn an_idle_default_node_uses_almost_no_cpu() {
     let data = dir.path().to_str().unwrap();
     let mut node = start(&["--data-dir", data, "--cores", "1"], &[]);
     let mut stored = Vec::new();
-    for (i, size) in [65_536usize, 300_000, 700_000, 1_048_576].iter().enumerate() {
+    for (i, size) in [65_536usize, 300_000, 700_000, 1_048_576]
+        .iter()
+        .enumerate()
+    {
         let blob = unique_bytes(*size, 40 + i as u64);
         stored.push((publish(&node, &blob, 5), blob));
     }
@@ -1109,25 +1126,41 @@ fn slivers_live_as_long_as_their_blob_s_extended_metadata() {
     let metadata = get(&format!("{blob_url}/metadata")).body;
     let extended = put(&format!("{blob_url}/metadata?epochs=6"), &metadata).json();
     let end = extended["endEpoch"].as_u64().unwrap();
-    let epoch = || get(&format!("{}/v1/health", node.url)).json()["epoch"].as_u64().unwrap();
+    let epoch = || {
+        get(&format!("{}/v1/health", node.url)).json()["epoch"]
+            .as_u64()
+            .unwrap()
+    };
     let first_end = end - 5;
     while epoch() <= first_end + 1 {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Past the slivers' own end epoch, and a sweep later.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(get(&blob_url).body, blob, "read past the slivers' own end epoch");
+    assert_eq!(
+        get(&blob_url).body,
+        blob,
+        "read past the slivers' own end epoch"
+    );
     node.stop();
     let node = start(&args, &[]);
     std::thread::sleep(Duration::from_millis(1500));
     let blob_url = format!("{}/v1/blobs/{id}", node.url);
     assert_eq!(get(&blob_url).body, blob, "read after a restart");
-    let epoch = || get(&format!("{}/v1/health", node.url)).json()["epoch"].as_u64().unwrap();
+    let epoch = || {
+        get(&format!("{}/v1/health", node.url)).json()["epoch"]
+            .as_u64()
+            .unwrap()
+    };
     while epoch() <= end {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(1500));
     get(&blob_url).assert_error(404, "blobNotFound");
     let status = get(&format!("{blob_url}/status")).json();
-    assert_eq!(status["primaryPairs"].as_array().unwrap().len(), 0, "{status}");
+    assert_eq!(
+        status["primaryPairs"].as_array().unwrap().len(),
+        0,
+        "{status}"
+    );
 }

@@ -490,8 +490,10 @@ async fn fetch_from<'a>(
         crate::http::route::format_pair_list(&pairs)
     );
     let layout = &known.layout;
-    let sliver_bytes =
-        floe_codec::sliver_bcs_bytes_max(SliverKind::Primary.n_symbols(layout), layout.symbol_bytes);
+    let sliver_bytes = floe_codec::sliver_bcs_bytes_max(
+        SliverKind::Primary.n_symbols(layout),
+        layout.symbol_bytes,
+    );
     let limit = floe_codec::sliver_batch_bytes_max(pairs.len(), sliver_bytes);
     let asked = PeerRequest::get(&path, limit, Patience::Transfer);
     let body = match peer_request(state, member, asked).await {
@@ -536,7 +538,10 @@ fn merge(
             Err(()) => {
                 peer_fault(state, &member.name, "bad_sliver");
                 tracing::warn!(peer = %member.name, blob = %blob_id, sliver = index, "a peer sent a primary sliver that fails verification; skipped");
-                failures.push(format!("{}: sliver {index} failed verification", member.name));
+                failures.push(format!(
+                    "{}: sliver {index} failed verification",
+                    member.name
+                ));
             }
         }
     }

@@ -166,9 +166,10 @@ async fn ask_for_symbols(
         crate::http::route::format_pair_list(&pairs),
         asked.want
     );
-    let limit =
-        asked.slots.len() * asked.want * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes)
-            + 16;
+    let limit = asked.slots.len()
+        * asked.want
+        * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes)
+        + 16;
     let request = PeerRequest::get(&path, limit, Patience::Transfer);
     let Ok(answer) = peer_request(state, member, request).await else {
         return;

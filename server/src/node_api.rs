@@ -10,8 +10,8 @@ use std::rc::Rc;
 use bytes::Bytes;
 use floe_codec::{
     decode_metadata, decode_sliver, decode_sliver_batch, encode_recovery_symbols,
-    encode_sliver_batch, sliver_header, BlobId, ExpandedSliver, RecoverySymbol,
-    SliverKind, SYMBOL_BYTES_MAX,
+    encode_sliver_batch, sliver_header, BlobId, ExpandedSliver, RecoverySymbol, SliverKind,
+    SYMBOL_BYTES_MAX,
 };
 use floe_storage::format::{RecordKind, FLAG_DELETABLE};
 use floe_storage::store::Key;
@@ -287,8 +287,10 @@ pub(crate) async fn recovery_symbols(
     // The answer is built in memory: at most one symbol per source per target.
     let needed = target_kind.n_symbols(&known.layout);
     let per_target = limit.map_or(needed, |l| (l as usize).min(needed));
-    let estimate =
-        (target_pairs.len() * per_target * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes)) as u64;
+    let estimate = (target_pairs.len()
+        * per_target
+        * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes))
+        as u64;
     if estimate > state.shared.config.limits.buffer_bytes_per_core {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -620,7 +620,10 @@ fn settle_and_start_reclaim<D: Dir>(
         for (blob_id, end_epoch) in extend {
             store.extend_blob(blob_id, *end_epoch);
         }
-        let expired: usize = expire.iter().map(|blob_id| store.expire_blob(blob_id)).sum();
+        let expired: usize = expire
+            .iter()
+            .map(|blob_id| store.expire_blob(blob_id))
+            .sum();
         if expired > 0 {
             tracing::info!(dir, expired, "slivers expired");
         }
@@ -646,12 +649,17 @@ pub async fn run_maintenance(
     let mut sender = owners.senders[core].clone();
     let mut tick = 0u32;
     loop {
-        if tick.is_multiple_of(expire_every) && sweep(&owners, core, epoch(), &metrics).await.is_err() {
+        if tick.is_multiple_of(expire_every)
+            && sweep(&owners, core, epoch(), &metrics).await.is_err()
+        {
             return;
         }
         glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
         tick = tick.wrapping_add(1);
-        if futures::SinkExt::send(&mut sender, Op::Maintain).await.is_err() {
+        if futures::SinkExt::send(&mut sender, Op::Maintain)
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -665,7 +673,10 @@ async fn sweep(
     metrics: &Metrics,
 ) -> Result<(), StorageFailure> {
     let lapsed = owners
-        .call(core, core, metrics, |reply| Op::ExpireMetadata { epoch, reply })
+        .call(core, core, metrics, |reply| Op::ExpireMetadata {
+            epoch,
+            reply,
+        })
         .await?;
     let mut by_home: Vec<Vec<[u8; 32]>> = vec![Vec::new(); owners.cores()];
     for blob_id in lapsed {

@@ -87,7 +87,6 @@ pub enum Patience {
     Transfer,
 }
 
-
 /// A peer's answer: its status and whole body.
 #[derive(Debug)]
 pub struct Answer {

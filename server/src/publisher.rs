@@ -28,7 +28,7 @@ use crate::http::body::{json_response, Body};
 use crate::http::error::ApiError;
 use crate::owner::{Deleted, Record};
 use crate::peer_client::{
-    peer_request, PeerError, PeerRequest, Patience, ACK_BYTES_MAX, LISTING_BYTES_MAX,
+    peer_request, Patience, PeerError, PeerRequest, ACK_BYTES_MAX, LISTING_BYTES_MAX,
 };
 use crate::state::{
     blob_deleted, not_deletable, record_kind, sliver_index, store_per_core, CoreState,

@@ -79,18 +79,22 @@ impl ScrubPacer {
     /// Picks up a pass saved by an earlier run: its start, and the store's cursor.
     pub fn resume<D: Dir>(&mut self, store: &mut Store<D>) {
         let Some(file) = &self.file else { return };
-        let Ok(text) = std::fs::read(file) else { return };
+        let Ok(text) = std::fs::read(file) else {
+            return;
+        };
         let Ok(saved) = serde_json::from_slice::<Saved>(&text) else {
             tracing::warn!(file = %file.display(), "ignoring an unreadable scrub progress file");
             return;
         };
         let ago = Duration::from_secs(unix_now().saturating_sub(saved.pass_started_unix_seconds));
         let now = Instant::now();
-        let Some(started) = now.checked_sub(ago) else { return };
+        let Some(started) = now.checked_sub(ago) else {
+            return;
+        };
         let bytes = store.live_bytes();
         // Where the pass should be by now: the cursor says where it is.
-        let on_pace = (bytes as f64 * (ago.as_secs_f64() / self.interval.as_secs_f64()).min(1.0))
-            as u64;
+        let on_pace =
+            (bytes as f64 * (ago.as_secs_f64() / self.interval.as_secs_f64()).min(1.0)) as u64;
         store.resume_scrub_at(saved.segment);
         self.pass = Some(Pass {
             started,
@@ -126,7 +130,8 @@ impl ScrubPacer {
             u64::MAX
         } else {
             // One more second's share, so that the allowance is never zero while on pace.
-            let share = (elapsed + Duration::from_secs(1)).as_secs_f64() / self.interval.as_secs_f64();
+            let share =
+                (elapsed + Duration::from_secs(1)).as_secs_f64() / self.interval.as_secs_f64();
             (pass.bytes as f64 * share).ceil() as u64
         };
         target.saturating_sub(pass.checked).min(self.ceiling)
@@ -156,8 +161,7 @@ impl ScrubPacer {
         };
         let segment = store.scrub_segment();
         let saved = Saved {
-            pass_started_unix_seconds: unix_now()
-                .saturating_sub(pass.started.elapsed().as_secs()),
+            pass_started_unix_seconds: unix_now().saturating_sub(pass.started.elapsed().as_secs()),
             segment,
         };
         let temp = file.with_extension("json.tmp");

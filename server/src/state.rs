@@ -246,7 +246,12 @@ impl CoreState {
     ) -> Result<Option<Rc<CachedMetadata>>, ApiError> {
         self.forget_changed();
         let epoch = self.shared.committee.current_epoch();
-        let hit = self.metadata_cache.borrow().entries.get(&blob_id.0).cloned();
+        let hit = self
+            .metadata_cache
+            .borrow()
+            .entries
+            .get(&blob_id.0)
+            .cloned();
         match hit {
             Some(hit) if hit.end_epoch >= epoch => return Ok(Some(hit)),
             // Expired here (or extended since: the home core's record says).

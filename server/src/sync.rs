@@ -21,11 +21,10 @@ use floe_codec::{metadata_bcs_bytes_max, BlobId};
 use floe_storage::format::FLAG_DELETABLE;
 
 use crate::config::Member;
-use crate::owner::{BlobState, Deleted};
 use crate::http::error::ApiError;
+use crate::owner::{BlobState, Deleted};
 use crate::peer_client::{
-    checked_metadata, peer_fault, peer_request, Patience, PeerError, PeerRequest,
-    LISTING_BYTES_MAX,
+    checked_metadata, peer_fault, peer_request, Patience, PeerError, PeerRequest, LISTING_BYTES_MAX,
 };
 use crate::state::{CoreState, BLOB_DELETED};
 
@@ -162,7 +161,9 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
                     // Known here: take a later end epoch (an extension stored elsewhere), and
                     // a permanent store made elsewhere. The home core's record, not this
                     // core's cache, says what is stored; the merge keeps the greater of each.
-                    if end_epoch > known.end_epoch || (theirs == BlobState::Permanent && known.deletable) {
+                    if end_epoch > known.end_epoch
+                        || (theirs == BlobState::Permanent && known.deletable)
+                    {
                         if let Some(found) = state.metadata_record(&id).await? {
                             let stored_deletable = found.flags & FLAG_DELETABLE != 0;
                             let permanent_now = theirs == BlobState::Permanent && stored_deletable;

@@ -995,8 +995,13 @@ fn clients_that_hang_up_give_back_everything_they_took() {
             .unwrap();
             stream.write_all(&partial).unwrap();
         } else {
-            // A read the client does not wait for.
-            write!(stream, "GET /v1/blobs/{id} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            // A read the client does not wait for (a range: never from the blob cache, so the
+            // handler is still gathering slivers when the client goes).
+            write!(
+                stream,
+                "GET /v1/blobs/{id} HTTP/1.1\r\nhost: x\r\nrange: bytes=1-\r\n\r\n"
+            )
+            .unwrap();
         }
         reset_on_close(&stream);
         drop(stream);

@@ -326,8 +326,24 @@ fn run(
             .collect()
     };
 
-    // Step 3: row roots from the column-major leaf matrix, a block of rows per task.
-    let row_roots: Vec<Digest> = (0..n.div_ceil(ROWS_PER_ROOT_TASK))
+    // Step 3: row roots from the column-major leaf matrix.
+    let row_roots = row_roots(leaves, n);
+
+    let pair_hashes = (0..n)
+        .map(|pair| SliverPairHashes {
+            primary: row_roots[pair],
+            secondary: column_roots[n - 1 - pair],
+        })
+        .collect();
+    let metadata = BlobMetadata::new(layout.blob_bytes, pair_hashes);
+    let blob_id = metadata.compute_blob_id();
+    (blob_id, metadata, primary, secondary)
+}
+
+/// Row roots from the column-major leaf matrix (`leaves[c * n + r]`), a block of rows per task
+/// so that the matrix is read in cache-line runs.
+pub(crate) fn row_roots(leaves: &[Digest], n: usize) -> Vec<Digest> {
+    (0..n.div_ceil(ROWS_PER_ROOT_TASK))
         .into_par_iter()
         .map_init(
             || (HashScratch::default(), Vec::<Digest>::new()),
@@ -347,17 +363,7 @@ fn run(
             },
         )
         .flatten_iter()
-        .collect();
-
-    let pair_hashes = (0..n)
-        .map(|pair| SliverPairHashes {
-            primary: row_roots[pair],
-            secondary: column_roots[n - 1 - pair],
-        })
-        .collect();
-    let metadata = BlobMetadata::new(layout.blob_bytes, pair_hashes);
-    let blob_id = metadata.compute_blob_id();
-    (blob_id, metadata, primary, secondary)
+        .collect()
 }
 
 #[cfg(test)]

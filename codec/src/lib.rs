@@ -38,6 +38,7 @@ mod range;
 mod recovery;
 mod rs;
 mod sliver;
+mod strips;
 mod util;
 
 pub use bcs::{
@@ -60,3 +61,4 @@ pub use range::{byte_range_rows, RowSpan};
 pub use recovery::{recover_sliver, RecoveredSliver, RecoverySymbol};
 pub use rs::{RsDecoder, RsEncoder};
 pub use sliver::{sliver_root, verify_sliver, ExpandedSliver, Sliver, SliverKind, VerifyScratch};
+pub use strips::{encode_in_strips, leaf_matrix_bytes, strip_memory_bytes, StripStore};

@@ -158,7 +158,8 @@ pub fn down(dir: &Path) -> Result<usize> {
             // SAFETY: kill(2) with a PID checked to be a floe process; no memory is involved.
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let started = Instant::now();
-            while is_floe(pid) && !is_zombie(pid) {
+            // Until it is gone (or a zombie): its command line empties while it is still exiting.
+            while is_running(pid) {
                 if started.elapsed() > WAIT {
                     // SAFETY: as above.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -173,11 +174,13 @@ pub fn down(dir: &Path) -> Result<usize> {
     Ok(stopped)
 }
 
-fn is_zombie(pid: i32) -> bool {
+/// The process exists and is not a zombie.
+fn is_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
+        !stat
+            .rsplit(')')
             .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            .is_some_and(|rest| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
     })
 }
 

@@ -27,7 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::blob_cache::{fill_or_wait, Fill};
 use crate::budget::reserve;
 use crate::config::Member;
-use crate::http::body::{octets, Body};
+use crate::http::body::Body;
 use crate::http::error::ApiError;
 use crate::peer_client::{checked_metadata, peer_fault, peer_request, Patience, PeerRequest};
 use crate::state::{CachedMetadata, CoreState};
@@ -227,22 +227,26 @@ pub async fn read(
         }
     };
     let (start, end) = range.unwrap_or((0, size));
-    let body = if head {
-        Bytes::new()
+    // Reads larger than this leave as a stream (memory per request bounded); smaller ones are
+    // gathered whole, and whole blobs the cache keeps go through it.
+    let whole_max = STREAM_FROM_BYTES.min(state.shared.config.limits.buffer_bytes_per_core / 4);
+    let body: Body = if head {
+        Body::default()
     } else {
         match (cached, known) {
             (Some(blob), _) => {
                 state.shared.metrics.blob_cache_hits.inc();
-                blob.slice(start as usize..end as usize)
+                Body::from(blob.slice(start as usize..end as usize))
             }
             // Only with this node's own metadata is the end epoch known (0 = from a peer):
             // such a whole blob is cached, and concurrent reads of it wait for one fill.
             (None, Some(known))
                 if range.is_none()
                     && known.end_epoch >= epoch
-                    && state.blob_cache.borrow().keeps(size) =>
+                    && state.blob_cache.borrow().keeps(size)
+                    && size <= state.shared.config.limits.buffer_bytes_per_core / 4 =>
             {
-                match fill_or_wait(state, &blob_id, epoch).await {
+                Body::from(match fill_or_wait(state, &blob_id, epoch).await {
                     Fill::Cached(blob) => {
                         state.shared.metrics.blob_cache_hits.inc();
                         blob
@@ -254,17 +258,27 @@ pub async fn read(
                         let mut cache = state.blob_cache.borrow_mut();
                         cache.insert(&blob_id, bytes, known.end_epoch)
                     }
-                }
+                })
+            }
+            (None, Some(known)) if end - start <= whole_max => {
+                let _reservation = reserve(state, end - start)?;
+                Body::from(read_range(state, &blob_id, &known, start, end).await?)
             }
             (None, Some(known)) => {
-                let _reservation = reserve(state, end - start)?;
-                read_range(state, &blob_id, &known, start, end).await?
+                if range.is_none() {
+                    state.shared.metrics.blob_cache_skipped.inc();
+                }
+                stream_range(state, blob_id, known, start, end).await?
             }
             (None, None) => unreachable!("one of the two is set"),
         }
     };
-    state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
-    let mut response = with_headers(octets(body));
+    state.shared.metrics.sent_bytes.inc_by(end - start);
+    let mut response = with_headers(Response::new(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if end_epoch > 0 {
@@ -278,6 +292,114 @@ pub async fn read(
         );
     }
     Ok(response)
+}
+
+/// Reads of more bytes than this stream. Why: below it a whole read costs one allocation and
+/// answers faster; above it, memory per request stays bounded whatever the blob's size.
+const STREAM_FROM_BYTES: u64 = 16 << 20;
+
+/// Chunks a streamed answer keeps ready ahead of the socket. Why: the next row is read while
+/// the last goes out; a slow reader holds at most this many.
+const STREAM_CHUNKS_AHEAD: usize = 2;
+
+/// Streams blob bytes `[start, end)`: the covering systematic rows, a group at a time (at
+/// most an eighth of the core's buffer budget, at least one row), each chunk a row's bytes (a
+/// view of the mapped segment for this node's own slivers, sent with `sendfile`). The first
+/// group is read before the answer starts, so that a read that cannot be served gets its
+/// error status; a later failure ends the stream abruptly. Rows that cannot be had are decoded
+/// only if the blob fits a quarter of the budget (decoding in row strips is not built yet).
+async fn stream_range(
+    state: &Rc<CoreState>,
+    blob_id: BlobId,
+    known: Rc<CachedMetadata>,
+    start: u64,
+    end: u64,
+) -> Result<Body, ApiError> {
+    let layout = known.layout;
+    let spans = byte_range_rows(&layout, start, end)
+        .map_err(|e| ApiError::bad_request("invalidRange", e.to_string()))?;
+    let budget = state.shared.config.limits.buffer_bytes_per_core;
+    let row_bytes = layout.primary_sliver_bytes() as u64;
+    let group_bytes = (budget / 8).max(row_bytes);
+    let rows_per_group = (group_bytes / row_bytes).max(1) as usize;
+    let reservation = reserve(state, (STREAM_CHUNKS_AHEAD as u64 + 1) * group_bytes)?;
+    let groups: Vec<Vec<floe_codec::RowSpan>> =
+        spans.chunks(rows_per_group).map(<[_]>::to_vec).collect();
+    let first = read_group(state, &blob_id, &known, &groups[0]).await?;
+    let (mut chunks, body) = futures::channel::mpsc::channel(STREAM_CHUNKS_AHEAD);
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        let _reservation = reservation;
+        let mut next = Some(Ok(first));
+        let mut rest = groups.into_iter().skip(1);
+        loop {
+            let group = match next.take() {
+                Some(group) => group,
+                None => match rest.next() {
+                    Some(spans) => read_group(&state, &blob_id, &known, &spans).await,
+                    None => return,
+                },
+            };
+            match group {
+                Ok(pieces) => {
+                    for piece in pieces {
+                        if futures::SinkExt::send(&mut chunks, Ok(piece)).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(blob = %blob_id, %err, "a streamed read failed midway; the answer is cut");
+                    let failure = std::io::Error::other(err.to_string());
+                    let _ = futures::SinkExt::send(&mut chunks, Err(failure)).await;
+                    return;
+                }
+            }
+        }
+    })
+    .detach();
+    Ok(Body::Stream(body))
+}
+
+/// The bytes of `spans` (consecutive rows of one group), a piece per row.
+async fn read_group(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    known: &CachedMetadata,
+    spans: &[floe_codec::RowSpan],
+) -> Result<Vec<Bytes>, ApiError> {
+    let wanted: Vec<usize> = spans.iter().map(|s| s.row_index).collect();
+    let size = known.metadata.blob_bytes();
+    let decodable = size <= state.shared.config.limits.buffer_bytes_per_core / 4;
+    let (rows, failures) = gather_rows(state, blob_id, known, &wanted, decodable).await?;
+    if wanted.iter().all(|r| rows.contains_key(r)) {
+        return Ok(spans
+            .iter()
+            .map(|span| rows[&span.row_index].slice(span.start_bytes..span.end_bytes))
+            .collect());
+    }
+    if !decodable {
+        return Err(ApiError::unavailable(
+            "notEnoughSlivers",
+            format!(
+                "systematic slivers {:?} of blob {blob_id} could not be read ({}); decoding a \
+                 blob of {size} bytes around them needs it whole in memory, more than a quarter \
+                 of this node's buffer budget",
+                wanted
+                    .iter()
+                    .filter(|r| !rows.contains_key(r))
+                    .collect::<Vec<_>>(),
+                failures.join("; ")
+            ),
+        ));
+    }
+    let first = spans.first().expect("a group has a span");
+    let last = spans.last().expect("a group has a span");
+    let row_bytes = known.layout.primary_sliver_bytes() as u64;
+    let start = first.row_index as u64 * row_bytes + first.start_bytes as u64;
+    let end = last.row_index as u64 * row_bytes + last.end_bytes as u64;
+    let _reservation = reserve(state, size)?;
+    Ok(vec![read_range(state, blob_id, known, start, end).await?])
 }
 
 /// Primary slivers by index, each verified (or this node's own).
@@ -296,7 +418,7 @@ async fn read_range(
     let spans = byte_range_rows(layout, start, end)
         .map_err(|e| ApiError::bad_request("invalidRange", e.to_string()))?;
     let wanted: Vec<usize> = spans.iter().map(|s| s.row_index).collect();
-    let (rows, failures) = gather_rows(state, blob_id, known, &wanted).await?;
+    let (rows, failures) = gather_rows(state, blob_id, known, &wanted, true).await?;
     if wanted.iter().all(|r| rows.contains_key(r)) {
         if let [span] = spans.as_slice() {
             // One row: a view of it (for this node's own slivers, of the mapped file).
@@ -343,8 +465,8 @@ const HEDGE_AFTER_MIN: Duration = Duration::from_millis(150);
 const HEDGE_BYTES_PER_SECOND: f64 = 100e6;
 
 /// Verified primary slivers of a blob: every one of `wanted`, or, when some of those are
-/// missing or their peers are slow (no answer after the hedge delay), enough others to decode
-/// from (`k_p` in all). This node's own slivers are read first; peers are asked with one batch
+/// missing or their peers are slow (no answer after the hedge delay) and `may_decode`, enough
+/// others to decode from (`k_p` in all). This node's own slivers are read first; peers are asked with one batch
 /// request each, all at once; requests still under way when enough is in are dropped.
 /// Failures are described in the second value.
 async fn gather_rows(
@@ -352,6 +474,7 @@ async fn gather_rows(
     blob_id: &BlobId,
     known: &CachedMetadata,
     wanted: &[usize],
+    may_decode: bool,
 ) -> Result<(Rows, Vec<String>), ApiError> {
     let n = state.n();
     let k_p = known.layout.config.n_primary_source();
@@ -379,6 +502,14 @@ async fn gather_rows(
         }
         let widen = match (fetches.is_empty(), hedge.as_mut()) {
             (true, None) => break,
+            // Nothing to decode with: wait for what was asked.
+            (true, Some(_)) if !may_decode => break,
+            (false, Some(_)) if !may_decode => {
+                let done = fetches.next().await.expect("not empty");
+                waiting.remove(done.0.name.as_str());
+                merge(state, blob_id, done, &mut rows, &mut failures);
+                false
+            }
             // Every answer is in and some wanted row is missing: decode.
             (true, Some(_)) => true,
             (false, None) => {

@@ -124,6 +124,9 @@ pub struct NodeConfig {
     /// (the page cache holds them; the kernel may write them out). A tmpfs path keeps them in
     /// memory only.
     pub cache_dir: Option<PathBuf>,
+    /// Where big uploads are spooled while they are encoded (default `spool` in the first data
+    /// directory): it needs about 4.5x the largest blob being uploaded at n = 1000.
+    pub spool_dir: Option<PathBuf>,
     /// How often the node asks its peers which blobs they know and rebuilds the slivers it
     /// should hold but lacks (0 = never).
     pub sync_interval_seconds: u64,
@@ -160,6 +163,7 @@ impl Default for NodeConfig {
             io_properties: None,
             cache_bytes_per_core: 256 << 20,
             cache_dir: None,
+            spool_dir: None,
             sync_interval_seconds: 30,
             heal_concurrency: 4,
             peer_timeout_seconds: 10,
@@ -361,6 +365,16 @@ impl NodeConfig {
     }
 
     /// Executor threads to run.
+    /// Where big uploads are spooled.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir.clone().unwrap_or_else(|| {
+            self.data_dirs
+                .first()
+                .map_or_else(|| PathBuf::from(DATA_DIR_DEFAULT), Clone::clone)
+                .join("spool")
+        })
+    }
+
     /// The peer client's deadlines.
     pub fn peer_deadlines(&self) -> PeerDeadlines {
         use std::time::Duration;

@@ -16,6 +16,7 @@
 //!   retries, hedged requests, answer bounds.
 //! - [`node_api`]: the node (peer) API handlers; [`operator`]: health and metrics.
 //! - [`blob_cache`], [`aggregator`]: the user API's reads, with the hot-blob cache.
+//! - [`spool`]: big uploads spooled to disk and encoded in strips.
 //! - [`publisher`]: the user API's writes (`PUT`, `DELETE`).
 //! - [`sync`] and [`heal`]: learning blobs from peers, rebuilding missing slivers.
 //! - [`serve`]: a connection's life: limits, idle timeout, routing a request to its handler.
@@ -39,6 +40,7 @@ pub mod peer_client;
 pub mod publisher;
 pub mod scrub;
 pub mod serve;
+pub mod spool;
 pub mod state;
 pub mod sync;
 

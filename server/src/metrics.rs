@@ -95,6 +95,8 @@ pub struct Metrics {
     pub publish_background: Gauge,
     /// Aggregator reads that asked more peers because the first were slow.
     pub hedged_reads: Counter,
+    /// Whole-blob reads not cached because the blob is too large for the cache or the budget.
+    pub blob_cache_skipped: Counter,
     /// Whole-blob reads answered from the blob cache.
     pub blob_cache_hits: Counter,
     /// Whole blobs gathered and verified into the blob cache.
@@ -138,6 +140,7 @@ impl Metrics {
             blobs_deleted: Counter::default(),
             publish_background: Gauge::default(),
             hedged_reads: Counter::default(),
+            blob_cache_skipped: Counter::default(),
             blob_cache_hits: Counter::default(),
             blob_cache_fills: Counter::default(),
             sync_blobs_known: Gauge::default(),
@@ -210,6 +213,11 @@ impl Metrics {
             "hedged_reads",
             "Reads that asked more peers because the first ones were slow",
             metrics.hedged_reads.clone(),
+        );
+        r.register(
+            "blob_cache_skipped",
+            "Whole-blob reads streamed instead of cached: the blob is larger than a quarter of the cache or of the buffer budget",
+            metrics.blob_cache_skipped.clone(),
         );
         r.register(
             "sync_blobs_known",

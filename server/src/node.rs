@@ -78,6 +78,20 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         prepare_data_dir(dir, cores)?;
     }
     let address = probe_listen(config.listen_addr()?)?;
+    let spool_dir = config.spool_dir();
+    match crate::spool::clean(&spool_dir) {
+        Ok(0) => {}
+        Ok(removed) => {
+            info!(dir = %spool_dir.display(), removed, "removed the spool files of uploads an earlier run did not finish")
+        }
+        Err(err) => {
+            return Err(NodeError(format!(
+                "the spool directory {} is not usable ({err}). Fix: make it writable, or choose \
+                 another with `spool_dir` in node.toml",
+                spool_dir.display()
+            )))
+        }
+    }
     let properties = crate::io_plan::load(&config).map_err(NodeError)?;
     let io = crate::io_plan::plan(&config, properties.as_ref());
     for plan in &io {
@@ -108,6 +122,8 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         io,
         sync: Default::default(),
         changes: Default::default(),
+        spool_dir,
+        spool: Default::default(),
     });
 
     let (events, events_rx) = std_mpsc::channel::<Event>();

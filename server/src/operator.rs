@@ -1,7 +1,6 @@
 //! The operator endpoints: `/v1/health` (JSON) and `/metrics` (Prometheus text).
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
@@ -66,7 +65,7 @@ pub(crate) fn metrics(state: &CoreState) -> Result<Response<Body>, ApiError> {
             e.to_string(),
         )
     })?;
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut response = Response::new(Body::from(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

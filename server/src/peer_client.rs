@@ -45,6 +45,9 @@ pub enum PeerError {
     Http { address: String, message: String },
     #[error("{address} answered more than {limit} bytes")]
     TooLarge { address: String, limit: usize },
+    /// This node could not prepare the request (reading what it sends).
+    #[error("preparing the request: {0}")]
+    Local(String),
     /// The peer answered, but not with success.
     #[error("{address} answered {status}: {message}")]
     Answered {

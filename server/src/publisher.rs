@@ -9,27 +9,28 @@
 //! background, bounded by the peer client's deadlines; healing covers what they miss.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use bytes::Bytes;
-use floe_codec::{
-    encode_metadata, encode_sliver_batch, BlobId, EncodedBlob, EncodingConfig, SliverKind,
-};
+use floe_codec::{encode_metadata, encode_sliver_batch, BlobId, EncodingConfig, SliverKind};
 use floe_storage::format::{RecordKind, FLAG_DELETABLE};
 use floe_storage::store::Key;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::budget::{read_body, reserve, BufferReservation};
+use crate::budget::{reserve, BufferReservation};
 use crate::config::Member;
+use crate::http::body::{check_declared, collect_body};
 use crate::http::body::{json_response, Body};
 use crate::http::error::ApiError;
 use crate::owner::{Deleted, Record};
 use crate::peer_client::{
     peer_request, Patience, PeerError, PeerRequest, ACK_BYTES_MAX, LISTING_BYTES_MAX,
 };
+use crate::spool::{Plan, Source, Spooled};
 use crate::state::{
     blob_deleted, not_deletable, record_kind, sliver_index, store_per_core, CoreState,
 };
@@ -52,34 +53,9 @@ pub async fn publish(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let n = state.n();
-    let config = EncodingConfig::new(n as u16).expect("the committee's n is valid");
-    let limit = state.shared.blob_bytes_max();
-    let (body, _reservation) = read_body(state, request, limit).await.map_err(|err| {
-        if err.status != StatusCode::PAYLOAD_TOO_LARGE {
-            return err;
-        }
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            err.code,
-            format!(
-                "{}: the largest blob this node takes is {limit} bytes (the code's limit at \
-                 n = {n}, `limits.body_bytes_max`, and a blob with its encoding within \
-                 `limits.buffer_bytes_per_core`)",
-                err.message
-            ),
-        )
-    })?;
-    let layout = config
-        .layout(body.len() as u64)
-        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bodyTooLarge", e.to_string()))?;
-    // The encoded slivers live as long as the request: count them against this core's memory.
-    let _encoded_reservation = reserve(state, layout.encoded_bytes_total())?;
-    let encoded = glommio::executor()
-        .spawn_blocking(move || floe_codec::encode(&config, &body))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bodyTooLarge", e.to_string()))?;
-    let blob_id = *encoded.blob_id();
-    let size = encoded.layout().blob_bytes;
+    let (source, reservation) = intake(state, request).await?;
+    let blob_id = *source.blob_id();
+    let size = source.layout().blob_bytes;
     let end_epoch = state
         .shared
         .committee
@@ -132,7 +108,8 @@ pub async fn publish(
         }
         None => {}
     }
-    let encoded = Rc::new(encoded);
+    let encoded = Rc::new(source);
+    let batch = batch_bytes(state, encoded.layout());
     let me = state.shared.me.name.clone();
     // Owned futures: the stores still under way when the answer goes out finish in the
     // background (bounded by the peer client's deadlines and retries).
@@ -148,12 +125,12 @@ pub async fn publish(
                 // This node's answer says whether the blob stays deletable (merged with any
                 // earlier store of it).
                 let result = if here {
-                    store_here(&state, &encoded, end_epoch, deletable)
+                    store_here(&state, &encoded, batch, end_epoch, deletable)
                         .await
                         .map(Some)
                         .map_err(|e| e.to_string())
                 } else {
-                    store_on_peer(&state, &member, &encoded, epochs, deletable)
+                    store_on_peer(&state, &member, &encoded, batch, epochs, deletable)
                         .await
                         .map(|()| None)
                         .map_err(|e| e.to_string())
@@ -191,7 +168,7 @@ pub async fn publish(
         .filter(|name| !answered.iter().any(|a| a == name))
         .collect();
     if !stores.is_empty() {
-        finish_in_background(state, blob_id, stores, _encoded_reservation);
+        finish_in_background(state, blob_id, stores, reservation);
     }
     if confirmed < quorum {
         return Err(ApiError::unavailable(
@@ -239,33 +216,181 @@ fn finish_in_background<F>(
     .detach();
 }
 
+/// Blobs up to this size are encoded in memory at once; larger ones (and bodies of unknown
+/// length) are spooled to disk and encoded in strips (`spool`). Why: in memory a blob costs
+/// about 5.5x its size while it is encoded, which is the fastest way for small blobs and
+/// bounded here; the spool keeps a big one's memory independent of its size.
+pub const MEMORY_BLOB_BYTES_MAX: u64 = 32 << 20;
+
+/// Takes the body of a `PUT /v1/blobs` and encodes it: in memory (a declared length of at most
+/// [`MEMORY_BLOB_BYTES_MAX`] that fits the core's buffer budget with its encoding), else through
+/// the spool. 413 only above the code's limit at the committee's n; 507 when the spool's disk
+/// cannot take it; 503 while other requests hold the memory it needs. Returns the slivers'
+/// source and the memory reservation the rest of the publish runs under.
+async fn intake(
+    state: &Rc<CoreState>,
+    request: Request<Incoming>,
+) -> Result<(Source, BufferReservation), ApiError> {
+    let n = state.n();
+    let config = EncodingConfig::new(n as u16).expect("the committee's n is valid");
+    let code_max = config.blob_bytes_max();
+    let too_large = |err: ApiError| {
+        if err.status != StatusCode::PAYLOAD_TOO_LARGE {
+            return err;
+        }
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            err.code,
+            format!(
+                "{}: the largest blob is {code_max} bytes (the code's limit at n = {n})",
+                err.message
+            ),
+        )
+    };
+    let declared = check_declared(request.headers(), code_max).map_err(too_large)?;
+    let in_memory = state
+        .shared
+        .memory_blob_bytes_max()
+        .min(MEMORY_BLOB_BYTES_MAX);
+    if let Some(bytes) = declared.filter(|b| *b <= in_memory) {
+        let layout = config.layout(bytes).map_err(|e| {
+            too_large(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bodyTooLarge",
+                e.to_string(),
+            ))
+        })?;
+        // The body and its encoded slivers live as long as the request.
+        let reservation = reserve(state, bytes + layout.encoded_bytes_total())?;
+        let stall = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
+        let body = collect_body(request.into_body(), bytes, stall).await?;
+        state
+            .shared
+            .metrics
+            .received_bytes
+            .inc_by(body.len() as u64);
+        let encoded = glommio::executor()
+            .spawn_blocking(move || floe_codec::encode(&config, &body))
+            .await
+            .map_err(|e| {
+                too_large(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "bodyTooLarge",
+                    e.to_string(),
+                ))
+            })?;
+        return Ok((Source::Memory(encoded), reservation));
+    }
+    // Spooled: memory for the largest layout this body may have, and a batch per member.
+    let largest = config
+        .layout(declared.unwrap_or(code_max))
+        .expect("within the code's limit");
+    let members = state.shared.committee.members.len() as u64;
+    let plan = Plan::for_budget(state.shared.config.limits.buffer_bytes_per_core);
+    let memory = plan.memory_bytes(&largest) + members * batch_bytes(state, &largest) as u64;
+    let reservation = reserve(state, memory)?;
+    let mut spooled = Spooled::create(&state.shared.spool_dir, &state.shared.spool, plan)?;
+    if let Some(bytes) = declared {
+        // Refused before the body is read if the disk cannot take it.
+        spooled.promise(&config.layout(bytes).expect("within the code's limit"))?;
+    }
+    let stall = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
+    let received = spooled
+        .receive(&config, Bytes::new(), request.into_body(), code_max, stall)
+        .await
+        .map_err(too_large)?;
+    state.shared.metrics.received_bytes.inc_by(received);
+    let layout = config.layout(received).expect("within the code's limit");
+    spooled.promise(&layout)?;
+    spooled.encode(layout).await?;
+    Ok((Source::Spooled(spooled), reservation))
+}
+
+/// Bytes of slivers read and sent (or stored) at once per node a blob is published to: at
+/// most [`BATCH_BYTES_MAX`], at least one sliver pair, and small enough that a batch per
+/// committee member takes at most a quarter of the core's buffer budget.
+fn batch_bytes(state: &CoreState, layout: &floe_codec::BlobLayout) -> usize {
+    let members = state.shared.committee.members.len().max(1);
+    let budget = state.shared.config.limits.buffer_bytes_per_core as usize;
+    let pair = layout.primary_sliver_bytes() + layout.secondary_sliver_bytes() + 32;
+    (budget / (4 * members)).min(BATCH_BYTES_MAX).max(pair)
+}
+
+/// The sliver pairs of `shards` in groups of at most `batch` bytes (at least one pair each).
+fn pair_batches(source: &Source, shards: &[u16], batch: usize) -> Vec<Vec<(u16, u16)>> {
+    let layout = source.layout();
+    let n = layout.config.n_shards();
+    let pair_bytes = layout.primary_sliver_bytes() + layout.secondary_sliver_bytes();
+    let per_batch = (batch / pair_bytes).max(1);
+    shards
+        .chunks(per_batch)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&shard| {
+                    (
+                        shard,
+                        source.blob_id().pair_for_shard(shard.into(), n) as u16,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The slivers of `pairs` (shard, pair): primary and secondary of each, as BCS bodies.
+async fn read_pairs(
+    source: &Rc<Source>,
+    pairs: &[(u16, u16)],
+) -> Result<Vec<(u16, u16, SliverKind, Vec<u8>)>, ApiError> {
+    let n = source.layout().config.n_shards();
+    let wanted: Vec<(u16, u16, SliverKind)> = pairs
+        .iter()
+        .flat_map(|&(shard, pair)| {
+            [SliverKind::Primary, SliverKind::Secondary].map(|kind| (shard, pair, kind))
+        })
+        .collect();
+    let bodies = source
+        .slivers(
+            wanted
+                .iter()
+                .map(|&(_, pair, kind)| (kind, sliver_index(kind, pair, n)))
+                .collect(),
+        )
+        .await?;
+    Ok(wanted
+        .into_iter()
+        .zip(bodies)
+        .map(|((shard, pair, kind), body)| (shard, pair, kind, body))
+        .collect())
+}
+
 /// Stores this node's metadata and sliver pairs of an encoded blob (no verification: this
-/// node encoded them). Returns whether the blob is deletable as stored.
+/// node encoded them), `batch` bytes of slivers at a time. Returns whether the blob is
+/// deletable as stored.
 async fn store_here(
     state: &Rc<CoreState>,
-    encoded: &EncodedBlob,
+    source: &Rc<Source>,
+    batch: usize,
     end_epoch: u32,
     deletable: bool,
 ) -> Result<bool, ApiError> {
-    let n = state.n();
-    let blob_id = *encoded.blob_id();
+    let blob_id = *source.blob_id();
     let (end_epoch, deletable) = state
         .store_metadata(
             &blob_id,
-            Bytes::from(encode_metadata(encoded.metadata())),
-            encoded.metadata().clone(),
-            *encoded.layout(),
+            Bytes::from(encode_metadata(source.metadata())),
+            source.metadata().clone(),
+            *source.layout(),
             end_epoch,
             deletable,
         )
         .await?;
-    let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
-        .map(|_| Vec::new())
-        .collect();
-    for &shard in &state.shared.me.shards {
-        let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
-        for kind in [SliverKind::Primary, SliverKind::Secondary] {
-            let body = encoded.sliver_bcs(kind, sliver_index(kind, pair, n));
+    for pairs in pair_batches(source, &state.shared.me.shards, batch) {
+        let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
+            .map(|_| Vec::new())
+            .collect();
+        for (shard, _, kind, body) in read_pairs(source, &pairs).await? {
             per_core[state.shared.owners.core_of_shard(shard)].push(Record {
                 key: Key {
                     blob_id: blob_id.0,
@@ -276,23 +401,23 @@ async fn store_here(
                 data: Bytes::from(body),
             });
         }
+        store_per_core(state, per_core).await?;
     }
-    store_per_core(state, per_core).await?;
     Ok(deletable)
 }
 
-/// Sends a peer the blob's metadata, then its sliver pairs in batches of at most
-/// [`BATCH_BYTES_MAX`].
+/// Sends a peer the blob's metadata, then its sliver pairs in batches of at most `batch`
+/// bytes.
 async fn store_on_peer(
     state: &Rc<CoreState>,
     member: &Member,
-    encoded: &EncodedBlob,
+    source: &Rc<Source>,
+    batch: usize,
     epochs: u32,
     deletable: bool,
 ) -> Result<(), PeerError> {
-    let n = state.n();
-    let blob_id = *encoded.blob_id();
-    let metadata = Bytes::from(encode_metadata(encoded.metadata()));
+    let blob_id = *source.blob_id();
+    let metadata = Bytes::from(encode_metadata(source.metadata()));
     let path = match deletable {
         true => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}&deletable=true"),
         false => format!("/v1/blobs/{blob_id}/metadata?epochs={epochs}"),
@@ -308,24 +433,19 @@ async fn store_on_peer(
         .await?
         .ok_body(member)?;
     let path = format!("/v1/blobs/{blob_id}/slivers");
-    let mut batch: Vec<(u16, SliverKind, Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0;
-    let shards = &member.shards;
-    for (i, &shard) in shards.iter().enumerate() {
-        let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
-        for kind in [SliverKind::Primary, SliverKind::Secondary] {
-            let body = encoded.sliver_bcs(kind, sliver_index(kind, pair, n));
-            batch_bytes += body.len();
-            batch.push((pair, kind, body));
-        }
-        if batch_bytes >= BATCH_BYTES_MAX || i + 1 == shards.len() {
-            let body = encode_sliver_batch(batch.iter().map(|(p, k, b)| (*p, *k, b.as_slice())));
-            batch.clear();
-            batch_bytes = 0;
-            peer_request(state, member, put(&path, Bytes::from(body)))
-                .await?
-                .ok_body(member)?;
-        }
+    for pairs in pair_batches(source, &member.shards, batch) {
+        let slivers = read_pairs(source, &pairs)
+            .await
+            .map_err(|e| PeerError::Local(e.to_string()))?;
+        let body = encode_sliver_batch(
+            slivers
+                .iter()
+                .map(|(_, pair, kind, body)| (*pair, *kind, body.as_slice())),
+        );
+        drop(slivers);
+        peer_request(state, member, put(&path, Bytes::from(body)))
+            .await?
+            .ok_body(member)?;
     }
     Ok(())
 }

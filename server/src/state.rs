@@ -40,16 +40,24 @@ pub struct Shared {
     pub io: Vec<crate::io_plan::DiskPlan>,
     /// Sync and healing progress, for `/v1/health`.
     pub sync: crate::sync::SyncStatus,
+    /// Where big uploads are spooled, and what they promised of its disk.
+    pub spool_dir: std::path::PathBuf,
+    pub spool: Arc<crate::spool::SpoolUse>,
     /// Blobs deleted, extended or made permanent while the node runs, for every core to drop
     /// from its caches.
     pub changes: ChangeLog,
 }
 
 impl Shared {
-    /// The largest blob `PUT /v1/blobs` takes: the code's limit at the committee's n, the body
-    /// limit, and what fits this core's buffer budget with its encoding (the publisher holds
-    /// the body and every encoded sliver at once; `limits.buffer_bytes_per_core`).
+    /// The largest blob `PUT /v1/blobs` takes: the code's limit at the committee's n (bigger
+    /// blobs than fit in memory are spooled to disk, see `spool`).
     pub fn blob_bytes_max(&self) -> u64 {
+        floe_codec::EncodingConfig::new(self.committee.n_shards).map_or(0, |c| c.blob_bytes_max())
+    }
+
+    /// The largest blob that can be encoded in memory: one whose body and encoding fit this
+    /// core's buffer budget together (the publisher holds both at once).
+    pub fn memory_blob_bytes_max(&self) -> u64 {
         let Ok(config) = floe_codec::EncodingConfig::new(self.committee.n_shards) else {
             return 0;
         };
@@ -59,9 +67,7 @@ impl Shared {
                 .layout(bytes)
                 .is_ok_and(|l| bytes.saturating_add(l.encoded_bytes_total()) <= budget)
         };
-        let bound = config
-            .blob_bytes_max()
-            .min(self.config.limits.body_bytes_max);
+        let bound = config.blob_bytes_max();
         if fits(bound) {
             return bound;
         }

@@ -4,16 +4,74 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::http::error::ApiError;
 
-/// Every response body: whole (a `Bytes` that may be a view of a mapped file, see
-/// [`crate::http::io`]).
-pub type Body = Full<Bytes>;
+/// Every response body: whole, or a stream of chunks produced while it is sent. Each chunk is a
+/// `Bytes` that may be a view of a mapped file, which the socket adapter sends with
+/// `sendfile` ([`crate::http::io`]).
+pub enum Body {
+    Whole(Option<Bytes>),
+    /// Chunks from a producer task; an error ends the response abruptly (the connection is
+    /// closed, so a client never takes a short body for a whole one). A bounded channel: a
+    /// slow reader holds the producer back.
+    Stream(futures::channel::mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::Whole(None)
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Self::Whole(Some(bytes))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use futures::Stream;
+        use std::task::Poll;
+        match self.get_mut() {
+            Self::Whole(bytes) => {
+                Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+            Self::Stream(chunks) => match std::pin::Pin::new(chunks).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+                }
+                Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Self::Whole(None))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Whole(bytes) => {
+                hyper::body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Self::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
 
 /// The body length a request declares, if it declares one.
 pub fn declared_length(headers: &hyper::HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -135,7 +193,7 @@ pub fn check_token(token: Option<&str>, headers: &hyper::HeaderMap) -> Result<()
 }
 
 pub fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(
+    let mut response = Response::new(Body::from(Bytes::from(
         serde_json::to_vec(&value).expect("JSON values serialise"),
     )));
     *response.status_mut() = status;
@@ -147,7 +205,7 @@ pub fn json_response(status: StatusCode, value: serde_json::Value) -> Response<B
 }
 
 pub fn octets(bytes: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(bytes));
+    let mut response = Response::new(Body::from(bytes));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -157,7 +215,7 @@ pub fn octets(bytes: Bytes) -> Response<Body> {
 
 /// The response for an error.
 pub fn error_response(err: &ApiError) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(err.body())));
+    let mut response = Response::new(Body::from(Bytes::from(err.body())));
     *response.status_mut() = err.status;
     let headers = response.headers_mut();
     headers.insert(

@@ -1310,3 +1310,196 @@ fn a_big_blob_streams_in_and_out_under_a_small_memory_budget() {
         read_peak >> 20
     );
 }
+
+/// Waits until `check` holds, for at most `seconds`.
+fn wait_for(seconds: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Clients that go away in the middle of a big upload or a big download leave nothing behind:
+/// no spool file, no reservation (more aborted transfers than the budget could hold, then
+/// whole ones work).
+#[test]
+fn big_transfers_cut_short_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_small_budget(dir.path());
+    let data = dir.path().join("data");
+    let blob = unique_bytes(60_000_000, 78);
+    let id = publish(&node, &blob, 2);
+    let part = vec![9u8; 1 << 20];
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(node.address()).unwrap();
+        write!(
+            stream,
+            "PUT /v1/blobs?epochs=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\n"
+        )
+        .unwrap();
+        for _ in 0..20 {
+            stream.write_all(&part).unwrap();
+        }
+        wait_for(10, "the upload reached the spool", || {
+            !spool_files(&data).is_empty()
+        });
+        reset_on_close(&stream);
+        drop(stream);
+        wait_for(10, "spool files of a cut upload are removed", || {
+            spool_files(&data).is_empty()
+        });
+    }
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(node.address()).unwrap();
+        write!(stream, "GET /v1/blobs/{id} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut head = [0u8; 1 << 16];
+        let _ = stream.read(&mut head).unwrap();
+        reset_on_close(&stream);
+        drop(stream);
+    }
+    wait_for(10, "cut transfers still count", || {
+        metric(&node, "floe_http_in_flight_requests") == 1.0
+    });
+    assert!(get(&format!("{}/v1/blobs/{id}", node.url)).body == blob);
+    let again = unique_bytes(50_000_000, 79);
+    publish(&node, &again, 1);
+    assert!(spool_files(&data).is_empty());
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `megabytes` at `path`, or says why it cannot (mounting needs root).
+    fn mount(path: &std::path::Path, megabytes: u32) -> Result<Self, String> {
+        std::fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A spool disk too small for an upload answers 507 (before the body when its length is
+/// declared, midway when it is not) and loses nothing stored before.
+#[test]
+fn a_full_spool_disk_answers_507_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool-disk");
+    let _tmpfs = match Tmpfs::mount(&spool, 48) {
+        Ok(mounted) => mounted,
+        Err(why) if std::env::var_os("FLOE_REQUIRE_MOUNT").is_none() => {
+            eprintln!("SKIPPED: cannot mount a tmpfs ({why}); run as root to check a full spool");
+            return;
+        }
+        Err(why) => panic!("cannot mount a tmpfs: {why}"),
+    };
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "n_shards = 100\ncores = 1\nspool_dir = {:?}\n",
+            spool.display().to_string()
+        ),
+    )
+    .unwrap();
+    let node = start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let small = unique_bytes(5_000_000, 80);
+    let small_id = publish(&node, &small, 2);
+    let big = unique_bytes(40_000_000, 81);
+    // Declared: refused before the body is read.
+    let mut stream = TcpStream::connect(node.address()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "PUT /v1/blobs?epochs=1 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    )
+    .unwrap();
+    let mut head = vec![0u8; 4096];
+    let read = stream.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..read]);
+    assert!(head.starts_with("HTTP/1.1 507"), "{head}");
+    assert!(head.contains("noSpace"), "{head}");
+    drop(stream);
+    // Chunked (no length): refused once the body outgrows the disk.
+    let mut stream = TcpStream::connect(node.address()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "PUT /v1/blobs?epochs=1 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    for piece in big.chunks(1 << 20) {
+        if write!(stream, "{:x}\r\n", piece.len()).is_err()
+            || stream.write_all(piece).is_err()
+            || stream.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 507"), "{answer}");
+    assert!(answer.contains("noSpace"), "{answer}");
+    drop(stream);
+    wait_for(10, "spool files of a refused upload are removed", || {
+        std::fs::read_dir(&spool).unwrap().next().is_none()
+    });
+    assert!(get(&format!("{}/v1/blobs/{small_id}", node.url)).body == small);
+}
+
+/// A node killed (SIGKILL) in the middle of a big upload shows nothing of it after a restart,
+/// and the restart empties the spool.
+#[test]
+fn a_node_killed_during_a_big_upload_cleans_its_spool_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut node = start_small_budget(dir.path());
+    let mut stream = TcpStream::connect(node.address()).unwrap();
+    write!(
+        stream,
+        "PUT /v1/blobs?epochs=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\n"
+    )
+    .unwrap();
+    let part = vec![3u8; 1 << 20];
+    for _ in 0..30 {
+        stream.write_all(&part).unwrap();
+    }
+    wait_for(10, "the upload reached the spool", || {
+        !spool_files(&data).is_empty()
+    });
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    drop(stream);
+    assert!(!spool_files(&data).is_empty(), "the kill left spool files");
+    let node = start_small_budget(dir.path());
+    assert!(spool_files(&data).is_empty(), "{:?}", spool_files(&data));
+    let listing = get(&format!("{}/v1/blobs", node.url)).json();
+    assert_eq!(listing["blobs"].as_array().unwrap().len(), 0, "{listing}");
+}

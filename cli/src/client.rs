@@ -145,48 +145,102 @@ fn blob_bytes_max(url: &str) -> Result<Option<u64>> {
     Ok(health["blobBytesMax"].as_u64())
 }
 
-/// Reads blob `id` through the node at `url` into `output` (standard output if `None`).
-/// Returns the bytes written.
+/// Attempts a read makes when its connection breaks: each later one asks for the rest with a
+/// range request. Why: a multi-GB download over a flaky link should not start over.
+const READ_ATTEMPTS: u32 = 5;
+
+/// Reads blob `id` through the node at `url` into `output` (standard output if `None`),
+/// resuming with a range request where a connection broke (the node's ETag, the blob ID,
+/// must stay the same). Returns the bytes written.
 pub fn read(url: &str, id: &BlobId, output: Option<&Path>) -> Result<u64> {
     let url = format!("{}/v1/blobs/{id}", url.trim_end_matches('/'));
-    let mut response = agent()
-        .get(&url)
-        .call()
-        .with_context(|| format!("GET {url}"))?;
-    let status = response.status().as_u16();
-    if status != 200 {
-        let body = response.body_mut().read_to_vec()?;
-        bail!("the node answered {status}: {}", error_text(&body));
+    // Written next to the target and renamed, so a failed read leaves no partial file.
+    let partial = output.map(|path| path.with_extension("floe-partial"));
+    let mut file = match &partial {
+        Some(partial) => {
+            Some(File::create(partial).with_context(|| format!("creating {}", partial.display()))?)
+        }
+        None => None,
+    };
+    let mut stdout = io::stdout().lock();
+    let mut copied = 0u64;
+    let mut total: Option<u64> = None;
+    let mut bar: Option<ProgressBar> = None;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut request = agent().get(&url);
+        if copied > 0 {
+            request = request.header("range", &format!("bytes={copied}-"));
+        }
+        let mut response = request.call().with_context(|| format!("GET {url}"))?;
+        let status = response.status().as_u16();
+        if status != 200 && status != 206 {
+            let body = response.body_mut().read_to_vec()?;
+            bail!("the node answered {status}: {}", error_text(&body));
+        }
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_string());
+        if etag.as_deref().is_some_and(|etag| etag != id.to_string()) {
+            bail!("the node answered for another blob (ETag {etag:?})");
+        }
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if total.is_none() {
+            total = length.map(|l| l + copied);
+        }
+        if copied > 0 && status != 206 {
+            bail!("the node did not resume at byte {copied} (answered {status})");
+        }
+        let bar = bar.get_or_insert_with(|| progress(total, "reading"));
+        let mut reader = bar.wrap_read(response.into_body().into_reader());
+        let out: &mut dyn Write = match &mut file {
+            Some(file) => file,
+            None => &mut stdout,
+        };
+        let result = io::copy(&mut reader, out);
+        let got = match &result {
+            Ok(got) => *got,
+            // io::copy does not say how much it wrote before failing: the bar does.
+            Err(_) => bar.position() - copied,
+        };
+        copied += got;
+        let complete = total.is_some_and(|t| copied >= t);
+        if complete || (result.is_ok() && total.is_none()) {
+            break;
+        }
+        if attempt >= READ_ATTEMPTS {
+            let why = result
+                .err()
+                .map_or("the answer ended early".into(), |e| e.to_string());
+            bail!("reading the blob: {why}, after {copied} bytes and {attempt} attempts");
+        }
+        match &result {
+            Err(err) => {
+                eprintln!("floe: the connection broke after {copied} bytes ({err}); resuming")
+            }
+            Ok(_) => eprintln!("floe: the answer ended after {copied} bytes; resuming"),
+        }
+        std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
     }
-    let length = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let bar = progress(length, "reading");
-    let mut reader = bar.wrap_read(response.into_body().into_reader());
-    let copied = match output {
-        Some(path) => {
-            // Written next to the target and renamed, so a failed read leaves no partial file.
-            let partial = path.with_extension("floe-partial");
-            let mut out = File::create(&partial)
-                .with_context(|| format!("creating {}", partial.display()))?;
-            let copied = io::copy(&mut reader, &mut out).context("reading the blob")?;
-            out.sync_all()?;
-            check_length(copied, length)?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    check_length(copied, total)?;
+    match (file, partial, output) {
+        (Some(file), Some(partial), Some(path)) => {
+            file.sync_all()?;
             std::fs::rename(&partial, path)
                 .with_context(|| format!("renaming to {}", path.display()))?;
-            copied
         }
-        None => {
-            let mut out = io::stdout().lock();
-            let copied = io::copy(&mut reader, &mut out).context("reading the blob")?;
-            out.flush()?;
-            check_length(copied, length)?;
-            copied
-        }
-    };
-    bar.finish_and_clear();
+        _ => stdout.flush()?,
+    }
     Ok(copied)
 }
 

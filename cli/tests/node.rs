@@ -1503,3 +1503,64 @@ fn a_node_killed_during_a_big_upload_cleans_its_spool_at_restart() {
     let listing = get(&format!("{}/v1/blobs", node.url)).json();
     assert_eq!(listing["blobs"].as_array().unwrap().len(), 0, "{listing}");
 }
+
+/// A proxy to `target` that cuts its first connection after `cut` bytes of answer and relays
+/// later ones whole; returns its address.
+fn cutting_proxy(target: String, cut: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (i, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            let target = target.clone();
+            std::thread::spawn(move || {
+                let Ok(server) = TcpStream::connect(&target) else {
+                    return;
+                };
+                let (mut client_in, mut server_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut client_in, &mut server_out));
+                let (mut server_in, mut client_out) = (server, client);
+                if i == 0 {
+                    let mut left = cut;
+                    let mut buf = vec![0u8; 64 << 10];
+                    while left > 0 {
+                        let Ok(read) = server_in.read(&mut buf[..left.min(64 << 10)]) else {
+                            break;
+                        };
+                        if read == 0 || client_out.write_all(&buf[..read]).is_err() {
+                            break;
+                        }
+                        left -= read;
+                    }
+                    let _ = client_out.shutdown(std::net::Shutdown::Both);
+                    let _ = server_in.shutdown(std::net::Shutdown::Both);
+                } else {
+                    let _ = std::io::copy(&mut server_in, &mut client_out);
+                }
+            });
+        }
+    });
+    address
+}
+
+/// `floe read` of a big blob whose connection breaks midway resumes with a range request and
+/// writes the whole blob.
+#[test]
+fn floe_read_resumes_a_broken_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_small_budget(dir.path());
+    let blob = unique_bytes(40_000_000, 82);
+    let id = publish(&node, &blob, 2);
+    let proxy = cutting_proxy(node.address(), 12_000_000);
+    let out = dir.path().join("back.bin");
+    let run = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["read", &id, "--node", &format!("http://{proxy}"), "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert!(std::fs::read(&out).unwrap() == blob);
+}

@@ -135,17 +135,27 @@ impl DiskReservation {
         }
         let more = needed - self.bytes;
         let free = crate::metrics::fs_space(&self.dir).map_or(0, |(free, _)| free);
-        let promised = self.use_.bytes.fetch_add(more, Ordering::AcqRel);
-        // What this upload wrote already is no longer free, but was promised: count it once.
-        let written_here = self.bytes;
-        if promised.saturating_sub(written_here) + more > free {
-            self.use_.bytes.fetch_sub(more, Ordering::AcqRel);
+        // What this upload wrote so far is no longer free: count its promise once.
+        if more > free {
             return Err(ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "noSpace",
                 format!(
-                    "the spool disk ({}) has {free} bytes free, {promised} promised to uploads \
-                     under way; this blob needs {needed} while it is encoded; nothing was stored",
+                    "the spool disk ({}) has {free} bytes free; this blob needs {needed} while \
+                     it is encoded (the blob and its slivers); nothing was stored",
+                    self.dir.display()
+                ),
+            ));
+        }
+        let promised = self.use_.bytes.fetch_add(more, Ordering::AcqRel) - self.bytes;
+        if promised + more > free {
+            // Room for this one alone, not with the uploads under way: later.
+            self.use_.bytes.fetch_sub(more, Ordering::AcqRel);
+            return Err(ApiError::unavailable(
+                "spoolBusy",
+                format!(
+                    "the spool disk ({}) has {free} bytes free, {promised} of them promised to \
+                     uploads under way; this blob needs {needed}; retry when they are done",
                     self.dir.display()
                 ),
             ));

@@ -74,8 +74,14 @@ pub fn encode_in_strips(
     let ss = layout.symbol_bytes;
     let primary_bytes = layout.primary_sliver_bytes();
     let secondary_bytes = layout.secondary_sliver_bytes();
-    let per_task = codewords_per_task(n, ss);
     let line = n * ss;
+    // Tasks small enough that a strip of few rows (or columns) still spreads over the pool.
+    let threads = rayon::current_num_threads().max(1);
+    let per_task_in = |codewords: usize| {
+        codewords_per_task(n, ss)
+            .min(codewords.div_ceil(threads))
+            .max(1)
+    };
 
     // Step 1: row strips into the secondary slivers.
     let rows_per_strip = (strip_bytes / line).clamp(1, k_p);
@@ -87,6 +93,7 @@ pub fn encode_in_strips(
         store.read_rows(first_row, &mut source)?;
         // strip[c * rows * ss + r * ss] = cell (first_row + r, c).
         strip.resize(n * rows * ss, 0);
+        let per_task = per_task_in(rows);
         {
             let writer = DisjointWriter::new(&mut strip);
             let at = |row: usize, column: usize| column * rows * ss + row * ss;
@@ -132,6 +139,7 @@ pub fn encode_in_strips(
         // repair[(row - k_p) * kept * ss + c * ss] = cell (row, first_column + c).
         repair.resize((n - k_p) * kept * ss, 0);
         let strip_leaves = &mut leaves[first_column * n..(first_column + columns) * n];
+        let per_task = per_task_in(columns);
         let roots: Vec<Digest> = {
             let repair_writer = DisjointWriter::new(&mut repair);
             sources

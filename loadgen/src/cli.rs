@@ -41,7 +41,8 @@ pub struct PrepareArgs {
     /// How many blobs.
     #[arg(long, default_value_t = 100)]
     pub count: u64,
-    /// Blob size: `1MiB`, or log-uniform between two sizes: `4KiB..16MiB`.
+    /// Blob size: `1MiB`, `1GiB`, `2.5GB`, or log-uniform between two sizes: `4KiB..4GiB`
+    /// (up to the node's largest blob; each is generated as it is sent, not held).
     #[arg(long, default_value = "1MiB")]
     pub size: SizeDist,
     #[arg(long, default_value_t = 1)]
@@ -52,6 +53,8 @@ pub struct PrepareArgs {
     /// Stores in flight at once.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Connecting, each stall of an upload, and the node's answer after the body (plus a
+    /// second per 10 MB sent: the node encodes the blob once it has it all).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// The node's write token, if it has one.
@@ -90,7 +93,9 @@ pub struct RunArgs {
     /// Stop after this many measured requests.
     #[arg(long)]
     pub requests: Option<u64>,
-    /// Per request (connect, send, each read).
+    /// Per request: connecting, the answer's head after the request was sent (a store's: plus
+    /// a second per 10 MB sent), and each stall of a body either way; a big body that keeps
+    /// moving does not time out.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Which blobs reads pick: uniform, zipf or zipf:S.

@@ -20,19 +20,37 @@ pub fn fill(key: &[u8; 32], offset: u64, buf: &mut [u8]) {
     reader.fill(buf);
 }
 
-/// Checks streamed bytes against the content from a starting offset, one chunk at a time.
-pub struct Checker {
+/// The content from an offset on, in order, a buffer at a time: how stores send a blob of any
+/// size without holding it (memory: the caller's buffer).
+pub struct Stream {
     reader: blake3::OutputReader,
+}
+
+impl Stream {
+    pub fn new(key: &[u8; 32], offset: u64) -> Self {
+        let mut reader = blake3::Hasher::new_keyed(key).finalize_xof();
+        reader.set_position(offset);
+        Self { reader }
+    }
+
+    /// Fills `buf` with the next `buf.len()` bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        self.reader.fill(buf);
+    }
+}
+
+/// Checks streamed bytes against the content from a starting offset, one chunk at a time
+/// (memory: one chunk's worth of expected bytes, whatever the body's length).
+pub struct Checker {
+    stream: Stream,
     scratch: Vec<u8>,
     pub mismatch: bool,
 }
 
 impl Checker {
     pub fn new(key: &[u8; 32], offset: u64) -> Self {
-        let mut reader = blake3::Hasher::new_keyed(key).finalize_xof();
-        reader.set_position(offset);
         Self {
-            reader,
+            stream: Stream::new(key, offset),
             scratch: Vec::new(),
             mismatch: false,
         }
@@ -43,7 +61,7 @@ impl Checker {
             return;
         }
         self.scratch.resize(chunk.len(), 0);
-        self.reader.fill(&mut self.scratch);
+        self.stream.fill(&mut self.scratch);
         if self.scratch != chunk {
             self.mismatch = true;
         }
@@ -91,5 +109,14 @@ mod tests {
             checksum(&key, 10_000),
             blake3::hash(&whole).to_hex().to_string()
         );
+        // A stream read in uneven pieces gives the same bytes as one fill.
+        let mut stream = Stream::new(&key, 100);
+        let mut pieces = vec![0u8; 9_900];
+        let (a, rest) = pieces.split_at_mut(1);
+        let (b, c) = rest.split_at_mut(4_000);
+        stream.fill(a);
+        stream.fill(b);
+        stream.fill(c);
+        assert_eq!(pieces, whole[100..]);
     }
 }

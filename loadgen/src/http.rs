@@ -5,15 +5,24 @@
 //! Why not hyper's client: a load generator must cost less per request than the server it
 //! drives. This does no allocation per request, reads bodies straight into its buffer, and
 //! hands each chunk to the verifier in place. It speaks only what loadgen sends: requests with
-//! a Content-Length body or none, answers framed by Content-Length.
+//! a Content-Length body (generated a chunk at a time, [`Upload`]) or none, answers framed by
+//! Content-Length. Memory per connection is its two buffers whatever the bodies' sizes, so
+//! blobs of many GB go both ways.
+//!
+//! Timeouts (the thread's [`Watchdog`]): a request fails as `timeout` when connecting, the
+//! answer's head after the request was sent, or any stall of a body (no byte moving either
+//! way) takes longer than the timeout; a store's answer may also take a second per
+//! [`ANSWER_WAIT_BYTES_PER_SECOND`] bytes sent. A big body that keeps moving does not time out.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// How a request failed; each kind is counted apart in the report.
@@ -61,8 +70,60 @@ pub struct Head {
 
 /// Bytes of the read buffer: large enough that a 1 MiB body takes a handful of reads.
 const BUFFER_BYTES: usize = 256 << 10;
+/// Bytes of request body generated and written at a time (the upload buffer).
+const UPLOAD_CHUNK_BYTES: usize = 256 << 10;
 /// The most header bytes accepted before the head is called malformed.
 const HEAD_BYTES_MAX: usize = 64 << 10;
+
+/// How much longer than the timeout a store's answer may take: a second per this many bytes
+/// sent. Why: a node encodes a big blob once it has all of it, then stores and sends its
+/// slivers (encoding alone runs at about 80 MB/s on one core at n = 1000, BENCHMARKS.md); a
+/// tenth of that still tells a slow node from a hung one: 1 GiB may take 107 s more.
+pub const ANSWER_WAIT_BYTES_PER_SECOND: u64 = 10_000_000;
+
+/// A request body of `len` bytes that `fill` generates in order, a chunk at a time, so that
+/// a body of any size is sent from one buffer. `fill` is called with consecutive pieces
+/// (`len` bytes in all when the whole body is sent).
+pub struct Upload<'a> {
+    pub len: u64,
+    pub fill: &'a mut dyn FnMut(&mut [u8]),
+}
+
+/// Body bytes moved (received and sent) per whole second since `origin`, counted as they
+/// move: the bytes of a long answer land in the seconds they arrived in, and only those
+/// before `until` count. `live`, if set, counts every byte at once (a progress line).
+#[derive(Debug)]
+pub struct Meter {
+    origin: Instant,
+    until: Instant,
+    pub seconds: Vec<u64>,
+    live: Option<Arc<AtomicU64>>,
+}
+
+impl Meter {
+    pub fn new(origin: Instant, until: Instant, live: Option<Arc<AtomicU64>>) -> Self {
+        Self {
+            origin,
+            until,
+            seconds: Vec::new(),
+            live,
+        }
+    }
+
+    pub fn record(&mut self, at: Instant, bytes: u64) {
+        if let Some(live) = &self.live {
+            live.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if at < self.origin || at >= self.until || bytes == 0 {
+            return;
+        }
+        let second = (at - self.origin).as_secs() as usize;
+        if self.seconds.len() <= second {
+            self.seconds.resize(second + 1, 0);
+        }
+        self.seconds[second] += bytes;
+    }
+}
 
 pub struct Conn {
     stream: TcpStream,
@@ -70,6 +131,10 @@ pub struct Conn {
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
+    /// When the last read that brought bytes returned.
+    last_read: Instant,
+    /// Request bodies are generated here, a chunk at a time (allocated by the first upload).
+    out: Vec<u8>,
 }
 
 impl Conn {
@@ -85,22 +150,102 @@ impl Conn {
             buf: vec![0u8; BUFFER_BYTES].into_boxed_slice(),
             start: 0,
             end: 0,
+            last_read: Instant::now(),
+            out: Vec::new(),
         })
     }
 
-    /// Sends a request: its head, then its body if any.
-    pub async fn send(&mut self, head: &[u8], body: &[u8]) -> Result<(), HttpError> {
-        self.stream
-            .write_all(head)
-            .await
-            .map_err(HttpError::from_io)?;
-        if !body.is_empty() {
-            self.stream
-                .write_all(body)
+    /// Sends a request head and its body, generated a chunk at a time into the upload buffer
+    /// (the head goes with the first chunk). Each chunk written moves the deadline on; after
+    /// the last, the answer gets the timeout plus the store allowance. Returns false when the
+    /// server answered (or closed) before the body's end: it refused the request, and the
+    /// rest is not sent.
+    async fn upload(
+        &mut self,
+        head: &[u8],
+        upload: Upload<'_>,
+        slot: &Slot,
+        timeout: Duration,
+        mut meter: Option<&mut Meter>,
+    ) -> Result<bool, HttpError> {
+        let Upload { len, fill } = upload;
+        if self.out.len() < UPLOAD_CHUNK_BYTES {
+            self.out = vec![0u8; UPLOAD_CHUNK_BYTES];
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let mut left = len;
+        let mut head = Some(head);
+        loop {
+            let mut filled = 0;
+            match head.take() {
+                Some(head) if head.len() <= self.out.len() / 2 => {
+                    self.out[..head.len()].copy_from_slice(head);
+                    filled = head.len();
+                }
+                Some(head) => self
+                    .stream
+                    .write_all(head)
+                    .await
+                    .map_err(HttpError::from_io)?,
+                None => {}
+            }
+            let take = left.min((self.out.len() - filled) as u64) as usize;
+            fill(&mut self.out[filled..filled + take]);
+            if !self.write_watching(filled + take).await? {
+                return Ok(false);
+            }
+            left -= take as u64;
+            let now = Instant::now();
+            if let Some(meter) = meter.as_deref_mut() {
+                meter.record(now, take as u64);
+            }
+            if left == 0 {
+                let allowance =
+                    Duration::from_secs_f64(len as f64 / ANSWER_WAIT_BYTES_PER_SECOND as f64);
+                slot.deadline.set(Some(now + timeout + allowance));
+                return Ok(true);
+            }
+            slot.deadline.set(Some(now + timeout));
+        }
+    }
+
+    /// Writes `self.out[..len]`, watching the socket for the server's answer meanwhile: an
+    /// HTTP/1.1 server says nothing before the request's end unless it refuses the request
+    /// (413, 401, 503, 507...), and may then stop reading or close. Returns false when it
+    /// spoke (its first bytes are in the read buffer) or closed first.
+    async fn write_watching(&mut self, len: usize) -> Result<bool, HttpError> {
+        use std::io::ErrorKind::WouldBlock;
+        let mut written = 0;
+        while written < len {
+            let ready = self
+                .stream
+                .ready(Interest::READABLE | Interest::WRITABLE)
                 .await
                 .map_err(HttpError::from_io)?;
+            if ready.is_readable() || ready.is_read_closed() {
+                match self.stream.try_read(&mut self.buf[self.end..]) {
+                    Ok(0) => return Ok(false),
+                    Ok(read) => {
+                        self.end += read;
+                        self.last_read = Instant::now();
+                        return Ok(false);
+                    }
+                    Err(error) if error.kind() == WouldBlock => {}
+                    Err(error) => return Err(HttpError::from_io(error)),
+                }
+            }
+            if ready.is_writable() || ready.is_write_closed() {
+                match self.stream.try_write(&self.out[written..len]) {
+                    Ok(wrote) => written += wrote,
+                    Err(error) if error.kind() == WouldBlock => {}
+                    Err(error) => return Err(HttpError::from_io(error)),
+                }
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Reads the response head; also returns when its first byte arrived.
@@ -108,7 +253,8 @@ impl Conn {
         let mut first_byte = None;
         loop {
             if self.end > self.start {
-                let first = *first_byte.get_or_insert_with(Instant::now);
+                // Bytes already here (an answer that came while the body was being sent).
+                let first = *first_byte.get_or_insert(self.last_read);
                 let mut headers = [httparse::EMPTY_HEADER; 32];
                 let mut response = httparse::Response::new(&mut headers);
                 match response.parse(&self.buf[self.start..self.end]) {
@@ -145,20 +291,30 @@ impl Conn {
                     "the server closed the connection before answering",
                 )));
             }
+            let now = Instant::now();
+            self.last_read = now;
+            first_byte.get_or_insert(now);
             self.end += read;
         }
     }
 
-    /// Streams `len` body bytes through `sink`, in chunks as they arrive.
-    pub async fn read_body(
+    /// Streams `len` body bytes through `sink`, in chunks as they arrive; each read moves the
+    /// deadline on (a body times out only when it stalls) and is counted by `meter`.
+    async fn read_body(
         &mut self,
         len: u64,
         mut sink: impl FnMut(&[u8]),
+        slot: &Slot,
+        timeout: Duration,
+        mut meter: Option<&mut Meter>,
     ) -> Result<(), HttpError> {
         let mut left = len;
         let buffered = ((self.end - self.start) as u64).min(left) as usize;
         if buffered > 0 {
             sink(&self.buf[self.start..self.start + buffered]);
+            if let Some(meter) = meter.as_deref_mut() {
+                meter.record(self.last_read, buffered as u64);
+            }
             self.start += buffered;
             left -= buffered as u64;
         }
@@ -180,7 +336,13 @@ impl Conn {
                     format!("the server closed the connection {left} bytes before the body's end"),
                 )));
             }
+            let now = Instant::now();
+            self.last_read = now;
+            slot.deadline.set(Some(now + timeout));
             sink(&self.buf[..read]);
+            if let Some(meter) = meter.as_deref_mut() {
+                meter.record(now, read as u64);
+            }
             left -= read as u64;
         }
         Ok(())
@@ -196,6 +358,8 @@ pub struct Client {
     slot: Rc<Slot>,
     /// Connections opened, first included.
     pub connects: u64,
+    /// Counts body bytes as they move, when set (the measured requests of a run).
+    pub meter: Option<Meter>,
 }
 
 /// A request's deadline, watched by the thread's [`Watchdog`].
@@ -258,10 +422,13 @@ impl Client {
             conn: None,
             slot,
             connects: 0,
+            meter: None,
         }
     }
 
-    fn drop_conn(&mut self) {
+    /// Closes the connection (the next request opens another): after an answer whose body
+    /// is not wanted.
+    pub fn drop_conn(&mut self) {
         self.conn = None;
         self.slot.fd.set(None);
         self.slot.deadline.set(None);
@@ -278,13 +445,15 @@ impl Client {
         }
     }
 
-    /// Sends a request and reads the answer's head (connecting first if needed); the caller
-    /// then reads exactly `head.content_length` bytes with [`Client::body`]. Returns the head,
-    /// when the request was sent and when the answer's first byte arrived.
+    /// Sends a request (and its body, if any) and reads the answer's head (connecting first
+    /// if needed); the caller then reads exactly `head.content_length` bytes with
+    /// [`Client::body`]. Returns the head, when the request was sent and when the answer's
+    /// first byte arrived. A server that answers before the body's end (a refusal) gets the
+    /// rest of it no more, and its answer is returned; the connection closes after it.
     pub async fn start(
         &mut self,
         head: &[u8],
-        body: &[u8],
+        upload: Option<Upload<'_>>,
     ) -> Result<(Head, Instant, Instant), HttpError> {
         if self.conn.is_none() {
             let conn = Conn::connect(self.addr, self.timeout).await?;
@@ -296,8 +465,32 @@ impl Client {
         let sent = Instant::now();
         self.slot.deadline.set(Some(sent + self.timeout));
         let conn = self.conn.as_mut().expect("connected above");
-        let result = match conn.send(head, body).await {
-            Ok(()) => conn.read_head().await,
+        let sending = match upload {
+            None => conn
+                .stream
+                .write_all(head)
+                .await
+                .map(|()| true)
+                .map_err(HttpError::from_io),
+            Some(upload) => {
+                conn.upload(head, upload, &self.slot, self.timeout, self.meter.as_mut())
+                    .await
+            }
+        };
+        let result = match sending {
+            Ok(whole) => conn.read_head().await.map(|(mut answer, first)| {
+                answer.close |= !whole;
+                (answer, first)
+            }),
+            // The server may have answered before it closed: its refusal says more than a
+            // broken pipe. (Not after the watchdog shut the socket: that is a timeout.)
+            Err(error) if !self.slot.fired.get() => match conn.read_head().await {
+                Ok((mut answer, first)) => {
+                    answer.close = true;
+                    Ok((answer, first))
+                }
+                Err(_) => Err(error),
+            },
             Err(error) => Err(error),
         };
         match result {
@@ -309,7 +502,15 @@ impl Client {
     /// Reads the body of the answer `start` returned, then keeps or drops the connection.
     pub async fn body(&mut self, head: &Head, sink: impl FnMut(&[u8])) -> Result<(), HttpError> {
         let conn = self.conn.as_mut().expect("start succeeded");
-        let result = conn.read_body(head.content_length, sink).await;
+        let result = conn
+            .read_body(
+                head.content_length,
+                sink,
+                &self.slot,
+                self.timeout,
+                self.meter.as_mut(),
+            )
+            .await;
         match result {
             Err(error) => Err(self.failed(error)),
             Ok(()) if head.close || self.slot.fired.get() => {
@@ -323,9 +524,14 @@ impl Client {
         }
     }
 
-    /// Sends a request and collects the whole answer (setup requests, not measured ones).
-    pub async fn fetch(&mut self, head: &[u8], body: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
-        let (answer, _, _) = self.start(head, body).await?;
+    /// Sends a request and collects the whole answer (setup requests and stores, whose
+    /// answers are small).
+    pub async fn fetch(
+        &mut self,
+        head: &[u8],
+        upload: Option<Upload<'_>>,
+    ) -> Result<(u16, Vec<u8>), HttpError> {
+        let (answer, _, _) = self.start(head, upload).await?;
         let mut collected = Vec::new();
         self.body(&answer, |chunk| collected.extend_from_slice(chunk))
             .await?;
@@ -340,7 +546,7 @@ pub fn request_head(
     path: &str,
     host: &str,
     extra: &[(&str, &str)],
-    content_length: Option<usize>,
+    content_length: Option<u64>,
 ) {
     use std::io::Write;
     out.clear();
@@ -359,7 +565,7 @@ pub fn request_head(
 }
 
 /// Writes the head of a publisher store, `PUT /v1/blobs?epochs=N`, with the write token if any.
-pub fn store_head(out: &mut Vec<u8>, host: &str, epochs: u32, token: Option<&str>, len: usize) {
+pub fn store_head(out: &mut Vec<u8>, host: &str, epochs: u32, token: Option<&str>, len: u64) {
     let authorization = token.map(|t| format!("Bearer {t}"));
     let extra: Vec<(&str, &str)> = authorization
         .as_deref()

@@ -1,5 +1,6 @@
 //! `prepare`: stores a data set through a node's publisher and writes the manifest that runs
-//! read and verify against.
+//! read and verify against. Each blob is generated as it is sent and hashed on the way, so a
+//! store of any size takes one upload buffer per connection.
 
 use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
@@ -11,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::content;
-use crate::http::{store_head, stored_blob_id, Client, Watchdog};
+use crate::http::{store_head, stored_blob_id, Client, Upload, Watchdog};
 use crate::manifest::{Manifest, ManifestBlob, FORMAT};
 use crate::run::{block_on_fetch, on_this_thread, watch_period};
 use crate::spec::SizeDist;
@@ -85,8 +86,9 @@ async fn store_all(
     total_bytes: u64,
 ) -> Result<Vec<ManifestBlob>> {
     let next = Rc::new(Cell::new(0usize));
-    // Blobs and bytes stored so far, for the progress line.
-    let stored = Rc::new(Cell::new((0usize, 0u64)));
+    // Blobs stored so far, and bytes sent (of blobs under way too), for the progress line.
+    let stored = Rc::new(Cell::new(0usize));
+    let sent = Rc::new(Cell::new(0u64));
     let sizes: Rc<[u64]> = sizes.into();
     let results: Rc<RefCell<Vec<Option<ManifestBlob>>>> =
         Rc::new(RefCell::new(vec![None; sizes.len()]));
@@ -94,11 +96,29 @@ async fn store_all(
     let started = Instant::now();
     let show = config.progress && std::io::stderr().is_terminal();
     let watchdog = Watchdog::spawn(watch_period(config.timeout));
+    if show {
+        // Twice a second, not per blob: a big blob takes seconds to send.
+        let (stored, sent, count) = (stored.clone(), sent.clone(), sizes.len());
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let elapsed = started.elapsed().as_secs_f64();
+                eprint!(
+                    "\r\x1b[2Kstored {}/{count} blobs, {:.1}/{:.1} MB sent, {:.1} MB/s",
+                    stored.get(),
+                    sent.get() as f64 / 1e6,
+                    total_bytes as f64 / 1e6,
+                    sent.get() as f64 / 1e6 / elapsed
+                );
+            }
+        });
+    }
     let mut tasks = Vec::new();
     for _ in 0..config.connections.clamp(1, sizes.len()) {
-        let (next, stored, results, failure, sizes) = (
+        let (next, stored, sent, results, failure, sizes) = (
             next.clone(),
             stored.clone(),
+            sent.clone(),
             results.clone(),
             failure.clone(),
             sizes.clone(),
@@ -113,21 +133,10 @@ async fn store_all(
                     break;
                 }
                 next.set(index + 1);
-                match store_one(&mut client, &config, index as u64, sizes[index]).await {
+                match store_one(&mut client, &config, index as u64, sizes[index], &sent).await {
                     Ok(blob) => {
-                        let (done, bytes) = stored.get();
-                        let (done, bytes) = (done + 1, bytes + blob.size);
-                        stored.set((done, bytes));
+                        stored.set(stored.get() + 1);
                         results.borrow_mut()[index] = Some(blob);
-                        if show {
-                            eprint!(
-                                "\r\x1b[2Kstored {done}/{} blobs, {:.1}/{:.1} MB, {:.1} MB/s",
-                                sizes.len(),
-                                bytes as f64 / 1e6,
-                                total_bytes as f64 / 1e6,
-                                bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
-                            );
-                        }
                     }
                     Err(error) => {
                         failure.borrow_mut().get_or_insert(error);
@@ -140,7 +149,13 @@ async fn store_all(
         task.await.expect("a store task panicked");
     }
     if show {
-        eprintln!();
+        eprintln!(
+            "\r\x1b[2Kstored {}/{} blobs, {:.1} MB, {:.1} MB/s",
+            stored.get(),
+            sizes.len(),
+            sent.get() as f64 / 1e6,
+            sent.get() as f64 / 1e6 / started.elapsed().as_secs_f64()
+        );
     }
     if let Some(error) = failure.borrow_mut().take() {
         return Err(error);
@@ -149,33 +164,47 @@ async fn store_all(
     Ok(blobs)
 }
 
-/// Stores blob `index`, retrying a busy node (503) or a broken connection twice.
+/// Stores blob `index`, retrying a busy node (503) or a broken connection twice. The body is
+/// generated chunk by chunk as it is sent and hashed on the way (the manifest's checksum), so
+/// memory does not grow with `size`. `sent` counts the bytes sent, for the progress line.
 async fn store_one(
     client: &mut Client,
     config: &PrepareConfig,
     index: u64,
     size: u64,
+    sent: &Cell<u64>,
 ) -> Result<ManifestBlob> {
     let key = content::key(config.seed, "blob", index);
-    let mut body = vec![0u8; size as usize];
-    content::fill(&key, 0, &mut body);
-    let checksum = blake3::hash(&body).to_hex().to_string();
     let mut head = Vec::new();
     store_head(
         &mut head,
         &config.target.host,
         config.epochs,
         config.token.as_deref(),
-        body.len(),
+        size,
     );
     let mut attempt = 0;
-    let (status, answer) = loop {
+    let (status, answer, hasher, hashed) = loop {
         attempt += 1;
-        match client.fetch(&head, &body).await {
+        let mut content = content::Stream::new(&key, 0);
+        let mut hasher = blake3::Hasher::new();
+        let mut hashed = 0u64;
+        let mut fill = |chunk: &mut [u8]| {
+            content.fill(chunk);
+            hasher.update(chunk);
+            hashed += chunk.len() as u64;
+            sent.set(sent.get() + chunk.len() as u64);
+        };
+        let upload = Upload {
+            len: size,
+            fill: &mut fill,
+        };
+        match client.fetch(&head, Some(upload)).await {
             Ok((503, _)) | Err(_) if attempt < 3 => {
+                sent.set(sent.get() - hashed);
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
-            Ok(answer) => break answer,
+            Ok((status, answer)) => break (status, answer, hasher, hashed),
             Err(error) => bail!("storing blob {index} ({size} bytes): {error}"),
         }
     };
@@ -187,10 +216,15 @@ async fn store_one(
     }
     let blob_id = stored_blob_id(&answer, size)
         .map_err(|what| anyhow!("storing blob {index} ({size} bytes): {what}"))?;
+    if hashed != size {
+        bail!(
+            "storing blob {index} ({size} bytes): the node answered {status} after {hashed} bytes"
+        );
+    }
     Ok(ManifestBlob {
         index,
         blob_id,
         size,
-        blake3: checksum,
+        blake3: hasher.finalize().to_hex().to_string(),
     })
 }

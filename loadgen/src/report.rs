@@ -97,7 +97,14 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub error_sample: Option<String>,
     pub ops_per_second: f64,
+    /// Body bytes of the answers counted (reads; a store counts its body).
     pub bytes: u64,
+    /// Body bytes moved inside the measured window, as they moved: by every request, also
+    /// one that began in the warm-up, failed, or was still running at the end. What a link
+    /// carried; with big blobs, whose answers take seconds, this and not `bytes` is the
+    /// throughput (a blob that began before the window or ended after it counts in part).
+    pub moved_bytes: u64,
+    /// `moved_bytes` per second of the window.
     pub bytes_per_second: f64,
     /// From the intended send time: corrected for coordinated omission in an open loop, the
     /// same as `serviceMs` in a closed loop.
@@ -110,7 +117,7 @@ pub struct Report {
     /// timer lateness, not counted in the latency).
     pub send_lag_ms: Option<Percentiles>,
     pub per_second: Segments,
-    /// Answers and bytes of each second of the measured window.
+    /// Answers completed and body bytes moved in each second of the measured window.
     pub timeline: Vec<(u64, u64)>,
     pub by_op: BTreeMap<&'static str, OpReport>,
     /// Reads whose bytes were checked, and stores whose answer was.
@@ -137,6 +144,7 @@ pub fn build(config: &RunConfig, stats: Stats, start: Instant) -> Report {
     let whole = seconds.floor() as usize;
     let mut timeline = stats.seconds.clone();
     timeline.resize(whole.max(timeline.len()), (0, 0));
+    let moved_bytes: u64 = stats.seconds.iter().map(|s| s.1).sum();
     let mut ops: Vec<f64> = timeline[..whole].iter().map(|s| s.0 as f64).collect();
     let mut bytes: Vec<f64> = timeline[..whole].iter().map(|s| s.1 as f64).collect();
     let errors_total: u64 = stats.errors.values().sum();
@@ -166,7 +174,8 @@ pub fn build(config: &RunConfig, stats: Stats, start: Instant) -> Report {
         error_sample: stats.error_sample.clone(),
         ops_per_second: stats.ok as f64 / seconds,
         bytes: stats.bytes,
-        bytes_per_second: stats.bytes as f64 / seconds,
+        moved_bytes,
+        bytes_per_second: moved_bytes as f64 / seconds,
         latency_ms: Percentiles::of(&stats.latency),
         service_ms: Percentiles::of(&stats.service),
         ttfb_ms: (!stats.ttfb.is_empty()).then(|| Percentiles::of(&stats.ttfb)),

@@ -19,7 +19,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::content;
-use crate::http::{request_head, store_head, stored_blob_id, Client, Head, HttpError, Watchdog};
+use crate::http::{
+    request_head, store_head, stored_blob_id, Client, Head, HttpError, Meter, Upload, Watchdog,
+};
 use crate::manifest::Blob;
 use crate::report::{self, Report};
 use crate::spec::{KeyChooser, Mix, Op, Popularity, SizeDist};
@@ -114,7 +116,8 @@ struct Shared {
 struct Live {
     ok: AtomicU64,
     errors: AtomicU64,
-    bytes: AtomicU64,
+    /// Body bytes as they move (each connection's [`Meter`] adds to it).
+    bytes: Arc<AtomicU64>,
 }
 
 /// Runs the load and returns what was measured.
@@ -168,14 +171,23 @@ pub fn run(config: RunConfig) -> Result<Report> {
 /// A clear error before any load if a target does not answer at all.
 fn preflight(config: &RunConfig) -> Result<()> {
     for target in &config.targets {
-        let path = if config.mix.ops().any(|op| op == Op::Url) {
-            target.path.clone()
-        } else {
-            "/v1/health".to_string()
-        };
-        let (status, body) = block_on_fetch(target, "GET", &path, config.timeout)
+        if config.mix.ops().any(|op| op == Op::Url) {
+            // Only the answer's head: the URL may name a file of many GB.
+            on_this_thread(async {
+                let watchdog = Watchdog::spawn(watch_period(config.timeout));
+                let mut client = Client::new(target.addr, config.timeout, &watchdog);
+                let mut head = Vec::new();
+                request_head(&mut head, "GET", &target.path, &target.host, &[], None);
+                client.start(&head, None).await.map(|_| ())
+            })?
+            .map_err(|e| anyhow!("GET {}: {e}", target.path))
             .with_context(|| format!("the target {target} does not answer"))?;
-        if path == "/v1/health" && status != 200 {
+            continue;
+        }
+        let path = "/v1/health";
+        let (status, body) = block_on_fetch(target, "GET", path, config.timeout)
+            .with_context(|| format!("the target {target} does not answer"))?;
+        if status != 200 {
             bail!(
                 "the target {target} answered {status} to GET /v1/health: {}; is it a floe node?",
                 String::from_utf8_lossy(&body).trim()
@@ -211,7 +223,7 @@ pub(crate) fn block_on_fetch(
         let mut client = Client::new(target.addr, timeout, &watchdog);
         let mut head = Vec::new();
         request_head(&mut head, method, path, &target.host, &[], None);
-        client.fetch(&head, &[]).await
+        client.fetch(&head, None).await
     })?
     .map_err(|e| anyhow!("{method} {path}: {e}"))
 }
@@ -268,7 +280,7 @@ async fn get_ok(client: &mut Client, target: &Target, path: &str) -> Result<Vec<
     let mut head = Vec::new();
     request_head(&mut head, "GET", path, &target.host, &[], None);
     let (status, body) = client
-        .fetch(&head, &[])
+        .fetch(&head, None)
         .await
         .map_err(|e| anyhow!("{target}: GET {path}: {e}"))?;
     if status != 200 {
@@ -316,9 +328,12 @@ pub struct Stats {
     pub per_op: BTreeMap<Op, OpStats>,
     pub errors: BTreeMap<String, u64>,
     pub error_sample: Option<String>,
-    /// Per second of the measured window: answers and bytes completed in it.
+    /// Per second of the measured window: answers completed in it, and body bytes moved in
+    /// it (received or sent, by any request: also one that began in the warm-up, failed, or
+    /// ended after the window).
     pub seconds: Vec<(u64, u64)>,
     pub ok: u64,
+    /// Body bytes of the answers counted (a store: its body).
     pub bytes: u64,
     pub verified: u64,
     /// Requests still running when the duration ended (not counted).
@@ -462,7 +477,6 @@ struct Connection<'a> {
     rng: StdRng,
     keys: KeyChooser,
     head: Vec<u8>,
-    body: Vec<u8>,
     collected: Vec<u8>,
     stores: u64,
 }
@@ -486,12 +500,16 @@ async fn connection_main(
         ),
         keys: KeyChooser::new(config.popularity, config.blobs.len() as u64),
         head: Vec::with_capacity(512),
-        body: Vec::new(),
         collected: Vec::new(),
         stores: 0,
     };
     let measure_start = shared.start + config.warmup;
     let end = measure_start + config.duration;
+    connection.client.meter = Some(Meter::new(
+        measure_start,
+        end,
+        shared.live.as_ref().map(|live| live.bytes.clone()),
+    ));
     // Open loop: this connection's share of the rate, its first send staggered so that the
     // connections together send evenly.
     let interval = config
@@ -582,8 +600,8 @@ async fn connection_main(
                     if stats.seconds.len() <= second {
                         stats.seconds.resize(second + 1, (0, 0));
                     }
+                    // Its bytes were counted as they moved, by the client's meter.
                     stats.seconds[second].0 += 1;
-                    stats.seconds[second].1 += bytes;
                     stats.ok += 1;
                     stats.bytes += bytes;
                     stats.verified += u64::from(verified);
@@ -593,7 +611,6 @@ async fn connection_main(
                     let _ = per_op.latency.record(latency);
                     if let Some(live) = &shared.live {
                         live.ok.fetch_add(1, Ordering::Relaxed);
-                        live.bytes.fetch_add(bytes, Ordering::Relaxed);
                     }
                     false
                 }
@@ -616,8 +633,19 @@ async fn connection_main(
         }
     }
     let mut stats = stats.borrow_mut();
-    // Each connection adds the connections it opened once, when it ends.
+    // Each connection adds the connections it opened, and the bytes it moved, when it ends.
     stats.connects += connection.client.connects;
+    let moved = connection
+        .client
+        .meter
+        .take()
+        .map_or(Vec::new(), |m| m.seconds);
+    if stats.seconds.len() < moved.len() {
+        stats.seconds.resize(moved.len(), (0, 0));
+    }
+    for (second, bytes) in stats.seconds.iter_mut().zip(moved) {
+        second.1 += bytes;
+    }
 }
 
 impl Connection<'_> {
@@ -694,7 +722,7 @@ impl Connection<'_> {
             extra,
             None,
         );
-        let (head, sent, first_byte) = match self.client.start(&self.head, &[]).await {
+        let (head, sent, first_byte) = match self.client.start(&self.head, None).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };
@@ -768,7 +796,7 @@ impl Connection<'_> {
         let verify = self.rng.gen_bool(config.verify);
         let path = format!("{}/slivers/{pair}/primary", blob.path);
         request_head(&mut self.head, "GET", &path, &self.target.host, &[], None);
-        let (head, sent, first_byte) = match self.client.start(&self.head, &[]).await {
+        let (head, sent, first_byte) = match self.client.start(&self.head, None).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };
@@ -802,11 +830,12 @@ impl Connection<'_> {
     async fn store(&mut self) -> Outcome {
         let shared = self.shared;
         let config = &shared.config;
-        let size = config.store_size.sample(&mut self.rng) as usize;
+        let size = config.store_size.sample(&mut self.rng);
         let key = content::key(config.seed, &format!("store-{}", self.index), self.stores);
         self.stores += 1;
-        self.body.resize(size, 0);
-        content::fill(&key, 0, &mut self.body);
+        // The body is generated as it is sent: a store of any size takes one chunk's memory.
+        let mut content = content::Stream::new(&key, 0);
+        let mut fill = |chunk: &mut [u8]| content.fill(chunk);
         store_head(
             &mut self.head,
             &self.target.host,
@@ -814,7 +843,11 @@ impl Connection<'_> {
             config.token.as_deref(),
             size,
         );
-        let (head, sent, _) = match self.client.start(&self.head, &self.body).await {
+        let upload = Upload {
+            len: size,
+            fill: &mut fill,
+        };
+        let (head, sent, _) = match self.client.start(&self.head, Some(upload)).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };
@@ -826,11 +859,11 @@ impl Connection<'_> {
         }
         // The answer must name a well-formed blob ID of the size sent; the bytes themselves
         // are checked when read back.
-        if let Err(what) = stored_blob_id(&self.collected, size as u64) {
+        if let Err(what) = stored_blob_id(&self.collected, size) {
             return failed("verify", format!("store of {size} bytes: {what}"));
         }
         Outcome::Ok {
-            bytes: size as u64,
+            bytes: size,
             sent,
             first_byte: None,
             verified: true,
@@ -846,7 +879,7 @@ impl Connection<'_> {
             &[],
             None,
         );
-        let (head, sent, first_byte) = match self.client.start(&self.head, &[]).await {
+        let (head, sent, first_byte) = match self.client.start(&self.head, None).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),
         };

@@ -7,16 +7,20 @@ use std::str::FromStr;
 use rand::Rng;
 use rand_distr::{Distribution, Zipf};
 
-/// A byte count written `1048576`, `4KiB`, `1MiB`, `2GiB`, `1kB`, `1MB` or `1GB`.
+/// A byte count written `1048576`, `4KiB`, `1MiB`, `2GiB`, `1kB`, `1MB` or `1GB`; a unit
+/// may follow a decimal number (`1.5GiB`, `2.5GB`), rounded to the nearest byte.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (examples: 4096, 4KiB, 1MiB, 1MB)"))?;
+    let not_a_size = || format!("`{text}` is not a size (examples: 4096, 4KiB, 1MiB, 2.5GB)");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
+        return Err(not_a_size());
+    }
+    let whole: u64 = whole.parse().map_err(|_| not_a_size())?;
     let scale: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "k" => 1 << 10,
@@ -31,9 +35,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    let too_large = || format!("`{text}` is too large");
+    let mut bytes = whole.checked_mul(scale).ok_or_else(too_large)?;
+    if !fraction.is_empty() {
+        if scale == 1 {
+            return Err(format!("`{text}`: a number of bytes is whole"));
+        }
+        // Exact: the fraction's digits times the scale, rounded once.
+        let digits = &fraction[..fraction.len().min(18)];
+        let numerator: u128 = digits.parse().map_err(|_| not_a_size())?;
+        let denominator = 10u128.pow(digits.len() as u32);
+        let part = (numerator * u128::from(scale) * 2 + denominator) / (2 * denominator);
+        bytes = bytes
+            .checked_add(u64::try_from(part).map_err(|_| too_large())?)
+            .ok_or_else(too_large)?;
+    }
+    Ok(bytes)
 }
 
 /// Sizes of blobs or ranges: one size, or log-uniform between two (`4KiB..16MiB`), which gives
@@ -267,7 +284,15 @@ mod tests {
         assert_eq!(parse_size("4KiB"), Ok(4096));
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
         assert_eq!(parse_size("1MB"), Ok(1_000_000));
-        assert!(parse_size("1.5MiB").is_err());
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1.5MiB"), Ok(3 << 19));
+        assert_eq!(parse_size("2.5GB"), Ok(2_500_000_000));
+        assert_eq!(parse_size("0.1KiB"), Ok(102));
+        assert_eq!(parse_size("14.6GB"), Ok(14_600_000_000));
+        assert!(parse_size("1.5").is_err());
+        assert!(parse_size("1.MiB").is_err());
+        assert!(parse_size(".5MiB").is_err());
+        assert!(parse_size("1.2.3MiB").is_err());
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("1PiB").is_err());
         assert!(parse_size("99999999999999GiB").is_err());

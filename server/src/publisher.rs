@@ -109,6 +109,7 @@ pub async fn publish(
         None => {}
     }
     let encoded = Rc::new(source);
+    let stored_at = std::time::Instant::now();
     let batch = batch_bytes(state, encoded.layout());
     let me = state.shared.me.name.clone();
     // Owned futures: the stores still under way when the answer goes out finish in the
@@ -180,6 +181,7 @@ pub async fn publish(
             ),
         ));
     }
+    tracing::debug!(blob = %blob_id, seconds = stored_at.elapsed().as_secs_f64(), "stored on the write quorum");
     let mut body = answer("newlyCreated", end_epoch, stored_deletable, confirmed);
     if !failed.is_empty() {
         body["newlyCreated"]["failedNodes"] = json!(failed);
@@ -295,6 +297,7 @@ async fn intake(
         spooled.promise(&config.layout(bytes).expect("within the code's limit"))?;
     }
     let stall = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
+    let started = std::time::Instant::now();
     let received = spooled
         .receive(&config, Bytes::new(), request.into_body(), code_max, stall)
         .await
@@ -302,7 +305,15 @@ async fn intake(
     state.shared.metrics.received_bytes.inc_by(received);
     let layout = config.layout(received).expect("within the code's limit");
     spooled.promise(&layout)?;
+    let spooled_in = started.elapsed();
     spooled.encode(layout).await?;
+    tracing::info!(
+        blob = %spooled.blob_id(),
+        bytes = received,
+        receive_seconds = spooled_in.as_secs_f64(),
+        encode_seconds = (started.elapsed() - spooled_in).as_secs_f64(),
+        "spooled and encoded a big blob"
+    );
     Ok((Source::Spooled(spooled), reservation))
 }
 

@@ -35,9 +35,11 @@ use crate::http::error::ApiError;
 /// writes, and at most two chunks in memory (one being written, one filling).
 pub const BODY_CHUNK_BYTES_MAX: usize = 4 << 20;
 
-/// The encoder's strip size, at most. Why: a few rows or columns at the largest symbols; the
-/// encoder holds twice this (or two rows of `n` symbols, if larger) besides its leaf matrix.
-pub const STRIP_BYTES_MAX: usize = 8 << 20;
+/// The encoder's strip size, at most. Why: enough rows (or columns) per strip that every core
+/// has some (a 1.2 GB blob at n = 1000 has rows of 5.4 MB: one per strip of 8 MiB left one core
+/// working), and large sequential spool I/O; the encoder holds twice this (or two rows of `n`
+/// symbols, if larger) besides its leaf matrix.
+pub const STRIP_BYTES_MAX: usize = 64 << 20;
 
 /// How an upload uses memory, sized to the core's buffer budget.
 #[derive(Clone, Copy, Debug)]

@@ -1264,7 +1264,9 @@ fn a_big_blob_streams_in_and_out_under_a_small_memory_budget() {
         expected.to_string(),
         "the same blob ID as the whole encoder"
     );
-    assert!(spool_files(&dir.path().join("data")).is_empty());
+    wait_for(10, "the spool files are removed", || {
+        spool_files(&dir.path().join("data")).is_empty()
+    });
 
     let url = format!("{}/v1/blobs/{id}", node.url);
     let watch = RssWatch::start(pid);
@@ -1364,7 +1366,9 @@ fn big_transfers_cut_short_leave_nothing_behind() {
     assert!(get(&format!("{}/v1/blobs/{id}", node.url)).body == blob);
     let again = unique_bytes(50_000_000, 79);
     publish(&node, &again, 1);
-    assert!(spool_files(&data).is_empty());
+    wait_for(10, "the spool files are removed", || {
+        spool_files(&data).is_empty()
+    });
 }
 
 /// A tmpfs mounted for a test, unmounted when dropped.

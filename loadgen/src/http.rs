@@ -658,6 +658,189 @@ fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// A one-connection server on loopback running `serve` with the request head read (as
+    /// text), a reader of the rest and the socket to answer on.
+    fn server(
+        serve: impl FnOnce(String, BufReader<std::net::TcpStream>, std::net::TcpStream) + Send + 'static,
+    ) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            serve(head, reader, stream);
+        });
+        addr
+    }
+
+    fn on_thread<F: std::future::Future>(future: F) -> F::Output {
+        crate::run::on_this_thread(future).unwrap()
+    }
+
+    fn put_head(len: u64) -> Vec<u8> {
+        let mut head = Vec::new();
+        store_head(&mut head, "x", 1, None, len);
+        head
+    }
+
+    #[test]
+    fn an_upload_is_generated_chunk_by_chunk_and_counted_as_it_goes() {
+        let len: u64 = (9 << 20) + 123;
+        let key = crate::content::key(1, "blob", 0);
+        let addr = server(move |head, mut reader, mut stream| {
+            assert!(head.contains(&format!("Content-Length: {len}")), "{head}");
+            let mut hasher = blake3::Hasher::new();
+            let mut left = len;
+            let mut buf = vec![0u8; 1 << 16];
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                let read = reader.read(&mut buf[..want]).unwrap();
+                assert!(read > 0);
+                hasher.update(&buf[..read]);
+                left -= read as u64;
+            }
+            let hex = hasher.finalize().to_hex().to_string();
+            write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n{hex}").unwrap();
+        });
+        let (status, answer, moved) = on_thread(async move {
+            let watchdog = Watchdog::spawn(Duration::from_millis(100));
+            let mut client = Client::new(addr, Duration::from_secs(10), &watchdog);
+            let now = Instant::now();
+            client.meter = Some(Meter::new(now, now + Duration::from_secs(3600), None));
+            let mut content = crate::content::Stream::new(&key, 0);
+            let mut chunks = 0;
+            let mut fill = |chunk: &mut [u8]| {
+                assert!(chunk.len() <= UPLOAD_CHUNK_BYTES);
+                chunks += 1;
+                content.fill(chunk);
+            };
+            let upload = Upload {
+                len,
+                fill: &mut fill,
+            };
+            let (status, answer) = client.fetch(&put_head(len), Some(upload)).await.unwrap();
+            assert!(chunks >= 36, "{chunks} chunks");
+            let moved: u64 = client.meter.take().unwrap().seconds.iter().sum();
+            (status, answer, moved)
+        });
+        assert_eq!(status, 200);
+        assert_eq!(
+            String::from_utf8(answer).unwrap(),
+            crate::content::checksum(&key, len)
+        );
+        // The body sent and the answer's body, as they moved.
+        assert_eq!(moved, len + 64);
+    }
+
+    #[test]
+    fn a_refusal_before_the_bodys_end_is_the_answer_not_a_broken_pipe() {
+        // One server closes after its refusal, one keeps the socket open but reads no more.
+        for close in [true, false] {
+            let addr = server(move |_, _, mut stream| {
+                stream
+                    .write_all(
+                        b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 9\r\n\r\nspool full",
+                    )
+                    .unwrap();
+                if close {
+                    drop(stream);
+                } else {
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+            });
+            let (head, body, generated) = on_thread(async move {
+                let watchdog = Watchdog::spawn(Duration::from_millis(100));
+                let mut client = Client::new(addr, Duration::from_secs(3), &watchdog);
+                let mut generated = 0u64;
+                let mut fill = |chunk: &mut [u8]| generated += chunk.len() as u64;
+                let len = 1u64 << 30;
+                let upload = Upload {
+                    len,
+                    fill: &mut fill,
+                };
+                let (head, _, _) = client.start(&put_head(len), Some(upload)).await.unwrap();
+                let mut body = Vec::new();
+                client
+                    .body(&head, |chunk| body.extend_from_slice(chunk))
+                    .await
+                    .unwrap();
+                assert!(client.conn.is_none(), "a cut upload ends its connection");
+                (head, body, generated)
+            });
+            assert_eq!(head.status, 507, "close {close}");
+            assert!(head.close);
+            assert_eq!(body, b"spool ful");
+            assert!(generated < 64 << 20, "{generated} bytes generated");
+        }
+    }
+
+    #[test]
+    fn a_body_times_out_when_it_stalls_not_when_it_is_long() {
+        // 12 pieces 50 ms apart (600 ms in all) under a 300 ms timeout: fine. Then a stall of
+        // 700 ms in the middle: a timeout.
+        for stall in [Duration::ZERO, Duration::from_millis(700)] {
+            let addr = server(move |_, _, mut stream| {
+                let piece = vec![7u8; 1000];
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 12000\r\n\r\n");
+                for i in 0..12 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if i == 6 {
+                        std::thread::sleep(stall);
+                    }
+                    if stream.write_all(&piece).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            });
+            let result = on_thread(async move {
+                let timeout = Duration::from_millis(300);
+                let watchdog = Watchdog::spawn(crate::run::watch_period(timeout));
+                let mut client = Client::new(addr, timeout, &watchdog);
+                let mut head = Vec::new();
+                request_head(&mut head, "GET", "/", "x", &[], None);
+                let started = Instant::now();
+                client
+                    .fetch(&head, None)
+                    .await
+                    .map(|(_, body)| (body.len(), started.elapsed()))
+            });
+            match result {
+                Ok((len, took)) => {
+                    assert!(stall.is_zero());
+                    assert_eq!(len, 12_000);
+                    assert!(took > Duration::from_millis(500), "{took:?}");
+                }
+                Err(error) => {
+                    assert!(!stall.is_zero(), "{error}");
+                    assert!(matches!(error, HttpError::Timeout), "{error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_meter_counts_bytes_in_the_seconds_they_moved_within_its_window() {
+        let origin = Instant::now();
+        let mut meter = Meter::new(origin, origin + Duration::from_millis(2500), None);
+        meter.record(origin - Duration::from_millis(1), 5);
+        meter.record(origin, 1);
+        meter.record(origin + Duration::from_millis(999), 2);
+        meter.record(origin + Duration::from_millis(2100), 4);
+        meter.record(origin + Duration::from_millis(2500), 8);
+        assert_eq!(meter.seconds, [3, 0, 4]);
+    }
 
     fn parse(text: &str) -> Result<Head, HttpError> {
         let mut headers = [httparse::EMPTY_HEADER; 32];

@@ -110,13 +110,23 @@ struct Files {
     blob: File,
     secondary: File,
     repair: File,
-    paths: [PathBuf; 3],
+    paths: Vec<PathBuf>,
 }
 
 impl Drop for Files {
     fn drop(&mut self) {
-        for path in &self.paths {
-            let _ = std::fs::remove_file(path);
+        // Unlinking gigabytes takes the file system a while: not on the serving core. A node
+        // that stops first leaves them for the next start to remove (`clean`).
+        let paths = std::mem::take(&mut self.paths);
+        let removal = std::thread::Builder::new()
+            .name("floe-spool-rm".into())
+            .spawn(move || {
+                for path in &paths {
+                    let _ = std::fs::remove_file(path);
+                }
+            });
+        if let Err(err) = removal {
+            tracing::warn!(%err, "could not start removing spool files; the next start removes them");
         }
     }
 }
@@ -215,7 +225,10 @@ impl Spooled {
             std::process::id(),
             NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed)
         );
-        let paths = ["blob", "secondary", "repair"].map(|kind| dir.join(format!("{id}.{kind}")));
+        let paths: Vec<PathBuf> = ["blob", "secondary", "repair"]
+            .iter()
+            .map(|kind| dir.join(format!("{id}.{kind}")))
+            .collect();
         let open = |path: &PathBuf| {
             std::fs::OpenOptions::new()
                 .read(true)

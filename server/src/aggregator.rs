@@ -30,6 +30,7 @@ use crate::config::Member;
 use crate::http::body::Body;
 use crate::http::error::ApiError;
 use crate::peer_client::{checked_metadata, peer_fault, peer_request, Patience, PeerRequest};
+use crate::recover::recover_slivers;
 use crate::state::{CachedMetadata, CoreState};
 
 /// The header that tells a reader until which epoch this node keeps the blob.
@@ -298,16 +299,21 @@ pub async fn read(
 /// answers faster; above it, memory per request stays bounded whatever the blob's size.
 const STREAM_FROM_BYTES: u64 = 16 << 20;
 
+/// Bytes of rows a streamed answer reads at once, at most (at least one row; at most a 64th of
+/// the core's buffer budget). Why: a few rows keep the disk and the socket busy; more would
+/// only cut the number of streams a core can serve at once (each reserves three groups).
+const STREAM_GROUP_BYTES_MAX: u64 = 8 << 20;
+
 /// Chunks a streamed answer keeps ready ahead of the socket. Why: the next row is read while
 /// the last goes out; a slow reader holds at most this many.
 const STREAM_CHUNKS_AHEAD: usize = 2;
 
-/// Streams blob bytes `[start, end)`: the covering systematic rows, a group at a time (at
-/// most an eighth of the core's buffer budget, at least one row), each chunk a row's bytes (a
+/// Streams blob bytes `[start, end)`: the covering systematic rows, a group at a time (see
+/// [`STREAM_GROUP_BYTES_MAX`]), each chunk a row's bytes (a
 /// view of the mapped segment for this node's own slivers, sent with `sendfile`). The first
 /// group is read before the answer starts, so that a read that cannot be served gets its
-/// error status; a later failure ends the stream abruptly. Rows that cannot be had are decoded
-/// only if the blob fits a quarter of the budget (decoding in row strips is not built yet).
+/// error status; a later failure ends the stream abruptly. A row that cannot be had is
+/// recovered on its own ([`crate::recover`]), so memory stays bounded whatever the blob.
 async fn stream_range(
     state: &Rc<CoreState>,
     blob_id: BlobId,
@@ -320,7 +326,7 @@ async fn stream_range(
         .map_err(|e| ApiError::bad_request("invalidRange", e.to_string()))?;
     let budget = state.shared.config.limits.buffer_bytes_per_core;
     let row_bytes = layout.primary_sliver_bytes() as u64;
-    let group_bytes = (budget / 8).max(row_bytes);
+    let group_bytes = (budget / 64).min(STREAM_GROUP_BYTES_MAX).max(row_bytes);
     let rows_per_group = (group_bytes / row_bytes).max(1) as usize;
     let reservation = reserve(state, (STREAM_CHUNKS_AHEAD as u64 + 1) * group_bytes)?;
     let groups: Vec<Vec<floe_codec::RowSpan>> =
@@ -369,37 +375,42 @@ async fn read_group(
     spans: &[floe_codec::RowSpan],
 ) -> Result<Vec<Bytes>, ApiError> {
     let wanted: Vec<usize> = spans.iter().map(|s| s.row_index).collect();
-    let size = known.metadata.blob_bytes();
-    let decodable = size <= state.shared.config.limits.buffer_bytes_per_core / 4;
-    let (rows, failures) = gather_rows(state, blob_id, known, &wanted, decodable).await?;
-    if wanted.iter().all(|r| rows.contains_key(r)) {
-        return Ok(spans
-            .iter()
-            .map(|span| rows[&span.row_index].slice(span.start_bytes..span.end_bytes))
-            .collect());
+    let (mut rows, failures) = gather_rows(state, blob_id, known, &wanted, false).await?;
+    let missing: Vec<u16> = wanted
+        .iter()
+        .filter(|r| !rows.contains_key(r))
+        .map(|&r| r as u16)
+        .collect();
+    if !missing.is_empty() {
+        // A systematic row that could not be read is recovered on its own from recovery
+        // symbols (primary sliver i is row i: about one sliver of traffic), not by decoding
+        // the whole blob: memory stays one row per missing row.
+        state.shared.metrics.recovered_reads.inc();
+        let spread = usize::from(missing[0]);
+        let recovered =
+            recover_slivers(state, blob_id, known, SliverKind::Primary, &missing, spread).await;
+        for (&row, recovered) in missing.iter().zip(recovered) {
+            match recovered {
+                Ok(data) => {
+                    rows.insert(usize::from(row), Bytes::from(data));
+                }
+                Err(message) => {
+                    return Err(ApiError::unavailable(
+                        "notEnoughSlivers",
+                        format!(
+                            "systematic sliver {row} of blob {blob_id} could not be read ({}) \
+                             nor recovered: {message}",
+                            failures.join("; ")
+                        ),
+                    ))
+                }
+            }
+        }
     }
-    if !decodable {
-        return Err(ApiError::unavailable(
-            "notEnoughSlivers",
-            format!(
-                "systematic slivers {:?} of blob {blob_id} could not be read ({}); decoding a \
-                 blob of {size} bytes around them needs it whole in memory, more than a quarter \
-                 of this node's buffer budget",
-                wanted
-                    .iter()
-                    .filter(|r| !rows.contains_key(r))
-                    .collect::<Vec<_>>(),
-                failures.join("; ")
-            ),
-        ));
-    }
-    let first = spans.first().expect("a group has a span");
-    let last = spans.last().expect("a group has a span");
-    let row_bytes = known.layout.primary_sliver_bytes() as u64;
-    let start = first.row_index as u64 * row_bytes + first.start_bytes as u64;
-    let end = last.row_index as u64 * row_bytes + last.end_bytes as u64;
-    let _reservation = reserve(state, size)?;
-    Ok(vec![read_range(state, blob_id, known, start, end).await?])
+    Ok(spans
+        .iter()
+        .map(|span| rows[&span.row_index].slice(span.start_bytes..span.end_bytes))
+        .collect())
 }
 
 /// Primary slivers by index, each verified (or this node's own).

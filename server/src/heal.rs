@@ -15,21 +15,15 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use floe_codec::{
-    decode_recovery_symbols, encode_sliver, recover_sliver, BlobId, RecoverySymbol, Sliver,
-    SliverKind,
-};
+use floe_codec::{encode_sliver, BlobId, Sliver, SliverKind};
 use floe_storage::format::RecordKind;
 use floe_storage::store::Key;
 use futures::StreamExt;
-use hyper::StatusCode;
 
-use crate::config::Member;
 use crate::http::error::ApiError;
 use crate::metrics::ResultLabel;
-use crate::node_api::local_recovery_symbols;
 use crate::owner::{BlobState, Op, Record};
-use crate::peer_client::{peer_fault, peer_request, Patience, PeerRequest};
+use crate::recover::recover_slivers;
 use crate::state::{sliver_index, CoreState};
 
 /// Blobs listed per page of this node's own list.
@@ -132,92 +126,8 @@ pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Most bytes of symbols one healing request asks a peer for. Why: one request per blob and
-/// kind at n = 100 for blobs up to 64 MiB (a helper expands its slivers once per request),
-/// and still a sixteenth of the default per-core body budget.
-const HEAL_REQUEST_BYTES_MAX: usize = 64 << 20;
-
-/// One request for recovery symbols: the slivers (`slots` into `pairs` / `targets`) of `kind`
-/// of a blob, `want` symbols each.
-struct Asked<'a> {
-    blob_id: &'a BlobId,
-    known: &'a crate::state::CachedMetadata,
-    kind: SliverKind,
-    slots: &'a [usize],
-    pairs: &'a [u16],
-    targets: &'a [usize],
-    want: usize,
-}
-
-/// Asks `member` for symbols for `asked` and adds those that verify to `have` (per slot), up
-/// to what each sliver needs; a symbol that fails, or that was not asked for, is counted
-/// against the peer and skipped.
-async fn ask_for_symbols(
-    state: &Rc<CoreState>,
-    member: &Member,
-    asked: &Asked<'_>,
-    have: &mut [Vec<RecoverySymbol>],
-) {
-    let (blob_id, known, kind) = (asked.blob_id, asked.known, asked.kind);
-    let needed = kind.n_symbols(&known.layout);
-    let pairs: Vec<u16> = asked.slots.iter().map(|&slot| asked.pairs[slot]).collect();
-    let path = format!(
-        "/v1/blobs/{blob_id}/recoverySymbols?targetPairs={}&targetKind={kind}&limit={}",
-        crate::http::route::format_pair_list(&pairs),
-        asked.want
-    );
-    let limit = asked.slots.len()
-        * asked.want
-        * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes)
-        + 16;
-    let request = PeerRequest::get(&path, limit, Patience::Transfer);
-    let Ok(answer) = peer_request(state, member, request).await else {
-        return;
-    };
-    state
-        .shared
-        .metrics
-        .heal_fetched_bytes
-        .inc_by(answer.body.len() as u64);
-    if answer.status != StatusCode::OK {
-        return;
-    }
-    let Ok(received) = decode_recovery_symbols(&answer.body) else {
-        peer_fault(state, &member.name, "bad_symbol");
-        return;
-    };
-    for symbol in received {
-        let slot = asked
-            .slots
-            .iter()
-            .copied()
-            .find(|&slot| asked.targets[slot] == symbol.target_index);
-        // More than a sliver still needs (it was asked for the neediest one's count).
-        if slot.is_some_and(|slot| have[slot].len() >= needed) {
-            continue;
-        }
-        // Only symbols that verify count towards what is still needed.
-        let valid = slot.filter(|&slot| {
-            symbol.source_kind == kind.orthogonal()
-                && symbol.verify(&known.metadata, &known.layout).is_ok()
-                && !have[slot]
-                    .iter()
-                    .any(|s| s.source_index == symbol.source_index)
-        });
-        match valid {
-            Some(slot) => have[slot].push(symbol),
-            None => {
-                peer_fault(state, &member.name, "bad_symbol");
-                tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
-            }
-        }
-    }
-}
-
-/// Rebuilds the slivers of `kind` of `shards` of one blob from recovery symbols and stores
-/// them: this node's own symbols first, then each peer in turn, asked once for all of the
-/// slivers still short and for no more symbols than they still need. Returns each shard's
-/// outcome.
+/// Rebuilds the slivers of `kind` of `shards` of one blob from recovery symbols
+/// ([`crate::recover`]) and stores them. Returns each shard's outcome.
 async fn rebuild(
     state: &Rc<CoreState>,
     blob_id: &BlobId,
@@ -235,69 +145,27 @@ async fn rebuild(
         .iter()
         .map(|&shard| blob_id.pair_for_shard(shard.into(), n) as u16)
         .collect();
-    let targets: Vec<usize> = pairs.iter().map(|&p| sliver_index(kind, p, n)).collect();
-    let slot_of = |target: usize| targets.iter().position(|t| *t == target);
-    let needed = kind.n_symbols(&known.layout);
-    let mut have: Vec<Vec<RecoverySymbol>> = vec![Vec::new(); shards.len()];
-    // This node's own slivers of the other kind cost no traffic.
-    match local_recovery_symbols(state, blob_id, &known, &pairs, kind, None).await {
-        Ok(symbols) => {
-            for symbol in symbols {
-                if let Some(slot) = slot_of(symbol.target_index) {
-                    have[slot].push(symbol);
-                }
-            }
-        }
-        Err(err) => return all_failed(err.message),
-    }
-    let members = &state.shared.committee.members;
     // Start at a different peer for each blob, spreading the load.
-    let start = (usize::from(shards[0]) + usize::from(blob_id.0[0])) % members.len();
-    for member in members.iter().cycle().skip(start).take(members.len()) {
-        let short: Vec<usize> = (0..shards.len())
-            .filter(|&slot| have[slot].len() < needed)
-            .collect();
-        let Some(want) = short.iter().map(|&slot| needed - have[slot].len()).max() else {
-            break;
-        };
-        if member.name == state.shared.me.name {
-            continue;
-        }
-        // Requests of at most HEAL_REQUEST_BYTES_MAX of answer each.
-        let per_target = want * floe_codec::recovery_symbol_bytes_max(known.layout.symbol_bytes);
-        let per_request = (HEAL_REQUEST_BYTES_MAX / per_target).max(1);
-        for chunk in short.chunks(per_request) {
-            let asked = Asked {
-                blob_id,
-                known: &known,
-                kind,
-                slots: chunk,
-                pairs: &pairs,
-                targets: &targets,
-                want,
-            };
-            ask_for_symbols(state, member, &asked, &mut have).await;
-        }
-    }
+    let spread = usize::from(shards[0]) + usize::from(blob_id.0[0]);
+    let recovered = recover_slivers(state, blob_id, &known, kind, &pairs, spread).await;
     let mut outcomes = Vec::with_capacity(shards.len());
     let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
         .map(|_| Vec::new())
         .collect();
     let mut rebuilt = Vec::new();
-    for (slot, &shard) in shards.iter().enumerate() {
-        let recovered = recover_sliver(&known.metadata, kind, targets[slot], &have[slot]);
-        let recovered = match recovered {
-            Ok(recovered) => recovered,
-            Err(err) => {
-                outcomes.push((shard, Err(err.to_string())));
+    for ((&shard, &pair), recovered) in shards.iter().zip(&pairs).zip(recovered) {
+        let data = match recovered {
+            Ok(data) => data,
+            Err(message) => {
+                outcomes.push((shard, Err(message)));
                 continue;
             }
         };
         let sliver = Sliver {
             kind,
-            index: targets[slot] as u16,
+            index: sliver_index(kind, pair, n) as u16,
             symbol_bytes: known.layout.symbol_bytes as u16,
-            data: recovered.data,
+            data,
         };
         state
             .shared

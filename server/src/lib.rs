@@ -15,6 +15,7 @@
 //! - [`peer_client`]: the HTTP client each core uses to talk to other nodes: deadlines,
 //!   retries, hedged requests, answer bounds.
 //! - [`node_api`]: the node (peer) API handlers; [`operator`]: health and metrics.
+//! - [`recover`]: slivers recovered from recovery symbols (this node's, then peers').
 //! - [`blob_cache`], [`aggregator`]: the user API's reads, with the hot-blob cache.
 //! - [`spool`]: big uploads spooled to disk and encoded in strips.
 //! - [`publisher`]: the user API's writes (`PUT`, `DELETE`).
@@ -38,6 +39,7 @@ pub mod operator;
 pub mod owner;
 pub mod peer_client;
 pub mod publisher;
+pub mod recover;
 pub mod scrub;
 pub mod serve;
 pub mod spool;

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub hedged_reads: Counter,
     /// Whole-blob reads not cached because the blob is too large for the cache or the budget.
     pub blob_cache_skipped: Counter,
+    /// Streamed reads that recovered a missing systematic sliver from recovery symbols.
+    pub recovered_reads: Counter,
     /// Whole-blob reads answered from the blob cache.
     pub blob_cache_hits: Counter,
     /// Whole blobs gathered and verified into the blob cache.
@@ -141,6 +143,7 @@ impl Metrics {
             publish_background: Gauge::default(),
             hedged_reads: Counter::default(),
             blob_cache_skipped: Counter::default(),
+            recovered_reads: Counter::default(),
             blob_cache_hits: Counter::default(),
             blob_cache_fills: Counter::default(),
             sync_blobs_known: Gauge::default(),
@@ -218,6 +221,11 @@ impl Metrics {
             "blob_cache_skipped",
             "Whole-blob reads streamed instead of cached: the blob is larger than a quarter of the cache or of the buffer budget",
             metrics.blob_cache_skipped.clone(),
+        );
+        r.register(
+            "recovered_reads",
+            "Streamed reads that recovered a missing systematic sliver from recovery symbols",
+            metrics.recovered_reads.clone(),
         );
         r.register(
             "sync_blobs_known",

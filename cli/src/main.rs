@@ -2,6 +2,7 @@
 
 mod client;
 mod cluster;
+mod strips;
 
 use std::fs;
 use std::io::Read;
@@ -68,11 +69,16 @@ enum Command {
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Print the blob ID of a file (the same ID Walrus gives the same bytes at the same n).
+    /// Files over 1 GiB are encoded in strips, with memory independent of their size and a
+    /// temporary file of about 1.5x theirs (in $TMPDIR).
     BlobId {
         /// The blob.
         file: PathBuf,
         #[command(flatten)]
         code: CodeArgs,
+        /// Encode in strips whatever the file's size.
+        #[arg(long)]
+        in_strips: bool,
     },
     /// Encode a file into slivers and metadata, written to a directory for inspection.
     Encode {
@@ -330,8 +336,21 @@ fn run(cli: Cli) -> Result<()> {
             let stopped = cluster::down(&dir)?;
             eprintln!("stopped {stopped} nodes; data stays in {}", dir.display());
         }
-        Command::BlobId { file, code } => {
+        Command::BlobId {
+            file,
+            code,
+            in_strips,
+        } => {
             let config = EncodingConfig::new(code.shards)?;
+            let size = fs::metadata(&file)
+                .with_context(|| format!("reading the size of {}", file.display()))?
+                .len();
+            if in_strips || size > strips::STRIPS_FROM_BYTES {
+                let temp = std::env::temp_dir();
+                let id = with_threads(code.threads, || strips::blob_id(&file, &config, &temp))??;
+                println!("{id}");
+                return Ok(());
+            }
             let blob = read_blob(&file, &config)?;
             let encoded = with_threads(code.threads, || encode_owned(&config, blob))??;
             println!("{}", encoded.blob_id());

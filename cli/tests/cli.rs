@@ -103,3 +103,31 @@ fn bad_input_gets_a_clear_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing"));
 }
+
+/// `floe blob-id --in-strips` (how files over 1 GiB are encoded: bounded memory, a temporary
+/// file) gives the same blob ID as the in-memory encoder.
+#[test]
+fn blob_id_in_strips_matches_the_whole_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    let bytes: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &bytes).unwrap();
+    for shards in ["10", "100", "1000"] {
+        let run = |extra: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_floe"))
+                .args(["blob-id", file.to_str().unwrap(), "--shards", shards])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(run(&["--in-strips"]), run(&[]), "n = {shards}");
+    }
+}

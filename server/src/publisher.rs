@@ -299,7 +299,7 @@ async fn intake(
     let stall = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
     let started = std::time::Instant::now();
     let received = spooled
-        .receive(&config, Bytes::new(), request.into_body(), code_max, stall)
+        .receive(&config, request.into_body(), code_max, stall)
         .await
         .map_err(too_large)?;
     state.shared.metrics.received_bytes.inc_by(received);

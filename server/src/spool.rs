@@ -20,15 +20,15 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use floe_codec::{
     encode_in_strips, encode_sliver, BlobId, BlobLayout, BlobMetadata, Sliver, SliverKind,
     StripStore,
 };
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::StatusCode;
 
+use crate::http::body::next_data;
 use crate::http::error::ApiError;
 
 /// Bytes of body gathered before one write to the spool file, at most. Why: large sequential
@@ -275,13 +275,12 @@ impl Spooled {
         self.disk.grow_to(disk_bytes(layout))
     }
 
-    /// Writes the body to the blob file: `first` (bytes already read) and then the rest, in
+    /// Writes the body to the blob file, in
     /// chunks of the plan's size, at most `limit` bytes in all; a body that stalls for
     /// `stall` or ends early is an error. Returns the blob's length.
     pub async fn receive(
         &mut self,
         config: &floe_codec::EncodingConfig,
-        first: Bytes,
         mut body: Incoming,
         limit: u64,
         stall: std::time::Duration,
@@ -289,33 +288,13 @@ impl Spooled {
         let mut written = 0u64;
         let chunk_bytes = self.plan.chunk_bytes;
         let mut chunk = BytesMut::with_capacity(chunk_bytes);
-        chunk.extend_from_slice(&first);
         loop {
-            let frame = glommio::timer::timeout(stall, async { Ok(body.frame().await) }).await;
-            let done = match frame {
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        chunk.extend_from_slice(&data);
-                    }
+            let done = match next_data(&mut body, stall).await? {
+                Some(data) => {
+                    chunk.extend_from_slice(&data);
                     false
                 }
-                Ok(None) => true,
-                Ok(Some(Err(err))) => {
-                    return Err(ApiError::bad_request(
-                        "incompleteBody",
-                        format!("the request body ended early or could not be read: {err}"),
-                    ))
-                }
-                Err(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "bodyStalled",
-                        format!(
-                            "no bytes of the request body arrived for {} s",
-                            stall.as_secs()
-                        ),
-                    ))
-                }
+                None => true,
             };
             if written + chunk.len() as u64 > limit {
                 return Err(ApiError::new(

@@ -110,11 +110,33 @@ pub async fn collect_body(body: Incoming, limit: u64, stall: Duration) -> Result
     let mut body = body;
     let mut first: Option<Bytes> = None;
     let mut collected = BytesMut::new();
+    while let Some(data) = next_data(&mut body, stall).await? {
+        let held = first.as_ref().map_or(0, Bytes::len) + collected.len();
+        if (held + data.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        // One frame (the usual case for small bodies): no copy.
+        match first.take() {
+            None if collected.is_empty() => first = Some(data),
+            Some(previous) => {
+                collected.reserve(previous.len() + data.len());
+                collected.extend_from_slice(&previous);
+                collected.extend_from_slice(&data);
+            }
+            None => collected.extend_from_slice(&data),
+        }
+    }
+    Ok(first.unwrap_or_else(|| collected.freeze()))
+}
+
+/// The next bytes of a request body, `None` at its end: 400 `incompleteBody` if it ends early
+/// or cannot be read, 408 `bodyStalled` if no bytes arrive for `stall`. Trailers are skipped.
+pub async fn next_data(body: &mut Incoming, stall: Duration) -> Result<Option<Bytes>, ApiError> {
     loop {
         let frame = glommio::timer::timeout(stall, async { Ok(body.frame().await) }).await;
         let frame = match frame {
             Ok(Some(Ok(frame))) => frame,
-            Ok(None) => break,
+            Ok(None) => return Ok(None),
             Ok(Some(Err(err))) => {
                 return Err(ApiError::bad_request(
                     "incompleteBody",
@@ -132,25 +154,10 @@ pub async fn collect_body(body: Incoming, limit: u64, stall: Duration) -> Result
                 ))
             }
         };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        let held = first.as_ref().map_or(0, Bytes::len) + collected.len();
-        if (held + data.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        // One frame (the usual case for small bodies): no copy.
-        match first.take() {
-            None if collected.is_empty() => first = Some(data),
-            Some(previous) => {
-                collected.reserve(previous.len() + data.len());
-                collected.extend_from_slice(&previous);
-                collected.extend_from_slice(&data);
-            }
-            None => collected.extend_from_slice(&data),
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
         }
     }
-    Ok(first.unwrap_or_else(|| collected.freeze()))
 }
 
 /// 413 `bodyTooLarge` for a body that declares more than `limit` bytes.

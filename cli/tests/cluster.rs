@@ -1110,3 +1110,40 @@ fn a_later_end_epoch_reaches_every_node_and_core() {
     }
     assert!(metric(&cluster.url(1), "floe_sync_blobs_updated_total") >= 1.0);
 }
+
+/// A big blob through a committee: 4 nodes, n = 100, a 45 MB blob (over the 32 MiB the
+/// publisher encodes in memory: spooled, encoded in strips, sent to peers in batches), read
+/// back through another node as a stream of rows fetched from its peers, whole and by range.
+#[test]
+fn a_big_blob_is_spooled_spread_and_streamed_back_through_another_node() {
+    let cluster = Cluster::start_configured(
+        4,
+        100,
+        "[limits]\nbuffer_bytes_per_core = 67108864\nbody_bytes_max = 16777216",
+    );
+    let blob = blob_bytes(45_000_000, 93);
+    let (status, answer) = store(&cluster.url(1), &blob, 3);
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expected = encode(&EncodingConfig::new(100).unwrap(), &blob).unwrap();
+    assert_eq!(id, expected.blob_id().to_string());
+    for i in [0, 3] {
+        let (status, body) = get(&cluster.url(i), &format!("/v1/blobs/{id}"));
+        assert_eq!(status, 200);
+        assert!(body == blob, "read back through node {i}");
+    }
+    let (status, body) = get_with(
+        &cluster.url(2),
+        &format!("/v1/blobs/{id}"),
+        &[("Range", "bytes=10000000-29999999")],
+    );
+    assert_eq!(status, 206);
+    assert!(body == blob[10_000_000..30_000_000]);
+    // Every node got its slivers from the publisher (in the foreground or the background).
+    for i in 0..4 {
+        wait_healed(&cluster, i, &id.parse().unwrap());
+    }
+}

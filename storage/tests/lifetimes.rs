@@ -2,25 +2,12 @@
 //! node decides from their blob's metadata (extended or expired), and a reopened store holds
 //! the records' own end epochs again.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+mod common;
+use common::block_on;
 
 use floe_storage::device::MemDir;
 use floe_storage::format::RecordKind;
 use floe_storage::store::{Key, Put, Store};
-
-/// Drives a future of the in-memory device, whose every step is ready at once.
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(value) => value,
-        Poll::Pending => unreachable!("MemDir futures are ready at once"),
-    }
-}
 
 fn put(store: &mut Store<MemDir>, blob: u8, kind: RecordKind, shard: u16, end_epoch: u32) {
     let data = vec![blob; 700];

@@ -3,28 +3,16 @@
 //! images), bit flips and a full disk. Every test prints its seed on failure; replay one with
 //! `FLOE_TEST_SEED=<seed>`.
 
+mod common;
+use common::block_on;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use floe_storage::device::{Faults, MemDir};
 use floe_storage::format::{segment_name, RecordKind, FLAG_DELETABLE};
 use floe_storage::store::{Key, Put, Store, StoreError, StoreOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-/// Drives a future of the in-memory device, whose every step is ready at once.
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(value) => value,
-        Poll::Pending => unreachable!("MemDir futures are ready at once"),
-    }
-}
 
 fn seeds(test: &str, count: u64) -> Vec<u64> {
     if let Some(seed) = std::env::var("FLOE_TEST_SEED")

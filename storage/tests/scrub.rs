@@ -4,13 +4,13 @@
 //! passes end and start over, and the walk keeps going while reclaiming removes segments and
 //! new commits arrive.
 
+mod common;
+use common::block_on;
+
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::io;
-use std::pin::pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 
 use floe_storage::device::{Dir, File, MemDir, MemFile};
 use floe_storage::format::{
@@ -19,18 +19,6 @@ use floe_storage::format::{
 use floe_storage::store::{Key, Put, ScrubReport, Store, StoreOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-/// Drives a future of the in-memory device, whose every step is ready at once.
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(value) => value,
-        Poll::Pending => unreachable!("MemDir futures are ready at once"),
-    }
-}
 
 /// A [`MemDir`] that counts the reads its files are asked for.
 #[derive(Clone)]

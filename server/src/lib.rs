@@ -20,6 +20,7 @@
 //! - [`spool`]: big uploads spooled to disk and encoded in strips.
 //! - [`publisher`]: the user API's writes (`PUT`, `DELETE`).
 //! - [`sync`] and [`heal`]: learning blobs from peers, rebuilding missing slivers.
+//! - [`s3`]: the S3 API (being built: SigV4 verification so far).
 //! - [`serve`]: a connection's life: limits, idle timeout, routing a request to its handler.
 //! - [`node`]: startup checks, executors, graceful shutdown.
 
@@ -40,6 +41,7 @@ pub mod owner;
 pub mod peer_client;
 pub mod publisher;
 pub mod recover;
+pub mod s3;
 pub mod scrub;
 pub mod serve;
 pub mod spool;

@@ -1,0 +1,5 @@
+//! The S3 API (issue 16), being built: so far the request authentication it needs, AWS
+//! Signature Version 4 ([`sigv4`]), pure and tested against AWS's documented examples. The
+//! listener, the namespace and the operations come next (see the issue's notes).
+
+pub mod sigv4;

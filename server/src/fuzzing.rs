@@ -69,3 +69,46 @@ pub fn bcs(data: &[u8]) {
         assert_eq!(encode_recovery_symbols(&symbols), data);
     }
 }
+
+/// A request for SigV4 verification: `METHOD path?query` on the first line, then `name: value`
+/// headers, one per line; verified as signed in its header and as a presigned URL.
+pub fn sigv4(data: &[u8]) {
+    use crate::s3::sigv4::{verify_header, verify_presigned, Request};
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let (method, target) = first.split_once(' ').unwrap_or((first, "/"));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let request = Request {
+        method,
+        path,
+        query,
+        headers: &headers,
+    };
+    let secret = |_: &str| Some("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_string());
+    let _ = verify_header(&request, 1_369_353_600, secret);
+    let _ = verify_presigned(&request, 1_369_353_600, secret);
+    let _ = request.canonical(
+        &["host".into(), "x-amz-date".into()],
+        "UNSIGNED-PAYLOAD",
+        None,
+    );
+}
+
+/// An `aws-chunked` body, decoded unsigned with a CRC32 trailer, fed in two pieces split at
+/// its first byte's value.
+pub fn aws_chunked(data: &[u8]) {
+    use crate::s3::chunked::Decoder;
+    let Ok(mut decoder) = Decoder::new(None, None, Some("x-amz-checksum-crc32"), None) else {
+        return;
+    };
+    let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+    let mut sink = |_: &[u8]| {};
+    if decoder.feed(&data[..split], &mut sink).is_ok() {
+        let _ = decoder.feed(&data[split..], &mut sink);
+    }
+}

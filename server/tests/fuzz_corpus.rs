@@ -29,3 +29,13 @@ fn request_corpus_replays() {
 fn bcs_corpus_replays() {
     replay("bcs", floe_server::fuzzing::bcs);
 }
+
+#[test]
+fn sigv4_corpus_replays() {
+    replay("sigv4", floe_server::fuzzing::sigv4);
+}
+
+#[test]
+fn aws_chunked_corpus_replays() {
+    replay("aws_chunked", floe_server::fuzzing::aws_chunked);
+}

@@ -255,7 +255,7 @@ pub fn string_to_sign(time: &str, scope: &Scope, canonical: &str) -> String {
 }
 
 /// Compares two hex signatures without an early exit.
-fn same(a: &str, b: &str) -> bool {
+pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -456,11 +456,16 @@ impl Verified {
     /// The signature a chunk of an `aws-chunked` body must carry after the chunk (or seed)
     /// signed `previous`.
     pub fn chunk_signature(&self, previous: &str, chunk: &[u8]) -> String {
+        self.chunk_signature_of_hash(previous, &sha256_hex(chunk))
+    }
+
+    /// [`chunk_signature`](Self::chunk_signature) of a chunk whose SHA-256 (hex) is known
+    /// (hashed as it arrived).
+    pub fn chunk_signature_of_hash(&self, previous: &str, chunk_sha256: &str) -> String {
         let to_sign = format!(
-            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{previous}\n{EMPTY_SHA256}\n{}",
+            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{previous}\n{EMPTY_SHA256}\n{chunk_sha256}",
             self.time,
             self.scope.text(),
-            sha256_hex(chunk)
         );
         self.key.sign(&to_sign)
     }

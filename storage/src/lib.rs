@@ -39,4 +39,5 @@ pub mod disks;
 pub mod format;
 pub mod glommio_dir;
 pub mod mapped;
+pub mod namespace;
 pub mod store;

@@ -1643,3 +1643,43 @@ fn a_streamed_read_recovers_a_corrupt_systematic_sliver() {
     );
     assert!(get(&url).body == blob, "and the whole blob");
 }
+
+/// A connection whose request the node is still working on is never closed as idle: with a
+/// one-second idle timeout, a PUT whose encoding and storing take longer than that (no bytes
+/// move meanwhile) still gets its answer; an idle connection is closed after the timeout.
+#[test]
+fn a_connection_waiting_for_its_answer_is_not_closed_as_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "cores = 1\n[limits]\nidle_timeout_seconds = 1\n").unwrap();
+    let node = start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[],
+    );
+    // At n = 1000 a 100 MB blob takes the node seconds to encode and store.
+    let blob = unique_bytes(100_000_000, 84);
+    let started = Instant::now();
+    let id = publish(&node, &blob, 1);
+    assert!(
+        started.elapsed() > Duration::from_millis(1500),
+        "the request was not slow enough to test anything ({:?})",
+        started.elapsed()
+    );
+    assert!(!id.is_empty());
+    // An idle connection goes after about a second.
+    let mut idle = TcpStream::connect(node.address()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let started = Instant::now();
+    assert_eq!(
+        idle.read(&mut buf).unwrap_or(0),
+        0,
+        "closed without an answer"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}

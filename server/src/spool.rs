@@ -140,7 +140,8 @@ struct DiskReservation {
 
 impl DiskReservation {
     /// Promises `needed` bytes in all to this upload: 507 `noSpace` if the disk does not have
-    /// them free besides what uploads under way were promised.
+    /// them free, 503 `spoolBusy` if it does only without what uploads under way were promised
+    /// (counted conservatively: their promises include what they already wrote).
     fn grow_to(&mut self, needed: u64) -> Result<(), ApiError> {
         if needed <= self.bytes {
             return Ok(());
@@ -237,31 +238,27 @@ impl Spooled {
                 .open(path)
                 .map_err(|e| spool_error("creating a spool file", e))
         };
-        let blob = open(&paths[0])?;
-        let files = |blob, secondary, repair| Files {
-            blob,
-            secondary,
-            repair,
-            paths: paths.clone(),
-        };
-        let secondary = match open(&paths[1]) {
-            Ok(file) => file,
-            Err(err) => {
-                let _ = std::fs::remove_file(&paths[0]);
-                return Err(err);
+        let mut opened = Vec::with_capacity(paths.len());
+        for path in &paths {
+            match open(path) {
+                Ok(file) => opened.push(file),
+                Err(err) => {
+                    for made in &paths[..opened.len()] {
+                        let _ = std::fs::remove_file(made);
+                    }
+                    return Err(err);
+                }
             }
-        };
-        let repair = match open(&paths[2]) {
-            Ok(file) => file,
-            Err(err) => {
-                let _ = std::fs::remove_file(&paths[0]);
-                let _ = std::fs::remove_file(&paths[1]);
-                return Err(err);
-            }
-        };
+        }
+        let [blob, secondary, repair]: [File; 3] = opened.try_into().expect("one file per path");
         Ok(Self {
             plan,
-            files: Arc::new(files(blob, secondary, repair)),
+            files: Arc::new(Files {
+                blob,
+                secondary,
+                repair,
+                paths,
+            }),
             disk,
             layout: None,
             blob_id: None,
@@ -269,15 +266,16 @@ impl Spooled {
         })
     }
 
-    /// Promises the disk space a blob of `blob_bytes` takes while it is encoded (the blob and
-    /// its slivers); 507 `noSpace` if the spool disk does not have it.
+    /// Promises the disk space a blob of `layout` takes while it is encoded (the blob and its
+    /// slivers): 507 `noSpace` if the spool disk cannot hold it, 503 `spoolBusy` if it can
+    /// once the uploads under way are done.
     pub fn promise(&mut self, layout: &BlobLayout) -> Result<(), ApiError> {
         self.disk.grow_to(disk_bytes(layout))
     }
 
-    /// Writes the body to the blob file, in
-    /// chunks of the plan's size, at most `limit` bytes in all; a body that stalls for
-    /// `stall` or ends early is an error. Returns the blob's length.
+    /// Writes the body to the blob file in chunks of the plan's size, at most `limit` bytes in
+    /// all, promising disk space as it grows; a body that stalls for `stall` or ends early is
+    /// an error. Returns the blob's length.
     pub async fn receive(
         &mut self,
         config: &floe_codec::EncodingConfig,

@@ -71,7 +71,7 @@ pub fn store(
         if size > max {
             bail!(
                 "{} is {size} bytes; the node takes blobs of at most {max} bytes (the code's \
-                 limit at this committee's n, or the node's limits.body_bytes_max)",
+                 limit at this committee's n)",
                 file.display()
             );
         }

@@ -131,6 +131,20 @@ pub fn delete(url: &str, id: &BlobId, token: Option<&str>) -> Result<serde_json:
     serde_json::from_slice(&body).context("the node's answer is not JSON")
 }
 
+/// The committee's n, from the node at `url` (`/v1/health`).
+pub fn n_shards(url: &str) -> Result<u16> {
+    let url = format!("{}/v1/health", url.trim_end_matches('/'));
+    let mut response = agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let health: serde_json::Value = serde_json::from_slice(&response.body_mut().read_to_vec()?)?;
+    health["nShards"]
+        .as_u64()
+        .and_then(|n| u16::try_from(n).ok())
+        .context("the node's /v1/health has no nShards")
+}
+
 /// The largest blob the node at `url` takes (`/v1/health`), if it says.
 fn blob_bytes_max(url: &str) -> Result<Option<u64>> {
     let url = format!("{}/v1/health", url.trim_end_matches('/'));

@@ -45,6 +45,10 @@ enum Command {
         /// end epoch. Without it the blob is permanent until then.
         #[arg(long)]
         deletable: bool,
+        /// Also compute the blob ID here (a full encode: files over 1 GiB in strips) and fail
+        /// unless the node's answer names the same blob.
+        #[arg(long)]
+        verify: bool,
     },
     /// Delete a blob stored with --deletable, on every node of the committee.
     Delete {
@@ -64,6 +68,10 @@ enum Command {
         /// Where to write the blob (default: standard output).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Also compute the blob ID of what was written (a full encode: files over 1 GiB in
+        /// strips) and remove the file unless it is the blob asked for.
+        #[arg(long, requires = "output")]
+        verify: bool,
     },
     /// A local cluster of node processes on loopback.
     #[command(subcommand)]
@@ -261,8 +269,12 @@ fn run(cli: Cli) -> Result<()> {
             node,
             epochs,
             deletable,
+            verify,
         } => {
             let stored = client::store(&node, &file, epochs, deletable, write_token().as_deref())?;
+            if verify {
+                verify_file(&node, &file, &stored.blob_id)?;
+            }
             let inner = &stored.answer[&stored.outcome];
             eprintln!(
                 "{}: {} bytes, end epoch {}, {} shards confirmed{}",
@@ -301,9 +313,16 @@ fn run(cli: Cli) -> Result<()> {
             blob_id,
             node,
             output,
+            verify,
         } => {
             let id: BlobId = blob_id.parse()?;
             client::read(&node, &id, output.as_deref())?;
+            if let (true, Some(path)) = (verify, &output) {
+                if let Err(err) = verify_file(&node, path, &id.to_string()) {
+                    let _ = fs::remove_file(path);
+                    return Err(err.context(format!("removed {}", path.display())));
+                }
+            }
         }
         Command::Cluster(ClusterCommand::Up {
             nodes,
@@ -555,6 +574,27 @@ fn run_node(args: NodeArgs) -> Result<()> {
 }
 
 /// Runs `f` on a pool of `threads` workers (all cores when `None`).
+/// Computes the blob ID of `file` at the committee's n (from the node's `/v1/health`) and
+/// fails unless it is `expected`.
+fn verify_file(node: &str, file: &Path, expected: &str) -> Result<()> {
+    let n = client::n_shards(node)?;
+    let config = EncodingConfig::new(n)?;
+    let size = fs::metadata(file)?.len();
+    let id = if size > strips::STRIPS_FROM_BYTES {
+        strips::blob_id(file, &config, &std::env::temp_dir())?
+    } else {
+        *encode_owned(&config, read_blob(file, &config)?)?.blob_id()
+    };
+    if id.to_string() != expected {
+        bail!(
+            "{} has blob ID {id} at n = {n}, not {expected}: the bytes differ",
+            file.display()
+        );
+    }
+    eprintln!("verified: {} is blob {id}", file.display());
+    Ok(())
+}
+
 fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(threads) = threads {

@@ -772,7 +772,13 @@ fn cluster_up_store_read_and_down_with_the_cli() {
     let file = dir.path().join("blob");
     let blob = blob_bytes(200_000, 5);
     std::fs::write(&file, &blob).unwrap();
-    let id = floe(&["store", file.to_str().unwrap(), "--node", &urls[0]]);
+    let id = floe(&[
+        "store",
+        file.to_str().unwrap(),
+        "--node",
+        &urls[0],
+        "--verify",
+    ]);
     let back = dir.path().join("back");
     floe(&[
         "read",
@@ -781,6 +787,7 @@ fn cluster_up_store_read_and_down_with_the_cli() {
         &urls[2],
         "-o",
         back.to_str().unwrap(),
+        "--verify",
     ]);
     assert!(std::fs::read(&back).unwrap() == blob);
     // A deletable blob, deleted through another node: no node serves it after.

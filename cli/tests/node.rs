@@ -1402,7 +1402,7 @@ impl Drop for Tmpfs {
 fn a_full_spool_disk_answers_507_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool-disk");
-    let _tmpfs = match Tmpfs::mount(&spool, 48) {
+    let _tmpfs = match Tmpfs::mount(&spool, 52) {
         Ok(mounted) => mounted,
         Err(why) if std::env::var_os("FLOE_REQUIRE_MOUNT").is_none() => {
             eprintln!("SKIPPED: cannot mount a tmpfs ({why}); run as root to check a full spool");
@@ -1467,8 +1467,7 @@ fn a_full_spool_disk_answers_507_and_loses_nothing() {
         }
     }
     let _ = stream.write_all(b"0\r\n\r\n");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
+    let answer = read_answer(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 507"), "{answer}");
     assert!(answer.contains("noSpace"), "{answer}");
     drop(stream);
@@ -1476,6 +1475,77 @@ fn a_full_spool_disk_answers_507_and_loses_nothing() {
         std::fs::read_dir(&spool).unwrap().next().is_none()
     });
     assert!(get(&format!("{}/v1/blobs/{small_id}", node.url)).body == small);
+
+    // Two chunked uploads that each fit the spool alone, not together: the second is told to
+    // come back (503 spoolBusy), not that the disk is full; the first goes on. A 9.5 MB blob
+    // needs about 42 MB of spool: the first upload, past 8 MiB, has promised 37 MB; the
+    // second, at its first 4 MiB, needs 18.5 MB more.
+    let chunked_head =
+        "PUT /v1/blobs?epochs=1 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    let send_chunk = |stream: &mut TcpStream, data: &[u8]| {
+        write!(stream, "{:x}\r\n", data.len())?;
+        stream.write_all(data)?;
+        stream.write_all(b"\r\n")
+    };
+    let blob = unique_bytes(9_500_000, 85);
+    let mut first = TcpStream::connect(node.address()).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    first.write_all(chunked_head.as_bytes()).unwrap();
+    send_chunk(&mut first, &blob[..8_500_000]).unwrap();
+    wait_for(10, "the first upload wrote 8 MiB to the spool", || {
+        let used: u64 = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        used >= 8 << 20
+    });
+    let mut second = TcpStream::connect(node.address()).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // The node answers before it reads the rest: stop writing when it stops reading.
+    second
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    second.write_all(chunked_head.as_bytes()).unwrap();
+    let _ = send_chunk(&mut second, &blob[..8_500_000]);
+    let answer = read_answer(&mut second);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("spoolBusy"), "{answer}");
+    send_chunk(&mut first, &blob[8_500_000..]).unwrap();
+    send_chunk(&mut first, b"").unwrap();
+    first.write_all(b"\r\n").unwrap();
+    let answer = read_answer(&mut first);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Reads one answer (head and a `content-length` body) from a raw connection.
+fn read_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if answer.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&answer).into_owned(),
+            Ok(read) => answer.extend_from_slice(&buf[..read]),
+        }
+    }
 }
 
 /// A node killed (SIGKILL) in the middle of a big upload shows nothing of it after a restart,

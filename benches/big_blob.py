@@ -32,6 +32,8 @@ import threading
 import time
 import urllib.request
 
+from node_vs_nginx import start_nginx  # the same nginx (sendfile) as the node benchmark
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOE = os.path.join(ROOT, "target", "release", "floe")
 
@@ -124,35 +126,6 @@ def get_speed(url, extra=()):
     return float(first), float(total), int(size)
 
 
-def start_nginx(root, port, workdir):
-    conf = os.path.join(workdir, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes auto;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    default_type application/octet-stream;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
-    server {{ listen 127.0.0.1:{port}; root {root}; }}
-}}
-""")
-    proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return proc
-
-
 def wrk_gbs(url, connections, duration):
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "60s", url],
                          capture_output=True, text=True, check=True).stdout
@@ -232,6 +205,7 @@ def main():
     # 2. Hot GET against nginx.
     port = free_port()
     nginx = start_nginx(source_dir, port, args.dir)
+    time.sleep(0.5)
     floe_url = f"{node.url}/v1/blobs/{blob_id}"
     nginx_url = f"http://127.0.0.1:{port}/blob.bin"
     get_speed(floe_url)

@@ -30,6 +30,22 @@ fn start_n10(data: &str, cores: usize, env: &[(&str, &str)]) -> NodeProcess {
     )
 }
 
+/// A node configured by `toml` (written to `dir/node.toml`), its data in `dir/data`, with
+/// `extra` options.
+fn start_configured(dir: &std::path::Path, toml: &str, extra: &[&str]) -> NodeProcess {
+    let config = dir.join("node.toml");
+    std::fs::write(&config, toml).unwrap();
+    let data = dir.join("data");
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    start(&args, &[])
+}
+
 fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<NodeProcess, String> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_floe"));
     command
@@ -722,20 +738,10 @@ fn the_scrubber_finds_a_corrupted_sliver_and_stops_serving_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // One pass every two seconds (the default is a week).
-    let config = dir.path().join("node.toml");
-    std::fs::write(&config, "scrub_interval_seconds = 2\n").unwrap();
-    let node = start(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--shards",
-            "10",
-            "--cores",
-            "1",
-        ],
-        &[],
+    let node = start_configured(
+        dir.path(),
+        "scrub_interval_seconds = 2\n",
+        &["--shards", "10", "--cores", "1"],
     );
     let blob = encode(&EncodingConfig::new(10).unwrap(), &unique_bytes(100_000, 7)).unwrap();
     store(&node, &blob);
@@ -1224,20 +1230,10 @@ fn spool_files(data: &std::path::Path) -> Vec<String> {
 
 /// A node at n = 100 with a 32 MiB per-core buffer budget.
 fn start_small_budget(dir: &std::path::Path) -> NodeProcess {
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
+    start_configured(
+        dir,
         "n_shards = 100\ncores = 1\n[limits]\nbuffer_bytes_per_core = 33554432\n\
          body_bytes_max = 16777216\n",
-    )
-    .unwrap();
-    start(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-        ],
         &[],
     )
 }
@@ -1410,24 +1406,11 @@ fn a_full_spool_disk_answers_507_and_loses_nothing() {
         }
         Err(why) => panic!("cannot mount a tmpfs: {why}"),
     };
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "n_shards = 100\ncores = 1\nspool_dir = {:?}\n",
-            spool.display().to_string()
-        ),
-    )
-    .unwrap();
-    let node = start(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
-        &[],
+    let toml = format!(
+        "n_shards = 100\ncores = 1\nspool_dir = {:?}\n",
+        spool.display().to_string()
     );
+    let node = start_configured(dir.path(), &toml, &[]);
     let small = unique_bytes(5_000_000, 80);
     let small_id = publish(&node, &small, 2);
     let big = unique_bytes(40_000_000, 81);
@@ -1720,15 +1703,9 @@ fn a_streamed_read_recovers_a_corrupt_systematic_sliver() {
 #[test]
 fn a_connection_waiting_for_its_answer_is_not_closed_as_idle() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(&config, "cores = 1\n[limits]\nidle_timeout_seconds = 1\n").unwrap();
-    let node = start(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
+    let node = start_configured(
+        dir.path(),
+        "cores = 1\n[limits]\nidle_timeout_seconds = 1\n",
         &[],
     );
     // At n = 1000 a 100 MB blob takes the node seconds to encode and store.

@@ -59,13 +59,9 @@ async fn find_metadata(
     let mut silent = Vec::new();
     let limit = floe_codec::metadata_bcs_bytes_max(n);
     // Every peer at once; the first metadata that verifies wins (the rest are dropped).
-    let me = &state.shared.me.name;
     let mut asks: FuturesUnordered<_> = state
         .shared
-        .committee
-        .members
-        .iter()
-        .filter(|member| &member.name != me)
+        .peers()
         .map(|member| {
             let path = &path;
             async move {

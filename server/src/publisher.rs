@@ -530,25 +530,19 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
         Deleted::Unknown => 0,
     };
     let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={end_epoch}");
-    let peers = state
-        .shared
-        .committee
-        .members
-        .iter()
-        .filter(|member| &member.name != me)
-        .map(|member| {
-            let path = &path;
-            async move {
-                let asked = PeerRequest {
-                    method: Method::DELETE,
-                    path,
-                    body: None,
-                    limit: ACK_BYTES_MAX,
-                    patience: Patience::Lookup,
-                };
-                (member, peer_request(state, member, asked).await)
-            }
-        });
+    let peers = state.shared.peers().map(|member| {
+        let path = &path;
+        async move {
+            let asked = PeerRequest {
+                method: Method::DELETE,
+                path,
+                body: None,
+                limit: ACK_BYTES_MAX,
+                patience: Patience::Lookup,
+            };
+            (member, peer_request(state, member, asked).await)
+        }
+    });
     let mut deleted = Vec::new();
     let mut permanent = Vec::new();
     let mut failed = Vec::new();

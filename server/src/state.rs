@@ -49,6 +49,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The other members of the committee.
+    pub fn peers(&self) -> impl Iterator<Item = &Member> + '_ {
+        let me = &self.me.name;
+        self.committee.members.iter().filter(move |m| &m.name != me)
+    }
+
     /// The largest blob `PUT /v1/blobs` takes: the code's limit at the committee's n (bigger
     /// blobs than fit in memory are spooled to disk, see `spool`).
     pub fn blob_bytes_max(&self) -> u64 {

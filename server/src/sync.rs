@@ -70,18 +70,11 @@ pub async fn run(state: Rc<CoreState>) {
 /// One round: learn from every peer at once (a hung peer costs the round one lookup
 /// deadline, not one per peer), then heal.
 pub async fn round(state: &Rc<CoreState>) {
-    let me = state.shared.me.name.clone();
-    let learning = state
-        .shared
-        .committee
-        .members
-        .iter()
-        .filter(|member| member.name != me)
-        .map(|member| async move {
-            if let Err(err) = learn_from(state, member).await {
-                tracing::debug!(peer = %member.name, %err, "sync: could not learn from the peer");
-            }
-        });
+    let learning = state.shared.peers().map(|member| async move {
+        if let Err(err) = learn_from(state, member).await {
+            tracing::debug!(peer = %member.name, %err, "sync: could not learn from the peer");
+        }
+    });
     futures::future::join_all(learning).await;
     if let Err(err) = crate::heal::heal(state).await {
         tracing::warn!(%err, "sync: healing stopped early");

@@ -489,7 +489,7 @@ impl Verified {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const KEY: &str = "AKIAIOSFODNN7EXAMPLE";
@@ -503,6 +503,32 @@ mod tests {
         list.iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// The request of the S3 documentation's `aws-chunked` example (PUT of 66560 bytes in
+    /// signed chunks), verified: what its chunk signatures chain on.
+    pub(crate) fn documented_chunked_upload() -> Verified {
+        let list = headers(&[
+            ("Host", "s3.amazonaws.com"),
+            ("x-amz-date", "20130524T000000Z"),
+            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+            ("Content-Encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "66560"),
+            ("x-amz-content-sha256", STREAMING_PAYLOAD),
+            ("Content-Length", "66824"),
+            (
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9",
+            ),
+        ]);
+        let request = Request {
+            method: "PUT",
+            path: "/examplebucket/chunkObject.txt",
+            query: "",
+            headers: &list,
+        };
+        let now = parse_time("20130524T000000Z").unwrap();
+        verify_header(&request, now, secret_of).unwrap()
     }
 
     /// The S3 documentation's "GET Object" example (20130524, us-east-1).
@@ -580,27 +606,7 @@ mod tests {
     /// of 64 KiB and 1 KiB, seed signature 4f232c43...
     #[test]
     fn the_documented_chunk_signatures_chain() {
-        let list = headers(&[
-            ("Host", "s3.amazonaws.com"),
-            ("x-amz-date", "20130524T000000Z"),
-            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
-            ("Content-Encoding", "aws-chunked"),
-            ("x-amz-decoded-content-length", "66560"),
-            ("x-amz-content-sha256", STREAMING_PAYLOAD),
-            ("Content-Length", "66824"),
-            (
-                "Authorization",
-                "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9",
-            ),
-        ]);
-        let request = Request {
-            method: "PUT",
-            path: "/examplebucket/chunkObject.txt",
-            query: "",
-            headers: &list,
-        };
-        let now = parse_time("20130524T000000Z").unwrap();
-        let verified = verify_header(&request, now, secret_of).unwrap();
+        let verified = documented_chunked_upload();
         let first = verified.chunk_signature(&verified.signature, &[b'a'; 65536]);
         assert_eq!(
             first,

@@ -195,23 +195,8 @@ pub async fn read(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(with_headers(response));
     }
-    let epoch = state.shared.committee.current_epoch();
-    state.forget_changed();
-    let cached = state.blob_cache.borrow_mut().get(&blob_id, epoch);
-    let known = match &cached {
-        Some(_) => None,
-        None => Some(find_metadata(state, &blob_id).await?),
-    };
-    // This node's end epoch of the blob (0: known from a peer only).
-    let end_epoch = match &known {
-        Some(known) => known.end_epoch,
-        None => state.blob_cache.borrow().end_epoch(&blob_id).unwrap_or(0),
-    };
-    let size = match (&cached, &known) {
-        (Some(blob), _) => blob.len() as u64,
-        (None, Some(known)) => known.metadata.blob_bytes(),
-        (None, None) => unreachable!("one of the two is set"),
-    };
+    let located = locate(state, &blob_id).await?;
+    let (size, end_epoch) = (located.size, located.end_epoch);
     let range = match parse_range(headers.get(header::RANGE), size) {
         Ok(range) => range,
         Err(err) => {
@@ -224,13 +209,85 @@ pub async fn read(
         }
     };
     let (start, end) = range.unwrap_or((0, size));
-    // Reads larger than this leave as a stream (memory per request bounded); smaller ones are
-    // gathered whole, and whole blobs the cache keeps go through it.
-    let whole_max = STREAM_FROM_BYTES.min(state.shared.config.limits.buffer_bytes_per_core / 4);
     let body: Body = if head {
         Body::default()
     } else {
-        match (cached, known) {
+        blob_body(state, &blob_id, located, range).await?
+    };
+    state.shared.metrics.sent_bytes.inc_by(end - start);
+    let mut response = with_headers(Response::new(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if end_epoch > 0 {
+        h.insert(END_EPOCH_HEADER, HeaderValue::from(end_epoch));
+    }
+    if let Some((start, end)) = range {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)).expect("ASCII"),
+        );
+    }
+    Ok(response)
+}
+
+/// A blob found for reading: whole in this core's cache, or its verified metadata.
+pub struct Located {
+    cached: Option<Bytes>,
+    known: Option<Rc<CachedMetadata>>,
+    pub size: u64,
+    /// This node's end epoch of the blob (0: known from a peer only).
+    pub end_epoch: u32,
+}
+
+/// Finds a blob to read: 404 `blobNotFound` if no node knows it.
+pub async fn locate(state: &Rc<CoreState>, blob_id: &BlobId) -> Result<Located, ApiError> {
+    let epoch = state.shared.committee.current_epoch();
+    state.forget_changed();
+    let cached = state.blob_cache.borrow_mut().get(blob_id, epoch);
+    let known = match &cached {
+        Some(_) => None,
+        None => Some(find_metadata(state, blob_id).await?),
+    };
+    let end_epoch = match &known {
+        Some(known) => known.end_epoch,
+        None => state.blob_cache.borrow().end_epoch(blob_id).unwrap_or(0),
+    };
+    let size = match (&cached, &known) {
+        (Some(blob), _) => blob.len() as u64,
+        (None, Some(known)) => known.metadata.blob_bytes(),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    Ok(Located {
+        cached,
+        known,
+        size,
+        end_epoch,
+    })
+}
+
+/// The bytes of `range` of a located blob (all of it for `None`) as a response body: from
+/// the cache, read whole (filling the cache with a whole blob it keeps), or streamed for reads
+/// over [`STREAM_FROM_BYTES`].
+pub async fn blob_body(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    located: Located,
+    range: Option<(u64, u64)>,
+) -> Result<Body, ApiError> {
+    let blob_id = *blob_id;
+    let epoch = state.shared.committee.current_epoch();
+    let size = located.size;
+    let (start, end) = range.unwrap_or((0, size));
+    // Reads larger than this leave as a stream (memory per request bounded); smaller ones are
+    // gathered whole, and whole blobs the cache keeps go through it.
+    let whole_max = STREAM_FROM_BYTES.min(state.shared.config.limits.buffer_bytes_per_core / 4);
+    Ok({
+        match (located.cached, located.known) {
             (Some(blob), _) => {
                 state.shared.metrics.blob_cache_hits.inc();
                 Body::from(blob.slice(start as usize..end as usize))
@@ -269,26 +326,7 @@ pub async fn read(
             }
             (None, None) => unreachable!("one of the two is set"),
         }
-    };
-    state.shared.metrics.sent_bytes.inc_by(end - start);
-    let mut response = with_headers(Response::new(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-    if end_epoch > 0 {
-        h.insert(END_EPOCH_HEADER, HeaderValue::from(end_epoch));
-    }
-    if let Some((start, end)) = range {
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        response.headers_mut().insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)).expect("ASCII"),
-        );
-    }
-    Ok(response)
+    })
 }
 
 /// Reads of more bytes than this stream. Why: below it a whole read costs one allocation and

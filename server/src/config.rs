@@ -26,6 +26,45 @@ pub const EPOCH_SECONDS_DEFAULT: u64 = 24 * 3600;
 pub const SCRUB_INTERVAL_SECONDS_DEFAULT: u64 = 7 * 24 * 3600;
 
 pub const WRITE_TOKEN_ENV: &str = "FLOE_WRITE_TOKEN";
+/// Environment variables that add one S3 key (beside `[[s3.keys]]`).
+pub const S3_ACCESS_KEY_ID_ENV: &str = "FLOE_S3_ACCESS_KEY_ID";
+pub const S3_SECRET_ACCESS_KEY_ENV: &str = "FLOE_S3_SECRET_ACCESS_KEY";
+/// The region S3 clients sign for unless `[s3] region` says otherwise.
+pub const S3_REGION_DEFAULT: &str = "us-east-1";
+
+/// One S3 access key.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Key {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// The S3 API (`[s3]` in node.toml; served only with `s3_listen` and at least one key).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Keys that may sign requests (`[[s3.keys]]`).
+    pub keys: Vec<S3Key>,
+    /// The region clients sign for (any region a client names is accepted, as long as the
+    /// signature holds; this one is what GetBucketLocation answers).
+    pub region: String,
+    /// Virtual-host style: a Host of `BUCKET.DOMAIN` names the bucket.
+    pub domain: Option<String>,
+    /// Buckets anyone may read and list without signing (public datasets).
+    pub public_buckets: Vec<String>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            region: S3_REGION_DEFAULT.into(),
+            domain: None,
+            public_buckets: Vec::new(),
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -85,6 +124,9 @@ pub struct NodeConfig {
     /// This node's name in the committee.
     pub name: String,
     pub listen: String,
+    /// Where the S3 API listens (IP:port; port 0 picks a free one); off unless set.
+    pub s3_listen: Option<String>,
+    pub s3: S3Config,
     /// One directory per disk.
     pub data_dirs: Vec<PathBuf>,
     /// Executor threads (one per core); 0 = every available core.
@@ -148,6 +190,8 @@ impl Default for NodeConfig {
         Self {
             name: "floe-0".into(),
             listen: LISTEN_DEFAULT.into(),
+            s3_listen: None,
+            s3: S3Config::default(),
             data_dirs: vec![PathBuf::from(DATA_DIR_DEFAULT)],
             cores: 0,
             pin_cores: true,
@@ -362,6 +406,30 @@ impl NodeConfig {
         if let Ok(token) = std::env::var(WRITE_TOKEN_ENV) {
             self.write_token = (!token.is_empty()).then_some(token);
         }
+        if let (Ok(id), Ok(secret)) = (
+            std::env::var(S3_ACCESS_KEY_ID_ENV),
+            std::env::var(S3_SECRET_ACCESS_KEY_ENV),
+        ) {
+            if !id.is_empty() && !secret.is_empty() {
+                self.s3.keys.retain(|k| k.access_key_id != id);
+                self.s3.keys.push(S3Key {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                });
+            }
+        }
+    }
+
+    /// The S3 listen address, parsed, if S3 is on.
+    pub fn s3_listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(listen) = &self.s3_listen else {
+            return Ok(None);
+        };
+        listen.parse().map(Some).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "s3_listen address {listen:?} is not IP:port ({e}); for example 127.0.0.1:9000"
+            ))
+        })
     }
 
     /// Executor threads to run.
@@ -434,6 +502,22 @@ impl NodeConfig {
     /// Checks values that have no sensible meaning (before anything starts).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if self.s3_listen_addr()?.is_some() && self.s3.keys.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "s3_listen is set but no S3 key is: the S3 API never runs open. Fix: add \
+                 [[s3.keys]] with access_key_id and secret_access_key to node.toml, or set \
+                 {S3_ACCESS_KEY_ID_ENV} and {S3_SECRET_ACCESS_KEY_ENV}"
+            )));
+        }
+        for key in &self.s3.keys {
+            if key.access_key_id.is_empty() || key.secret_access_key.len() < 8 {
+                return Err(ConfigError::Invalid(format!(
+                    "S3 key {:?}: the access key ID must not be empty and the secret must have \
+                     at least 8 characters",
+                    key.access_key_id
+                )));
+            }
+        }
         let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.data_dirs.is_empty() {
             return invalid("data_dirs needs at least one directory");

@@ -138,6 +138,9 @@ pub enum Op {
         data: bytes::Bytes,
         end_epoch: u32,
         deletable: bool,
+        /// Store even if the blob was deleted here (a later record supersedes the deletion):
+        /// an S3 object naming the bytes of a blob released before.
+        revive: bool,
         reply: oneshot::Sender<Result<MetadataStored, StorageFailure>>,
     },
     /// Delete a blob's records on this core, with a tombstone kept until the later of
@@ -431,10 +434,12 @@ pub async fn run_owner<D: Dir>(
                     data,
                     end_epoch,
                     deletable,
+                    revive,
                     reply,
                 } => {
                     let result =
-                        put_metadata(&mut disks, blob_id, data, end_epoch, deletable).await;
+                        put_metadata(&mut disks, blob_id, data, end_epoch, deletable, revive)
+                            .await;
                     let _ = reply.send(result);
                 }
                 Op::Delete {
@@ -752,10 +757,11 @@ async fn put_metadata<D: Dir>(
     data: bytes::Bytes,
     end_epoch: u32,
     deletable: bool,
+    revive: bool,
 ) -> Result<MetadataStored, StorageFailure> {
     let key = Key::metadata(blob_id);
     let stored = disks.stored(&key);
-    if stored.is_none() && deletable {
+    if stored.is_none() && deletable && !revive {
         if let Some(deleted_until) = disks.deleted(&blob_id) {
             return Ok(MetadataStored::Deleted {
                 end_epoch: deleted_until,

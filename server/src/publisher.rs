@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::budget::{reserve, BufferReservation};
 use crate::config::Member;
-use crate::http::body::{check_declared, collect_body};
+use crate::http::body::{collect_source, BodySource, RequestBody};
 use crate::http::body::{json_response, Body};
 use crate::http::error::ApiError;
 use crate::owner::{Deleted, Record};
@@ -45,6 +45,31 @@ pub fn write_quorum(n: usize) -> usize {
     n - (n - 1) / 3
 }
 
+/// How a blob is stored.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Epochs from now the blob is kept.
+    pub epochs: u32,
+    pub deletable: bool,
+    /// Store a deletable blob even if it was deleted here before (S3 objects, whose blobs are
+    /// deleted when their last name goes and may be named again later).
+    pub revive: bool,
+}
+
+/// What [`store`] did.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub blob_id: BlobId,
+    pub size: u64,
+    /// `newlyCreated` or `alreadyCertified`.
+    pub kind: &'static str,
+    pub end_epoch: u32,
+    pub deletable: bool,
+    pub confirmed: usize,
+    pub failed: Vec<String>,
+    pub pending: Vec<String>,
+}
+
 /// `PUT /v1/blobs?epochs=N`.
 pub async fn publish(
     state: &Rc<CoreState>,
@@ -52,8 +77,80 @@ pub async fn publish(
     deletable: bool,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let declared = crate::http::body::declared_length(request.headers())?;
+    let stall = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
+    let mut body = RequestBody {
+        body: request.into_body(),
+        stall,
+    };
+    let intake = take_in(state, declared, &mut body).await?;
+    let options = StoreOptions {
+        epochs,
+        deletable,
+        revive: false,
+    };
+    let stored = store(state, intake, options).await?;
+    let blob_id = stored.blob_id.to_string();
+    let mut body = json!({
+        stored.kind: {
+            "blobId": blob_id,
+            "size": stored.size,
+            "encodingType": "RS2",
+            "endEpoch": stored.end_epoch,
+            "deletable": stored.deletable,
+            "shardsConfirmed": stored.confirmed,
+            "blobObject": {
+                "blobId": blob_id,
+                "size": stored.size,
+                "encodingType": "RS2",
+                "deletable": stored.deletable,
+                "storage": {"endEpoch": stored.end_epoch},
+            },
+        }
+    });
+    if !stored.failed.is_empty() {
+        body[stored.kind]["failedNodes"] = json!(stored.failed);
+    }
+    if !stored.pending.is_empty() {
+        body[stored.kind]["pendingNodes"] = json!(stored.pending);
+    }
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// A blob taken in and encoded ([`take_in`]), ready to [`store`].
+pub struct Intake {
+    source: Source,
+    reservation: BufferReservation,
+}
+
+impl Intake {
+    pub fn blob_id(&self) -> &BlobId {
+        self.source.blob_id()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.source.layout().blob_bytes
+    }
+}
+
+/// Stores an encoded blob on the committee: this node's pairs here, every other node's sent
+/// to it, all at once; returns once the nodes that confirmed hold `n - f` shards (the rest
+/// finish in the background). 503 `notEnoughShards` below that.
+pub async fn store(
+    state: &Rc<CoreState>,
+    intake: Intake,
+    options: StoreOptions,
+) -> Result<Stored, ApiError> {
+    let StoreOptions {
+        epochs,
+        deletable,
+        revive,
+    } = options;
+    let Intake {
+        source,
+        reservation,
+    } = intake;
     let n = state.n();
-    let (source, reservation) = intake(state, request).await?;
     let blob_id = *source.blob_id();
     let size = source.layout().blob_bytes;
     let end_epoch = state
@@ -62,25 +159,6 @@ pub async fn publish(
         .current_epoch()
         .saturating_add(epochs);
     let quorum = write_quorum(n);
-    let answer = |kind: &str, end_epoch: u32, deletable: bool, confirmed: usize| {
-        json!({
-            kind: {
-                "blobId": blob_id.to_string(),
-                "size": size,
-                "encodingType": "RS2",
-                "endEpoch": end_epoch,
-                "deletable": deletable,
-                "shardsConfirmed": confirmed,
-                "blobObject": {
-                    "blobId": blob_id.to_string(),
-                    "size": size,
-                    "encodingType": "RS2",
-                    "deletable": deletable,
-                    "storage": {"endEpoch": end_epoch},
-                },
-            }
-        })
-    };
     // The home core's record, not a cache: whether the blob is deletable may have changed.
     match state.metadata_record(&blob_id).await? {
         Some(known) => {
@@ -89,19 +167,20 @@ pub async fn publish(
             if known.end_epoch >= end_epoch && (deletable || !known_deletable) {
                 let confirmed = stored_shards(state, &blob_id, quorum).await;
                 if confirmed >= quorum {
-                    return Ok(json_response(
-                        StatusCode::OK,
-                        answer(
-                            "alreadyCertified",
-                            known.end_epoch,
-                            known_deletable,
-                            confirmed,
-                        ),
-                    ));
+                    return Ok(Stored {
+                        blob_id,
+                        size,
+                        kind: "alreadyCertified",
+                        end_epoch: known.end_epoch,
+                        deletable: known_deletable,
+                        confirmed,
+                        failed: Vec::new(),
+                        pending: Vec::new(),
+                    });
                 }
             }
         }
-        None if deletable => {
+        None if deletable && !revive => {
             if let Some(until) = state.deleted(&blob_id).await? {
                 return Err(blob_deleted(&blob_id, until));
             }
@@ -126,7 +205,7 @@ pub async fn publish(
                 // This node's answer says whether the blob stays deletable (merged with any
                 // earlier store of it).
                 let result = if here {
-                    store_here(&state, &encoded, batch, end_epoch, deletable)
+                    store_here(&state, &encoded, batch, end_epoch, deletable, revive)
                         .await
                         .map(Some)
                         .map_err(|e| e.to_string())
@@ -160,12 +239,12 @@ pub async fn publish(
             break;
         }
     }
-    let pending: Vec<&str> = state
+    let pending: Vec<String> = state
         .shared
         .committee
         .members
         .iter()
-        .map(|m| m.name.as_str())
+        .map(|m| m.name.clone())
         .filter(|name| !answered.iter().any(|a| a == name))
         .collect();
     if !stores.is_empty() {
@@ -182,14 +261,16 @@ pub async fn publish(
         ));
     }
     tracing::debug!(blob = %blob_id, seconds = stored_at.elapsed().as_secs_f64(), "stored on the write quorum");
-    let mut body = answer("newlyCreated", end_epoch, stored_deletable, confirmed);
-    if !failed.is_empty() {
-        body["newlyCreated"]["failedNodes"] = json!(failed);
-    }
-    if !pending.is_empty() {
-        body["newlyCreated"]["pendingNodes"] = json!(pending);
-    }
-    Ok(json_response(StatusCode::OK, body))
+    Ok(Stored {
+        blob_id,
+        size,
+        kind: "newlyCreated",
+        end_epoch,
+        deletable: stored_deletable,
+        confirmed,
+        failed,
+        pending,
+    })
 }
 
 /// Lets the stores still under way finish on this core's executor after the answer went out,
@@ -224,15 +305,17 @@ fn finish_in_background<F>(
 /// bounded here; the spool keeps a big one's memory independent of its size.
 pub const MEMORY_BLOB_BYTES_MAX: u64 = 32 << 20;
 
-/// Takes the body of a `PUT /v1/blobs` and encodes it: in memory (a declared length of at most
-/// [`MEMORY_BLOB_BYTES_MAX`] that fits the core's buffer budget with its encoding), else through
-/// the spool. 413 only above the code's limit at the committee's n; 507 when the spool's disk
-/// cannot take it; 503 while other requests hold the memory it needs. Returns the slivers'
-/// source and the memory reservation the rest of the publish runs under.
-async fn intake(
+/// Takes a blob's bytes from `body` (which says it holds `declared` bytes, if it says) and
+/// encodes them: in memory (a declared length of at most [`MEMORY_BLOB_BYTES_MAX`] that fits
+/// the core's buffer budget with its encoding), else through the spool. 413 only above the
+/// code's limit at the committee's n; 507 when the spool's disk cannot take it; 503 while
+/// other requests hold the memory it needs. The intake holds the memory reservation the rest
+/// of the store runs under.
+pub async fn take_in(
     state: &Rc<CoreState>,
-    request: Request<Incoming>,
-) -> Result<(Source, BufferReservation), ApiError> {
+    declared: Option<u64>,
+    body: &mut impl BodySource,
+) -> Result<Intake, ApiError> {
     let n = state.n();
     let config = EncodingConfig::new(n as u16).expect("the committee's n is valid");
     let code_max = config.blob_bytes_max();
@@ -249,7 +332,13 @@ async fn intake(
             ),
         )
     };
-    let declared = check_declared(request.headers(), code_max).map_err(too_large)?;
+    if let Some(bytes) = declared.filter(|b| *b > code_max) {
+        return Err(too_large(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bodyTooLarge",
+            format!("the body declares {bytes} bytes"),
+        )));
+    }
     let in_memory = state
         .shared
         .memory_blob_bytes_max()
@@ -264,8 +353,16 @@ async fn intake(
         })?;
         // The body and its encoded slivers live as long as the request.
         let reservation = reserve(state, bytes + layout.encoded_bytes_total())?;
-        let stall = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
-        let body = collect_body(request.into_body(), bytes, stall).await?;
+        let body = collect_source(body, bytes).await?;
+        if (body.len() as u64) < bytes {
+            return Err(ApiError::bad_request(
+                "incompleteBody",
+                format!(
+                    "the body ended after {} of the {bytes} bytes it declared",
+                    body.len()
+                ),
+            ));
+        }
         state
             .shared
             .metrics
@@ -281,7 +378,10 @@ async fn intake(
                     e.to_string(),
                 ))
             })?;
-        return Ok((Source::Memory(encoded), reservation));
+        return Ok(Intake {
+            source: Source::Memory(encoded),
+            reservation,
+        });
     }
     // Spooled: memory for the largest layout this body may have, and a batch per member.
     let largest = config
@@ -296,12 +396,20 @@ async fn intake(
         // Refused before the body is read if the disk cannot take it.
         spooled.promise(&config.layout(bytes).expect("within the code's limit"))?;
     }
-    let stall = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
     let started = std::time::Instant::now();
     let received = spooled
-        .receive(&config, request.into_body(), code_max, stall)
+        .receive(&config, body, declared.unwrap_or(code_max))
         .await
         .map_err(too_large)?;
+    if declared.is_some_and(|d| d != received) {
+        return Err(ApiError::bad_request(
+            "incompleteBody",
+            format!(
+                "the body ended after {received} of the {} bytes it declared",
+                declared.unwrap_or(0)
+            ),
+        ));
+    }
     state.shared.metrics.received_bytes.inc_by(received);
     let layout = config.layout(received).expect("within the code's limit");
     spooled.promise(&layout)?;
@@ -314,7 +422,10 @@ async fn intake(
         encode_seconds = (started.elapsed() - spooled_in).as_secs_f64(),
         "spooled and encoded a big blob"
     );
-    Ok((Source::Spooled(spooled), reservation))
+    Ok(Intake {
+        source: Source::Spooled(spooled),
+        reservation,
+    })
 }
 
 /// Bytes of slivers read and sent (or stored) at once per node a blob is published to: at
@@ -385,6 +496,7 @@ async fn store_here(
     batch: usize,
     end_epoch: u32,
     deletable: bool,
+    revive: bool,
 ) -> Result<bool, ApiError> {
     let blob_id = *source.blob_id();
     let (end_epoch, deletable) = state
@@ -395,6 +507,7 @@ async fn store_here(
             *source.layout(),
             end_epoch,
             deletable,
+            revive,
         )
         .await?;
     for pairs in pair_batches(source, &state.shared.me.shards, batch) {

@@ -25,10 +25,9 @@ use floe_codec::{
     encode_in_strips, encode_sliver, BlobId, BlobLayout, BlobMetadata, Sliver, SliverKind,
     StripStore,
 };
-use hyper::body::Incoming;
 use hyper::StatusCode;
 
-use crate::http::body::next_data;
+use crate::http::body::BodySource;
 use crate::http::error::ApiError;
 
 /// Bytes of body gathered before one write to the spool file, at most. Why: large sequential
@@ -274,20 +273,19 @@ impl Spooled {
     }
 
     /// Writes the body to the blob file in chunks of the plan's size, at most `limit` bytes in
-    /// all, promising disk space as it grows; a body that stalls for `stall` or ends early is
-    /// an error. Returns the blob's length.
+    /// all, promising disk space as it grows; a body that fails (stalls, ends early) is an
+    /// error. Returns the blob's length.
     pub async fn receive(
         &mut self,
         config: &floe_codec::EncodingConfig,
-        mut body: Incoming,
+        body: &mut impl BodySource,
         limit: u64,
-        stall: std::time::Duration,
     ) -> Result<u64, ApiError> {
         let mut written = 0u64;
         let chunk_bytes = self.plan.chunk_bytes;
         let mut chunk = BytesMut::with_capacity(chunk_bytes);
         loop {
-            let done = match next_data(&mut body, stall).await? {
+            let done = match body.next_data().await? {
                 Some(data) => {
                     chunk.extend_from_slice(&data);
                     false

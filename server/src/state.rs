@@ -360,7 +360,7 @@ impl CoreState {
     /// Stores verified metadata (its BCS `body`) on the blob's home core and caches it. The
     /// blob is kept until `end_epoch` or a later end epoch it already had: a second store can
     /// extend a lifetime, never shorten it; and it stays deletable only if every store said
-    /// so. A deletable store of a deleted blob answers 409 `blobDeleted`. Returns the end
+    /// so. A deletable store of a deleted blob answers 409 `blobDeleted` (unless `revive`). Returns the end
     /// epoch and deletability stored.
     pub(crate) async fn store_metadata(
         &self,
@@ -370,6 +370,7 @@ impl CoreState {
         layout: BlobLayout,
         end_epoch: u32,
         deletable: bool,
+        revive: bool,
     ) -> Result<(u32, bool), ApiError> {
         let home = self.shared.owners.home_of(&blob_id.0);
         let id = blob_id.0;
@@ -379,6 +380,7 @@ impl CoreState {
                 data: body,
                 end_epoch,
                 deletable,
+                revive,
                 reply,
             })
             .await?

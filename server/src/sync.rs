@@ -169,6 +169,7 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
                                         known.layout,
                                         end_epoch,
                                         theirs != BlobState::Permanent,
+                                        false,
                                     )
                                     .await?;
                                 state.shared.metrics.sync_blobs_updated.inc();
@@ -206,7 +207,7 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
             };
             let deletable = theirs == BlobState::Deletable;
             match state
-                .store_metadata(&id, body, metadata, layout, end_epoch, deletable)
+                .store_metadata(&id, body, metadata, layout, end_epoch, deletable, false)
                 .await
             {
                 Ok(_) => {

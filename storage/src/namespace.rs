@@ -22,8 +22,17 @@ use thiserror::Error;
 const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
 /// Objects by (bucket, key): their JSON [`Object`].
 const OBJECTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("objects");
-/// Names per blob (blob ID bytes): how many objects list it.
+/// Names per blob (blob ID bytes): how many objects and parts of uploads in progress list it.
 const BLOB_NAMES: TableDefinition<&[u8], u64> = TableDefinition::new("blob_names");
+/// Blobs whose last name went (blob ID bytes -> Unix seconds), until the caller has deleted
+/// them ([`Namespace::forget_released`]): a crash between the two loses no deletion.
+const RELEASED: TableDefinition<&[u8], u64> = TableDefinition::new("released");
+/// Multipart uploads in progress by upload ID: their JSON [`Upload`].
+const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+/// The same uploads by (bucket, key, upload ID), for listing a bucket's uploads in key order.
+const UPLOAD_KEYS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("upload_keys");
+/// Parts by (upload ID, part number): their JSON [`Part`].
+const PARTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("parts");
 
 /// Why a namespace operation failed.
 #[derive(Debug, Error)]
@@ -38,6 +47,8 @@ pub enum NamespaceError {
     NoSuchKey(String, String),
     #[error("the key {1} exists in {0} (If-None-Match: *)")]
     KeyExists(String, String),
+    #[error("the upload {0} does not exist (completed, aborted, or never started)")]
+    NoSuchUpload(String),
     #[error("the namespace database failed: {0}")]
     Database(String),
 }
@@ -95,6 +106,28 @@ pub struct Object {
     pub part_sizes: Vec<u64>,
 }
 
+/// A multipart upload in progress: where its object goes, and what the object will keep
+/// (its `pieces`, `size` and `etag` are set when it completes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Upload {
+    pub bucket: String,
+    pub key: String,
+    pub initiated_unix_seconds: u64,
+    pub template: Object,
+}
+
+/// A part of a multipart upload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Part {
+    pub pieces: Vec<Piece>,
+    pub size: u64,
+    /// The MD5 of the part's bytes, hex (without quotes).
+    pub md5_hex: String,
+    pub last_modified_unix_seconds: u64,
+}
+
 /// One page of a listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
@@ -125,6 +158,10 @@ impl Namespace {
         tx.open_table(BUCKETS)?;
         tx.open_table(OBJECTS)?;
         tx.open_table(BLOB_NAMES)?;
+        tx.open_table(RELEASED)?;
+        tx.open_table(UPLOADS)?;
+        tx.open_table(UPLOAD_KEYS)?;
+        tx.open_table(PARTS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -185,6 +222,14 @@ impl Namespace {
                     return Err(NamespaceError::BucketNotEmpty(name.into()));
                 }
             }
+            let uploads = tx.open_table(UPLOAD_KEYS)?;
+            let mut range = uploads.range((name, "", "")..)?;
+            if let Some(entry) = range.next() {
+                let (key, _) = entry?;
+                if key.value().0 == name {
+                    return Err(NamespaceError::BucketNotEmpty(name.into()));
+                }
+            }
             buckets.remove(name)?;
         }
         tx.commit()?;
@@ -227,13 +272,9 @@ impl Namespace {
             }
             objects.insert((bucket, key), serde_json::to_vec(object)?.as_slice())?;
             let mut names = tx.open_table(BLOB_NAMES)?;
-            for piece in &object.pieces {
-                let count = names
-                    .get(piece.blob_id.as_slice())?
-                    .map_or(0, |v| v.value());
-                names.insert(piece.blob_id.as_slice(), count + 1)?;
-            }
-            released = release(&mut names, old.iter().flat_map(|o| &o.pieces))?;
+            let mut gone = tx.open_table(RELEASED)?;
+            name_all(&mut names, &mut gone, &object.pieces)?;
+            released = release(&mut names, &mut gone, old.iter().flat_map(|o| &o.pieces))?;
         }
         tx.commit()?;
         Ok(released)
@@ -254,10 +295,256 @@ impl Namespace {
                 None => None,
             };
             let mut names = tx.open_table(BLOB_NAMES)?;
-            released = release(&mut names, old.iter().flat_map(|o| &o.pieces))?;
+            let mut gone = tx.open_table(RELEASED)?;
+            released = release(&mut names, &mut gone, old.iter().flat_map(|o| &o.pieces))?;
         }
         tx.commit()?;
         Ok(released)
+    }
+
+    /// Blobs released and not yet forgotten (at most `limit`): what a caller that crashed
+    /// before deleting them finds at its next start.
+    pub fn released(&self, limit: usize) -> Result<Vec<[u8; 32]>, NamespaceError> {
+        let tx = self.db.begin_read()?;
+        let gone = tx.open_table(RELEASED)?;
+        let mut all = Vec::new();
+        for entry in gone.iter()?.take(limit) {
+            let (blob, _) = entry?;
+            if let Ok(id) = <[u8; 32]>::try_from(blob.value()) {
+                all.push(id);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Whether `blob_id` is released (no name, not yet forgotten).
+    pub fn is_released(&self, blob_id: &[u8; 32]) -> Result<bool, NamespaceError> {
+        let tx = self.db.begin_read()?;
+        let gone = tx.open_table(RELEASED)?;
+        Ok(gone.get(blob_id.as_slice())?.is_some())
+    }
+
+    /// Forgets released blobs once the caller deleted them.
+    pub fn forget_released(&self, blobs: &[[u8; 32]]) -> Result<(), NamespaceError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut gone = tx.open_table(RELEASED)?;
+            for blob in blobs {
+                gone.remove(blob.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Starts a multipart upload `upload_id` of `template` to `bucket/key`.
+    pub fn create_upload(
+        &self,
+        upload_id: &str,
+        bucket: &str,
+        key: &str,
+        template: &Object,
+    ) -> Result<(), NamespaceError> {
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
+                return Err(NamespaceError::NoSuchBucket(bucket.into()));
+            }
+            let upload = Upload {
+                bucket: bucket.into(),
+                key: key.into(),
+                initiated_unix_seconds: now(),
+                template: template.clone(),
+            };
+            tx.open_table(UPLOADS)?
+                .insert(upload_id, serde_json::to_vec(&upload)?.as_slice())?;
+            tx.open_table(UPLOAD_KEYS)?
+                .insert((bucket, key, upload_id), ())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn upload(&self, upload_id: &str) -> Result<Option<Upload>, NamespaceError> {
+        let tx = self.db.begin_read()?;
+        let uploads = tx.open_table(UPLOADS)?;
+        let found = uploads.get(upload_id)?;
+        Ok(match found {
+            Some(value) => Some(serde_json::from_slice(value.value())?),
+            None => None,
+        })
+    }
+
+    /// Records part `number` of `upload_id` (replacing an earlier one of that number); returns
+    /// the blobs whose last name went with the part it replaced.
+    pub fn put_part(
+        &self,
+        upload_id: &str,
+        number: u32,
+        part: &Part,
+    ) -> Result<Vec<[u8; 32]>, NamespaceError> {
+        let tx = self.db.begin_write()?;
+        let released;
+        {
+            if tx.open_table(UPLOADS)?.get(upload_id)?.is_none() {
+                return Err(NamespaceError::NoSuchUpload(upload_id.into()));
+            }
+            let mut parts = tx.open_table(PARTS)?;
+            let old: Option<Part> = match parts.insert((upload_id, number), serde_json::to_vec(part)?.as_slice())? {
+                Some(value) => Some(serde_json::from_slice(value.value())?),
+                None => None,
+            };
+            let mut names = tx.open_table(BLOB_NAMES)?;
+            let mut gone = tx.open_table(RELEASED)?;
+            name_all(&mut names, &mut gone, &part.pieces)?;
+            released = release(&mut names, &mut gone, old.iter().flat_map(|p| &p.pieces))?;
+        }
+        tx.commit()?;
+        Ok(released)
+    }
+
+    /// The parts of `upload_id` numbered above `after`, at most `limit`, in order.
+    pub fn parts(
+        &self,
+        upload_id: &str,
+        after: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, Part)>, NamespaceError> {
+        let tx = self.db.begin_read()?;
+        if tx.open_table(UPLOADS)?.get(upload_id)?.is_none() {
+            return Err(NamespaceError::NoSuchUpload(upload_id.into()));
+        }
+        let parts = tx.open_table(PARTS)?;
+        let mut all = Vec::new();
+        for entry in parts.range((upload_id, after.saturating_add(1))..=(upload_id, u32::MAX))? {
+            if all.len() == limit {
+                break;
+            }
+            let (k, value) = entry?;
+            all.push((k.value().1, serde_json::from_slice(value.value())?));
+        }
+        Ok(all)
+    }
+
+    /// Completes `upload_id`: `build` makes the object from the upload and its parts (checking
+    /// what the client listed), in the same transaction that names it and drops the upload, so
+    /// that the object appears whole or not at all. Returns `build`'s error, or the blobs whose
+    /// last name went (parts not used, and the object the new one replaced).
+    pub fn complete_upload<E>(
+        &self,
+        upload_id: &str,
+        build: impl FnOnce(&Upload, &[(u32, Part)]) -> Result<Object, E>,
+    ) -> Result<Result<(Upload, Object, Vec<[u8; 32]>), E>, NamespaceError> {
+        let tx = self.db.begin_write()?;
+        let done;
+        {
+            let mut uploads = tx.open_table(UPLOADS)?;
+            let upload: Upload = match uploads.get(upload_id)? {
+                Some(value) => serde_json::from_slice(value.value())?,
+                None => return Err(NamespaceError::NoSuchUpload(upload_id.into())),
+            };
+            let mut parts_table = tx.open_table(PARTS)?;
+            let mut parts = Vec::new();
+            for entry in parts_table.range((upload_id, 0)..=(upload_id, u32::MAX))? {
+                let (k, value) = entry?;
+                parts.push((k.value().1, serde_json::from_slice::<Part>(value.value())?));
+            }
+            let object = match build(&upload, &parts) {
+                Ok(object) => object,
+                Err(err) => return Ok(Err(err)),
+            };
+            if tx.open_table(BUCKETS)?.get(upload.bucket.as_str())?.is_none() {
+                return Err(NamespaceError::NoSuchBucket(upload.bucket.clone()));
+            }
+            let mut objects = tx.open_table(OBJECTS)?;
+            let key = (upload.bucket.as_str(), upload.key.as_str());
+            let old: Option<Object> = match objects.insert(key, serde_json::to_vec(&object)?.as_slice())? {
+                Some(value) => Some(serde_json::from_slice(value.value())?),
+                None => None,
+            };
+            let mut names = tx.open_table(BLOB_NAMES)?;
+            let mut gone = tx.open_table(RELEASED)?;
+            name_all(&mut names, &mut gone, &object.pieces)?;
+            let mut released = release(
+                &mut names,
+                &mut gone,
+                old.iter()
+                    .flat_map(|o| &o.pieces)
+                    .chain(parts.iter().flat_map(|(_, p)| &p.pieces)),
+            )?;
+            released.dedup();
+            parts_table.retain_in((upload_id, 0)..=(upload_id, u32::MAX), |_, _| false)?;
+            uploads.remove(upload_id)?;
+            tx.open_table(UPLOAD_KEYS)?
+                .remove((upload.bucket.as_str(), upload.key.as_str(), upload_id))?;
+            done = (upload, object, released);
+        }
+        tx.commit()?;
+        Ok(Ok(done))
+    }
+
+    /// Aborts `upload_id`: its parts go; returns the blobs whose last name went with them.
+    pub fn abort_upload(&self, upload_id: &str) -> Result<Vec<[u8; 32]>, NamespaceError> {
+        let tx = self.db.begin_write()?;
+        let released;
+        {
+            let mut uploads = tx.open_table(UPLOADS)?;
+            let upload: Upload = match uploads.remove(upload_id)? {
+                Some(value) => serde_json::from_slice(value.value())?,
+                None => return Err(NamespaceError::NoSuchUpload(upload_id.into())),
+            };
+            tx.open_table(UPLOAD_KEYS)?
+                .remove((upload.bucket.as_str(), upload.key.as_str(), upload_id))?;
+            let mut parts_table = tx.open_table(PARTS)?;
+            let mut parts = Vec::new();
+            for entry in parts_table.range((upload_id, 0)..=(upload_id, u32::MAX))? {
+                let (_, value) = entry?;
+                parts.push(serde_json::from_slice::<Part>(value.value())?);
+            }
+            parts_table.retain_in((upload_id, 0)..=(upload_id, u32::MAX), |_, _| false)?;
+            let mut names = tx.open_table(BLOB_NAMES)?;
+            let mut gone = tx.open_table(RELEASED)?;
+            released = release(&mut names, &mut gone, parts.iter().flat_map(|p| &p.pieces))?;
+        }
+        tx.commit()?;
+        Ok(released)
+    }
+
+    /// `bucket`'s uploads in progress whose keys start with `prefix`, after (`key`,
+    /// `upload_id`) `after`, at most `limit`: (key, upload ID, upload).
+    pub fn uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, Upload)>, NamespaceError> {
+        let tx = self.db.begin_read()?;
+        if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
+            return Err(NamespaceError::NoSuchBucket(bucket.into()));
+        }
+        let keys = tx.open_table(UPLOAD_KEYS)?;
+        let uploads = tx.open_table(UPLOADS)?;
+        let (from_key, from_id) = after.unwrap_or((prefix, ""));
+        let from_key = from_key.max(prefix);
+        let mut all = Vec::new();
+        for entry in keys.range((bucket, from_key, from_id)..)? {
+            let (k, _) = entry?;
+            let (b, key, id) = k.value();
+            if b != bucket || !key.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|(ak, ai)| (key, id) <= (ak, ai)) {
+                continue;
+            }
+            if all.len() == limit {
+                break;
+            }
+            if let Some(value) = uploads.get(id)? {
+                all.push((key.to_string(), id.to_string(), serde_json::from_slice(value.value())?));
+            }
+        }
+        Ok(all)
     }
 
     /// One page of `bucket`'s keys starting with `prefix`, after `after`, at most `max_keys`
@@ -324,9 +611,28 @@ impl Namespace {
     }
 }
 
-/// Takes one name from each of `pieces`' blobs; returns those left with none.
+/// Gives each of `pieces`' blobs one more name (a released blob named again is no longer
+/// released).
+fn name_all(
+    names: &mut redb::Table<&[u8], u64>,
+    gone: &mut redb::Table<&[u8], u64>,
+    pieces: &[Piece],
+) -> Result<(), NamespaceError> {
+    for piece in pieces {
+        let count = names
+            .get(piece.blob_id.as_slice())?
+            .map_or(0, |v| v.value());
+        names.insert(piece.blob_id.as_slice(), count + 1)?;
+        gone.remove(piece.blob_id.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Takes one name from each of `pieces`' blobs; returns those left with none (recorded as
+/// released until forgotten).
 fn release<'a>(
     names: &mut redb::Table<&[u8], u64>,
+    gone: &mut redb::Table<&[u8], u64>,
     pieces: impl Iterator<Item = &'a Piece>,
 ) -> Result<Vec<[u8; 32]>, NamespaceError> {
     let mut released = Vec::new();
@@ -336,6 +642,7 @@ fn release<'a>(
             .map_or(0, |v| v.value());
         if count <= 1 {
             names.remove(piece.blob_id.as_slice())?;
+            gone.insert(piece.blob_id.as_slice(), now())?;
             if !released.contains(&piece.blob_id) {
                 released.push(piece.blob_id);
             }

@@ -95,11 +95,32 @@ pub fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-/// Reads a whole request body of at most `limit` bytes. A body that ends early (truncated
-/// upload, a client that went away) is an error, and nothing of it is kept; so is a body that
-/// stalls: no bytes for `stall` (the connection's idle timeout, which does not apply while
-/// its request is being served, see [`crate::serve`]).
-pub async fn collect_body(body: Incoming, limit: u64, stall: Duration) -> Result<Bytes, ApiError> {
+/// Where an upload's bytes come from, in order: a request body ([`RequestBody`]), or what a
+/// decoder makes of one (S3's `aws-chunked` bodies, an object split into blobs).
+#[allow(async_fn_in_trait)] // used with concrete types only, on one core
+pub trait BodySource {
+    /// The next bytes, `None` at the end; errors as [`next_data`]'s (or the decoder's).
+    async fn next_data(&mut self) -> Result<Option<Bytes>, ApiError>;
+}
+
+/// A request body read under a stall deadline.
+pub struct RequestBody {
+    pub body: Incoming,
+    pub stall: Duration,
+}
+
+impl BodySource for RequestBody {
+    async fn next_data(&mut self) -> Result<Option<Bytes>, ApiError> {
+        next_data(&mut self.body, self.stall).await
+    }
+}
+
+/// Reads a whole body from `source`, at most `limit` bytes; what [`collect_body`] does for a
+/// request body.
+pub async fn collect_source(
+    source: &mut impl BodySource,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -107,10 +128,9 @@ pub async fn collect_body(body: Incoming, limit: u64, stall: Duration) -> Result
             format!("the body is longer; the limit here is {limit} bytes"),
         )
     };
-    let mut body = body;
     let mut first: Option<Bytes> = None;
     let mut collected = BytesMut::new();
-    while let Some(data) = next_data(&mut body, stall).await? {
+    while let Some(data) = source.next_data().await? {
         let held = first.as_ref().map_or(0, Bytes::len) + collected.len();
         if (held + data.len()) as u64 > limit {
             return Err(too_large());
@@ -127,6 +147,14 @@ pub async fn collect_body(body: Incoming, limit: u64, stall: Duration) -> Result
         }
     }
     Ok(first.unwrap_or_else(|| collected.freeze()))
+}
+
+/// Reads a whole request body of at most `limit` bytes. A body that ends early (truncated
+/// upload, a client that went away) is an error, and nothing of it is kept; so is a body that
+/// stalls: no bytes for `stall` (the connection's idle timeout, which does not apply while
+/// its request is being served, see [`crate::serve`]).
+pub async fn collect_body(body: Incoming, limit: u64, stall: Duration) -> Result<Bytes, ApiError> {
+    collect_source(&mut RequestBody { body, stall }, limit).await
 }
 
 /// The next bytes of a request body, `None` at its end: 400 `incompleteBody` if it ends early

@@ -146,6 +146,10 @@ struct NodeArgs {
     /// Address to listen on, IP:port (port 0 picks a free one); overrides `listen`.
     #[arg(long)]
     listen: Option<String>,
+    /// Serve the S3 API on IP:port (port 0 picks a free one); overrides `s3_listen`. Needs a
+    /// key: `[[s3.keys]]` in node.toml or FLOE_S3_ACCESS_KEY_ID / FLOE_S3_SECRET_ACCESS_KEY.
+    #[arg(long = "s3-listen")]
+    s3_listen: Option<String>,
     /// A data directory (repeat for several disks); overrides `data_dirs`.
     #[arg(long = "data-dir")]
     data_dirs: Vec<PathBuf>,
@@ -527,6 +531,9 @@ fn run_node(args: NodeArgs) -> Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(s3_listen) = args.s3_listen {
+        config.s3_listen = Some(s3_listen);
+    }
     if !args.data_dirs.is_empty() {
         config.data_dirs = args.data_dirs;
     }
@@ -566,6 +573,14 @@ fn run_node(args: NodeArgs) -> Result<()> {
         println!(
             "  read:    floe read BLOB_ID --node {url} -o FILE   (or curl {url}/v1/blobs/BLOB_ID)"
         );
+        if let Some(s3) = ready.s3_address {
+            let s3_url = format!("http://{s3}");
+            println!("S3 API on {s3_url} (path style; keys from [[s3.keys]] or FLOE_S3_*)");
+            println!(
+                "  boto3:   boto3.client(\"s3\", endpoint_url=\"{s3_url}\", aws_access_key_id=..., aws_secret_access_key=...)"
+            );
+            println!("  AWS CLI: aws --endpoint-url {s3_url} s3 ls");
+        }
         println!("  stop:    Ctrl-C or SIGTERM (in-flight requests finish first)");
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -114,7 +114,10 @@ async fn find_metadata(
 
 /// The byte range a `Range` header asks for, `None` for the whole blob. Headers that are not
 /// a single `bytes=` range are ignored (RFC 9110 lets a server serve the whole representation).
-fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+pub(crate) fn parse_range(
+    value: Option<&HeaderValue>,
+    size: u64,
+) -> Result<Option<(u64, u64)>, ApiError> {
     let Some(text) = value.and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };

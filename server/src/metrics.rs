@@ -93,6 +93,8 @@ pub struct Metrics {
     /// Stores to peers still under way after the publisher answered (it answers at the write
     /// quorum, see `publisher`).
     pub publish_background: Gauge,
+    /// Blobs the S3 API deleted because their last name went.
+    pub s3_blobs_deleted: Counter,
     /// Aggregator reads that asked more peers because the first were slow.
     pub hedged_reads: Counter,
     /// Whole-blob reads not cached because the blob is too large for the cache or the budget.
@@ -141,6 +143,7 @@ impl Metrics {
             sync_blobs_updated: Counter::default(),
             blobs_deleted: Counter::default(),
             publish_background: Gauge::default(),
+            s3_blobs_deleted: Counter::default(),
             hedged_reads: Counter::default(),
             blob_cache_skipped: Counter::default(),
             recovered_reads: Counter::default(),
@@ -206,6 +209,11 @@ impl Metrics {
             "blobs_deleted",
             "Blobs deleted on this node (by a user, a peer, or learned by sync)",
             metrics.blobs_deleted.clone(),
+        );
+        r.register(
+            "s3_blobs_deleted",
+            "Blobs the S3 API deleted because no object or part names them any more",
+            metrics.s3_blobs_deleted.clone(),
         );
         r.register(
             "publish_background_stores",

@@ -31,7 +31,7 @@ use floe_storage::store::StoreOptions;
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::owner::{run_maintenance, run_owner, Owners};
-use crate::serve::Stopping;
+use crate::serve::{Api, Stopping};
 use crate::state::{CoreState, Shared};
 
 /// Why a node could not start or stopped with an error.
@@ -49,6 +49,8 @@ impl From<crate::config::ConfigError> for NodeError {
 #[derive(Clone, Debug)]
 pub struct Ready {
     pub address: SocketAddr,
+    /// Where the S3 API listens, when it is on.
+    pub s3_address: Option<SocketAddr>,
     pub cores: usize,
     pub name: String,
     pub n_shards: u16,
@@ -57,7 +59,10 @@ pub struct Ready {
 }
 
 enum Event {
-    Ready { address: SocketAddr },
+    Ready {
+        address: SocketAddr,
+        s3: Option<SocketAddr>,
+    },
     Failed(String),
     Drained,
     Signal(i32),
@@ -78,6 +83,32 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         prepare_data_dir(dir, cores)?;
     }
     let address = probe_listen(config.listen_addr()?)?;
+    let s3_address = match config.s3_listen_addr()? {
+        Some(s3) => Some(probe_listen(s3)?),
+        None => None,
+    };
+    let s3 = match s3_address {
+        Some(_) => {
+            let dir = config
+                .data_dirs
+                .first()
+                .expect("validate() checked there is one");
+            let path = dir.join("namespace.redb");
+            let namespace = floe_storage::namespace::Namespace::open(&path).map_err(|e| {
+                NodeError(format!(
+                    "the S3 namespace {} cannot be opened ({e}). Fix: make the data directory \
+                     writable, or move a damaged file aside",
+                    path.display()
+                ))
+            })?;
+            Some(Arc::new(crate::s3::S3::new(
+                config.s3.clone(),
+                namespace,
+                committee.members.len() == 1,
+            )))
+        }
+        None => None,
+    };
     let spool_dir = config.spool_dir();
     match crate::spool::clean(&spool_dir) {
         Ok(0) => {}
@@ -125,6 +156,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         changes: Default::default(),
         spool_dir,
         spool: Default::default(),
+        s3,
     });
 
     let (events, events_rx) = std_mpsc::channel::<Event>();
@@ -134,6 +166,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Core 0 binds first, so that a port of 0 becomes one port that every core shares.
     let mut bound = address;
+    let mut s3_bound = s3_address;
     for (core, queue) in queues.into_iter().enumerate() {
         let (stop, stop_rx) = oneshot::channel::<()>();
         let (finish, finish_rx) = oneshot::channel::<()>();
@@ -150,13 +183,25 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
             .name(&format!("floe-core-{core}"))
             .io_memory(config.io_memory_bytes)
             .spawn(move || async move {
-                core_main(shared, core, bound, queue, stop_rx, finish_rx, events).await
+                core_main(
+                    shared,
+                    core,
+                    (bound, s3_bound),
+                    queue,
+                    stop_rx,
+                    finish_rx,
+                    events,
+                )
+                .await
             })
             .map_err(|e| NodeError(format!("starting the executor of core {core}: {e}")))?;
         threads.push(thread);
         // Wait for this core before starting the next: its port is theirs.
         match events_rx.recv() {
-            Ok(Event::Ready { address }) => bound = address,
+            Ok(Event::Ready { address, s3 }) => {
+                bound = address;
+                s3_bound = s3;
+            }
             Ok(Event::Failed(message)) => {
                 stop_all(stops, finishes);
                 join_all(threads);
@@ -181,6 +226,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
 
     on_ready(&Ready {
         address: bound,
+        s3_address: s3_bound,
         cores,
         name: me.name.clone(),
         n_shards: committee.n_shards,
@@ -362,7 +408,7 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
 async fn core_main(
     shared: Arc<Shared>,
     core: usize,
-    address: SocketAddr,
+    (address, s3_address): (SocketAddr, Option<SocketAddr>),
     queue: futures::channel::mpsc::Receiver<crate::owner::Op>,
     stop: oneshot::Receiver<()>,
     finish: oneshot::Receiver<()>,
@@ -464,7 +510,24 @@ async fn core_main(
         }
     };
     let bound = listener.local_addr().unwrap_or(address);
-    let _ = events.send(Event::Ready { address: bound });
+    let s3_listener = match s3_address.map(listen) {
+        None => None,
+        Some(Ok(listener)) => Some(listener),
+        Some(Err(err)) => {
+            let _ = events.send(Event::Failed(format!(
+                "core {core}: listening for S3 on {}: {err}",
+                s3_address.expect("some")
+            )));
+            return;
+        }
+    };
+    let s3_bound = s3_listener
+        .as_ref()
+        .map(|l| l.local_addr().unwrap_or_else(|_| s3_address.expect("some")));
+    let _ = events.send(Event::Ready {
+        address: bound,
+        s3: s3_bound,
+    });
     debug!(core, %bound, "serving");
 
     let state = Rc::new(CoreState::new(shared.clone(), core));
@@ -472,11 +535,52 @@ async fn core_main(
     let sync = (core == 0).then(|| glommio::spawn_local(crate::sync::run(state.clone())));
     let stopping = Rc::new(Stopping::default());
     let gate = Rc::new(glommio::sync::Gate::new());
+    // The S3 listener accepts until the node stops; its connections share the gate.
+    let s3_accept = s3_listener.map(|listener| {
+        let (state, stopping, gate) = (state.clone(), stopping.clone(), gate.clone());
+        if core == 0 {
+            // What an earlier run released and did not delete.
+            let state = state.clone();
+            glommio::spawn_local(async move {
+                if let Some(s3) = state.shared.s3.clone() {
+                    s3.release_backlog(&state).await;
+                }
+            })
+            .detach();
+        }
+        glommio::spawn_local(async move {
+            loop {
+                if stopping.flag.get() {
+                    return;
+                }
+                let stopped = stopping.event.listen();
+                match select(Box::pin(listener.accept()), stopped).await {
+                    Either::Left((Ok(stream), _)) => {
+                        let connection = crate::serve::connection(
+                            state.clone(),
+                            stream,
+                            stopping.clone(),
+                            Api::S3,
+                        );
+                        if let Ok(task) = gate.spawn(connection) {
+                            task.detach();
+                        }
+                    }
+                    Either::Left((Err(err), _)) => {
+                        warn!(core, %err, "S3 accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                    Either::Right(_) => return,
+                }
+            }
+        })
+    });
     let mut stop = stop;
     loop {
         match select(Box::pin(listener.accept()), &mut stop).await {
             Either::Left((Ok(stream), _)) => {
-                let connection = crate::serve::connection(state.clone(), stream, stopping.clone());
+                let connection =
+                    crate::serve::connection(state.clone(), stream, stopping.clone(), Api::Floe);
                 // A dropped glommio task is cancelled: detach it; the gate still waits for it.
                 if let Ok(task) = gate.spawn(connection) {
                     task.detach();
@@ -493,6 +597,9 @@ async fn core_main(
     drop(listener);
     stopping.flag.set(true);
     stopping.event.notify(usize::MAX);
+    if let Some(task) = s3_accept {
+        task.await;
+    }
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     if glommio::timer::timeout(grace, async {
         let _ = gate.close().await;

@@ -102,7 +102,9 @@ pub(crate) async fn put_metadata(
         .current_epoch()
         .saturating_add(epochs);
     let (end_epoch, deletable) = state
-        .store_metadata(&blob_id, body, metadata, layout, end_epoch, deletable, false)
+        .store_metadata(
+            &blob_id, body, metadata, layout, end_epoch, deletable, false,
+        )
         .await?;
     Ok(json_response(
         StatusCode::OK,

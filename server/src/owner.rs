@@ -438,8 +438,7 @@ pub async fn run_owner<D: Dir>(
                     reply,
                 } => {
                     let result =
-                        put_metadata(&mut disks, blob_id, data, end_epoch, deletable, revive)
-                            .await;
+                        put_metadata(&mut disks, blob_id, data, end_epoch, deletable, revive).await;
                     let _ = reply.send(result);
                 }
                 Op::Delete {

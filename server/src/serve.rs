@@ -31,6 +31,15 @@ use crate::metrics::Metrics;
 use crate::node_api;
 use crate::state::CoreState;
 
+/// Which API a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// The user, node and operator APIs (`api.md`).
+    Floe,
+    /// The S3 API ([`crate::s3`]).
+    S3,
+}
+
 /// Tells connections to finish up.
 #[derive(Default)]
 pub(crate) struct Stopping {
@@ -61,7 +70,12 @@ const HEAD_BYTES_MAX: usize = 64 << 10;
 
 /// Serves one accepted connection until it closes, is idle, or the node stops; over the
 /// core's connection limit it is answered 503 and closed.
-pub(crate) async fn connection(state: Rc<CoreState>, stream: TcpStream, stopping: Rc<Stopping>) {
+pub(crate) async fn connection(
+    state: Rc<CoreState>,
+    stream: TcpStream,
+    stopping: Rc<Stopping>,
+    api: Api,
+) {
     let Some(_counted) = Connection::take(&state) else {
         let limit = state.shared.config.limits.connections_per_core;
         return refuse_connection(stream, limit).await;
@@ -76,7 +90,10 @@ pub(crate) async fn connection(state: Rc<CoreState>, stream: TcpStream, stopping
         // Held while the handler runs (dropped with it if the client goes away).
         let busy = service_activity.busy();
         async move {
-            let response = handle(state, request).await;
+            let response = match api {
+                Api::Floe => handle(state, request).await,
+                Api::S3 => handle_s3(state, request).await,
+            };
             drop(busy);
             Ok::<_, Infallible>(response)
         }
@@ -156,6 +173,21 @@ async fn handle(state: Rc<CoreState>, request: Request<Incoming>) -> Response<Bo
         }
         Err(err) => ("unknown", error_response(&err)),
     };
+    finish(&metrics, name, started, response)
+}
+
+/// Serves one S3 request: the in-flight limit, the operation, metrics.
+async fn handle_s3(state: Rc<CoreState>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let metrics = state.shared.metrics.clone();
+    let _in_flight = match InFlight::take(&state) {
+        Ok(guard) => guard,
+        Err(err) => {
+            let err = crate::s3::xml::S3Error::from(err);
+            return finish(&metrics, "overloaded", started, err.response(false));
+        }
+    };
+    let (name, response) = crate::s3::api::serve(&state, request).await;
     finish(&metrics, name, started, response)
 }
 

@@ -46,6 +46,8 @@ pub struct Shared {
     /// Blobs deleted, extended or made permanent while the node runs, for every core to drop
     /// from its caches.
     pub changes: ChangeLog,
+    /// The S3 API, when this node serves it (`s3_listen`).
+    pub s3: Option<Arc<crate::s3::S3>>,
 }
 
 impl Shared {
@@ -362,6 +364,7 @@ impl CoreState {
     /// extend a lifetime, never shorten it; and it stays deletable only if every store said
     /// so. A deletable store of a deleted blob answers 409 `blobDeleted` (unless `revive`). Returns the end
     /// epoch and deletability stored.
+    #[allow(clippy::too_many_arguments)] // the record, then how it is kept
     pub(crate) async fn store_metadata(
         &self,
         blob_id: &BlobId,

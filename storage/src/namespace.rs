@@ -128,6 +128,9 @@ pub struct Part {
     pub last_modified_unix_seconds: u64,
 }
 
+/// A completed upload: the upload, the object it made, and the blobs whose last name went.
+pub type Completed = (Upload, Object, Vec<[u8; 32]>);
+
 /// One page of a listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
@@ -302,6 +305,14 @@ impl Namespace {
         Ok(released)
     }
 
+    /// How many names `blob_id` has (objects and parts listing it).
+    pub fn names(&self, blob_id: &[u8; 32]) -> Result<u64, NamespaceError> {
+        let tx = self.db.begin_read()?;
+        let names = tx.open_table(BLOB_NAMES)?;
+        let count = names.get(blob_id.as_slice())?.map_or(0, |v| v.value());
+        Ok(count)
+    }
+
     /// Blobs released and not yet forgotten (at most `limit`): what a caller that crashed
     /// before deleting them finds at its next start.
     pub fn released(&self, limit: usize) -> Result<Vec<[u8; 32]>, NamespaceError> {
@@ -390,10 +401,11 @@ impl Namespace {
                 return Err(NamespaceError::NoSuchUpload(upload_id.into()));
             }
             let mut parts = tx.open_table(PARTS)?;
-            let old: Option<Part> = match parts.insert((upload_id, number), serde_json::to_vec(part)?.as_slice())? {
-                Some(value) => Some(serde_json::from_slice(value.value())?),
-                None => None,
-            };
+            let old: Option<Part> =
+                match parts.insert((upload_id, number), serde_json::to_vec(part)?.as_slice())? {
+                    Some(value) => Some(serde_json::from_slice(value.value())?),
+                    None => None,
+                };
             let mut names = tx.open_table(BLOB_NAMES)?;
             let mut gone = tx.open_table(RELEASED)?;
             name_all(&mut names, &mut gone, &part.pieces)?;
@@ -434,7 +446,7 @@ impl Namespace {
         &self,
         upload_id: &str,
         build: impl FnOnce(&Upload, &[(u32, Part)]) -> Result<Object, E>,
-    ) -> Result<Result<(Upload, Object, Vec<[u8; 32]>), E>, NamespaceError> {
+    ) -> Result<Result<Completed, E>, NamespaceError> {
         let tx = self.db.begin_write()?;
         let done;
         {
@@ -453,15 +465,20 @@ impl Namespace {
                 Ok(object) => object,
                 Err(err) => return Ok(Err(err)),
             };
-            if tx.open_table(BUCKETS)?.get(upload.bucket.as_str())?.is_none() {
+            if tx
+                .open_table(BUCKETS)?
+                .get(upload.bucket.as_str())?
+                .is_none()
+            {
                 return Err(NamespaceError::NoSuchBucket(upload.bucket.clone()));
             }
             let mut objects = tx.open_table(OBJECTS)?;
             let key = (upload.bucket.as_str(), upload.key.as_str());
-            let old: Option<Object> = match objects.insert(key, serde_json::to_vec(&object)?.as_slice())? {
-                Some(value) => Some(serde_json::from_slice(value.value())?),
-                None => None,
-            };
+            let old: Option<Object> =
+                match objects.insert(key, serde_json::to_vec(&object)?.as_slice())? {
+                    Some(value) => Some(serde_json::from_slice(value.value())?),
+                    None => None,
+                };
             let mut names = tx.open_table(BLOB_NAMES)?;
             let mut gone = tx.open_table(RELEASED)?;
             name_all(&mut names, &mut gone, &object.pieces)?;
@@ -475,8 +492,11 @@ impl Namespace {
             released.dedup();
             parts_table.retain_in((upload_id, 0)..=(upload_id, u32::MAX), |_, _| false)?;
             uploads.remove(upload_id)?;
-            tx.open_table(UPLOAD_KEYS)?
-                .remove((upload.bucket.as_str(), upload.key.as_str(), upload_id))?;
+            tx.open_table(UPLOAD_KEYS)?.remove((
+                upload.bucket.as_str(),
+                upload.key.as_str(),
+                upload_id,
+            ))?;
             done = (upload, object, released);
         }
         tx.commit()?;
@@ -493,8 +513,11 @@ impl Namespace {
                 Some(value) => serde_json::from_slice(value.value())?,
                 None => return Err(NamespaceError::NoSuchUpload(upload_id.into())),
             };
-            tx.open_table(UPLOAD_KEYS)?
-                .remove((upload.bucket.as_str(), upload.key.as_str(), upload_id))?;
+            tx.open_table(UPLOAD_KEYS)?.remove((
+                upload.bucket.as_str(),
+                upload.key.as_str(),
+                upload_id,
+            ))?;
             let mut parts_table = tx.open_table(PARTS)?;
             let mut parts = Vec::new();
             for entry in parts_table.range((upload_id, 0)..=(upload_id, u32::MAX))? {
@@ -541,7 +564,11 @@ impl Namespace {
                 break;
             }
             if let Some(value) = uploads.get(id)? {
-                all.push((key.to_string(), id.to_string(), serde_json::from_slice(value.value())?));
+                all.push((
+                    key.to_string(),
+                    id.to_string(),
+                    serde_json::from_slice(value.value())?,
+                ));
             }
         }
         Ok(all)

@@ -117,10 +117,7 @@ impl BodySource for RequestBody {
 
 /// Reads a whole body from `source`, at most `limit` bytes; what [`collect_body`] does for a
 /// request body.
-pub async fn collect_source(
-    source: &mut impl BodySource,
-    limit: u64,
-) -> Result<Bytes, ApiError> {
+pub async fn collect_source(source: &mut impl BodySource, limit: u64) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,7 +1,226 @@
-//! The S3 API (issue 16), being built: so far the request authentication it needs, AWS
-//! Signature Version 4 ([`sigv4`]), and the `aws-chunked` bodies and checksums current SDKs
-//! send ([`chunked`]), pure and tested against AWS's documented examples. The listener, the
-//! namespace and the operations come next (see the issue's notes).
+//! The S3 API (issue 16): buckets and keys naming objects whose bytes are floe blobs, served
+//! on its own listener (`s3_listen`) by every core.
+//!
+//! - [`sigv4`]: AWS Signature Version 4 (headers, presigned URLs, chunk signatures);
+//! - [`chunked`]: `aws-chunked` bodies and S3's checksums;
+//! - [`payload`]: a request's payload as an object's bytes, checked before its last byte;
+//! - [`xml`]: S3's error answer, the documents it answers with, the bodies it takes;
+//! - [`api`]: routing (path and virtual-host style), authentication, the operations.
+//!
+//! An object is a list of blobs ([`floe_storage::namespace::Object`]): a body larger than a
+//! blob may be at the committee's n is stored as several, each published like
+//! `PUT /v1/blobs` (deletable). The namespace (buckets, keys, uploads) lives in the node's
+//! first data directory (`namespace.redb`).
+//!
+//! Invariants: an object is named (the namespace commit) only after every blob of it was
+//! stored on the write quorum; a blob is deleted only when no name lists it and no request is
+//! about to name it ([`S3::pin`] waits out a deletion, a deletion skips a pinned blob); the
+//! namespace commit of a blob's last name records the release, so a crash before the deletion
+//! loses nothing (the backlog is deleted at the next start).
+//!
+//! Boundary: each node of a committee has its own namespace until the control plane (issue
+//! 17) makes it cluster-wide, so releases delete blobs only on a node that is the whole
+//! committee; on a node among others a released blob stays (listed in `released`) rather
+//! than be deleted under another node's name for it.
 
+pub mod api;
 pub mod chunked;
+pub mod payload;
 pub mod sigv4;
+pub mod xml;
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use floe_codec::BlobId;
+use floe_storage::namespace::Namespace;
+
+use crate::config::S3Config;
+use crate::state::CoreState;
+
+/// What every core's S3 API shares.
+pub struct S3 {
+    pub config: S3Config,
+    pub namespace: Namespace,
+    /// Whether a released blob is deleted (this node is the whole committee).
+    pub deletes_released: bool,
+    /// Blobs a request is about to name (count of requests).
+    pins: Mutex<HashMap<[u8; 32], usize>>,
+    /// Blobs being deleted.
+    deleting: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl S3 {
+    pub fn new(config: S3Config, namespace: Namespace, deletes_released: bool) -> Self {
+        Self {
+            config,
+            namespace,
+            deletes_released,
+            pins: Mutex::default(),
+            deleting: Mutex::default(),
+        }
+    }
+
+    /// The secret of an access key.
+    pub fn secret_of(&self, access_key: &str) -> Option<String> {
+        self.config
+            .keys
+            .iter()
+            .find(|k| k.access_key_id == access_key)
+            .map(|k| k.secret_access_key.clone())
+    }
+
+    /// Runs `f` on the namespace off the serving core (redb's I/O blocks).
+    pub async fn ns<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Namespace) -> T + Send + 'static,
+    ) -> T {
+        let s3 = self.clone();
+        glommio::executor()
+            .spawn_blocking(move || f(&s3.namespace))
+            .await
+    }
+
+    /// Pins `blob_id` (a request is about to name it): waits while it is being deleted, and
+    /// keeps it from being deleted until the guard drops.
+    pub async fn pin(self: &Arc<Self>, pins: &mut Pinned, blob_id: [u8; 32]) {
+        loop {
+            {
+                let deleting = self.deleting.lock().expect("not poisoned");
+                if !deleting.contains(&blob_id) {
+                    let mut held = self.pins.lock().expect("not poisoned");
+                    *held.entry(blob_id).or_insert(0) += 1;
+                    pins.blobs.push(blob_id);
+                    return;
+                }
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Deletes those of `blobs` that no name lists and no request pinned (this node being the
+    /// whole committee), then forgets them as released. Failures are logged: the blob stays
+    /// released and the next start tries again.
+    pub async fn release(self: &Arc<Self>, state: &Rc<CoreState>, blobs: Vec<[u8; 32]>) {
+        if !self.deletes_released || blobs.is_empty() {
+            return;
+        }
+        let mut forget = Vec::new();
+        for blob in blobs {
+            let Some(_deleting) = Deleting::take(self, blob) else {
+                continue; // pinned: a request is naming it
+            };
+            match self.ns(move |ns| ns.names(&blob)).await {
+                Ok(0) => {}
+                Ok(_) => {
+                    forget.push(blob);
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "the namespace failed; the blob stays released");
+                    continue;
+                }
+            }
+            let blob_id = BlobId(blob);
+            match crate::publisher::delete(state, blob_id).await {
+                Ok(_) => forget.push(blob),
+                Err(err) if err.code == "blobNotFound" => forget.push(blob),
+                Err(err) => {
+                    tracing::warn!(blob = %blob_id, %err, "a released blob was not deleted; the next start retries")
+                }
+            }
+            state.shared.metrics.s3_blobs_deleted.inc();
+        }
+        if !forget.is_empty() {
+            if let Err(err) = self.ns(move |ns| ns.forget_released(&forget)).await {
+                tracing::warn!(%err, "forgetting released blobs failed; the next start retries");
+            }
+        }
+    }
+
+    /// Deletes what an earlier run released and did not delete (at start, on one core).
+    pub async fn release_backlog(self: &Arc<Self>, state: &Rc<CoreState>) {
+        if !self.deletes_released {
+            return;
+        }
+        loop {
+            let backlog = match self.ns(|ns| ns.released(256)).await {
+                Ok(backlog) if !backlog.is_empty() => backlog,
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(%err, "reading the released blobs failed");
+                    return;
+                }
+            };
+            let count = backlog.len();
+            self.release(state, backlog.clone()).await;
+            tracing::info!(count, "deleted blobs an earlier run released");
+            // Whatever is still listed failed to delete: leave it for the next start.
+            let left = self.ns(|ns| ns.released(256)).await.unwrap_or_default();
+            if left.iter().any(|b| backlog.contains(b)) {
+                return;
+            }
+        }
+    }
+}
+
+/// Blobs a request pinned ([`S3::pin`]); unpinned on drop, on every path.
+pub struct Pinned {
+    s3: Arc<S3>,
+    blobs: Vec<[u8; 32]>,
+}
+
+impl Pinned {
+    pub fn new(s3: &Arc<S3>) -> Self {
+        Self {
+            s3: s3.clone(),
+            blobs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let mut held = self.s3.pins.lock().expect("not poisoned");
+        for blob in &self.blobs {
+            if let Some(count) = held.get_mut(blob) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(blob);
+                }
+            }
+        }
+    }
+}
+
+/// A blob being deleted; taken only while no request pins it, given back on drop.
+struct Deleting {
+    s3: Arc<S3>,
+    blob: [u8; 32],
+}
+
+impl Deleting {
+    fn take(s3: &Arc<S3>, blob: [u8; 32]) -> Option<Self> {
+        let mut deleting = s3.deleting.lock().expect("not poisoned");
+        let pins = s3.pins.lock().expect("not poisoned");
+        if pins.contains_key(&blob) || !deleting.insert(blob) {
+            return None;
+        }
+        Some(Self {
+            s3: s3.clone(),
+            blob,
+        })
+    }
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        self.s3
+            .deleting
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.blob);
+    }
+}

@@ -1,0 +1,140 @@
+//! What the end-to-end tests of `floe node` share: starting the real binary on free loopback
+//! ports and stopping it by its PID.
+#![allow(dead_code)] // each test crate uses some of it
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running node; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub url: String,
+    /// The S3 endpoint, when started with `--s3-listen`.
+    pub s3_url: Option<String>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+pub fn start(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+    try_start(args, env).unwrap_or_else(|err| panic!("node did not start: {err}"))
+}
+
+/// A node of n = 10 shards on `cores` cores with its data in `data`.
+pub fn start_n10(data: &str, cores: usize, env: &[(&str, &str)]) -> NodeProcess {
+    let cores = cores.to_string();
+    start(
+        &["--data-dir", data, "--shards", "10", "--cores", &cores],
+        env,
+    )
+}
+
+/// A node configured by `toml` (written to `dir/node.toml`), its data in `dir/data`, with
+/// `extra` options.
+pub fn start_configured(dir: &std::path::Path, toml: &str, extra: &[&str]) -> NodeProcess {
+    let config = dir.join("node.toml");
+    std::fs::write(&config, toml).unwrap();
+    let data = dir.join("data");
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    start(&args, &[])
+}
+
+pub fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<NodeProcess, String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_floe"));
+    command
+        .arg("node")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("run floe node");
+    let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = stderr_text.clone();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        sink.lock().unwrap().push_str(&text);
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    // The S3 endpoint, when the node serves S3, is on a later line of its greeting.
+    let mut s3_url = None;
+    if args.contains(&"--s3-listen") || env.iter().any(|(k, _)| *k == "FLOE_S3_LISTEN") {
+        let mut more = String::new();
+        while stdout.read_line(&mut more).is_ok_and(|n| n > 0) {
+            if let Some(rest) = more.strip_prefix("S3 API on ") {
+                s3_url = rest.split_whitespace().next().map(str::to_string);
+                break;
+            }
+            more.clear();
+        }
+    }
+    // Keep draining stdout so the node never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) else {
+        let status = child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        return Err(format!("{status}: {}", stderr_text.lock().unwrap()));
+    };
+    Ok(NodeProcess {
+        url: url.to_string(),
+        s3_url,
+        child,
+        stderr: stderr_text,
+    })
+}
+
+impl NodeProcess {
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        send_signal(self.child.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(
+                    status.success(),
+                    "node exited with {status}: {}",
+                    self.stderr.lock().unwrap()
+                );
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn address(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn send_signal(pid: u32, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+

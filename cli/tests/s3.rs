@@ -89,7 +89,10 @@ fn blob_bytes_max(node: &NodeProcess) -> u64 {
 fn boto3_aws_cli_s3fs_and_rclone_use_every_operation() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_s3(&dir.path().join("data"));
-    let endpoint = node.s3_url.clone().expect("the node prints its S3 endpoint");
+    let endpoint = node
+        .s3_url
+        .clone()
+        .expect("the node prints its S3 endpoint");
     let blob_max = blob_bytes_max(&node).to_string();
     if have("boto3", &["python3", "-c", "import boto3"]) {
         let out = run_script(
@@ -133,7 +136,12 @@ fn s3_never_runs_open_and_says_how_to_add_a_key() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let err = try_start(
-        &["--data-dir", data.to_str().unwrap(), "--s3-listen", "127.0.0.1:0"],
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--s3-listen",
+            "127.0.0.1:0",
+        ],
         &[],
     )
     .err()
@@ -170,7 +178,11 @@ fn kill_9_during_put_objects_and_multipart_uploads_loses_nothing_acknowledged() 
         let node = start_s3(&data);
         let out = run_script(
             "crash_suite.py",
-            &["verify", node.s3_url.as_deref().unwrap(), journal.to_str().unwrap()],
+            &[
+                "verify",
+                node.s3_url.as_deref().unwrap(),
+                journal.to_str().unwrap(),
+            ],
             &[],
         );
         eprintln!("round {round}: {out}");

@@ -112,3 +112,9 @@ pub fn aws_chunked(data: &[u8]) {
         let _ = decoder.feed(&data[split..], &mut sink);
     }
 }
+
+/// S3's XML request bodies (`CompleteMultipartUpload`, `Delete`) as the S3 API parses them.
+pub fn s3_xml(data: &[u8]) {
+    let _ = crate::s3::xml::parse_complete(data);
+    let _ = crate::s3::xml::parse_delete(data);
+}

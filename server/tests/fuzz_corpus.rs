@@ -39,3 +39,8 @@ fn sigv4_corpus_replays() {
 fn aws_chunked_corpus_replays() {
     replay("aws_chunked", floe_server::fuzzing::aws_chunked);
 }
+
+#[test]
+fn s3_xml_corpus_replays() {
+    replay("s3_xml", floe_server::fuzzing::s3_xml);
+}

@@ -800,4 +800,90 @@ mod tests {
             Err(NamespaceError::NoSuchBucket(_))
         ));
     }
+
+    #[test]
+    fn uploads_name_their_parts_until_completed_or_aborted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("namespace.redb");
+        let ns = Namespace::open(&path).unwrap();
+        ns.create_bucket("b").unwrap();
+        let part = |blob: u8| Part {
+            pieces: vec![Piece {
+                blob_id: [blob; 32],
+                size: 10,
+            }],
+            size: 10,
+            md5_hex: format!("{blob:032x}"),
+            last_modified_unix_seconds: 0,
+        };
+        ns.create_upload("u1", "b", "k", &Object::default())
+            .unwrap();
+        ns.create_upload("u2", "b", "k", &Object::default())
+            .unwrap();
+        assert!(ns.put_part("u1", 1, &part(1)).unwrap().is_empty());
+        assert!(ns.put_part("u1", 2, &part(2)).unwrap().is_empty());
+        // Replacing part 2 releases its blob.
+        assert_eq!(ns.put_part("u1", 2, &part(3)).unwrap(), vec![[2; 32]]);
+        assert_eq!(ns.released(10).unwrap(), vec![[2; 32]]);
+        ns.forget_released(&[[2; 32]]).unwrap();
+        assert!(ns.put_part("u1", 3, &part(4)).unwrap().is_empty());
+        assert!(ns.put_part("u2", 1, &part(5)).unwrap().is_empty());
+        let listed = ns.uploads("b", "", None, 10).unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|(_, id, _)| id.as_str())
+                .collect::<Vec<_>>(),
+            ["u1", "u2"]
+        );
+        assert_eq!(ns.uploads("b", "", Some(("k", "u1")), 10).unwrap().len(), 1);
+        assert!(matches!(
+            ns.delete_bucket("b"),
+            Err(NamespaceError::BucketNotEmpty(_))
+        ));
+        let numbers: Vec<u32> = ns
+            .parts("u1", 1, 10)
+            .unwrap()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(numbers, [2, 3]);
+        drop(ns);
+        // Completed with parts 1 and 2 only: part 3's blob is released; the object names 1 and 3.
+        let ns = Namespace::open(&path).unwrap();
+        let (_, object, released) = ns
+            .complete_upload("u1", |_, parts| -> Result<Object, ()> {
+                let used: Vec<Piece> = parts
+                    .iter()
+                    .filter(|(n, _)| *n <= 2)
+                    .flat_map(|(_, p)| p.pieces.clone())
+                    .collect();
+                Ok(Object {
+                    size: 20,
+                    pieces: used,
+                    ..Object::default()
+                })
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(object.pieces.len(), 2);
+        assert_eq!(released, vec![[4; 32]]);
+        assert_eq!(ns.names(&[1; 32]).unwrap(), 1);
+        assert_eq!(ns.names(&[4; 32]).unwrap(), 0);
+        assert!(matches!(
+            ns.complete_upload("u1", |_, _| -> Result<Object, ()> { Err(()) }),
+            Err(NamespaceError::NoSuchUpload(_))
+        ));
+        // A build that fails changes nothing.
+        assert_eq!(
+            ns.complete_upload("u2", |_, _| -> Result<Object, &str> { Err("no") })
+                .unwrap()
+                .unwrap_err(),
+            "no"
+        );
+        assert_eq!(ns.abort_upload("u2").unwrap(), vec![[5; 32]]);
+        assert!(ns.uploads("b", "", None, 10).unwrap().is_empty());
+        assert_eq!(ns.delete_object("b", "k").unwrap(), vec![[1; 32], [3; 32]]);
+        ns.delete_bucket("b").unwrap();
+    }
 }

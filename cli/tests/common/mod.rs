@@ -137,4 +137,3 @@ pub fn send_signal(pid: u32, signal: i32) {
         .expect("run kill");
     assert!(status.success());
 }
-

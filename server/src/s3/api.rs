@@ -1501,15 +1501,13 @@ fn build_object(
     let uploaded: BTreeMap<u32, &Part> = parts.iter().map(|(n, p)| (*n, p)).collect();
     let mut object = upload.template.clone();
     let mut md5s = Md5::new();
-    let mut previous = 0;
+    if listed.windows(2).any(|w| w[1].part_number <= w[0].part_number) {
+        return Err(S3Error::bad(
+            "InvalidPartOrder",
+            "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
+        ));
+    }
     for (i, wanted) in listed.iter().enumerate() {
-        if wanted.part_number <= previous {
-            return Err(S3Error::bad(
-                "InvalidPartOrder",
-                "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
-            ));
-        }
-        previous = wanted.part_number;
         let part = uploaded
             .get(&wanted.part_number)
             .filter(|p| p.md5_hex == wanted.etag.trim().trim_matches('"'))

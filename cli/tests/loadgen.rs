@@ -78,6 +78,7 @@ fn prepared(node: &Node, count: u64) -> Manifest {
         timeout: Duration::from_secs(30),
         token: None,
         progress: false,
+        s3: None,
     })
     .expect("prepare")
 }
@@ -105,6 +106,7 @@ fn config(targets: &[&str], manifest: Option<&Manifest>, workload: &str) -> RunC
         verify: 1.0,
         seed: 7,
         progress: false,
+        s3_bucket: "loadgen".into(),
     }
 }
 

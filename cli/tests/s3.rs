@@ -190,3 +190,83 @@ fn kill_9_during_put_objects_and_multipart_uploads_loses_nothing_acknowledged() 
         assert!(acked > 0, "nothing was acknowledged before the kill");
     }
 }
+
+#[test]
+fn loadgen_reads_a_data_set_through_s3_verified() {
+    use clap::Parser;
+    use floe_loadgen::cli::{execute, Cli};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_s3(&dir.path().join("data"));
+    let endpoint = node.s3_url.clone().unwrap();
+    let manifest = dir.path().join("m.json");
+    // The key the loadgen signs with comes from the environment, as for the AWS tools.
+    std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    let cli = |args: &[&str]| {
+        Cli::try_parse_from(std::iter::once("floe-loadgen").chain(args.iter().copied())).unwrap()
+    };
+    let mut out = Vec::new();
+    let code = execute(
+        cli(&[
+            "prepare",
+            "--target",
+            &node.url,
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--count",
+            "6",
+            "--size",
+            "1KiB..1MiB",
+            "--s3",
+            &endpoint,
+        ]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    let mut out = Vec::new();
+    let code = execute(
+        cli(&[
+            "run",
+            "--target",
+            &endpoint,
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--workload",
+            "s3:1,s3range:1",
+            "--requests",
+            "60",
+            "-c",
+            "3",
+            "-t",
+            "1",
+            "--warmup",
+            "0s",
+            "--json",
+        ]),
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["ok"], 60, "{text}");
+    assert_eq!(report["verified"], 60, "{text}");
+    // A mix of S3 and floe workloads is refused: they go to different endpoints.
+    let mut out = Vec::new();
+    let refused = execute(
+        cli(&[
+            "run",
+            "--target",
+            &endpoint,
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--workload",
+            "s3:1,blob:1",
+            "--requests",
+            "1",
+        ]),
+        &mut out,
+    );
+    assert!(refused.is_err());
+}

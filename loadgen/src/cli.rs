@@ -60,6 +60,12 @@ pub struct PrepareArgs {
     /// The node's write token, if it has one.
     #[arg(long, env = "FLOE_TOKEN")]
     pub token: Option<String>,
+    /// Also name each blob in this S3 endpoint of the node (`blob-NNNNNNNN` in --s3-bucket),
+    /// for the s3 workloads; the key comes from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    #[arg(long, value_parser = Target::parse)]
+    pub s3: Option<Target>,
+    #[arg(long, default_value = crate::s3::BUCKET_DEFAULT)]
+    pub s3_bucket: String,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +131,10 @@ pub struct RunArgs {
     /// Write PREFIX-latency.svg and PREFIX-throughput.svg.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// The bucket the s3 workloads read (default: the manifest's); their targets are S3
+    /// endpoints, and the key comes from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    #[arg(long)]
+    pub s3_bucket: Option<String>,
 }
 
 /// Exit status when a run saw bytes that failed verification.
@@ -144,6 +154,7 @@ pub fn execute(cli: Cli, out: &mut impl Write) -> Result<i32> {
                 timeout: args.timeout,
                 token: args.token,
                 progress: true,
+                s3: args.s3.map(|target| (target, args.s3_bucket)),
             })?;
             manifest.save(&args.manifest)?;
             let bytes: u64 = manifest.blobs.iter().map(|b| b.size).sum();
@@ -157,9 +168,12 @@ pub fn execute(cli: Cli, out: &mut impl Write) -> Result<i32> {
             Ok(0)
         }
         Command::Run(args) => {
-            let blobs = match &args.manifest {
-                Some(path) => Manifest::load(path)?.blobs()?,
-                None => Vec::new(),
+            let (blobs, manifest_bucket) = match &args.manifest {
+                Some(path) => {
+                    let manifest = Manifest::load(path)?;
+                    (manifest.blobs()?, manifest.s3_bucket)
+                }
+                None => (Vec::new(), None),
             };
             let threads = args
                 .threads
@@ -188,6 +202,10 @@ pub fn execute(cli: Cli, out: &mut impl Write) -> Result<i32> {
                 verify: args.verify,
                 seed: args.seed,
                 progress: !args.json,
+                s3_bucket: args
+                    .s3_bucket
+                    .or(manifest_bucket)
+                    .unwrap_or_else(|| crate::s3::BUCKET_DEFAULT.to_string()),
             };
             let report = run(config)?;
             if let Some(path) = &args.percentiles {

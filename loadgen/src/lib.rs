@@ -14,5 +14,6 @@ pub mod plot;
 pub mod prepare;
 pub mod report;
 pub mod run;
+pub mod s3;
 pub mod spec;
 pub mod target;

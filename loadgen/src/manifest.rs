@@ -24,6 +24,9 @@ pub struct Manifest {
     pub seed: u64,
     pub epochs: u32,
     pub blobs: Vec<ManifestBlob>,
+    /// The bucket of the node's S3 API that names each blob `blob-NNNNNNNN` (`prepare --s3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_bucket: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -30,6 +30,8 @@ pub struct PrepareConfig {
     pub timeout: Duration,
     pub token: Option<String>,
     pub progress: bool,
+    /// Also name each blob in this S3 endpoint's bucket.
+    pub s3: Option<(Target, String)>,
 }
 
 /// Stores `count` blobs and returns their manifest.
@@ -67,6 +69,9 @@ pub fn prepare(config: PrepareConfig) -> Result<Manifest> {
         .collect();
     let total_bytes: u64 = sizes.iter().sum();
     let blobs = on_this_thread(store_all(&config, &sizes, total_bytes))??;
+    if let Some((target, bucket)) = &config.s3 {
+        on_this_thread(name_in_s3(&config, target, bucket, &blobs))??;
+    }
     Ok(Manifest {
         format: FORMAT,
         created_unix_seconds: SystemTime::now()
@@ -77,6 +82,7 @@ pub fn prepare(config: PrepareConfig) -> Result<Manifest> {
         seed: config.seed,
         epochs: config.epochs,
         blobs,
+        s3_bucket: config.s3.as_ref().map(|(_, bucket)| bucket.clone()),
     })
 }
 
@@ -227,4 +233,87 @@ async fn store_one(
         size,
         blake3: hasher.finalize().to_hex().to_string(),
     })
+}
+
+/// Names each stored blob in `bucket` of the S3 endpoint `target`: the bucket is created (or
+/// was), then each blob's content is sent again as a PutObject (the same bytes: the node finds
+/// the blob stored and only names it), `connections` at a time.
+async fn name_in_s3(
+    config: &PrepareConfig,
+    target: &Target,
+    bucket: &str,
+    blobs: &[ManifestBlob],
+) -> Result<()> {
+    let signer = Rc::new(crate::s3::Signer::from_env(target, bucket)?);
+    let expires = Duration::from_secs(24 * 3600);
+    let watchdog = Watchdog::spawn(watch_period(config.timeout));
+    let mut client = Client::new(target.addr, config.timeout, &watchdog);
+    let mut head = Vec::new();
+    crate::http::request_head(
+        &mut head,
+        "PUT",
+        &signer.create_bucket(expires),
+        &target.host,
+        &[],
+        Some(0),
+    );
+    let (status, answer) = client.fetch(&head, None).await?;
+    // 409 BucketAlreadyOwnedByYou: prepared before.
+    if status != 200 && status != 409 {
+        bail!(
+            "creating the S3 bucket {bucket}: {status} {}",
+            String::from_utf8_lossy(&answer).trim()
+        );
+    }
+    let next = Rc::new(Cell::new(0usize));
+    let blobs: Rc<[ManifestBlob]> = blobs.into();
+    let mut tasks = Vec::new();
+    for _ in 0..config.connections.clamp(1, blobs.len().max(1)) {
+        let (next, blobs, signer, watchdog) = (
+            next.clone(),
+            blobs.clone(),
+            signer.clone(),
+            watchdog.clone(),
+        );
+        let (target, seed, timeout) = (target.clone(), config.seed, config.timeout);
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut client = Client::new(target.addr, timeout, &watchdog);
+            loop {
+                let at = next.get();
+                let Some(blob) = blobs.get(at) else {
+                    return Ok(());
+                };
+                next.set(at + 1);
+                let key = content::key(seed, "blob", blob.index);
+                let mut content = content::Stream::new(&key, 0);
+                let mut fill = |chunk: &mut [u8]| content.fill(chunk);
+                let upload = Upload {
+                    len: blob.size,
+                    fill: &mut fill,
+                };
+                let mut head = Vec::new();
+                let path = signer.put(blob.index, expires);
+                crate::http::request_head(
+                    &mut head,
+                    "PUT",
+                    &path,
+                    &target.host,
+                    &[],
+                    Some(blob.size),
+                );
+                let (status, answer) = client.fetch(&head, Some(upload)).await?;
+                if status != 200 {
+                    bail!(
+                        "naming blob {} in S3: {status} {}",
+                        blob.index,
+                        String::from_utf8_lossy(&answer).trim()
+                    );
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("an S3 naming task panicked")?;
+    }
+    Ok(())
 }

@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// A live progress line on standard error (only if it is a terminal).
     pub progress: bool,
+    /// The bucket the `s3` workloads read the manifest's blobs from.
+    pub s3_bucket: String,
 }
 
 impl RunConfig {
@@ -65,6 +67,11 @@ impl RunConfig {
         }
         if self.connections == 0 || self.threads == 0 {
             bail!("--connections and --threads must be at least 1");
+        }
+        if self.mix.ops().any(Op::is_s3) && !self.mix.ops().all(Op::is_s3) {
+            bail!(
+                "the s3 workloads go to S3 endpoints and the others to floe's API: run them apart"
+            );
         }
         if self.mix.ops().any(Op::needs_manifest) && self.blobs.is_empty() {
             bail!("the blob, range and sliver workloads read the blobs of a manifest: run `floe-loadgen prepare` first and pass --manifest");
@@ -105,6 +112,8 @@ struct Shared {
     config: RunConfig,
     /// Per target.
     slivers: Vec<SliverSet>,
+    /// Per target, per manifest blob: the presigned GetObject path (the `s3` workloads).
+    s3_paths: Vec<Vec<String>>,
     start: Instant,
     claimed: AtomicU64,
     /// Only when a progress line is shown: otherwise no counter is shared between threads.
@@ -129,12 +138,30 @@ pub fn run(config: RunConfig) -> Result<Report> {
     } else {
         Vec::new()
     };
+    let s3_paths = if config.mix.ops().any(Op::is_s3) {
+        // Valid for the whole run, with room for its timeouts.
+        let expires = (config.duration + config.warmup + Duration::from_secs(3600))
+            .min(Duration::from_secs(7 * 24 * 3600));
+        let mut per_target = Vec::new();
+        for target in &config.targets {
+            let signer = crate::s3::Signer::from_env(target, &config.s3_bucket)?;
+            per_target.push(
+                (0..config.blobs.len() as u64)
+                    .map(|i| signer.get(i, expires))
+                    .collect(),
+            );
+        }
+        per_target
+    } else {
+        Vec::new()
+    };
     // Every thread starts from the same instant, a little ahead so that all are ready.
     let start = Instant::now() + Duration::from_millis(20);
     let show_progress = config.progress && std::io::stderr().is_terminal();
     let shared = Arc::new(Shared {
         config,
         slivers,
+        s3_paths,
         start,
         claimed: AtomicU64::new(0),
         live: show_progress.then(Live::default),
@@ -171,7 +198,7 @@ pub fn run(config: RunConfig) -> Result<Report> {
 /// A clear error before any load if a target does not answer at all.
 fn preflight(config: &RunConfig) -> Result<()> {
     for target in &config.targets {
-        if config.mix.ops().any(|op| op == Op::Url) {
+        if config.mix.ops().any(|op| op == Op::Url || op.is_s3()) {
             // Only the answer's head: the URL may name a file of many GB.
             on_this_thread(async {
                 let watchdog = Watchdog::spawn(watch_period(config.timeout));
@@ -651,8 +678,10 @@ async fn connection_main(
 impl Connection<'_> {
     async fn execute(&mut self, op: Op, target_index: usize) -> Outcome {
         match op {
-            Op::Blob => self.read_blob(false).await,
-            Op::Range => self.read_blob(true).await,
+            Op::Blob => self.read_blob(false, None).await,
+            Op::Range => self.read_blob(true, None).await,
+            Op::S3 => self.read_blob(false, Some(target_index)).await,
+            Op::S3Range => self.read_blob(true, Some(target_index)).await,
             Op::Sliver => self.read_sliver(target_index).await,
             Op::Store => self.store().await,
             Op::Url => self.read_url().await,
@@ -696,9 +725,16 @@ impl Connection<'_> {
         )
     }
 
-    async fn read_blob(&mut self, range: bool) -> Outcome {
+    /// Reads a manifest blob whole or a range of it: through floe's API, or (`s3`: the target's
+    /// index) its S3 object.
+    async fn read_blob(&mut self, range: bool, s3: Option<usize>) -> Outcome {
         let config = &self.shared.config;
-        let blob = &config.blobs[self.keys.sample(&mut self.rng) as usize];
+        let index = self.keys.sample(&mut self.rng) as usize;
+        let blob = &config.blobs[index];
+        let path = match s3 {
+            Some(target) => &self.shared.s3_paths[target][index],
+            None => &blob.path,
+        };
         let verify = self.rng.gen_bool(config.verify);
         // An empty blob has no range to ask for.
         let span = (range && blob.size > 0).then(|| {
@@ -714,14 +750,7 @@ impl Connection<'_> {
             }
             None => &[],
         };
-        request_head(
-            &mut self.head,
-            "GET",
-            &blob.path,
-            &self.target.host,
-            extra,
-            None,
-        );
+        request_head(&mut self.head, "GET", path, &self.target.host, extra, None);
         let (head, sent, first_byte) = match self.client.start(&self.head, None).await {
             Ok(answer) => answer,
             Err(error) => return error.into(),

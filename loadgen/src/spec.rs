@@ -170,10 +170,23 @@ pub enum Op {
     Store,
     /// `GET` of the target URL's own path (any HTTP server, e.g. nginx for a comparison).
     Url,
+    /// GetObject of a manifest blob's S3 object (`prepare --s3`), from targets that are S3
+    /// endpoints, signed (SigV4 presigned).
+    S3,
+    /// The same with `Range: bytes=a-b`.
+    S3Range,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Blob, Op::Range, Op::Sliver, Op::Store, Op::Url];
+    pub const ALL: [Op; 7] = [
+        Op::Blob,
+        Op::Range,
+        Op::Sliver,
+        Op::Store,
+        Op::Url,
+        Op::S3,
+        Op::S3Range,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -182,11 +195,21 @@ impl Op {
             Op::Sliver => "sliver",
             Op::Store => "store",
             Op::Url => "url",
+            Op::S3 => "s3",
+            Op::S3Range => "s3range",
         }
     }
 
     pub fn needs_manifest(self) -> bool {
-        matches!(self, Op::Blob | Op::Range | Op::Sliver)
+        matches!(
+            self,
+            Op::Blob | Op::Range | Op::Sliver | Op::S3 | Op::S3Range
+        )
+    }
+
+    /// Whether its targets are S3 endpoints (not floe's API).
+    pub fn is_s3(self) -> bool {
+        matches!(self, Op::S3 | Op::S3Range)
     }
 }
 
@@ -196,7 +219,9 @@ impl FromStr for Op {
         Op::ALL
             .into_iter()
             .find(|op| op.name() == text)
-            .ok_or_else(|| format!("unknown workload `{text}` (blob, range, sliver, store, url)"))
+            .ok_or_else(|| {
+                format!("unknown workload `{text}` (blob, range, sliver, store, url, s3, s3range)")
+            })
     }
 }
 

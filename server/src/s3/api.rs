@@ -1501,7 +1501,10 @@ fn build_object(
     let uploaded: BTreeMap<u32, &Part> = parts.iter().map(|(n, p)| (*n, p)).collect();
     let mut object = upload.template.clone();
     let mut md5s = Md5::new();
-    if listed.windows(2).any(|w| w[1].part_number <= w[0].part_number) {
+    if listed
+        .windows(2)
+        .any(|w| w[1].part_number <= w[0].part_number)
+    {
         return Err(S3Error::bad(
             "InvalidPartOrder",
             "The list of parts was not in ascending order. The parts list must be specified in order by part number.",

@@ -283,6 +283,36 @@ impl Namespace {
         Ok(released)
     }
 
+    /// Names many objects in `bucket` in one transaction (bulk loading: an import, or a
+    /// benchmark's million keys); returns the blobs whose last name went.
+    pub fn put_objects(
+        &self,
+        bucket: &str,
+        objects: &[(String, Object)],
+    ) -> Result<Vec<[u8; 32]>, NamespaceError> {
+        let tx = self.db.begin_write()?;
+        let mut released = Vec::new();
+        {
+            if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
+                return Err(NamespaceError::NoSuchBucket(bucket.into()));
+            }
+            let mut table = tx.open_table(OBJECTS)?;
+            let mut names = tx.open_table(BLOB_NAMES)?;
+            let mut gone = tx.open_table(RELEASED)?;
+            for (key, object) in objects {
+                let old: Option<Object> =
+                    match table.insert((bucket, key.as_str()), serde_json::to_vec(object)?.as_slice())? {
+                        Some(value) => Some(serde_json::from_slice(value.value())?),
+                        None => None,
+                    };
+                name_all(&mut names, &mut gone, &object.pieces)?;
+                released.extend(release(&mut names, &mut gone, old.iter().flat_map(|o| &o.pieces))?);
+            }
+        }
+        tx.commit()?;
+        Ok(released)
+    }
+
     /// Deletes `bucket/key` (absent keys are not an error, as in S3); returns the blobs whose
     /// last name went.
     pub fn delete_object(&self, bucket: &str, key: &str) -> Result<Vec<[u8; 32]>, NamespaceError> {

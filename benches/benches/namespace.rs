@@ -13,7 +13,10 @@ use floe_storage::namespace::{Namespace, Object, Piece};
 fn object(i: u64) -> Object {
     Object {
         pieces: vec![Piece {
-            blob_id: *blake2b_simd::blake2b(&i.to_le_bytes()).as_array().first_chunk().unwrap(),
+            blob_id: *blake2b_simd::blake2b(&i.to_le_bytes())
+                .as_array()
+                .first_chunk()
+                .unwrap(),
             size: 1 << 20,
         }],
         size: 1 << 20,

@@ -270,3 +270,41 @@ fn loadgen_reads_a_data_set_through_s3_verified() {
     );
     assert!(refused.is_err());
 }
+
+#[test]
+fn node_toml_keys_public_buckets_and_virtual_hosts() {
+    if !have("boto3", &["python3", "-c", "import boto3"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "n_shards = 10\ncores = 2\ns3_listen = \"127.0.0.1:0\"\n\
+                [s3]\ndomain = \"s3.floe.test\"\npublic_buckets = [\"public\"]\n\
+                [[s3.keys]]\naccess_key_id = \"AKIDTOML\"\nsecret_access_key = \"toml-secret-key\"\n";
+    std::fs::write(dir.path().join("node.toml"), toml).unwrap();
+    let config = dir.path().join("node.toml");
+    let data = dir.path().join("data");
+    let node = start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[
+            ("FLOE_S3_ACCESS_KEY_ID", KEY),
+            ("FLOE_S3_SECRET_ACCESS_KEY", SECRET),
+        ],
+    );
+    let endpoint = node.s3_url.clone().expect("S3 endpoint");
+    let out = run_script(
+        "config_suite.py",
+        &[],
+        &[
+            ("FLOE_S3_ENDPOINT", &endpoint),
+            ("FLOE_S3_KEY2", "AKIDTOML"),
+            ("FLOE_S3_SECRET2", "toml-secret-key"),
+            ("FLOE_S3_DOMAIN", "s3.floe.test"),
+        ],
+    );
+    eprintln!("{out}");
+}

@@ -300,13 +300,19 @@ impl Namespace {
             let mut names = tx.open_table(BLOB_NAMES)?;
             let mut gone = tx.open_table(RELEASED)?;
             for (key, object) in objects {
-                let old: Option<Object> =
-                    match table.insert((bucket, key.as_str()), serde_json::to_vec(object)?.as_slice())? {
-                        Some(value) => Some(serde_json::from_slice(value.value())?),
-                        None => None,
-                    };
+                let old: Option<Object> = match table.insert(
+                    (bucket, key.as_str()),
+                    serde_json::to_vec(object)?.as_slice(),
+                )? {
+                    Some(value) => Some(serde_json::from_slice(value.value())?),
+                    None => None,
+                };
                 name_all(&mut names, &mut gone, &object.pieces)?;
-                released.extend(release(&mut names, &mut gone, old.iter().flat_map(|o| &o.pieces))?);
+                released.extend(release(
+                    &mut names,
+                    &mut gone,
+                    old.iter().flat_map(|o| &o.pieces),
+                )?);
             }
         }
         tx.commit()?;

@@ -68,13 +68,15 @@ pub fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<NodeProcess, Str
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     let _ = stdout.read_line(&mut line);
-    // The S3 endpoint, when the node serves S3, is on a later line of its greeting.
+    // The greeting ends with its `stop:` line; the S3 endpoint, when S3 is on, comes before.
     let mut s3_url = None;
-    if args.contains(&"--s3-listen") || env.iter().any(|(k, _)| *k == "FLOE_S3_LISTEN") {
+    if line.contains("http://") {
         let mut more = String::new();
         while stdout.read_line(&mut more).is_ok_and(|n| n > 0) {
             if let Some(rest) = more.strip_prefix("S3 API on ") {
                 s3_url = rest.split_whitespace().next().map(str::to_string);
+            }
+            if more.trim_start().starts_with("stop:") {
                 break;
             }
             more.clear();

@@ -43,6 +43,10 @@ const OBJECT_EPOCHS: u32 = 1_000_000;
 pub const PART_BYTES_MIN: u64 = 5 << 20;
 /// Most parts of an upload (S3's rule).
 pub const PARTS_MAX: u32 = 10_000;
+/// Longest key (S3's limit, in UTF-8 bytes).
+pub const KEY_BYTES_MAX: usize = 1024;
+/// Most bytes of `x-amz-meta-*` names and values on an object (S3's limit).
+pub const USER_METADATA_BYTES_MAX: usize = 2048;
 /// Largest XML request body taken (a `CompleteMultipartUpload` of 10,000 parts is ~1 MB).
 const XML_BODY_BYTES_MAX: u64 = 2 << 20;
 /// Most keys, parts or uploads in one listing page (S3's).
@@ -162,9 +166,8 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Checks the request's signature (header or presigned URL). `None` for a request that
-/// carries none (anonymous).
-fn authenticate(s3: &S3, request: &Request<Incoming>) -> Result<Option<Verified>, S3Error> {
+/// Checks the request's signature (SigV4 header or presigned URL, SigV2 presigned URL).
+fn authenticate(s3: &S3, request: &Request<Incoming>) -> Result<Auth, S3Error> {
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
@@ -184,8 +187,14 @@ fn authenticate(s3: &S3, request: &Request<Incoming>) -> Result<Option<Verified>
     };
     let presigned = query.contains("X-Amz-Signature=");
     let has_header = request.headers().contains_key(header::AUTHORIZATION);
+    if !has_header && !presigned && super::sigv2::is_presigned(query) {
+        // A SigV2 presigned URL: its payload is unsigned.
+        return super::sigv2::verify_presigned(&signed, now_unix(), |key| s3.secret_of(key))
+            .map(|_| Auth::Signed(None))
+            .map_err(sig_error);
+    }
     if !has_header && !presigned {
-        return Ok(None);
+        return Ok(Auth::Anonymous);
     }
     let secret_of = |key: &str| s3.secret_of(key);
     let verified = if has_header {
@@ -193,19 +202,29 @@ fn authenticate(s3: &S3, request: &Request<Incoming>) -> Result<Option<Verified>
     } else {
         sigv4::verify_presigned(&signed, now_unix(), secret_of)
     };
-    verified.map(Some).map_err(|err| {
-        let status = match err {
-            SigV4Error::Malformed(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::FORBIDDEN,
-        };
-        let message = match &err {
-            SigV4Error::Mismatch => "The request signature we calculated does not match the \
-                                     signature you provided. Check your key and signing method."
-                .to_string(),
-            other => other.to_string(),
-        };
-        S3Error::new(status, err.code(), message)
-    })
+    verified.map(|v| Auth::Signed(Some(v))).map_err(sig_error)
+}
+
+fn sig_error(err: SigV4Error) -> S3Error {
+    let status = match err {
+        SigV4Error::Malformed(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::FORBIDDEN,
+    };
+    let message = match &err {
+        SigV4Error::Mismatch => "The request signature we calculated does not match the \
+                                 signature you provided. Check your key and signing method."
+            .to_string(),
+        other => other.to_string(),
+    };
+    S3Error::new(status, err.code(), message)
+}
+
+/// Who a request is.
+enum Auth {
+    /// No signature at all.
+    Anonymous,
+    /// Signed by a key: with SigV4 (what chunk signatures chain on), or a SigV2 presigned URL.
+    Signed(Option<Verified>),
 }
 
 async fn handle(
@@ -214,9 +233,9 @@ async fn handle(
     target: Target,
     request: Request<Incoming>,
 ) -> S3Result {
-    let verified = authenticate(s3, &request)?;
+    let auth = authenticate(s3, &request)?;
     let method = request.method().clone();
-    if verified.is_none() {
+    if matches!(auth, Auth::Anonymous) {
         let public_read = matches!(method, Method::GET | Method::HEAD)
             && target
                 .bucket
@@ -233,6 +252,10 @@ async fn handle(
             ));
         }
     }
+    let verified = match auth {
+        Auth::Anonymous => None,
+        Auth::Signed(verified) => verified,
+    };
     let Some(bucket) = target.bucket.clone() else {
         return match method {
             Method::GET => list_buckets(s3).await,
@@ -260,6 +283,26 @@ async fn handle(
             _ => Err(not_implemented(&method, "a bucket")),
         };
     };
+    if key.len() > KEY_BYTES_MAX {
+        return Err(S3Error::bad(
+            "KeyTooLongError",
+            format!("Your key is too long: at most {KEY_BYTES_MAX} bytes"),
+        ));
+    }
+    if matches!(method, Method::PUT | Method::POST) {
+        let metadata: usize = request
+            .headers()
+            .iter()
+            .filter(|(n, _)| n.as_str().starts_with("x-amz-meta-"))
+            .map(|(n, v)| n.as_str().len() - "x-amz-meta-".len() + v.len())
+            .sum();
+        if metadata > USER_METADATA_BYTES_MAX {
+            return Err(S3Error::bad(
+                "MetadataTooLarge",
+                format!("Your metadata headers exceed the maximum allowed metadata size ({USER_METADATA_BYTES_MAX} bytes)"),
+            ));
+        }
+    }
     let upload_id = target.param("uploadId").map(str::to_string);
     match (method.clone(), upload_id) {
         (Method::GET | Method::HEAD, None) => {

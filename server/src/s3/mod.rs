@@ -2,6 +2,7 @@
 //! on its own listener (`s3_listen`) by every core.
 //!
 //! - [`sigv4`]: AWS Signature Version 4 (headers, presigned URLs, chunk signatures);
+//! - [`sigv2`]: Signature Version 2 presigned URLs (boto3's default in us-east-1);
 //! - [`chunked`]: `aws-chunked` bodies and S3's checksums;
 //! - [`payload`]: a request's payload as an object's bytes, checked before its last byte;
 //! - [`xml`]: S3's error answer, the documents it answers with, the bodies it takes;
@@ -26,6 +27,7 @@
 pub mod api;
 pub mod chunked;
 pub mod payload;
+pub mod sigv2;
 pub mod sigv4;
 pub mod xml;
 

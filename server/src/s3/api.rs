@@ -709,7 +709,7 @@ async fn store_pieces(
             let mut pins = Pinned::new(s3);
             std::mem::swap(&mut pins, pinned);
             drop(pins);
-            s3.release(state, blobs).await;
+            s3.release_later(state, blobs);
             Err(err)
         }
     }
@@ -796,11 +796,11 @@ async fn name_object(
     drop(pinned);
     match named {
         Ok(released) => {
-            s3.release(state, released).await;
+            s3.release_later(state, released);
             Ok(())
         }
         Err(err) => {
-            s3.release(state, blobs).await;
+            s3.release_later(state, blobs);
             Err(err.into())
         }
     }
@@ -822,7 +822,7 @@ fn header_value(text: &str) -> Result<HeaderValue, S3Error> {
 async fn delete_object(state: &Rc<CoreState>, s3: &Arc<S3>, bucket: &str, key: &str) -> S3Result {
     let (b, k) = (bucket.to_string(), key.to_string());
     let released = s3.ns(move |ns| ns.delete_object(&b, &k)).await?;
-    s3.release(state, released).await;
+    s3.release_later(state, released);
     no_content()
 }
 
@@ -845,7 +845,7 @@ async fn delete_objects(
         let (b, k) = (bucket.to_string(), object.key.clone());
         match s3.ns(move |ns| ns.delete_object(&b, &k)).await {
             Ok(released) => {
-                s3.release(state, released).await;
+                s3.release_later(state, released);
                 if !delete.quiet {
                     xml.open("Deleted");
                     xml.leaf("Key", &object.key);
@@ -1324,11 +1324,11 @@ async fn name_part(
     drop(pinned);
     match named {
         Ok(released) => {
-            s3.release(state, released).await;
+            s3.release_later(state, released);
             Ok(())
         }
         Err(err) => {
-            s3.release(state, blobs).await;
+            s3.release_later(state, blobs);
             Err(err.into())
         }
     }
@@ -1522,7 +1522,7 @@ async fn complete_upload(
         })
         .await??;
     let (_, object, released) = completed;
-    s3.release(state, released).await;
+    s3.release_later(state, released);
     let mut xml = Xml::document();
     xml.root("CompleteMultipartUploadResult");
     xml.leaf("Location", &format!("/{bucket}/{key}"));
@@ -1602,7 +1602,7 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
 async fn abort_upload(state: &Rc<CoreState>, s3: &Arc<S3>, upload_id: &str) -> S3Result {
     let id = upload_id.to_string();
     let released = s3.ns(move |ns| ns.abort_upload(&id)).await?;
-    s3.release(state, released).await;
+    s3.release_later(state, released);
     no_content()
 }
 

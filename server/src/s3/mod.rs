@@ -102,6 +102,18 @@ impl S3 {
         }
     }
 
+    /// Releases `blobs` in the background: the answer does not wait for their deletion (an
+    /// object of many blobs takes a deletion each). The namespace recorded the release in the
+    /// commit that made it, so a deletion cut short by a stop or a crash is done at the next
+    /// start.
+    pub fn release_later(self: &Arc<Self>, state: &Rc<CoreState>, blobs: Vec<[u8; 32]>) {
+        if !self.deletes_released || blobs.is_empty() {
+            return;
+        }
+        let (s3, state) = (self.clone(), state.clone());
+        glommio::spawn_local(async move { s3.release(&state, blobs).await }).detach();
+    }
+
     /// Deletes those of `blobs` that no name lists and no request pinned (this node being the
     /// whole committee), then forgets them as released. Failures are logged: the blob stays
     /// released and the next start tries again.

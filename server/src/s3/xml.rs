@@ -254,8 +254,7 @@ pub const DELETE_OBJECTS_MAX: usize = 1000;
 /// Parses a `CompleteMultipartUpload` body.
 pub fn parse_complete(body: &[u8]) -> Result<CompleteMultipartUpload, S3Error> {
     let text = std::str::from_utf8(body).map_err(|_| malformed("the body is not UTF-8"))?;
-    let complete: CompleteMultipartUpload =
-        quick_xml::de::from_str(text).map_err(|e| malformed(&e.to_string()))?;
+    let complete: CompleteMultipartUpload = from_xml(text)?;
     if complete.parts.is_empty() {
         return Err(malformed("CompleteMultipartUpload lists no Part"));
     }
@@ -265,13 +264,25 @@ pub fn parse_complete(body: &[u8]) -> Result<CompleteMultipartUpload, S3Error> {
 /// Parses a `Delete` body (at most [`DELETE_OBJECTS_MAX`] keys).
 pub fn parse_delete(body: &[u8]) -> Result<Delete, S3Error> {
     let text = std::str::from_utf8(body).map_err(|_| malformed("the body is not UTF-8"))?;
-    let delete: Delete = quick_xml::de::from_str(text).map_err(|e| malformed(&e.to_string()))?;
+    let delete: Delete = from_xml(text)?;
     if delete.objects.is_empty() || delete.objects.len() > DELETE_OBJECTS_MAX {
         return Err(malformed(&format!(
             "Delete must name 1 to {DELETE_OBJECTS_MAX} objects"
         )));
     }
     Ok(delete)
+}
+
+/// quick-xml's deserializer on untrusted text. Its panics are caught: the fuzzer found an
+/// `unreachable!` in 0.37 and 0.38 that a crafted CompleteMultipartUpload body reached (fixed in
+/// 0.42; the input is kept in `fuzz/corpus/s3_xml`); a parser's bug must cost the client a
+/// MalformedXML, not the node a core. (Under the fuzzer a panic still aborts, so it is found.)
+fn from_xml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, S3Error> {
+    match std::panic::catch_unwind(|| quick_xml::de::from_str::<T>(text)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(malformed(&err.to_string())),
+        Err(_) => Err(malformed("the XML parser could not read it")),
+    }
 }
 
 fn malformed(why: &str) -> S3Error {

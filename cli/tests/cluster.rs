@@ -1154,3 +1154,85 @@ fn a_big_blob_is_spooled_spread_and_streamed_back_through_another_node() {
         wait_healed(&cluster, i, &id.parse().unwrap());
     }
 }
+
+/// The S3 endpoint node `i` printed at start (in its log).
+fn s3_endpoint(cluster: &Cluster, i: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(url) = cluster
+            .log(i)
+            .lines()
+            .find_map(|l| l.strip_prefix("S3 API on "))
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            return url.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no S3 endpoint in {}",
+            cluster.log(i)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn s3_in_a_committee_names_blobs_every_node_holds_and_keeps_released_ones() {
+    let have = Command::new("python3")
+        .args(["-c", "import boto3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
+            "boto3 is required"
+        );
+        eprintln!("note: boto3 missing; the committee S3 check is skipped");
+        return;
+    }
+    let keys = r#"s3 = { keys = [{ access_key_id = "AKIDCLUSTER", secret_access_key = "cluster-secret" }] }"#;
+    let mut cluster =
+        Cluster::start_configured(4, 10, &format!("s3_listen = \"127.0.0.1:0\"\n{keys}"));
+    let (s3_0, s3_1) = (s3_endpoint(&cluster, 0), s3_endpoint(&cluster, 1));
+    // Node 3 (2 shards, within f = 3) is down: writes still reach the quorum.
+    cluster.kill(3);
+    let script = r#"
+import sys, boto3, urllib.request
+s3_0, s3_1, node_2 = sys.argv[1:4]
+def client(url):
+    return boto3.client("s3", endpoint_url=url, aws_access_key_id="AKIDCLUSTER",
+                        aws_secret_access_key="cluster-secret", region_name="us-east-1")
+a, b = client(s3_0), client(s3_1)
+a.create_bucket(Bucket="committee")
+body = bytes(range(256)) * 12000   # 3 MB: two blobs at n = 10
+a.put_object(Bucket="committee", Key="k", Body=body)
+got = a.get_object(Bucket="committee", Key="k")
+assert got["Body"].read() == body
+ids = got["ResponseMetadata"]["HTTPHeaders"]["x-floe-blob-ids"].split(",")
+assert len(ids) == 2, ids
+# Every node serves the blobs through floe's own API...
+whole = b"".join(urllib.request.urlopen(f"{node_2}/v1/blobs/{i}").read() for i in ids)
+assert whole == body
+# ...but the namespace is the node's own until the control plane (issue 17).
+try:
+    b.head_bucket(Bucket="committee")
+    raise AssertionError("node 1 sees node 0's bucket")
+except b.exceptions.ClientError as err:
+    assert err.response["Error"]["Code"] in ("404", "NoSuchBucket")
+# Released blobs are kept in a committee (another node's namespace may name them).
+a.delete_object(Bucket="committee", Key="k")
+for i in ids:
+    assert urllib.request.urlopen(f"{node_2}/v1/blobs/{i}").read()
+print("committee S3 ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &s3_0, &s3_1, &cluster.url(2)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

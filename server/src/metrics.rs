@@ -93,6 +93,8 @@ pub struct Metrics {
     /// Stores to peers still under way after the publisher answered (it answers at the write
     /// quorum, see `publisher`).
     pub publish_background: Gauge,
+    /// Request handlers that panicked (answered 500; a bug).
+    pub handler_panics: Counter,
     /// Blobs the S3 API deleted because their last name went.
     pub s3_blobs_deleted: Counter,
     /// Aggregator reads that asked more peers because the first were slow.
@@ -144,6 +146,7 @@ impl Metrics {
             blobs_deleted: Counter::default(),
             publish_background: Gauge::default(),
             s3_blobs_deleted: Counter::default(),
+            handler_panics: Counter::default(),
             hedged_reads: Counter::default(),
             blob_cache_skipped: Counter::default(),
             recovered_reads: Counter::default(),
@@ -209,6 +212,11 @@ impl Metrics {
             "blobs_deleted",
             "Blobs deleted on this node (by a user, a peer, or learned by sync)",
             metrics.blobs_deleted.clone(),
+        );
+        r.register(
+            "handler_panics",
+            "Request handlers that panicked and were answered 500 (a bug; the log has it)",
+            metrics.handler_panics.clone(),
         );
         r.register(
             "s3_blobs_deleted",

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures::future::{select, Either};
+use futures::FutureExt;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use hyper::body::Incoming;
@@ -90,10 +91,16 @@ pub(crate) async fn connection(
         // Held while the handler runs (dropped with it if the client goes away).
         let busy = service_activity.busy();
         async move {
-            let response = match api {
-                Api::Floe => handle(state, request).await,
-                Api::S3 => handle_s3(state, request).await,
-            };
+            let metrics = state.shared.metrics.clone();
+            let answered = std::panic::AssertUnwindSafe(async move {
+                match api {
+                    Api::Floe => handle(state, request).await,
+                    Api::S3 => handle_s3(state, request).await,
+                }
+            })
+            .catch_unwind()
+            .await;
+            let response = answered.unwrap_or_else(|panic| answer_panic(&metrics, api, &*panic));
             drop(busy);
             Ok::<_, Infallible>(response)
         }
@@ -174,6 +181,28 @@ async fn handle(state: Rc<CoreState>, request: Request<Incoming>) -> Response<Bo
         Err(err) => ("unknown", error_response(&err)),
     };
     finish(&metrics, name, started, response)
+}
+
+/// The answer to a request whose handler panicked: 500, logged and counted. Why caught: a bug
+/// reached by one request (a parser's, say) must cost that request, not the core and every
+/// connection on it; unwinding dropped the request's guards, so its counts are given back.
+fn answer_panic(metrics: &Metrics, api: Api, panic: &(dyn std::any::Any + Send)) -> Response<Body> {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a request handler panicked; answered 500");
+    metrics.handler_panics.inc();
+    let message = "the node failed to serve this request (a bug: see its log)";
+    match api {
+        Api::Floe => error_response(&ApiError::new(
+            hyper::StatusCode::INTERNAL_SERVER_ERROR,
+            "internalError",
+            message,
+        )),
+        Api::S3 => crate::s3::xml::S3Error::internal(message).response(false),
+    }
 }
 
 /// Serves one S3 request: the in-flight limit, the operation, metrics.

@@ -308,3 +308,137 @@ fn node_toml_keys_public_buckets_and_virtual_hosts() {
     );
     eprintln!("{out}");
 }
+
+/// `GET path` on `address`, and the answer's status and body.
+fn raw_request(
+    address: &str,
+    head: &str,
+    body: &[u8],
+    cut_after: Option<usize>,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    match cut_after {
+        Some(at) => {
+            stream.write_all(&body[..at]).unwrap();
+            // The client hangs up mid-body.
+            drop(stream);
+            None
+        }
+        None => {
+            stream.write_all(body).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 65536];
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                answer.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&answer).to_string();
+                if n == 0
+                    || text.contains("\r\n\r\n")
+                        && text.to_ascii_lowercase().contains("content-length: 0")
+                {
+                    break;
+                }
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let length = head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    });
+                    if length.is_some_and(|len| rest.len() >= len) {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&answer).to_string();
+            let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+            Some((status, text))
+        }
+    }
+}
+
+fn metric(node: &NodeProcess, name: &str) -> f64 {
+    let text = ureq::get(&format!("{}/metrics", node.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn s3_uploads_cut_off_midway_name_nothing_and_leave_no_blob() {
+    use floe_loadgen::s3::Signer;
+    use floe_loadgen::target::Target;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_s3(&dir.path().join("data"));
+    let endpoint = node.s3_url.clone().unwrap();
+    let target = Target::parse(&endpoint).unwrap();
+    std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    let signer = Signer::from_env(&target, "cut").unwrap();
+    let expires = Duration::from_secs(600);
+    let host = &target.host;
+    let create = format!(
+        "PUT {} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n",
+        signer.create_bucket(expires)
+    );
+    let (status, answer) = raw_request(&target.host, &create, b"", None).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    // 5 MB at n = 10: three blobs; cut after the first two were stored.
+    let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+        signer.put(0, expires),
+        body.len()
+    );
+    raw_request(&target.host, &head, &body, Some(4_000_000));
+    // The node saw the hang-up: nothing in flight (but the metrics request itself), the blobs
+    // it stored released and deleted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(&node, "floe_http_in_flight_requests") > 1.0
+        || metric(&node, "floe_s3_blobs_deleted_total") < 2.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "in flight {}, S3 blobs deleted {}",
+            metric(&node, "floe_http_in_flight_requests"),
+            metric(&node, "floe_s3_blobs_deleted_total")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let get = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        signer.get(0, expires)
+    );
+    let (status, answer) = raw_request(&target.host, &get, b"", None).unwrap();
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains("NoSuchKey"), "{answer}");
+    let blobs = ureq::get(&format!("{}/v1/blobs?limit=100", node.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&blobs).unwrap();
+    let live = listed["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["deleted"] != true)
+        .count();
+    assert_eq!(live, 0, "{blobs}");
+    // The same upload sent whole is stored (the blobs deleted above are stored again).
+    let (status, answer) = raw_request(&target.host, &head, &body, None).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = raw_request(&target.host, &get, b"", None).unwrap();
+    assert_eq!(status, 200, "{}", &answer[..200.min(answer.len())]);
+}

@@ -667,8 +667,8 @@ fn piece_bytes_max(state: &CoreState) -> u64 {
 }
 
 /// Stores `total` bytes from `source` as blobs (one per [`piece_bytes_max`]), each pinned
-/// until the caller names it. On failure, the blobs stored so far that nothing names are
-/// released.
+/// until the caller names it (or released when `pinned` drops unnamed: on failure, or when
+/// the client hangs up).
 async fn store_pieces(
     state: &Rc<CoreState>,
     s3: &Arc<S3>,
@@ -701,18 +701,8 @@ async fn store_pieces(
         source.finish().await.map_err(s3_of)
     }
     .await;
-    match result {
-        Ok(()) => Ok(pieces),
-        Err(err) => {
-            let blobs = pieces.iter().map(|p| p.blob_id).collect();
-            // Unpinned first, so that the release may delete them.
-            let mut pins = Pinned::new(s3);
-            std::mem::swap(&mut pins, pinned);
-            drop(pins);
-            s3.release_later(state, blobs);
-            Err(err)
-        }
-    }
+    // On failure the blobs stored so far are released when `pinned` drops.
+    result.map(|()| pieces)
 }
 
 /// A body read a window at a time ([`Payload`], or another object's bytes).
@@ -761,7 +751,7 @@ async fn put_object(
     let mut object = object_template(request.headers());
     let mut payload = payload(state, request, verified.as_ref())?;
     let total = payload.total();
-    let mut pinned = Pinned::new(s3);
+    let mut pinned = Pinned::new(s3, state);
     let pieces = store_pieces(state, s3, &mut payload, total, &mut pinned).await?;
     object.pieces = pieces;
     object.size = total;
@@ -789,20 +779,43 @@ async fn name_object(
     pinned: Pinned,
 ) -> Result<(), S3Error> {
     let (b, k) = (bucket.to_string(), key.to_string());
-    let blobs: Vec<[u8; 32]> = object.pieces.iter().map(|p| p.blob_id).collect();
-    let named = s3
-        .ns(move |ns| ns.put_object(&b, &k, &object, if_none_match))
-        .await;
-    drop(pinned);
-    match named {
-        Ok(released) => {
-            s3.release_later(state, released);
-            Ok(())
+    commit_naming(state, s3, pinned, move |ns| {
+        ns.put_object(&b, &k, &object, if_none_match)
+    })
+    .await
+}
+
+/// Runs a namespace commit that names pinned blobs, to its end even if the client hangs up
+/// (hyper then drops the handler): in a task of its own that holds the pins until the commit
+/// is done, so a release never deletes a blob that the commit is about to name. Afterwards the
+/// blobs that lost their last name are released; if the commit failed, the pinned ones.
+async fn commit_naming(
+    state: &Rc<CoreState>,
+    s3: &Arc<S3>,
+    pinned: Pinned,
+    commit: impl FnOnce(
+            &floe_storage::namespace::Namespace,
+        ) -> Result<Vec<[u8; 32]>, floe_storage::namespace::NamespaceError>
+        + Send
+        + 'static,
+) -> Result<(), S3Error> {
+    let (s3, state) = (s3.clone(), state.clone());
+    let task = glommio::spawn_local(async move {
+        let committed = s3.ns(commit).await;
+        match &committed {
+            Ok(released) => {
+                pinned.named();
+                s3.release_later(&state, released.clone());
+            }
+            // Unnamed: dropping the pins releases them.
+            Err(_) => drop(pinned),
         }
-        Err(err) => {
-            s3.release_later(state, blobs);
-            Err(err.into())
-        }
+        committed
+    })
+    .detach();
+    match task.await {
+        Some(committed) => committed.map(|_| ()).map_err(S3Error::from),
+        None => Err(S3Error::internal("the namespace commit did not finish")),
     }
 }
 
@@ -917,7 +930,7 @@ async fn copy_object(
 ) -> S3Result {
     let (source_bucket, source_key) = copy_source(request.headers())?;
     bucket_exists(s3, bucket).await?;
-    let mut pinned = Pinned::new(s3);
+    let mut pinned = Pinned::new(s3, state);
     let source = pinned_source(s3, &source_bucket, &source_key, &mut pinned).await?;
     check_copy_conditions(request.headers(), &source)?;
     let replace = header_text(request.headers(), "x-amz-metadata-directive")
@@ -1292,7 +1305,7 @@ async fn upload_part(
     upload_exists(s3, upload_id).await?;
     let mut payload = payload(state, request, verified.as_ref())?;
     let total = payload.total();
-    let mut pinned = Pinned::new(s3);
+    let mut pinned = Pinned::new(s3, state);
     let pieces = store_pieces(state, s3, &mut payload, total, &mut pinned).await?;
     let part = Part {
         pieces,
@@ -1318,20 +1331,8 @@ async fn name_part(
     part: Part,
     pinned: Pinned,
 ) -> Result<(), S3Error> {
-    let blobs: Vec<[u8; 32]> = part.pieces.iter().map(|p| p.blob_id).collect();
     let id = upload_id.to_string();
-    let named = s3.ns(move |ns| ns.put_part(&id, number, &part)).await;
-    drop(pinned);
-    match named {
-        Ok(released) => {
-            s3.release_later(state, released);
-            Ok(())
-        }
-        Err(err) => {
-            s3.release_later(state, blobs);
-            Err(err.into())
-        }
-    }
+    commit_naming(state, s3, pinned, move |ns| ns.put_part(&id, number, &part)).await
 }
 
 /// `x-amz-copy-source-range: bytes=first-last`.
@@ -1370,7 +1371,7 @@ async fn upload_part_copy(
 ) -> S3Result {
     upload_exists(s3, upload_id).await?;
     let (source_bucket, source_key) = copy_source(request.headers())?;
-    let mut pinned = Pinned::new(s3);
+    let mut pinned = Pinned::new(s3, state);
     let source = pinned_source(s3, &source_bucket, &source_key, &mut pinned).await?;
     check_copy_conditions(request.headers(), &source)?;
     let range = copy_range(request.headers(), source.size)?;
@@ -1387,7 +1388,7 @@ async fn upload_part_copy(
             let (start, end) = range.unwrap_or((0, source.size));
             let body = object_body(state, &source, start, end).await?;
             let mut reader = BodyReader::new(body, end - start);
-            let mut copy_pins = Pinned::new(s3);
+            let mut copy_pins = Pinned::new(s3, state);
             let pieces = store_pieces(state, s3, &mut reader, end - start, &mut copy_pins).await?;
             // The copy's blobs stay pinned with the source's until the part is named.
             std::mem::swap(&mut pinned, &mut copy_pins);

@@ -180,31 +180,50 @@ impl S3 {
     }
 }
 
-/// Blobs a request pinned ([`S3::pin`]); unpinned on drop, on every path.
+/// Blobs a request pinned ([`S3::pin`]): the blobs it stored for a new name, and those of a
+/// copy's source. Unpinned on drop, on every path; unless the request named them
+/// ([`Pinned::named`]), they are released then too, so that a request that failed, or whose
+/// client hung up (hyper drops its future), leaves no unnamed blob behind (a release deletes
+/// only blobs that no name lists).
 pub struct Pinned {
     s3: Arc<S3>,
+    state: Rc<CoreState>,
     blobs: Vec<[u8; 32]>,
+    named: bool,
 }
 
 impl Pinned {
-    pub fn new(s3: &Arc<S3>) -> Self {
+    pub fn new(s3: &Arc<S3>, state: &Rc<CoreState>) -> Self {
         Self {
             s3: s3.clone(),
+            state: state.clone(),
             blobs: Vec::new(),
+            named: false,
         }
+    }
+
+    /// The request named its blobs (committed): nothing to release.
+    pub fn named(mut self) {
+        self.named = true;
     }
 }
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        let mut held = self.s3.pins.lock().expect("not poisoned");
-        for blob in &self.blobs {
-            if let Some(count) = held.get_mut(blob) {
-                *count -= 1;
-                if *count == 0 {
-                    held.remove(blob);
+        {
+            let mut held = self.s3.pins.lock().expect("not poisoned");
+            for blob in &self.blobs {
+                if let Some(count) = held.get_mut(blob) {
+                    *count -= 1;
+                    if *count == 0 {
+                        held.remove(blob);
+                    }
                 }
             }
+        }
+        if !self.named {
+            self.s3
+                .release_later(&self.state, std::mem::take(&mut self.blobs));
         }
     }
 }

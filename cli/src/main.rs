@@ -2,6 +2,7 @@
 
 mod client;
 mod cluster;
+mod committee;
 mod strips;
 
 use std::fs;
@@ -76,6 +77,9 @@ enum Command {
     /// A local cluster of node processes on loopback.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The committee in the control plane (etcd).
+    #[command(subcommand)]
+    Committee(CommitteeCommand),
     /// Print the blob ID of a file (the same ID Walrus gives the same bytes at the same n).
     /// Files over 1 GiB are encoded in strips, with memory independent of their size and a
     /// temporary file of about 1.5x theirs (in $TMPDIR).
@@ -109,6 +113,34 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+    },
+}
+
+/// Where the control plane is.
+#[derive(Args)]
+struct EtcdArgs {
+    /// etcd client URLs, comma-separated (http://127.0.0.1:2379).
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// The prefix of floe's keys in etcd.
+    #[arg(long, default_value = floe_control::PREFIX_DEFAULT)]
+    etcd_prefix: String,
+}
+
+#[derive(Subcommand)]
+enum CommitteeCommand {
+    /// Load a committee file (as `floe node --committee` reads it) as the first epoch's.
+    Init {
+        file: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Print the current epoch and its committee.
+    Show {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
 }
 
@@ -354,6 +386,15 @@ fn run(cli: Cli) -> Result<()> {
                 urls[urls.len() - 1]
             );
             eprintln!("  stop:  floe cluster down --dir {}", dir.display());
+        }
+        Command::Committee(CommitteeCommand::Init { file, etcd }) => {
+            println!("{}", committee::init(&file, &etcd.etcd, &etcd.etcd_prefix)?);
+        }
+        Command::Committee(CommitteeCommand::Show { json, etcd }) => {
+            print!("{}", committee::show(&etcd.etcd, &etcd.etcd_prefix, json)?);
+            if json {
+                println!();
+            }
         }
         Command::Cluster(ClusterCommand::Down { dir }) => {
             let stopped = cluster::down(&dir)?;

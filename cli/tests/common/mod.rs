@@ -139,3 +139,81 @@ pub fn send_signal(pid: u32, signal: i32) {
         .expect("run kill");
     assert!(status.success());
 }
+
+/// A single-member etcd (Debian's `etcd-server`) on free loopback ports in a temporary
+/// directory; killed when dropped. `None` (with a note) where etcd is not installed, unless
+/// FLOE_REQUIRE_ETCD is set (CI sets it and installs it).
+pub struct Etcd {
+    pub child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    pub fn start() -> Option<Etcd> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("FLOE_REQUIRE_ETCD").is_none(),
+                "etcd is required (apt-get install etcd-server etcd-client)"
+            );
+            eprintln!("note: etcd is not installed; the control-plane checks are skipped");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "m0", "--data-dir"])
+            .arg(dir.path().join("m0"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("m0={peer_url}")])
+            .args(["--initial-cluster-state", "new", "--initial-cluster-token"])
+            .arg(format!("floe-test-{client}"))
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run etcd");
+        let etcd = Etcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let healthy = Command::new("etcdctl")
+                .args(["--endpoints", &etcd.url, "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if healthy {
+                return Some(etcd);
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

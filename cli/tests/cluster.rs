@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use floe_codec::{encode, BlobId, EncodingConfig};
 
+mod common;
+
 /// A node of the test committee.
 struct Node {
     name: String,
@@ -1178,16 +1180,7 @@ fn s3_endpoint(cluster: &Cluster, i: usize) -> String {
 
 #[test]
 fn s3_in_a_committee_names_blobs_every_node_holds_and_keeps_released_ones() {
-    let have = Command::new("python3")
-        .args(["-c", "import boto3"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
-            "boto3 is required"
-        );
-        eprintln!("note: boto3 missing; the committee S3 check is skipped");
+    if !common::have("boto3", &["python3", "-c", "import boto3"]) {
         return;
     }
     let keys = r#"s3 = { keys = [{ access_key_id = "AKIDCLUSTER", secret_access_key = "cluster-secret" }] }"#;

@@ -39,23 +39,6 @@ fn start_s3(data: &Path) -> NodeProcess {
     )
 }
 
-/// Whether `check` (a command) runs; if not, the client is skipped with a note unless CI
-/// requires it.
-fn have(what: &str, check: &[&str]) -> bool {
-    let found = Command::new(check[0])
-        .args(&check[1..])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
-            "{what} is required (CI installs it: see .ci/run)"
-        );
-        eprintln!("note: {what} is missing; its S3 checks are skipped");
-    }
-    found
-}
-
 fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new("python3")
         .arg(scripts().join(script))

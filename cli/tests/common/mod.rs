@@ -217,3 +217,20 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// Whether `check` (a command) runs; if not, what needs `what` is skipped with a note, unless CI
+/// requires every client (FLOE_REQUIRE_PYTHON_CLIENTS; `.ci/run` installs them).
+pub fn have(what: &str, check: &[&str]) -> bool {
+    let found = Command::new(check[0])
+        .args(&check[1..])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
+            "{what} is required (CI installs it: see .ci/run)"
+        );
+        eprintln!("note: {what} is missing; the checks that need it are skipped");
+    }
+    found
+}

@@ -66,10 +66,12 @@ impl Payload {
     ) -> Result<Self, ApiError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let signed_payload = verified.map_or(sigv4::UNSIGNED_PAYLOAD, |v| v.payload.as_str());
+        // A checksum's value (`x-amz-checksum-crc32: ...`); not `-type`, `-algorithm` or
+        // `-mode`, which name a checksum without carrying one.
         let checksum_header = headers
             .keys()
             .map(|name| name.as_str())
-            .find(|name| name.starts_with("x-amz-checksum-") && *name != "x-amz-checksum-type")
+            .find(|name| Checksum::for_header(name).is_some())
             .map(str::to_string);
         let content_md5 = header("content-md5").map(str::to_string);
         let chunked = signed_payload.starts_with("STREAMING-");

@@ -197,6 +197,10 @@ struct NodeArgs {
     /// The committee file; overrides `committee`.
     #[arg(long)]
     committee: Option<PathBuf>,
+    /// Read the committee from the control plane in etcd (client URLs, comma-separated)
+    /// instead of a committee file; overrides `etcd_endpoints`.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
 }
 
 #[derive(Args)]
@@ -586,6 +590,9 @@ fn run_node(args: NodeArgs) -> Result<()> {
     }
     if let Some(name) = args.name {
         config.name = name;
+    }
+    if !args.etcd.is_empty() {
+        config.etcd_endpoints = args.etcd;
     }
     if let Some(committee) = args.committee {
         config.committee = Some(committee);

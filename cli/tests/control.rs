@@ -95,3 +95,113 @@ fn committee_init_and_show_through_a_real_etcd() {
     assert!(!ok && text.contains("cannot be reached"), "{text}");
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
 }
+
+#[test]
+fn nodes_take_their_committee_from_etcd() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let file = dir.path().join("committee.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "n_shards = 10\n\
+             [[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:{}\"\nshards = [\"0-4\"]\n\
+             [[nodes]]\nname = \"b\"\naddress = \"127.0.0.1:{}\"\nshards = [\"5-9\"]\n",
+            ports[0], ports[1]
+        ),
+    )
+    .unwrap();
+    let url = etcd.url.clone();
+    let (ok, text) = committee(&["init", file.to_str().unwrap(), "--etcd", &url]);
+    assert!(ok, "{text}");
+    let start = |i: usize, name: &str| {
+        let data = dir.path().join(name);
+        try_start_at(
+            &format!("127.0.0.1:{}", ports[i]),
+            &[
+                "--etcd",
+                &url,
+                "--name",
+                name,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--cores",
+                "1",
+            ],
+            &[],
+        )
+    };
+    let a = start(0, "a").unwrap();
+    let b = start(1, "b").unwrap();
+    // A blob stored through a is read back through b: both hold the committee from etcd.
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let answer = ureq::put(&format!("{}/v1/blobs?epochs=2", a.url))
+        .send(&blob[..])
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(answer["newlyCreated"]["shardsConfirmed"], 10, "{answer}");
+    let back = ureq::get(&format!("{}/v1/blobs/{id}", b.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_vec()
+        .unwrap();
+    assert!(back == blob);
+    // A name etcd's committee lacks, and a committee file beside etcd, are refused with the fix.
+    let err = start(0, "stranger").err().expect("not a member");
+    assert!(err.contains("not in the committee in etcd"), "{err}");
+    let data = dir.path().join("x");
+    let err = try_start(
+        &[
+            "--etcd",
+            &url,
+            "--committee",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .err()
+    .expect("both sources");
+    assert!(
+        err.contains("both a committee file and etcd_endpoints"),
+        "{err}"
+    );
+    // etcd down at start: the node says so and does not start.
+    let _ = etcd.child.kill();
+    let _ = etcd.child.wait();
+    let err = try_start(
+        &[
+            "--etcd",
+            &url,
+            "--name",
+            "a",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .err()
+    .expect("etcd is down");
+    assert!(err.contains("cannot be reached"), "{err}");
+    drop((a, b));
+}

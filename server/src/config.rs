@@ -135,6 +135,11 @@ pub struct NodeConfig {
     pub pin_cores: bool,
     /// The committee file; without one the node is a committee of one owning all `n_shards`.
     pub committee: Option<PathBuf>,
+    /// etcd client URLs of the control plane: the committee is read from there at start
+    /// (instead of a committee file).
+    pub etcd_endpoints: Vec<String>,
+    /// The prefix of floe's keys in etcd.
+    pub etcd_prefix: String,
     /// Shards of the single-node committee (ignored with a committee file).
     pub n_shards: u16,
     /// Token required on writes (`Authorization: Bearer <token>`); none = writes are open.
@@ -196,6 +201,8 @@ impl Default for NodeConfig {
             cores: 0,
             pin_cores: true,
             committee: None,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/floe/".into(),
             n_shards: N_SHARDS_DEFAULT,
             write_token: None,
             io_memory_bytes: 1 << 20,
@@ -502,6 +509,13 @@ impl NodeConfig {
     /// Checks values that have no sensible meaning (before anything starts).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if self.committee.is_some() && !self.etcd_endpoints.is_empty() {
+            return Err(ConfigError::Invalid(
+                "both a committee file and etcd_endpoints are set: the committee comes from one \
+                 of them. Fix: drop `committee` (or --committee) to take it from etcd"
+                    .into(),
+            ));
+        }
         if self.s3_listen_addr()?.is_some() && self.s3.keys.is_empty() {
             return Err(ConfigError::Invalid(format!(
                 "s3_listen is set but no S3 key is: the S3 API never runs open. Fix: add \

@@ -5,7 +5,7 @@
 //! `ARCHITECTURE.md` has the invariant and boundary of each):
 //!
 //! - [`config`], [`metrics`], [`io_plan`]: `node.toml` and the committee file, Prometheus
-//!   metrics, how hard each disk is pushed.
+//!   metrics, how hard each disk is pushed; [`control`]: the committee read from etcd at start.
 //! - [`scrub`]: the scrubber's pace (one pass per `scrub_interval_seconds`).
 //! - [`owner`]: which core owns which shard, and the owner task that serves its storage.
 //! - [`http`]: HTTP plumbing: errors, bodies and responses, routing (pure; fuzzed), the hyper
@@ -28,6 +28,7 @@ pub mod aggregator;
 pub mod blob_cache;
 pub mod budget;
 pub mod config;
+pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod heal;

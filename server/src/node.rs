@@ -72,7 +72,21 @@ enum Event {
 pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
     config.apply_env();
     config.validate()?;
-    let committee = config.committee()?;
+    let committee = if config.etcd_endpoints.is_empty() {
+        config.committee()?
+    } else {
+        let committee = crate::control::committee_from_etcd(&config)?;
+        if committee.member(&config.name).is_none() {
+            let names: Vec<&str> = committee.members.iter().map(|m| m.name.as_str()).collect();
+            return Err(NodeError(format!(
+                "this node's name {:?} is not in the committee in etcd (members: {}); set \
+                 `name` in node.toml or --name",
+                config.name,
+                names.join(", ")
+            )));
+        }
+        committee
+    };
     let me = committee
         .member(&config.name)
         .cloned()

@@ -45,10 +45,19 @@ pub fn start_configured(dir: &std::path::Path, toml: &str, extra: &[&str]) -> No
 }
 
 pub fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<NodeProcess, String> {
+    try_start_at("127.0.0.1:0", args, env)
+}
+
+/// [`try_start`] listening on `listen`.
+pub fn try_start_at(
+    listen: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<NodeProcess, String> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_floe"));
     command
         .arg("node")
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", listen])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

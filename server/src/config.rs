@@ -202,7 +202,7 @@ impl Default for NodeConfig {
             pin_cores: true,
             committee: None,
             etcd_endpoints: Vec::new(),
-            etcd_prefix: "/floe/".into(),
+            etcd_prefix: floe_control::PREFIX_DEFAULT.into(),
             n_shards: N_SHARDS_DEFAULT,
             write_token: None,
             io_memory_bytes: 1 << 20,

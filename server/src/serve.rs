@@ -91,7 +91,8 @@ pub(crate) async fn connection(
         // Held while the handler runs (dropped with it if the client goes away).
         let busy = service_activity.busy();
         async move {
-            let metrics = state.shared.metrics.clone();
+            // An `Rc` (no atomic) for the rare panic's metrics.
+            let core = state.clone();
             let answered = std::panic::AssertUnwindSafe(async move {
                 match api {
                     Api::Floe => handle(state, request).await,
@@ -100,7 +101,8 @@ pub(crate) async fn connection(
             })
             .catch_unwind()
             .await;
-            let response = answered.unwrap_or_else(|panic| answer_panic(&metrics, api, &*panic));
+            let response =
+                answered.unwrap_or_else(|panic| answer_panic(&core.shared.metrics, api, &*panic));
             drop(busy);
             Ok::<_, Infallible>(response)
         }

@@ -1390,9 +1390,10 @@ async fn upload_part_copy(
             let mut reader = BodyReader::new(body, end - start);
             let mut copy_pins = Pinned::new(s3, state);
             let pieces = store_pieces(state, s3, &mut reader, end - start, &mut copy_pins).await?;
-            // The copy's blobs stay pinned with the source's until the part is named.
+            // The copy's blobs stay pinned until the part is named; the source's pins go (its
+            // bytes were read, and its names keep its blobs: nothing to release).
             std::mem::swap(&mut pinned, &mut copy_pins);
-            drop(copy_pins);
+            copy_pins.named();
             Part {
                 pieces,
                 size: end - start,

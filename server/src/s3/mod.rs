@@ -139,13 +139,15 @@ impl S3 {
             }
             let blob_id = BlobId(blob);
             match crate::publisher::delete(state, blob_id).await {
-                Ok(_) => forget.push(blob),
+                Ok(_) => {
+                    state.shared.metrics.s3_blobs_deleted.inc();
+                    forget.push(blob);
+                }
                 Err(err) if err.code == "blobNotFound" => forget.push(blob),
                 Err(err) => {
                     tracing::warn!(blob = %blob_id, %err, "a released blob was not deleted; the next start retries")
                 }
             }
-            state.shared.metrics.s3_blobs_deleted.inc();
         }
         if !forget.is_empty() {
             if let Err(err) = self.ns(move |ns| ns.forget_released(&forget)).await {

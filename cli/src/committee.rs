@@ -43,11 +43,14 @@ pub fn init(file: &Path, endpoints: &[String], prefix: &str) -> Result<String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // The epoch the file's own clock is at: a cluster that moves from a committee file to etcd
+    // keeps its epoch numbers, and with them every blob's end epoch.
+    let first = floe_server::config::Committee::load(file)?.epoch_at(now);
     runtime()?.block_on(async {
         let mut control = Control::connect(endpoints, prefix, TIMEOUT).await?;
-        control.init(&record, now).await?;
+        control.init(&record, first.into(), now).await?;
         Ok(format!(
-            "epoch 0 of {} nodes (n = {}) is the committee under {} in etcd",
+            "epoch {first} of {} nodes (n = {}) is the committee under {} in etcd",
             record.members.len(),
             record.n_shards,
             control.prefix()

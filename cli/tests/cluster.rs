@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use floe_codec::{encode, BlobId, EncodingConfig};
 
 mod common;
+use common::{blob_bytes, get, get_with, json, metric, run, store, store_new};
 
 /// A node of the test committee.
 struct Node {
@@ -226,92 +227,6 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
-}
-
-fn get(url: &str, path: &str) -> (u16, Vec<u8>) {
-    get_with(url, path, &[])
-}
-
-fn get_with(url: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
-    let mut request = ureq::http::Request::get(format!("{url}{path}"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    run(request, &[])
-}
-
-/// Sends a request: status and body (status 0 if the node could not be reached).
-fn run(request: ureq::http::request::Builder, body: &[u8]) -> (u16, Vec<u8>) {
-    match agent().run(request.body(body.to_vec()).unwrap()) {
-        Ok(mut response) => {
-            let status = response.status().as_u16();
-            let body = response
-                .body_mut()
-                .with_config()
-                .limit(1 << 30)
-                .read_to_vec()
-                .unwrap();
-            (status, body)
-        }
-        Err(_) => (0, Vec::new()),
-    }
-}
-
-fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
-}
-
-/// Stores `blob` through node `url`: status and JSON answer.
-fn store(url: &str, blob: &[u8], epochs: u32) -> (u16, serde_json::Value) {
-    let mut response = agent()
-        .put(&format!("{url}/v1/blobs?epochs={epochs}"))
-        .send(blob)
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = response.body_mut().read_to_vec().unwrap();
-    (status, json(&body))
-}
-
-/// Stores a new `blob` through node `url` (status 200 asserted): its blob ID.
-fn store_new(url: &str, blob: &[u8], epochs: u32) -> String {
-    let (status, answer) = store(url, blob, epochs);
-    assert_eq!(status, 200, "{answer}");
-    answer["newlyCreated"]["blobId"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// Deterministic pseudo-random bytes.
-fn blob_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-fn metric(url: &str, name: &str) -> f64 {
-    let (_, body) = get(url, "/metrics");
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn curl(args: &[&str]) -> (String, Vec<u8>) {

@@ -45,12 +45,26 @@ fn committee_init_and_show_through_a_real_etcd() {
 
     let (ok, text) = committee(&["init", file, "--etcd", &url]);
     assert!(ok, "{text}");
-    assert!(text.contains("epoch 0 of 2 nodes (n = 10)"), "{text}");
+    // The first epoch is the one the file's clock is at (genesis 0, epochs of an hour), so a
+    // cluster moving from a committee file to etcd keeps its blobs' end epochs.
+    let hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600;
+    assert!(text.contains("of 2 nodes (n = 10)"), "{text}");
+    let first: u64 = text["epoch ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(first == hour || first == hour + 1, "{text}");
 
     let (ok, text) = committee(&["show", "--json", "--etcd", &url]);
     assert!(ok, "{text}");
     let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(shown["epoch"]["epoch"], 0);
+    assert_eq!(shown["epoch"]["epoch"], first);
     assert_eq!(shown["committee"]["nShards"], 10);
     assert_eq!(shown["committee"]["epochSeconds"], 3600);
     assert_eq!(shown["committee"]["members"][1]["name"], "b");
@@ -66,7 +80,10 @@ fn committee_init_and_show_through_a_real_etcd() {
 
     // Initialised once; another prefix is another control plane.
     let (ok, text) = committee(&["init", file, "--etcd", &url]);
-    assert!(!ok && text.contains("already holds epoch 0"), "{text}");
+    assert!(
+        !ok && text.contains(&format!("already holds epoch {first}")),
+        "{text}"
+    );
     let (ok, text) = committee(&["init", file, "--etcd", &url, "--etcd-prefix", "/other"]);
     assert!(ok, "{text}");
 
@@ -204,4 +221,242 @@ fn nodes_take_their_committee_from_etcd() {
     .expect("etcd is down");
     assert!(err.contains("cannot be reached"), "{err}");
     drop((a, b));
+}
+
+/// Free loopback ports.
+fn ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it holds or `seconds` pass; the time it took.
+fn within(seconds: u64, what: &str, mut check: impl FnMut() -> bool) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(seconds),
+            "{what}: not within {seconds} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+/// Whether node `url` holds blob `id`'s metadata itself (the node API answers from its own
+/// store only).
+fn holds_metadata(url: &str, id: &str) -> bool {
+    get(url, &format!("/v1/blobs/{id}/metadata")).0 == 200
+}
+
+/// A committee of three nodes at n = 100 on a real etcd: blobs are registered, nodes learn of
+/// new blobs and deletions through the registry (not by listing peers), a node that was down
+/// catches up from its revision (or, once etcd compacted past it, by reading the whole
+/// registry), epochs advance by one elected node, and with etcd down reads go on while
+/// stores answer 503, all resuming when it returns.
+#[test]
+fn a_committee_on_etcd_registers_blobs_and_follows_the_registry() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ports = ports(3);
+    let names = ["a", "b", "c"];
+    let file = dir.path().join("committee.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "n_shards = 100\nepoch_seconds = 2\ngenesis_unix_seconds = 0\n\
+             [[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:{}\"\nshards = [\"0-33\"]\n\
+             [[nodes]]\nname = \"b\"\naddress = \"127.0.0.1:{}\"\nshards = [\"34-66\"]\n\
+             [[nodes]]\nname = \"c\"\naddress = \"127.0.0.1:{}\"\nshards = [\"67-99\"]\n",
+            ports[0], ports[1], ports[2]
+        ),
+    )
+    .unwrap();
+    let url = etcd.url.clone();
+    let (ok, text) = committee(&["init", file.to_str().unwrap(), "--etcd", &url]);
+    assert!(ok, "{text}");
+    let start = |i: usize| {
+        let data = dir.path().join(names[i]);
+        let config = dir.path().join(format!("{}.toml", names[i]));
+        std::fs::write(&config, "sync_interval_seconds = 1\n").unwrap();
+        try_start_at(
+            &format!("127.0.0.1:{}", ports[i]),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--etcd",
+                &url,
+                "--name",
+                names[i],
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--cores",
+                "1",
+            ],
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("node {} did not start: {e}", names[i]))
+    };
+    let mut nodes: Vec<Option<NodeProcess>> = (0..3).map(|i| Some(start(i))).collect();
+    let node_url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+
+    // 20 blobs through a, each read back through c; each registered once in etcd.
+    let mut ids = Vec::new();
+    for i in 0..20u64 {
+        let blob = blob_bytes(1000 + 7919 * i as usize, i);
+        let (status, answer) = store_deletable(&node_url(0), &blob, i % 2 == 0);
+        assert_eq!(status, 200, "{answer}");
+        let id = answer["newlyCreated"]["blobId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (status, back) = get(&node_url(2), &format!("/v1/blobs/{id}"));
+        assert!(
+            status == 200 && back == blob,
+            "blob {i} read back through c"
+        );
+        ids.push(id);
+    }
+    let keys = etcd
+        .ctl(&["get", "--prefix", "/floe/blobs/", "--keys-only"])
+        .unwrap();
+    assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 20, "{keys}");
+
+    // Epochs advance, by one node: every node sees the same epoch, and one leads.
+    let epoch = |i: usize| {
+        json(&get(&node_url(i), "/v1/health").1)["epoch"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = epoch(0);
+    within(15, "the epoch advances", || epoch(0) >= first + 2);
+    within(10, "every node sees the epoch", || {
+        let e = epoch(0);
+        (0..3).all(|i| epoch(i) == e)
+    });
+    let leaders: usize = (0..3)
+        .map(|i| metric(&node_url(i), "floe_control_leader") as usize)
+        .sum();
+    assert_eq!(leaders, 1, "exactly one node advances the epochs");
+
+    // c is down while 5 blobs are stored and one is deleted (a and b hold n - f shards).
+    nodes[2].take().unwrap().stop();
+    let mut while_down = Vec::new();
+    for i in 0..5u64 {
+        let blob = blob_bytes(5000 + i as usize, 100 + i);
+        let (status, answer) = store_deletable(&node_url(0), &blob, false);
+        assert_eq!(status, 200, "{answer}");
+        while_down.push(
+            answer["newlyCreated"]["blobId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let deleted = ids[0].clone(); // stored deletable
+    let (status, body) = run(
+        ureq::http::Request::delete(format!("{}/v1/blobs/{deleted}", node_url(1))),
+        &[],
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(holds_metadata(&node_url(2 - 1), &ids[1]));
+    // Back: c catches up from its revision (no full read), learns the blobs and the deletion,
+    // and rebuilds its slivers of them.
+    nodes[2] = Some(start(2));
+    let took = within(20, "c learns the blobs stored while it was down", || {
+        while_down.iter().all(|id| holds_metadata(&node_url(2), id))
+    });
+    eprintln!("c caught up in {took:?}");
+    within(20, "c applies the deletion", || {
+        get(&node_url(2), &format!("/v1/blobs/{deleted}/metadata")).0 == 404
+    });
+    assert_eq!(metric(&node_url(2), "floe_registry_full_reads"), 0.0);
+    within(30, "c rebuilds its slivers of them", || {
+        metric(&node_url(2), "floe_heal_slivers_total{result=\"ok\"}") >= 5.0 * 33.0 * 2.0
+    });
+
+    // A node learns of a blob stored elsewhere through the registry alone: a blob stored while
+    // c was away is on a and b; its registry event reaches a node started with an empty disk.
+    nodes[1].take().unwrap().stop();
+    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+    nodes[1] = Some(start(1));
+    within(
+        20,
+        "a wiped b reads the whole registry and learns every live blob",
+        || {
+            ids[1..]
+                .iter()
+                .chain(&while_down)
+                .all(|id| holds_metadata(&node_url(1), id))
+        },
+    );
+    assert_eq!(metric(&node_url(1), "floe_registry_full_reads"), 1.0);
+
+    // etcd compacts past c's revision while c is down: c reads the whole registry.
+    nodes[2].take().unwrap().stop();
+    let late = blob_bytes(3333, 999);
+    let (status, answer) = store_deletable(&node_url(0), &late, false);
+    assert_eq!(status, 200, "{answer}");
+    let late_id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revision = etcd.revision().to_string();
+    etcd.ctl(&["compact", &revision]).expect("etcdctl compact");
+    nodes[2] = Some(start(2));
+    within(20, "c learns the blob after the compaction", || {
+        holds_metadata(&node_url(2), &late_id)
+    });
+    assert!(metric(&node_url(2), "floe_registry_full_reads") >= 1.0);
+
+    // etcd down: reads go on, stores answer 503 with the reason; a node restarted meanwhile
+    // starts with the committee it saw last.
+    etcd.kill();
+    within(15, "stores answer 503 while etcd is down", || {
+        let (status, answer) = store_deletable(&node_url(0), &blob_bytes(777, 5), false);
+        status == 503 && answer["error"]["code"] == "registryUnavailable"
+    });
+    for i in 0..3 {
+        let (status, back) = get(&node_url(i), &format!("/v1/blobs/{late_id}"));
+        assert!(
+            status == 200 && back == late,
+            "node {i} reads while etcd is down"
+        );
+    }
+    nodes[1].take().unwrap().stop();
+    nodes[1] = Some(start(1));
+    let (status, back) = get(&node_url(1), &format!("/v1/blobs/{}", ids[3]));
+    assert_eq!(status, 200);
+    assert_eq!(back, blob_bytes(1000 + 7919 * 3, 3));
+    etcd.restart();
+    let again = blob_bytes(4444, 1234);
+    within(20, "stores resume once etcd is back", || {
+        store_deletable(&node_url(0), &again, false).0 == 200
+    });
+    let (_, answer) = store_deletable(&node_url(0), &again, false);
+    let again_id = answer["alreadyCertified"]["blobId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!again_id.is_empty(), "{answer}");
+    let (status, back) = get(&node_url(2), &format!("/v1/blobs/{again_id}"));
+    assert!(status == 200 && back == again);
+    drop(nodes);
+}
+
+/// Stores `blob` through `url` (deletable or not) for 1000 epochs.
+fn store_deletable(url: &str, blob: &[u8], deletable: bool) -> (u16, serde_json::Value) {
+    let query = if deletable { "&deletable=true" } else { "" };
+    let (status, body) = run(
+        ureq::http::Request::put(format!("{url}/v1/blobs?epochs=1000{query}")),
+        blob,
+    );
+    let answer = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, answer)
 }

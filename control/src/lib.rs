@@ -1,23 +1,34 @@
-//! floe's control plane in etcd (issue 17), as far as it is built: the committee of each epoch
-//! and the current epoch, stored under a prefix (default `/floe/`), read and initialised
-//! through a well-kept client (`etcd-client`, tokio and tonic).
+//! floe's control plane in etcd (issue 17): the committee of each epoch, the current epoch,
+//! and the blob registry, stored under a prefix (default `/floe/`), through a well-kept client
+//! (`etcd-client`, tokio and tonic).
 //!
 //! Keys (values are JSON):
 //!
 //! ```text
 //! {prefix}epoch                   {"epoch": E, "startedUnixSeconds": T}
 //! {prefix}committee/{E:010}       the committee of epoch E (n, nodes, addresses, shards)
+//! {prefix}blobs/{blob ID}         {"size": B, "endEpoch": E, "state": "permanent"|"deletable"|"deleted"}
+//! {prefix}leader/...              the election of the node that advances epochs (etcd's election API)
 //! ```
+//!
+//! The registry is an ordered log of events by etcd's own revisions: every change of a blob's
+//! record is a put at a new revision, and nodes watch `{prefix}blobs/` from the last revision
+//! they applied; a node too far behind (etcd compacted its revision) pages through the whole
+//! registry at one pinned revision instead ([`Control::blobs_page`]).
 //!
 //! Invariants: the first epoch is written once, with its committee, in one transaction that
 //! holds only if no epoch exists (`create_revision == 0`); a committee record is never
-//! rewritten. Boundary: every etcd call runs on the caller's tokio runtime (glommio cores reach
-//! it through a runtime thread of their own, not built yet); errors are typed
-//! ([`ControlError`]), each with what to do.
+//! rewritten once its epoch began; an epoch advances only by compare-and-swap on the epoch
+//! key's revision (so two advancers cannot both advance it); a blob's record only grows (end
+//! epoch) and rises (deletable < deleted < permanent), merged by compare-and-swap.
+//! Boundary: every etcd call runs on the caller's tokio runtime (the node's cores reach it
+//! through a runtime thread of its own); errors are typed ([`ControlError`]), each with what to
+//! do.
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+pub use etcd_client;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -35,6 +46,12 @@ pub enum ControlError {
     NotInitialized { prefix: String },
     #[error("{key} in etcd is not what floe writes: {message}")]
     Corrupt { key: String, message: String },
+    #[error("{key} changed under every attempt to update it; try again")]
+    Contended { key: String },
+    #[error(
+        "etcd compacted its history past revision {revision}; read the whole registry instead"
+    )]
+    Compacted { revision: i64 },
     #[error("etcd failed: {0}")]
     Etcd(#[from] etcd_client::Error),
 }
@@ -67,7 +84,64 @@ pub struct EpochRecord {
     pub started_unix_seconds: u64,
 }
 
+/// A blob's state in the registry. Ordered: a record only rises (a permanent store of a
+/// deletable blob makes it permanent; a deletion is final for a deletable blob).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BlobState {
+    Deletable,
+    Deleted,
+    Permanent,
+}
+
+/// A certified blob as the registry knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobRecord {
+    pub size: u64,
+    pub end_epoch: u32,
+    pub state: BlobState,
+}
+
+impl BlobRecord {
+    /// The record that says both: the later end epoch, the higher state.
+    pub fn merge(self, other: BlobRecord) -> BlobRecord {
+        BlobRecord {
+            size: self.size.max(other.size),
+            end_epoch: self.end_epoch.max(other.end_epoch),
+            state: self.state.max(other.state),
+        }
+    }
+}
+
+/// One page of the registry read at one revision.
+pub struct BlobsPage {
+    /// (blob ID text, record), in key order.
+    pub blobs: Vec<(String, BlobRecord)>,
+    /// The revision the page was read at (pass it again for the next page).
+    pub revision: i64,
+    /// Whether more follow the last one.
+    pub more: bool,
+}
+
+/// The end of the key range of every key starting with `prefix` (etcd's "prefix end").
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Attempts of a compare-and-swap before giving up. Why: each failure means another writer
+/// changed the key in between; more than this many in a row is contention to report.
+const CAS_ATTEMPTS: usize = 16;
+
 /// A connection to the control plane.
+#[derive(Clone)]
 pub struct Control {
     client: Client,
     prefix: String,
@@ -109,23 +183,46 @@ impl Control {
         &self.prefix
     }
 
-    fn epoch_key(&self) -> String {
+    /// The client, for watches and elections.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    pub fn epoch_key(&self) -> String {
         format!("{}epoch", self.prefix)
     }
 
-    fn committee_key(&self, epoch: u64) -> String {
+    pub fn committee_key(&self, epoch: u64) -> String {
         format!("{}committee/{epoch:010}", self.prefix)
     }
 
-    /// Writes `committee` as epoch 0's, and epoch 0 as the current one, in one transaction
-    /// that holds only if no epoch exists yet.
+    /// Where every blob's record lives.
+    pub fn blobs_prefix(&self) -> String {
+        format!("{}blobs/", self.prefix)
+    }
+
+    /// The election of the node that advances epochs.
+    pub fn leader_election(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    /// The blob ID text of a registry key.
+    pub fn blob_of_key<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
+        std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(self.blobs_prefix().as_str())
+    }
+
+    /// Writes `committee` as epoch `first`'s, and `first` as the current epoch, in one
+    /// transaction that holds only if no epoch exists yet.
     pub async fn init(
         &mut self,
         committee: &CommitteeRecord,
+        first: u64,
         now_unix_seconds: u64,
     ) -> Result<(), ControlError> {
         let epoch = EpochRecord {
-            epoch: 0,
+            epoch: first,
             started_unix_seconds: now_unix_seconds,
         };
         let json = |value: serde_json::Result<Vec<u8>>| value.expect("records serialize");
@@ -137,7 +234,7 @@ impl Control {
             )])
             .and_then([
                 TxnOp::put(
-                    self.committee_key(0),
+                    self.committee_key(first),
                     json(serde_json::to_vec(committee)),
                     None,
                 ),
@@ -181,6 +278,176 @@ impl Control {
                 message: format!("epoch {} has no committee", epoch.epoch),
             })?;
         Ok((epoch, committee))
+    }
+
+    /// The current epoch with its key's modification revision (for [`Control::advance`]).
+    pub async fn current_epoch_at(&mut self) -> Result<Option<(EpochRecord, i64)>, ControlError> {
+        let key = self.epoch_key();
+        let answer = self.client.get(key.as_str(), None).await?;
+        let Some(kv) = answer.kvs().first() else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(kv.value()).map_err(|e| ControlError::Corrupt {
+            key,
+            message: e.to_string(),
+        })?;
+        Ok(Some((record, kv.mod_revision())))
+    }
+
+    /// Makes `seen.epoch + 1` the current epoch, if the epoch key is still at `seen_revision`
+    /// (and, with `fence`, the key `fence.0` still has create revision `fence.1`: the caller
+    /// still leads). Its committee is the one proposed for it, or else the current one again.
+    /// Returns whether this call advanced it.
+    pub async fn advance(
+        &mut self,
+        seen: EpochRecord,
+        seen_revision: i64,
+        fence: Option<(Vec<u8>, i64)>,
+        now_unix_seconds: u64,
+    ) -> Result<bool, ControlError> {
+        let next = seen.epoch + 1;
+        let proposed = self.committee(next).await?;
+        let mut when = vec![Compare::mod_revision(
+            self.epoch_key(),
+            CompareOp::Equal,
+            seen_revision,
+        )];
+        if let Some((key, revision)) = fence {
+            when.push(Compare::create_revision(key, CompareOp::Equal, revision));
+        }
+        let record = EpochRecord {
+            epoch: next,
+            started_unix_seconds: now_unix_seconds,
+        };
+        let mut ops = vec![TxnOp::put(
+            self.epoch_key(),
+            serde_json::to_vec(&record).expect("records serialize"),
+            None,
+        )];
+        if proposed.is_none() {
+            let current =
+                self.committee(seen.epoch)
+                    .await?
+                    .ok_or_else(|| ControlError::Corrupt {
+                        key: self.committee_key(seen.epoch),
+                        message: format!("epoch {} has no committee", seen.epoch),
+                    })?;
+            // Nobody proposed one meanwhile (else this fails and the caller looks again).
+            when.push(Compare::create_revision(
+                self.committee_key(next),
+                CompareOp::Equal,
+                0,
+            ));
+            ops.push(TxnOp::put(
+                self.committee_key(next),
+                serde_json::to_vec(&current).expect("records serialize"),
+                None,
+            ));
+        }
+        let answer = self.client.txn(Txn::new().when(when).and_then(ops)).await?;
+        Ok(answer.succeeded())
+    }
+
+    /// Merges `record` into blob `blob_id`'s registry entry (the later end epoch, the higher
+    /// state) by compare-and-swap; a record that changes nothing writes nothing (no event).
+    /// Returns the merged record.
+    pub async fn register(
+        &mut self,
+        blob_id: &str,
+        record: BlobRecord,
+    ) -> Result<BlobRecord, ControlError> {
+        let key = format!("{}{blob_id}", self.blobs_prefix());
+        for _ in 0..CAS_ATTEMPTS {
+            let answer = self.client.get(key.as_str(), None).await?;
+            let (merged, compare) = match answer.kvs().first() {
+                Some(kv) => {
+                    let stored: BlobRecord =
+                        serde_json::from_slice(kv.value()).map_err(|e| ControlError::Corrupt {
+                            key: key.clone(),
+                            message: e.to_string(),
+                        })?;
+                    let merged = stored.merge(record);
+                    if merged == stored {
+                        return Ok(stored);
+                    }
+                    (
+                        merged,
+                        Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                    )
+                }
+                None => (
+                    record,
+                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                ),
+            };
+            let put = TxnOp::put(
+                key.as_str(),
+                serde_json::to_vec(&merged).expect("records serialize"),
+                None,
+            );
+            let txn = Txn::new().when([compare]).and_then([put]);
+            if self.client.txn(txn).await?.succeeded() {
+                return Ok(merged);
+            }
+        }
+        Err(ControlError::Contended { key })
+    }
+
+    /// A blob's registry record.
+    pub async fn blob(&mut self, blob_id: &str) -> Result<Option<BlobRecord>, ControlError> {
+        let key = format!("{}{blob_id}", self.blobs_prefix());
+        self.get_json(&key).await
+    }
+
+    /// Up to `limit` records after blob `after` (from the first without), read at `revision`
+    /// (the current one for `None`: pass the answer's revision for the next page, so that all
+    /// pages are one consistent view). A revision etcd compacted away is
+    /// [`ControlError::Compacted`].
+    pub async fn blobs_page(
+        &mut self,
+        after: Option<&str>,
+        limit: i64,
+        revision: Option<i64>,
+    ) -> Result<BlobsPage, ControlError> {
+        let prefix = self.blobs_prefix();
+        let start = match after {
+            Some(after) => format!("{prefix}{after}\0").into_bytes(),
+            None => prefix.clone().into_bytes(),
+        };
+        let mut options = GetOptions::new()
+            .with_range(prefix_end(prefix.as_bytes()))
+            .with_limit(limit);
+        if let Some(revision) = revision {
+            options = options.with_revision(revision);
+        }
+        let answer = match self.client.get(start, Some(options)).await {
+            Ok(answer) => answer,
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.message().contains("compacted") =>
+            {
+                return Err(ControlError::Compacted {
+                    revision: revision.unwrap_or(0),
+                })
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let read_at = answer.header().map_or(0, |h| h.revision());
+        let mut blobs = Vec::with_capacity(answer.kvs().len());
+        for kv in answer.kvs() {
+            let Some(id) = self.blob_of_key(kv.key()) else {
+                continue;
+            };
+            let record = serde_json::from_slice(kv.value()).map_err(|e| ControlError::Corrupt {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                message: e.to_string(),
+            })?;
+            blobs.push((id.to_string(), record));
+        }
+        Ok(BlobsPage {
+            blobs,
+            revision: revision.unwrap_or(read_at),
+            more: answer.more(),
+        })
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(

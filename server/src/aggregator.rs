@@ -27,6 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::blob_cache::{fill_or_wait, Fill};
 use crate::budget::reserve;
 use crate::config::Member;
+use crate::control::View;
 use crate::http::body::Body;
 use crate::http::error::ApiError;
 use crate::peer_client::{checked_metadata, peer_fault, peer_request, Patience, PeerRequest};
@@ -54,13 +55,28 @@ async fn find_metadata(
             format!("blob {blob_id} was deleted"),
         ));
     }
+    let (_, metadata, layout) = metadata_from_peers(state, blob_id).await?;
+    Ok(Rc::new(CachedMetadata {
+        metadata,
+        layout,
+        end_epoch: 0,
+        deletable: false,
+    }))
+}
+
+/// A blob's metadata from the peers (its BCS body, checked against the blob ID): every peer
+/// asked at once, the first that verifies wins.
+pub(crate) async fn metadata_from_peers(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+) -> Result<(Bytes, BlobMetadata, BlobLayout), ApiError> {
     let n = state.n();
     let path = format!("/v1/blobs/{blob_id}/metadata");
     let mut silent = Vec::new();
     let limit = floe_codec::metadata_bcs_bytes_max(n);
     // Every peer at once; the first metadata that verifies wins (the rest are dropped).
-    let mut asks: FuturesUnordered<_> = state
-        .shared
+    let view = state.shared.view();
+    let mut asks: FuturesUnordered<_> = view
         .peers()
         .map(|member| {
             let path = &path;
@@ -81,14 +97,7 @@ async fn find_metadata(
             }
         };
         match checked_metadata(&body, blob_id, n) {
-            Ok((metadata, layout)) => {
-                return Ok(Rc::new(CachedMetadata {
-                    metadata,
-                    layout,
-                    end_epoch: 0,
-                    deletable: false,
-                }))
-            }
+            Ok((metadata, layout)) => return Ok((body, metadata, layout)),
             Err(message) => {
                 peer_fault(state, &member.name, "bad_metadata");
                 tracing::warn!(peer = %member.name, blob = %blob_id, %message, "a peer sent metadata that fails verification; skipped");
@@ -249,7 +258,7 @@ pub struct Located {
 
 /// Finds a blob to read: 404 `blobNotFound` if no node knows it.
 pub async fn locate(state: &Rc<CoreState>, blob_id: &BlobId) -> Result<Located, ApiError> {
-    let epoch = state.shared.committee.current_epoch();
+    let epoch = state.shared.epoch();
     state.forget_changed();
     let cached = state.blob_cache.borrow_mut().get(blob_id, epoch);
     let known = match &cached {
@@ -283,7 +292,7 @@ pub async fn blob_body(
     range: Option<(u64, u64)>,
 ) -> Result<Body, ApiError> {
     let blob_id = *blob_id;
-    let epoch = state.shared.committee.current_epoch();
+    let epoch = state.shared.epoch();
     let size = located.size;
     let (start, end) = range.unwrap_or((0, size));
     // Reads larger than this leave as a stream (memory per request bounded); smaller ones are
@@ -525,6 +534,7 @@ async fn gather_rows(
     may_decode: bool,
 ) -> Result<(Rows, Vec<String>), ApiError> {
     let n = state.n();
+    let view = state.shared.view();
     let k_p = known.layout.config.n_primary_source();
     let mut rows = Rows::new();
     let mut failures = Vec::new();
@@ -533,7 +543,7 @@ async fn gather_rows(
     // Members with a request under way (the slow ones, when the hedge fires).
     let mut waiting: HashSet<&str> = HashSet::new();
     let mut fetches = FuturesUnordered::new();
-    for (member, pairs) in by_member(state, blob_id, &remote) {
+    for (member, pairs) in by_member(&view, state.n(), blob_id, &remote) {
         waiting.insert(member.name.as_str());
         fetches.push(fetch_from(state, blob_id, known, member, pairs));
     }
@@ -588,7 +598,7 @@ async fn gather_rows(
                 .collect();
             asked.extend(others.iter().copied());
             let remote = local_rows(state, blob_id, &others, &mut rows).await?;
-            for (member, pairs) in by_member(state, blob_id, &remote) {
+            for (member, pairs) in by_member(&view, state.n(), blob_id, &remote) {
                 if waiting.insert(member.name.as_str()) {
                     fetches.push(fetch_from(state, blob_id, known, member, pairs));
                 }
@@ -607,10 +617,11 @@ async fn local_rows(
     rows: &mut Rows,
 ) -> Result<Vec<usize>, ApiError> {
     let n = state.n();
+    let view = state.shared.view();
     let mut remote = Vec::new();
     for &index in indices {
         let shard = blob_id.shard_for_pair(index, n) as u16;
-        if !state.shared.owned[usize::from(shard)] {
+        if !view.owned[usize::from(shard)] {
             remote.push(index);
             continue;
         }
@@ -628,21 +639,15 @@ async fn local_rows(
 
 /// `indices` grouped by the committee member holding each.
 fn by_member<'a>(
-    state: &'a CoreState,
+    view: &'a View,
+    n: usize,
     blob_id: &BlobId,
     indices: &[usize],
 ) -> Vec<(&'a Member, Vec<u16>)> {
-    let n = state.n();
     let mut grouped: Vec<(&Member, Vec<u16>)> = Vec::new();
     for &index in indices {
         let shard = blob_id.shard_for_pair(index, n) as u16;
-        let Some(member) = state
-            .shared
-            .committee
-            .members
-            .iter()
-            .find(|m| m.shards.binary_search(&shard).is_ok())
-        else {
+        let Some(member) = view.holder(shard) else {
             continue;
         };
         match grouped.iter_mut().find(|(m, _)| m.name == member.name) {

@@ -29,14 +29,44 @@ use crate::state::{sliver_index, CoreState};
 /// Blobs listed per page of this node's own list.
 const PAGE: usize = 1000;
 
-/// Finds the slivers this node lacks and rebuilds them.
-pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
+/// The shards this node holds, by the core that stores them.
+fn shards_by_core(state: &CoreState) -> Vec<Vec<u16>> {
     let cores = state.shared.owners.cores();
     let mut shards_of_core: Vec<Vec<u16>> = vec![Vec::new(); cores];
-    for &shard in &state.shared.me.shards {
+    for &shard in &state.shared.view().me.shards {
         shards_of_core[state.shared.owners.core_of_shard(shard)].push(shard);
     }
-    let epoch = state.shared.committee.current_epoch();
+    shards_of_core
+}
+
+/// The slivers of `blobs` this node should hold but lacks: (blob, shard, kind).
+async fn missing_of(
+    state: &Rc<CoreState>,
+    shards_of_core: &[Vec<u16>],
+    blobs: Vec<[u8; 32]>,
+) -> Result<Vec<([u8; 32], u16, RecordKind)>, ApiError> {
+    let mut missing = Vec::new();
+    for (core, shards) in shards_of_core.iter().enumerate() {
+        if shards.is_empty() || blobs.is_empty() {
+            continue;
+        }
+        let (blobs, shards) = (blobs.clone(), shards.clone());
+        let found = state
+            .call(core, |reply| Op::Missing {
+                blobs,
+                shards,
+                reply,
+            })
+            .await?;
+        missing.extend(found);
+    }
+    Ok(missing)
+}
+
+/// Finds the slivers this node lacks, of every blob it knows, and rebuilds them.
+pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
+    let shards_of_core = shards_by_core(state);
+    let epoch = state.shared.epoch();
     let mut after = None;
     let mut known = 0u64;
     let mut missing = Vec::new();
@@ -50,20 +80,7 @@ pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
             .filter(|l| l.end_epoch >= epoch)
             .map(|l| l.blob_id)
             .collect();
-        for (core, shards) in shards_of_core.iter().enumerate() {
-            if shards.is_empty() {
-                continue;
-            }
-            let (blobs, shards) = (blobs.clone(), shards.clone());
-            let found = state
-                .call(core, |reply| Op::Missing {
-                    blobs,
-                    shards,
-                    reply,
-                })
-                .await?;
-            missing.extend(found);
-        }
+        missing.extend(missing_of(state, &shards_of_core, blobs).await?);
         if page.len() < PAGE {
             break;
         }
@@ -76,9 +93,36 @@ pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
         .store(missing.len() as u64, Ordering::Relaxed);
     metrics.sync_blobs_known.set(known as i64);
     metrics.heal_missing_slivers.set(missing.len() as i64);
+    rebuild_missing(state, missing).await;
+    Ok(())
+}
+
+/// Rebuilds the slivers of `blobs` (just learned) this node lacks.
+pub(crate) async fn heal_blobs(
+    state: &Rc<CoreState>,
+    blobs: Vec<[u8; 32]>,
+) -> Result<(), ApiError> {
+    let missing = missing_of(state, &shards_by_core(state), blobs).await?;
+    state
+        .shared
+        .sync
+        .missing_slivers
+        .fetch_add(missing.len() as u64, Ordering::Relaxed);
+    state
+        .shared
+        .metrics
+        .heal_missing_slivers
+        .inc_by(missing.len() as i64);
+    rebuild_missing(state, missing).await;
+    Ok(())
+}
+
+/// Rebuilds `missing` slivers, counting each outcome.
+async fn rebuild_missing(state: &Rc<CoreState>, missing: Vec<([u8; 32], u16, RecordKind)>) {
     if missing.is_empty() {
-        return Ok(());
+        return;
     }
+    let status = &state.shared.sync;
     tracing::info!(slivers = missing.len(), "sync: rebuilding missing slivers");
     // One rebuild per blob and kind, so that a helper expands each of its slivers once for all
     // of a blob's missing slivers of that kind; primary slivers first, because once they are
@@ -123,7 +167,6 @@ pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
             })
             .await;
     }
-    Ok(())
 }
 
 /// Rebuilds the slivers of `kind` of `shards` of one blob from recovery symbols

@@ -117,6 +117,20 @@ pub struct Metrics {
     pub heal_fetched_bytes: Counter,
     /// Bytes of slivers rebuilt.
     pub heal_rebuilt_bytes: Counter,
+    /// 1 while the control plane (etcd) answers, 0 while it does not (nodes on etcd only).
+    pub control_connected: Gauge,
+    /// 1 while this node is the one that advances epochs.
+    pub control_leader: Gauge,
+    /// The current epoch as this node knows it.
+    pub epoch: Gauge,
+    /// The registry revision this node applied up to.
+    pub registry_revision: Gauge,
+    /// Registry records applied (events and full-read entries).
+    pub registry_records: Counter,
+    /// Full reads of the registry (first start, or etcd compacted past this node's revision).
+    pub registry_full_reads: Counter,
+    /// Blobs the registry named whose metadata no peer could give yet.
+    pub registry_pending: Gauge,
 }
 
 impl Metrics {
@@ -157,6 +171,13 @@ impl Metrics {
             heal_slivers: Family::default(),
             heal_fetched_bytes: Counter::default(),
             heal_rebuilt_bytes: Counter::default(),
+            control_connected: Gauge::default(),
+            control_leader: Gauge::default(),
+            epoch: Gauge::default(),
+            registry_revision: Gauge::default(),
+            registry_records: Counter::default(),
+            registry_full_reads: Counter::default(),
+            registry_pending: Gauge::default(),
         };
         let mut registry = Registry::with_prefix("floe");
         let r = &mut registry;
@@ -187,6 +208,41 @@ impl Metrics {
             "peer_faults",
             "Requests to peers that failed, and answers that failed verification, by peer",
             metrics.peer_faults.clone(),
+        );
+        r.register(
+            "control_connected",
+            "1 while the control plane (etcd) answers this node",
+            metrics.control_connected.clone(),
+        );
+        r.register(
+            "control_leader",
+            "1 while this node advances the epochs",
+            metrics.control_leader.clone(),
+        );
+        r.register(
+            "epoch",
+            "The current epoch as this node knows it",
+            metrics.epoch.clone(),
+        );
+        r.register(
+            "registry_revision",
+            "The etcd revision of the blob registry this node applied up to",
+            metrics.registry_revision.clone(),
+        );
+        r.register(
+            "registry_records",
+            "Blob registry records applied (watched events and full-read entries)",
+            metrics.registry_records.clone(),
+        );
+        r.register(
+            "registry_full_reads",
+            "Full paged reads of the blob registry (first start, or history compacted past this node)",
+            metrics.registry_full_reads.clone(),
+        );
+        r.register(
+            "registry_pending",
+            "Blobs the registry names whose metadata no peer could give yet",
+            metrics.registry_pending.clone(),
         );
         r.register(
             "sync_blobs_learned",

@@ -72,10 +72,21 @@ enum Event {
 pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
     config.apply_env();
     config.validate()?;
-    let committee = if config.etcd_endpoints.is_empty() {
-        config.committee()?
+    let (committee, epoch, cursor) = if config.etcd_endpoints.is_empty() {
+        (config.committee()?, None, None)
     } else {
-        let committee = crate::control::committee_from_etcd(&config)?;
+        let cursor = open_cursor(&config)?;
+        let (epoch, committee) = match crate::control::committee_from_etcd(&config) {
+            Ok(found) => found,
+            // Restarted while etcd is down: the committee it last saw, so reads go on.
+            Err(err) => match crate::control::saved_view(&cursor) {
+                Some((epoch, committee)) => {
+                    warn!(%err, epoch, "etcd does not answer: starting with the committee this node saw last; writes answer 503 until etcd is back");
+                    (epoch, committee)
+                }
+                None => return Err(err.into()),
+            },
+        };
         if committee.member(&config.name).is_none() {
             let names: Vec<&str> = committee.members.iter().map(|m| m.name.as_str()).collect();
             return Err(NodeError(format!(
@@ -85,12 +96,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
                 names.join(", ")
             )));
         }
-        committee
+        (committee, Some(epoch), Some(Arc::new(cursor)))
     };
-    let me = committee
-        .member(&config.name)
-        .cloned()
-        .expect("committee() checked membership");
+    let view = crate::control::View::new(committee.clone(), &config.name, epoch);
+    let me = view.me.clone();
     let cores = config.core_count();
     check_memlock(cores, config.io_memory_bytes)?;
     for dir in &config.data_dirs {
@@ -153,15 +162,26 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
     let (metrics, registry) = Metrics::new();
     let metrics = Arc::new(metrics);
     let (owners, queues) = Owners::new(cores);
-    let mut owned = vec![false; committee.n_shards.into()];
-    for shard in &me.shards {
-        owned[usize::from(*shard)] = true;
-    }
+    metrics.epoch.set(i64::from(view.epoch()));
+    let view = Arc::new(crate::control::ViewCell::from_pointee(view));
+    let control = match cursor {
+        Some(cursor) => Some(
+            crate::control::ControlPlane::start(
+                &config,
+                &config.name,
+                view.clone(),
+                cursor,
+                metrics.clone(),
+            )
+            .map_err(|e| NodeError(format!("starting the control plane's thread: {e}")))?,
+        ),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         config: config.clone(),
-        committee: committee.clone(),
-        me: me.clone(),
-        owned,
+        view,
+        n_shards: committee.n_shards,
+        control,
         owners,
         metrics,
         registry,
@@ -278,6 +298,9 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         let _ = finish.send(());
     }
     join_all(threads);
+    if let Some(control) = &shared.control {
+        control.stop();
+    }
     info!(seconds = started.elapsed().as_secs_f64(), "stopped");
     match failure {
         Some(message) => Err(NodeError(message)),
@@ -347,6 +370,24 @@ pub fn core_dir(data_dir: &Path, core: usize, cores: usize) -> PathBuf {
 
 /// Creates the data directory, checks it is writable, and that it was not written by a node
 /// with another number of cores (shards would be looked up on the wrong core).
+/// The node's place in the registry (`control.redb` in the first data directory).
+fn open_cursor(config: &NodeConfig) -> Result<floe_storage::cursor::Cursor, NodeError> {
+    let dir = config
+        .data_dirs
+        .first()
+        .expect("validate() checked there is one");
+    let path = dir.join("control.redb");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| NodeError(format!("creating {}: {e}", dir.display())))?;
+    floe_storage::cursor::Cursor::open(&path).map_err(|e| {
+        NodeError(format!(
+            "{} cannot be opened ({e}). Fix: make the data directory writable, or move a \
+             damaged file aside (the node then reads the whole registry again)",
+            path.display()
+        ))
+    })
+}
+
 fn prepare_data_dir(dir: &Path, cores: usize) -> Result<(), NodeError> {
     let fail = |what: &str, err: std::io::Error| {
         NodeError(format!(
@@ -449,7 +490,7 @@ async fn core_main(
             // Before anything is served: metadata of blobs past their end epoch stays out, also
             // that a dropped tombstone no longer shadows; their slivers follow at the first
             // expiry sweep (`owner::run_maintenance`), which asks the metadata's home core.
-            let epoch = shared.committee.current_epoch();
+            let epoch = shared.epoch();
             for store in disks.stores_mut() {
                 store.expire_metadata(epoch);
             }
@@ -504,14 +545,14 @@ async fn core_main(
         commit_bytes_max,
         scrubbers,
     ));
-    let committee = shared.committee.clone();
+    let view = shared.view.clone();
     let maintenance = glommio::spawn_local(run_maintenance(
         shared.owners.clone(),
         core,
         u32::try_from(config.reclaim_interval_seconds)
             .unwrap_or(u32::MAX)
             .max(1),
-        move || committee.current_epoch(),
+        move || view.load().epoch(),
         shared.metrics.clone(),
     ));
     let listener = match listen(address) {

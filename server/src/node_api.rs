@@ -45,13 +45,9 @@ pub(crate) fn shard_of(state: &CoreState, blob_id: &BlobId, pair: u16) -> Result
     let n = state.n();
     check_pair(pair, n, "sliver pair index")?;
     let shard = blob_id.shard_for_pair(pair.into(), n) as u16;
-    if !state.shared.owned[usize::from(shard)] {
-        let owner = state
-            .shared
-            .committee
-            .members
-            .iter()
-            .find(|m| m.shards.binary_search(&shard).is_ok());
+    if !state.shared.view().owned[usize::from(shard)] {
+        let view = state.shared.view();
+        let owner = view.holder(shard);
         let hint = owner.map_or(String::new(), |m| {
             format!(" (it is held by {} at {})", m.name, m.address)
         });
@@ -96,11 +92,7 @@ pub(crate) async fn put_metadata(
     let layout = metadata
         .layout()
         .map_err(|e| verification_failed(state, "metadata", e.to_string()))?;
-    let end_epoch = state
-        .shared
-        .committee
-        .current_epoch()
-        .saturating_add(epochs);
+    let end_epoch = state.shared.epoch().saturating_add(epochs);
     let (end_epoch, deletable) = state
         .store_metadata(
             &blob_id, body, metadata, layout, end_epoch, deletable, false,
@@ -126,7 +118,7 @@ pub(crate) async fn delete_metadata(
     let (deleted, end_epoch) = match state.delete_here(&blob_id, end_epoch).await? {
         Deleted::Now { end_epoch } => ("now", end_epoch),
         Deleted::Before { end_epoch } => ("before", end_epoch),
-        Deleted::Permanent => return Err(not_deletable(&blob_id, &state.shared.me.name)),
+        Deleted::Permanent => return Err(not_deletable(&blob_id, &state.shared.view().me.name)),
         Deleted::Unknown => {
             return Err(ApiError::not_found(
                 "blobNotFound",
@@ -452,7 +444,7 @@ pub(crate) async fn get_slivers(
     for &pair in pairs {
         check_pair(pair, n, "pair")?;
         let shard = blob_id.shard_for_pair(pair.into(), n) as u16;
-        if !state.shared.owned[usize::from(shard)] {
+        if !state.shared.view().owned[usize::from(shard)] {
             continue;
         }
         if let Some(bytes) = load_sliver(state, &blob_id, shard, kind).await? {

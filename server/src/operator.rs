@@ -26,26 +26,28 @@ pub(crate) fn health(state: &CoreState) -> Response<Body> {
             "healthy": ok,
         }));
     }
-    let healthy = shared
+    let view = shared.view();
+    let healthy = view
         .me
         .shards
         .iter()
         .filter(|s| healthy_dirs[usize::from(**s) % dirs.len()])
         .count();
-    let owned = shared.me.shards.len();
+    let owned = view.me.shards.len();
     json_response(
         StatusCode::OK,
         json!({
             "status": if healthy == owned { "ok" } else { "degraded" },
-            "name": shared.me.name,
-            "epoch": shared.committee.current_epoch(),
-            "nShards": shared.committee.n_shards,
+            "name": view.me.name,
+            "epoch": shared.epoch(),
+            "nShards": shared.n_shards,
             "shardsOwned": owned,
             "shardsHealthy": healthy,
             "cores": shared.owners.cores(),
             "disks": disks,
             "io": shared.io,
             "sync": shared.sync.to_json(),
+            "control": shared.control.as_ref().map(|c| c.to_json()),
             "blobBytesMax": shared.blob_bytes_max(),
             "version": env!("CARGO_PKG_VERSION"),
         }),

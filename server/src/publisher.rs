@@ -153,11 +153,7 @@ pub async fn store(
     let n = state.n();
     let blob_id = *source.blob_id();
     let size = source.layout().blob_bytes;
-    let end_epoch = state
-        .shared
-        .committee
-        .current_epoch()
-        .saturating_add(epochs);
+    let end_epoch = state.shared.epoch().saturating_add(epochs);
     let quorum = write_quorum(n);
     // The home core's record, not a cache: whether the blob is deletable may have changed.
     match state.metadata_record(&blob_id).await? {
@@ -167,6 +163,7 @@ pub async fn store(
             if known.end_epoch >= end_epoch && (deletable || !known_deletable) {
                 let confirmed = stored_shards(state, &blob_id, quorum).await;
                 if confirmed >= quorum {
+                    register(state, &blob_id, size, known.end_epoch, known_deletable).await?;
                     return Ok(Stored {
                         blob_id,
                         size,
@@ -190,11 +187,12 @@ pub async fn store(
     let encoded = Rc::new(source);
     let stored_at = std::time::Instant::now();
     let batch = batch_bytes(state, encoded.layout());
-    let me = state.shared.me.name.clone();
+    let me = state.shared.view().me.name.clone();
     // Owned futures: the stores still under way when the answer goes out finish in the
     // background (bounded by the peer client's deadlines and retries).
     let mut stores: FuturesUnordered<_> = state
         .shared
+        .view()
         .committee
         .members
         .iter()
@@ -241,6 +239,7 @@ pub async fn store(
     }
     let pending: Vec<String> = state
         .shared
+        .view()
         .committee
         .members
         .iter()
@@ -261,6 +260,7 @@ pub async fn store(
         ));
     }
     tracing::debug!(blob = %blob_id, seconds = stored_at.elapsed().as_secs_f64(), "stored on the write quorum");
+    register(state, &blob_id, size, end_epoch, stored_deletable).await?;
     Ok(Stored {
         blob_id,
         size,
@@ -316,6 +316,7 @@ pub async fn take_in(
     declared: Option<u64>,
     body: &mut impl BodySource,
 ) -> Result<Intake, ApiError> {
+    registry_writable(state)?;
     let n = state.n();
     let config = EncodingConfig::new(n as u16).expect("the committee's n is valid");
     let code_max = config.blob_bytes_max();
@@ -387,7 +388,7 @@ pub async fn take_in(
     let largest = config
         .layout(declared.unwrap_or(code_max))
         .expect("within the code's limit");
-    let members = state.shared.committee.members.len() as u64;
+    let members = state.shared.view().committee.members.len() as u64;
     let plan = Plan::for_budget(state.shared.config.limits.buffer_bytes_per_core);
     let memory = plan.memory_bytes(&largest) + members * batch_bytes(state, &largest) as u64;
     let reservation = reserve(state, memory)?;
@@ -432,7 +433,7 @@ pub async fn take_in(
 /// most [`BATCH_BYTES_MAX`], at least one sliver pair, and small enough that a batch per
 /// committee member takes at most a quarter of the core's buffer budget.
 fn batch_bytes(state: &CoreState, layout: &floe_codec::BlobLayout) -> usize {
-    let members = state.shared.committee.members.len().max(1);
+    let members = state.shared.view().committee.members.len().max(1);
     let budget = state.shared.config.limits.buffer_bytes_per_core as usize;
     let pair = layout.primary_sliver_bytes() + layout.secondary_sliver_bytes() + 32;
     (budget / (4 * members)).min(BATCH_BYTES_MAX).max(pair)
@@ -510,7 +511,7 @@ async fn store_here(
             revive,
         )
         .await?;
-    for pairs in pair_batches(source, &state.shared.me.shards, batch) {
+    for pairs in pair_batches(source, &state.shared.view().me.shards, batch) {
         let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
             .map(|_| Vec::new())
             .collect();
@@ -578,9 +579,9 @@ async fn store_on_peer(
 /// not answer count for nothing).
 async fn stored_shards(state: &Rc<CoreState>, blob_id: &BlobId, quorum: usize) -> usize {
     let n = state.n();
-    let me = &state.shared.me.name;
-    let mut counts: FuturesUnordered<_> = state
-        .shared
+    let me = &state.shared.view().me.name;
+    let view = state.shared.view();
+    let mut counts: FuturesUnordered<_> = view
         .committee
         .members
         .iter()
@@ -627,11 +628,60 @@ async fn stored_shards(state: &Rc<CoreState>, blob_id: &BlobId, quorum: usize) -
     total
 }
 
+/// 503 at once while the registry (etcd) cannot take a write: nothing is stored that could
+/// not be registered.
+pub(crate) fn registry_writable(state: &CoreState) -> Result<(), ApiError> {
+    match state.shared.control.as_ref().and_then(|c| c.unavailable()) {
+        None => Ok(()),
+        Some(why) => Err(ApiError::unavailable(
+            "registryUnavailable",
+            format!("{why}: stores and deletions wait for it (reads go on); retry later"),
+        )),
+    }
+}
+
+/// Records a blob stored on the write quorum in the registry (nodes on etcd): 503 if etcd
+/// does not take it (the blob is stored, and a retry of the same store registers it).
+async fn register(
+    state: &CoreState,
+    blob_id: &BlobId,
+    size: u64,
+    end_epoch: u32,
+    deletable: bool,
+) -> Result<(), ApiError> {
+    let Some(control) = &state.shared.control else {
+        return Ok(());
+    };
+    let record = floe_control::BlobRecord {
+        size,
+        end_epoch,
+        state: if deletable {
+            floe_control::BlobState::Deletable
+        } else {
+            floe_control::BlobState::Permanent
+        },
+    };
+    control
+        .register(*blob_id, record)
+        .await
+        .map(|_| ())
+        .map_err(|why| {
+            ApiError::unavailable(
+                "registryUnavailable",
+                format!(
+                "blob {blob_id} is stored but not registered ({why}); store it again once etcd \
+                 answers"
+            ),
+            )
+        })
+}
+
 /// `DELETE /v1/blobs/{id}`: deletes a deletable blob on this node, then on every peer. A blob
 /// stored permanent anywhere answers 409 (where this node holds it permanent, before anything
 /// is deleted); peers that cannot be reached learn of the deletion through sync.
 pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<Body>, ApiError> {
-    let me = &state.shared.me.name;
+    registry_writable(state)?;
+    let me = &state.shared.view().me.name;
     let known_end = state
         .metadata_record(&blob_id)
         .await?
@@ -643,7 +693,8 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
         Deleted::Unknown => 0,
     };
     let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={end_epoch}");
-    let peers = state.shared.peers().map(|member| {
+    let view = state.shared.view();
+    let peers = view.peers().map(|member| {
         let path = &path;
         async move {
             let asked = PeerRequest {
@@ -720,6 +771,23 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
     }
     for name in &failed {
         tracing::warn!(blob = %blob_id, node = %name, "a node did not confirm a deletion; sync will bring it");
+    }
+    if let Some(control) = &state.shared.control {
+        let record = floe_control::BlobRecord {
+            size: 0,
+            end_epoch: end_epoch.max(state.shared.epoch()),
+            state: floe_control::BlobState::Deleted,
+        };
+        control.register(blob_id, record).await.map_err(|why| {
+            ApiError::unavailable(
+                "registryUnavailable",
+                format!(
+                    "blob {blob_id} was deleted on {} but the deletion is not registered ({why}); \
+                     delete it again once etcd answers",
+                    deleted.join(", ")
+                ),
+            )
+        })?;
     }
     Ok(json_response(
         StatusCode::OK,

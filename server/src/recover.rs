@@ -127,7 +127,7 @@ pub(crate) async fn recover_slivers(
         }
         Err(err) => return pairs.iter().map(|_| Err(err.message.clone())).collect(),
     }
-    let members = &state.shared.committee.members;
+    let members = &state.shared.view().committee.members;
     let start = spread % members.len();
     for member in members.iter().cycle().skip(start).take(members.len()) {
         let short: Vec<usize> = (0..pairs.len())
@@ -136,7 +136,7 @@ pub(crate) async fn recover_slivers(
         let Some(want) = short.iter().map(|&slot| needed - have[slot].len()).max() else {
             break;
         };
-        if member.name == state.shared.me.name {
+        if member.name == state.shared.view().me.name {
             continue;
         }
         // Requests of at most REQUEST_BYTES_MAX of answer each.

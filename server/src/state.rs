@@ -22,17 +22,20 @@ use floe_storage::store::Key;
 use hyper::StatusCode;
 use prometheus_client::registry::Registry;
 
-use crate::config::{Committee, Member, NodeConfig};
+use crate::config::NodeConfig;
+use crate::control::{ControlPlane, View, ViewCell};
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 use crate::owner::{Deleted, Held, Listed, MetadataStored, Op, Owners, Record, StorageFailure};
 
 pub struct Shared {
     pub config: NodeConfig,
-    pub committee: Committee,
-    pub me: Member,
-    /// `owned[s]`: this node holds shard `s`.
-    pub owned: Vec<bool>,
+    /// The committee as this node sees it now (replaced when the epoch changes).
+    pub view: Arc<ViewCell>,
+    /// n: the same in every epoch.
+    pub n_shards: u16,
+    /// The control plane on etcd, if the node runs on one.
+    pub control: Option<Arc<ControlPlane>>,
     pub owners: Owners,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
@@ -51,22 +54,26 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The other members of the committee.
-    pub fn peers(&self) -> impl Iterator<Item = &Member> + '_ {
-        let me = &self.me.name;
-        self.committee.members.iter().filter(move |m| &m.name != me)
+    /// The committee now (one atomic load; hold it for the length of one task).
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u32 {
+        self.view.load().epoch()
     }
 
     /// The largest blob `PUT /v1/blobs` takes: the code's limit at the committee's n (bigger
     /// blobs than fit in memory are spooled to disk, see `spool`).
     pub fn blob_bytes_max(&self) -> u64 {
-        floe_codec::EncodingConfig::new(self.committee.n_shards).map_or(0, |c| c.blob_bytes_max())
+        floe_codec::EncodingConfig::new(self.n_shards).map_or(0, |c| c.blob_bytes_max())
     }
 
     /// The largest blob that can be encoded in memory: one whose body and encoding fit this
     /// core's buffer budget together (the publisher holds both at once).
     pub fn memory_blob_bytes_max(&self) -> u64 {
-        let Ok(config) = floe_codec::EncodingConfig::new(self.committee.n_shards) else {
+        let Ok(config) = floe_codec::EncodingConfig::new(self.n_shards) else {
             return 0;
         };
         let budget = self.config.limits.buffer_bytes_per_core;
@@ -193,7 +200,7 @@ impl CoreState {
     }
 
     pub(crate) fn n(&self) -> usize {
-        self.shared.committee.n_shards.into()
+        self.shared.n_shards.into()
     }
 
     pub(crate) async fn call<T>(
@@ -259,7 +266,7 @@ impl CoreState {
         blob_id: &BlobId,
     ) -> Result<Option<Rc<CachedMetadata>>, ApiError> {
         self.forget_changed();
-        let epoch = self.shared.committee.current_epoch();
+        let epoch = self.shared.epoch();
         let hit = self
             .metadata_cache
             .borrow()

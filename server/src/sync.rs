@@ -13,20 +13,25 @@
 //!
 //! Progress is in `/metrics` (`floe_sync_*`, `floe_heal_*`) and `/v1/health` (`sync`).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use floe_codec::{metadata_bcs_bytes_max, BlobId};
 use floe_storage::format::FLAG_DELETABLE;
 
 use crate::config::Member;
+use crate::control::ControlPlane;
 use crate::http::error::ApiError;
 use crate::owner::{BlobState, Deleted};
 use crate::peer_client::{
     checked_metadata, peer_fault, peer_request, Patience, PeerError, PeerRequest, LISTING_BYTES_MAX,
 };
 use crate::state::{CoreState, BLOB_DELETED};
+use floe_control::BlobRecord;
+use futures::StreamExt;
 
 /// What `/v1/health` reports of sync (atomics: written on core 0, read on any).
 #[derive(Default)]
@@ -55,10 +60,13 @@ impl SyncStatus {
 const PAGE: u32 = 1000;
 
 /// Runs sync rounds until the node stops (the task is dropped). A committee of one has no
-/// one to sync with.
+/// one to sync with. On etcd, the registry takes the place of listing peers.
 pub async fn run(state: Rc<CoreState>) {
+    if let Some(control) = state.shared.control.clone() {
+        return follow_registry(state, control).await;
+    }
     let interval = state.shared.config.sync_interval_seconds;
-    if interval == 0 || state.shared.committee.members.len() < 2 {
+    if interval == 0 || state.shared.view().committee.members.len() < 2 {
         return;
     }
     loop {
@@ -70,7 +78,8 @@ pub async fn run(state: Rc<CoreState>) {
 /// One round: learn from every peer at once (a hung peer costs the round one lookup
 /// deadline, not one per peer), then heal.
 pub async fn round(state: &Rc<CoreState>) {
-    let learning = state.shared.peers().map(|member| async move {
+    let view = state.shared.view();
+    let learning = view.peers().map(|member| async move {
         if let Err(err) = learn_from(state, member).await {
             tracing::debug!(peer = %member.name, %err, "sync: could not learn from the peer");
         }
@@ -87,6 +96,241 @@ pub async fn round(state: &Rc<CoreState>) {
         .sync
         .last_run_unix_seconds
         .store(now, Ordering::Relaxed);
+}
+
+/// Registry records applied at once. Why: each new blob costs a metadata fetch from peers;
+/// this many in flight keep a catching-up node busy without flooding its peers.
+const APPLY_CONCURRENCY: usize = 32;
+
+/// Pending blobs retried per round. Why: bounded work per round, whatever the backlog.
+const PENDING_PER_ROUND: usize = 1000;
+
+/// Applies the registry's records as the control plane hands them over (in revision order),
+/// saving the revision after each batch; heals blobs learned on the way; every
+/// `sync_interval_seconds` retries the pending blobs and heals what is missing.
+async fn follow_registry(state: Rc<CoreState>, control: Arc<ControlPlane>) {
+    let Some(mut batches) = control.take_batches() else {
+        return;
+    };
+    let (to_heal, mut healing) = futures::channel::mpsc::unbounded::<Vec<[u8; 32]>>();
+    let healer = {
+        let state = state.clone();
+        glommio::spawn_local(async move {
+            while let Some(blobs) = healing.next().await {
+                if let Err(err) = crate::heal::heal_blobs(&state, blobs).await {
+                    tracing::debug!(%err, "sync: healing new blobs stopped early");
+                }
+            }
+        })
+    };
+    let rounds = {
+        let (state, control) = (state.clone(), control.clone());
+        glommio::spawn_local(async move {
+            let interval = state.shared.config.sync_interval_seconds;
+            if interval == 0 {
+                return;
+            }
+            loop {
+                glommio::timer::sleep(Duration::from_secs(interval)).await;
+                retry_pending(&state, &control).await;
+                if let Err(err) = crate::heal::heal(&state).await {
+                    tracing::warn!(%err, "sync: healing stopped early");
+                }
+                state
+                    .shared
+                    .sync
+                    .last_run_unix_seconds
+                    .store(now_unix_seconds(), Ordering::Relaxed);
+            }
+        })
+    };
+    match control.cursor.pending_count() {
+        Ok(count) => {
+            state.shared.metrics.registry_pending.set(count as i64);
+        }
+        Err(err) => tracing::warn!(%err, "sync: reading the pending blobs"),
+    }
+    while let Some(batch) = batches.next().await {
+        let records = batch.blobs.len() as u64;
+        let (pending, learned) = apply_records(&state, batch.blobs).await;
+        save(&state, &control, batch.revision, pending, Vec::new()).await;
+        state.shared.metrics.registry_records.inc_by(records);
+        if let Some(revision) = batch.revision {
+            state
+                .shared
+                .metrics
+                .registry_revision
+                .set(i64::try_from(revision).unwrap_or(i64::MAX));
+        }
+        if !learned.is_empty() {
+            let _ = to_heal.unbounded_send(learned);
+        }
+    }
+    drop((healer, rounds));
+}
+
+/// Applies registry records; returns those whose metadata no peer gave (pending, with their
+/// record) and the blobs learned (to heal).
+#[allow(clippy::type_complexity)]
+async fn apply_records(
+    state: &Rc<CoreState>,
+    blobs: Vec<(BlobId, BlobRecord)>,
+) -> (Vec<([u8; 32], Vec<u8>)>, Vec<[u8; 32]>) {
+    let pending = RefCell::new(Vec::new());
+    let learned = RefCell::new(Vec::new());
+    futures::stream::iter(blobs)
+        .for_each_concurrent(APPLY_CONCURRENCY, |(id, record)| {
+            let (pending, learned) = (&pending, &learned);
+            async move {
+                match apply_record(state, &id, record).await {
+                    Ok(Applied::Done) => {}
+                    Ok(Applied::Learned) => learned.borrow_mut().push(id.0),
+                    Ok(Applied::Pending) | Err(_) => pending.borrow_mut().push((
+                        id.0,
+                        serde_json::to_vec(&record).expect("records serialize"),
+                    )),
+                }
+            }
+        })
+        .await;
+    (pending.into_inner(), learned.into_inner())
+}
+
+/// What applying one registry record did.
+enum Applied {
+    Done,
+    /// Metadata fetched and stored: its slivers are to be healed.
+    Learned,
+    /// No peer gave its metadata yet.
+    Pending,
+}
+
+async fn apply_record(
+    state: &Rc<CoreState>,
+    id: &BlobId,
+    record: BlobRecord,
+) -> Result<Applied, ApiError> {
+    if record.end_epoch < state.shared.epoch() {
+        return Ok(Applied::Done);
+    }
+    let theirs = match record.state {
+        floe_control::BlobState::Deletable => BlobState::Deletable,
+        floe_control::BlobState::Deleted => BlobState::Deleted,
+        floe_control::BlobState::Permanent => BlobState::Permanent,
+    };
+    if merge_known(state, id, theirs, record.end_epoch, "registry").await? == Merge::Done {
+        return Ok(Applied::Done);
+    }
+    let (body, metadata, layout) = match crate::aggregator::metadata_from_peers(state, id).await {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::debug!(blob = %id, %err, "sync: no peer gave the metadata of a registered blob yet");
+            return Ok(Applied::Pending);
+        }
+    };
+    state
+        .shared
+        .metrics
+        .heal_fetched_bytes
+        .inc_by(body.len() as u64);
+    let deletable = theirs == BlobState::Deletable;
+    match state
+        .store_metadata(
+            id,
+            body,
+            metadata,
+            layout,
+            record.end_epoch,
+            deletable,
+            false,
+        )
+        .await
+    {
+        Ok(_) => {
+            state.shared.metrics.sync_blobs_learned.inc();
+            Ok(Applied::Learned)
+        }
+        // Deleted here meanwhile.
+        Err(err) if err.code == BLOB_DELETED => Ok(Applied::Done),
+        Err(err) => Err(err),
+    }
+}
+
+/// Saves the revision with the pending blobs (and those resolved) in one commit, on the
+/// blocking pool; retried until it holds (a revision not saved would be applied again after
+/// a restart, which is harmless; a pending blob lost would not be).
+async fn save(
+    state: &Rc<CoreState>,
+    control: &Arc<ControlPlane>,
+    revision: Option<u64>,
+    pending: Vec<([u8; 32], Vec<u8>)>,
+    resolved: Vec<[u8; 32]>,
+) {
+    if revision.is_none() && pending.is_empty() && resolved.is_empty() {
+        return;
+    }
+    let change = pending.len() as i64 - resolved.len() as i64;
+    let pending = Arc::new(pending);
+    let resolved = Arc::new(resolved);
+    loop {
+        let (cursor, pending, resolved) =
+            (control.cursor.clone(), pending.clone(), resolved.clone());
+        let saved = glommio::executor()
+            .spawn_blocking(move || {
+                cursor.advance(floe_storage::cursor::Advance {
+                    revision,
+                    pending: &pending,
+                    resolved: &resolved,
+                })
+            })
+            .await;
+        match saved {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(%err, "sync: could not save the registry revision; retrying");
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    state.shared.metrics.registry_pending.inc_by(change);
+}
+
+/// Tries the pending blobs again (a page of them per round).
+async fn retry_pending(state: &Rc<CoreState>, control: &Arc<ControlPlane>) {
+    let cursor = control.cursor.clone();
+    let page = glommio::executor()
+        .spawn_blocking(move || cursor.pending(None, PENDING_PER_ROUND))
+        .await;
+    let page = match page {
+        Ok(page) if !page.is_empty() => page,
+        Ok(_) => return,
+        Err(err) => {
+            tracing::warn!(%err, "sync: reading the pending blobs");
+            return;
+        }
+    };
+    let blobs: Vec<(BlobId, BlobRecord)> = page
+        .iter()
+        .filter_map(|(id, record)| Some((BlobId(*id), serde_json::from_slice(record).ok()?)))
+        .collect();
+    let (still, learned) = apply_records(state, blobs).await;
+    let resolved: Vec<[u8; 32]> = page
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !still.iter().any(|(s, _)| s == id))
+        .collect();
+    save(state, control, None, Vec::new(), resolved).await;
+    if !learned.is_empty() {
+        if let Err(err) = crate::heal::heal_blobs(state, learned).await {
+            tracing::debug!(%err, "sync: healing new blobs stopped early");
+        }
+    }
+}
+
+fn now_unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Why learning from a peer stopped.
@@ -123,7 +367,7 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
             ) else {
                 continue;
             };
-            if end_epoch < state.shared.committee.current_epoch() {
+            if end_epoch < state.shared.epoch() {
                 continue;
             }
             let theirs = if entry["deleted"].as_bool() == Some(true) {
@@ -133,58 +377,8 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
             } else {
                 BlobState::Permanent
             };
-            let known = state.metadata(&id).await?;
-            match (theirs, known) {
-                (BlobState::Deleted, known) => {
-                    // The home core keeps a permanent blob; a blob never heard of is
-                    // remembered as deleted, so that a peer that missed it cannot bring it back.
-                    let remembered = match known {
-                        Some(_) => false,
-                        None => state.deleted(&id).await?.is_some(),
-                    };
-                    if !remembered {
-                        let outcome = state.delete_here(&id, end_epoch).await?;
-                        if matches!(outcome, Deleted::Now { .. }) && known.is_some() {
-                            tracing::info!(blob = %id, peer = %member.name, "sync: deleted a blob a peer deleted");
-                        }
-                    }
-                    continue;
-                }
-                (theirs, Some(known)) => {
-                    // Known here: take a later end epoch (an extension stored elsewhere), and
-                    // a permanent store made elsewhere. The home core's record, not this
-                    // core's cache, says what is stored; the merge keeps the greater of each.
-                    if end_epoch > known.end_epoch
-                        || (theirs == BlobState::Permanent && known.deletable)
-                    {
-                        if let Some(found) = state.metadata_record(&id).await? {
-                            let stored_deletable = found.flags & FLAG_DELETABLE != 0;
-                            let permanent_now = theirs == BlobState::Permanent && stored_deletable;
-                            if end_epoch > found.end_epoch || permanent_now {
-                                state
-                                    .store_metadata(
-                                        &id,
-                                        found.data,
-                                        known.metadata.clone(),
-                                        known.layout,
-                                        end_epoch,
-                                        theirs != BlobState::Permanent,
-                                        false,
-                                    )
-                                    .await?;
-                                state.shared.metrics.sync_blobs_updated.inc();
-                            }
-                        }
-                    }
-                    continue;
-                }
-                (BlobState::Deletable, None) => {
-                    if state.deleted(&id).await?.is_some() {
-                        continue;
-                    }
-                }
-                // Permanent overrides a deletion: learnt below.
-                (BlobState::Permanent, None) => {}
+            if merge_known(state, &id, theirs, end_epoch, &member.name).await? == Merge::Done {
+                continue;
             }
             let path = format!("/v1/blobs/{id}/metadata");
             let asked = PeerRequest::get(&path, metadata_bcs_bytes_max(n), Patience::Lookup);
@@ -223,4 +417,75 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
             None => return Ok(()),
         }
     }
+}
+
+/// What [`merge_known`] left to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Merge {
+    Done,
+    /// The blob is new here: its metadata is to be fetched.
+    Fetch,
+}
+
+/// Merges what a peer or the registry says of a blob into this node's state: a deletion, a
+/// later end epoch, permanence; [`Merge::Fetch`] for a blob this node does not know.
+async fn merge_known(
+    state: &Rc<CoreState>,
+    id: &BlobId,
+    theirs: BlobState,
+    end_epoch: u32,
+    source: &str,
+) -> Result<Merge, ApiError> {
+    let known = state.metadata(id).await?;
+    match (theirs, known) {
+        (BlobState::Deleted, known) => {
+            // The home core keeps a permanent blob; a blob never heard of is
+            // remembered as deleted, so that a peer that missed it cannot bring it back.
+            let remembered = match known {
+                Some(_) => false,
+                None => state.deleted(id).await?.is_some(),
+            };
+            if !remembered {
+                let outcome = state.delete_here(id, end_epoch).await?;
+                if matches!(outcome, Deleted::Now { .. }) && known.is_some() {
+                    tracing::info!(blob = %id, source, "sync: deleted a blob a peer deleted");
+                }
+            }
+            return Ok(Merge::Done);
+        }
+        (theirs, Some(known)) => {
+            // Known here: take a later end epoch (an extension stored elsewhere), and
+            // a permanent store made elsewhere. The home core's record, not this
+            // core's cache, says what is stored; the merge keeps the greater of each.
+            if end_epoch > known.end_epoch || (theirs == BlobState::Permanent && known.deletable) {
+                if let Some(found) = state.metadata_record(id).await? {
+                    let stored_deletable = found.flags & FLAG_DELETABLE != 0;
+                    let permanent_now = theirs == BlobState::Permanent && stored_deletable;
+                    if end_epoch > found.end_epoch || permanent_now {
+                        state
+                            .store_metadata(
+                                id,
+                                found.data,
+                                known.metadata.clone(),
+                                known.layout,
+                                end_epoch,
+                                theirs != BlobState::Permanent,
+                                false,
+                            )
+                            .await?;
+                        state.shared.metrics.sync_blobs_updated.inc();
+                    }
+                }
+            }
+            return Ok(Merge::Done);
+        }
+        (BlobState::Deletable, None) => {
+            if state.deleted(id).await?.is_some() {
+                return Ok(Merge::Done);
+            }
+        }
+        // Permanent overrides a deletion: fetched by the caller.
+        (BlobState::Permanent, None) => {}
+    }
+    Ok(Merge::Fetch)
 }

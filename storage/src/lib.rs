@@ -34,6 +34,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod cursor;
 pub mod device;
 pub mod disks;
 pub mod format;

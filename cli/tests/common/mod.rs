@@ -155,7 +155,8 @@ pub fn send_signal(pid: u32, signal: i32) {
 pub struct Etcd {
     pub child: Child,
     pub url: String,
-    _dir: tempfile::TempDir,
+    peer_url: String,
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -180,50 +181,83 @@ impl Etcd {
         let (client, peer) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
+        let child = Self::spawn(&url, &peer_url, dir.path(), "new");
+        let etcd = Etcd {
+            child,
+            url,
+            peer_url,
+            dir,
+        };
+        etcd.wait_healthy();
+        Some(etcd)
+    }
+
+    fn spawn(url: &str, peer_url: &str, dir: &std::path::Path, state: &str) -> Child {
+        Command::new("etcd")
             .args(["--name", "m0", "--data-dir"])
-            .arg(dir.path().join("m0"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
+            .arg(dir.join("m0"))
+            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+            .args(["--listen-peer-urls", peer_url])
+            .args(["--initial-advertise-peer-urls", peer_url])
             .args(["--initial-cluster", &format!("m0={peer_url}")])
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token"])
-            .arg(format!("floe-test-{client}"))
+            .args(["--initial-cluster-state", state, "--initial-cluster-token"])
+            .arg(format!("floe-test-{url}"))
             .args(["--logger", "zap", "--log-level", "error"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("run etcd");
-        let etcd = Etcd {
-            child,
-            url,
-            _dir: dir,
-        };
+            .expect("run etcd")
+    }
+
+    fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let healthy = Command::new("etcdctl")
-                .args(["--endpoints", &etcd.url, "endpoint", "health"])
-                .env("ETCDCTL_API", "3")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if healthy {
-                return Some(etcd);
+            if self.ctl(&["endpoint", "health"]).is_some() {
+                return;
             }
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// Kills etcd (SIGKILL); [`Etcd::restart`] brings it back with its data.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.url, &self.peer_url, self.dir.path(), "existing");
+        self.wait_healthy();
+    }
+
+    /// `etcdctl ARGS` against this etcd: its stdout, `None` if it failed.
+    pub fn ctl(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("etcdctl")
+            .args(["--endpoints", &self.url])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let status = self
+            .ctl(&["endpoint", "status", "-w", "json"])
+            .expect("etcdctl endpoint status");
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        status[0]["Status"]["header"]["revision"].as_i64().unwrap()
+    }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -242,4 +276,92 @@ pub fn have(what: &str, check: &[&str]) -> bool {
         eprintln!("note: {what} is missing; the checks that need it are skipped");
     }
     found
+}
+
+// HTTP helpers of the cluster tests.
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+pub fn get(url: &str, path: &str) -> (u16, Vec<u8>) {
+    get_with(url, path, &[])
+}
+
+pub fn get_with(url: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let mut request = ureq::http::Request::get(format!("{url}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    run(request, &[])
+}
+
+/// Sends a request: status and body (status 0 if the node could not be reached).
+pub fn run(request: ureq::http::request::Builder, body: &[u8]) -> (u16, Vec<u8>) {
+    match agent().run(request.body(body.to_vec()).unwrap()) {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(1 << 30)
+                .read_to_vec()
+                .unwrap();
+            (status, body)
+        }
+        Err(_) => (0, Vec::new()),
+    }
+}
+
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+/// Stores `blob` through node `url`: status and JSON answer.
+pub fn store(url: &str, blob: &[u8], epochs: u32) -> (u16, serde_json::Value) {
+    let mut response = agent()
+        .put(&format!("{url}/v1/blobs?epochs={epochs}"))
+        .send(blob)
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().unwrap();
+    (status, json(&body))
+}
+
+/// Stores a new `blob` through node `url` (status 200 asserted): its blob ID.
+pub fn store_new(url: &str, blob: &[u8], epochs: u32) -> String {
+    let (status, answer) = store(url, blob, epochs);
+    assert_eq!(status, 200, "{answer}");
+    answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn blob_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn metric(url: &str, name: &str) -> f64 {
+    let (_, body) = get(url, "/metrics");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

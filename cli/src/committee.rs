@@ -1,6 +1,9 @@
 //! `floe committee`: the committee in the control plane (etcd, issue 17): `init FILE` loads a
-//! committee file as epoch 0, `show` prints the current epoch and its committee.
+//! committee file as the first epoch (the one its own clock is at), `show` prints the current
+//! epoch and its committee, `propose FILE [--now]` sets the next one's, `status` follows the
+//! shards moving into the current epoch.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -84,6 +87,107 @@ pub fn show(endpoints: &[String], prefix: &str, json: bool) -> Result<String> {
                 member.address,
                 member.shards.len(),
                 ranges(&member.shards)
+            ));
+        }
+        Ok(text)
+    })
+}
+
+/// `floe committee propose FILE [--now] --etcd URLS`.
+pub fn propose(file: &Path, now: bool, endpoints: &[String], prefix: &str) -> Result<String> {
+    let record = record_of(file)?;
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    runtime()?.block_on(async {
+        let mut control = Control::connect(endpoints, prefix, TIMEOUT).await?;
+        let (next, plan) = control.propose(&record, now, unix).await?;
+        let mut by_pair: BTreeMap<(&str, &str), Vec<u16>> = BTreeMap::new();
+        for m in &plan.moves {
+            by_pair.entry((&m.from, &m.to)).or_default().push(m.shard);
+        }
+        let mut text = format!(
+            "epoch {next} {}: {} nodes, {} shards move",
+            if now {
+                "began now"
+            } else {
+                "begins when the current one ends"
+            },
+            record.members.len(),
+            plan.moves.len()
+        );
+        for ((from, to), shards) in by_pair {
+            text.push_str(&format!(
+                "\n  {from} -> {to}: {} shards ({})",
+                shards.len(),
+                ranges(&shards)
+            ));
+        }
+        text.push_str("\nfollow the moves with: floe committee status --etcd URL");
+        Ok(text)
+    })
+}
+
+/// `floe committee status [--json] --etcd URLS`.
+pub fn status(endpoints: &[String], prefix: &str, json: bool) -> Result<String> {
+    runtime()?.block_on(async {
+        let mut control = Control::connect(endpoints, prefix, TIMEOUT).await?;
+        let Some(epoch) = control.current_epoch().await? else {
+            anyhow::bail!(
+                "no committee under {prefix} yet. Fix: floe committee init FILE --etcd URL"
+            );
+        };
+        let status = control.move_status(epoch.epoch).await?;
+        let moves: Vec<serde_json::Value> = status
+            .plan
+            .moves
+            .iter()
+            .map(|m| {
+                let p = status.progress.get(&m.shard).cloned().unwrap_or_default();
+                serde_json::json!({
+                    "shard": m.shard,
+                    "from": m.from,
+                    "to": m.to,
+                    "slivers": p.slivers,
+                    "bytes": p.bytes,
+                    "recovered": p.recovered,
+                    "done": p.done,
+                })
+            })
+            .collect();
+        let done = status.done();
+        if json {
+            return Ok(serde_json::to_string_pretty(&serde_json::json!({
+                "epoch": epoch.epoch,
+                "moves": moves,
+                "done": done,
+            }))?);
+        }
+        let finished = moves.iter().filter(|m| m["done"] == true).count();
+        let (slivers, bytes): (u64, u64) = status.progress.values().fold((0, 0), |(s, b), p| {
+            (s + p.slivers + p.recovered, b + p.bytes)
+        });
+        let mut text = format!(
+            "epoch {}: {} of {} moving shards done ({slivers} slivers, {bytes} bytes moved){}\n",
+            epoch.epoch,
+            finished,
+            moves.len(),
+            if done { "; done" } else { "" }
+        );
+        for m in &moves {
+            text.push_str(&format!(
+                "  shard {:>5} {} -> {}: {} slivers, {} bytes{}{}\n",
+                m["shard"],
+                m["from"].as_str().unwrap_or_default(),
+                m["to"].as_str().unwrap_or_default(),
+                m["slivers"],
+                m["bytes"],
+                if m["recovered"].as_u64().unwrap_or(0) > 0 {
+                    format!(", {} recovered", m["recovered"])
+                } else {
+                    String::new()
+                },
+                if m["done"] == true { ", done" } else { "" }
             ));
         }
         Ok(text)

@@ -142,6 +142,24 @@ enum CommitteeCommand {
         #[command(flatten)]
         etcd: EtcdArgs,
     },
+    /// Set the next epoch's committee (nodes added or removed, shards moved; n stays): shards
+    /// whose owner changes move when that epoch begins, at the end of the current one or, with
+    /// --now, at once.
+    Propose {
+        file: PathBuf,
+        /// Begin the next epoch now.
+        #[arg(long)]
+        now: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Show the shards moving into the current epoch: from, to, slivers and bytes moved, done.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -396,6 +414,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Committee(CommitteeCommand::Show { json, etcd }) => {
             print!("{}", committee::show(&etcd.etcd, &etcd.etcd_prefix, json)?);
+            if json {
+                println!();
+            }
+        }
+        Command::Committee(CommitteeCommand::Propose { file, now, etcd }) => {
+            println!(
+                "{}",
+                committee::propose(&file, now, &etcd.etcd, &etcd.etcd_prefix)?
+            );
+        }
+        Command::Committee(CommitteeCommand::Status { json, etcd }) => {
+            print!(
+                "{}",
+                committee::status(&etcd.etcd, &etcd.etcd_prefix, json)?
+            );
             if json {
                 println!();
             }

@@ -460,3 +460,233 @@ fn store_deletable(url: &str, blob: &[u8], deletable: bool) -> (u16, serde_json:
     let answer = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     (status, answer)
 }
+
+/// A committee file for `nodes` (name, port, shard ranges) at n = 100, epochs of an hour.
+fn committee_file(path: &std::path::Path, nodes: &[(&str, u16, &str)]) {
+    let mut text = String::from("n_shards = 100\nepoch_seconds = 3600\n");
+    for (name, port, shards) in nodes {
+        text.push_str(&format!(
+            "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nshards = [{shards}]\n"
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// `floe committee status --json`.
+fn move_status(url: &str) -> serde_json::Value {
+    let (ok, text) = committee(&["status", "--json", "--etcd", url]);
+    assert!(ok, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Waits until `floe committee status` says done; the status then.
+fn moves_done(url: &str, seconds: u64) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    within(seconds, "the moves finish", || {
+        last = move_status(url);
+        last["done"] == true
+    });
+    last
+}
+
+/// Committee changes on etcd with shard migration: a fourth node joins and pulls its shards
+/// from two others while reads and stores go on, about one shard's bytes per shard; a giver
+/// killed afterwards loses nothing; shards of a dead node are rebuilt from recovery symbols;
+/// a node removed from the committee drops its data only after the new owner confirmed it.
+#[test]
+fn shards_move_between_nodes_at_epoch_changes() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ports = ports(4);
+    let names = ["a", "b", "c", "d"];
+    let url = etcd.url.clone();
+    let first = dir.path().join("first.toml");
+    committee_file(
+        &first,
+        &[
+            ("a", ports[0], "\"0-33\""),
+            ("b", ports[1], "\"34-66\""),
+            ("c", ports[2], "\"67-99\""),
+        ],
+    );
+    let (ok, text) = committee(&["init", first.to_str().unwrap(), "--etcd", &url]);
+    assert!(ok, "{text}");
+    let start = |i: usize| {
+        let data = dir.path().join(names[i]);
+        try_start_at(
+            &format!("127.0.0.1:{}", ports[i]),
+            &[
+                "--etcd",
+                &url,
+                "--name",
+                names[i],
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--cores",
+                "1",
+            ],
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("node {} did not start: {e}", names[i]))
+    };
+    let node_url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let mut nodes: Vec<Option<NodeProcess>> = (0..3).map(|i| Some(start(i))).collect();
+    nodes.push(None);
+
+    // 20 blobs on a, b and c.
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..20u64 {
+        let blob = blob_bytes(20_000 + 9_973 * i as usize, 500 + i);
+        let (status, answer) = store_deletable(&node_url(0), &blob, false);
+        assert_eq!(status, 200, "{answer}");
+        let id = answer["newlyCreated"]["blobId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        blobs.push((id, blob));
+    }
+
+    // d joins, taking 25-33 from a and 59-66 from b, while a client stores and reads.
+    let second = dir.path().join("second.toml");
+    committee_file(
+        &second,
+        &[
+            ("a", ports[0], "\"0-24\""),
+            ("b", ports[1], "\"34-58\""),
+            ("c", ports[2], "\"67-99\""),
+            ("d", ports[3], "\"25-33\", \"59-66\""),
+        ],
+    );
+    let (ok, text) = committee(&["propose", second.to_str().unwrap(), "--now", "--etcd", &url]);
+    assert!(ok, "{text}");
+    assert!(text.contains("17 shards move"), "{text}");
+    assert!(text.contains("a -> d: 9 shards (25-33)"), "{text}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, urls) = (stop.clone(), (node_url(0), node_url(2)));
+        let old: Vec<(String, Vec<u8>)> = blobs.clone();
+        std::thread::spawn(move || {
+            let mut done = Vec::new();
+            for i in 0..400u64 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let blob = blob_bytes(3_000 + i as usize, 10_000 + i);
+                let (status, answer) = store_deletable(&urls.0, &blob, false);
+                assert_eq!(status, 200, "a store during the move: {answer}");
+                done.push((
+                    answer["newlyCreated"]["blobId"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                    blob,
+                ));
+                let (id, bytes) = &old[i as usize % old.len()];
+                let (status, back) = get(&urls.1, &format!("/v1/blobs/{id}"));
+                assert!(status == 200 && &back == bytes, "a read during the move");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            done
+        })
+    };
+    nodes[3] = Some(start(3));
+    let status = moves_done(&url, 60);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stored_during = load
+        .join()
+        .expect("reads and stores kept succeeding during the move");
+    assert!(!stored_during.is_empty());
+    let moves = status["moves"].as_array().unwrap();
+    assert_eq!(moves.len(), 17, "{status}");
+    let pulled: u64 = moves.iter().map(|m| m["slivers"].as_u64().unwrap()).sum();
+    let bytes: u64 = moves.iter().map(|m| m["bytes"].as_u64().unwrap()).sum();
+    eprintln!("moved 17 shards: {pulled} slivers pulled, {bytes} bytes; {status}");
+    assert!(
+        pulled >= 20 * 17 * 2,
+        "every old blob's slivers were pulled, not rebuilt: {status}"
+    );
+    blobs.extend(stored_during);
+
+    // The givers drop what they gave away once d confirmed it; a giver killed then loses
+    // nothing: every blob reads back through d, and d holds its pairs.
+    within(10, "a and b drop the shards they gave away", || {
+        metric(&node_url(0), "floe_migration_dropped_shards") == 9.0
+            && metric(&node_url(1), "floe_migration_dropped_shards") == 8.0
+    });
+    assert_eq!(get(&node_url(0), "/v1/shards/30/slivers").0, 404);
+    nodes[0].take().unwrap().child.kill().unwrap();
+    for (id, blob) in &blobs {
+        let (status, back) = get(&node_url(3), &format!("/v1/blobs/{id}"));
+        assert!(
+            status == 200 && &back == blob,
+            "blob {id} through d with a gone"
+        );
+        let blob_id: floe_codec::BlobId = id.parse().unwrap();
+        let pair = blob_id.pair_for_shard(25, 100);
+        let (status, _) = get(
+            &node_url(3),
+            &format!("/v1/blobs/{id}/slivers/{pair}/primary"),
+        );
+        assert_eq!(status, 200, "d holds its pair of {id}");
+    }
+
+    // a is gone for good: its shards go to b, rebuilt from recovery symbols.
+    let third = dir.path().join("third.toml");
+    committee_file(
+        &third,
+        &[
+            ("b", ports[1], "\"0-24\", \"34-58\""),
+            ("c", ports[2], "\"67-99\""),
+            ("d", ports[3], "\"25-33\", \"59-66\""),
+        ],
+    );
+    let (ok, text) = committee(&["propose", third.to_str().unwrap(), "--now", "--etcd", &url]);
+    assert!(ok, "{text}");
+    let status = moves_done(&url, 90);
+    let recovered: u64 = status["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["recovered"].as_u64().unwrap())
+        .sum();
+    assert!(recovered >= blobs.len() as u64 * 25 * 2, "{status}");
+
+    // c leaves: while d is down its shards cannot move, and c keeps them; once d is back and
+    // confirmed them, c drops them.
+    nodes[3].take().unwrap().stop();
+    let fourth = dir.path().join("fourth.toml");
+    committee_file(
+        &fourth,
+        &[
+            ("b", ports[1], "\"0-24\", \"34-58\""),
+            ("d", ports[3], "\"25-33\", \"59-99\""),
+        ],
+    );
+    let (ok, text) = committee(&["propose", fourth.to_str().unwrap(), "--now", "--etcd", &url]);
+    assert!(ok, "{text}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(move_status(&url)["done"], false);
+    assert_eq!(metric(&node_url(2), "floe_migration_dropped_shards"), 0.0);
+    let (status, page) = get(&node_url(2), "/v1/shards/70/slivers");
+    assert!(
+        status == 200 && page.len() > 1000,
+        "c still serves what it gives away"
+    );
+    nodes[3] = Some(start(3));
+    moves_done(&url, 60);
+    within(10, "c drops its shards once d confirmed them", || {
+        metric(&node_url(2), "floe_migration_dropped_shards") == 33.0
+    });
+    assert_eq!(get(&node_url(2), "/v1/shards/70/slivers").0, 404);
+    nodes[2].take().unwrap().stop();
+    for (id, blob) in &blobs {
+        let (status, back) = get(&node_url(1), &format!("/v1/blobs/{id}"));
+        assert!(
+            status == 200 && &back == blob,
+            "blob {id} through b on b and d alone"
+        );
+    }
+    drop(nodes);
+}

@@ -9,6 +9,8 @@
 //! {prefix}committee/{E:010}       the committee of epoch E (n, nodes, addresses, shards)
 //! {prefix}blobs/{blob ID}         {"size": B, "endEpoch": E, "state": "permanent"|"deletable"|"deleted"}
 //! {prefix}leader/...              the election of the node that advances epochs (etcd's election API)
+//! {prefix}moves/{E:010}           the shards that change owner at the start of epoch E
+//! {prefix}progress/{E:010}/{S:05} how far the move of shard S into epoch E got (its new owner writes it)
 //! ```
 //!
 //! The registry is an ordered log of events by etcd's own revisions: every change of a blob's
@@ -46,6 +48,8 @@ pub enum ControlError {
     NotInitialized { prefix: String },
     #[error("{key} in etcd is not what floe writes: {message}")]
     Corrupt { key: String, message: String },
+    #[error("the proposal is refused: {0}")]
+    Proposal(String),
     #[error("{key} changed under every attempt to update it; try again")]
     Contended { key: String },
     #[error(
@@ -112,6 +116,77 @@ impl BlobRecord {
             state: self.state.max(other.state),
         }
     }
+}
+
+/// A shard that changes owner at an epoch change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Move {
+    pub shard: u16,
+    pub from: String,
+    pub to: String,
+}
+
+/// The shards that change owner when an epoch begins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MovePlan {
+    pub epoch: u64,
+    pub moves: Vec<Move>,
+}
+
+/// How far one shard's move got, as its new owner reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveProgress {
+    pub from: String,
+    pub to: String,
+    /// Slivers pulled from the previous owner (verified and stored).
+    pub slivers: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Slivers rebuilt from recovery symbols instead (the previous owner lacked them or was gone).
+    pub recovered: u64,
+    /// The last blob pulled, to resume from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// The new owner holds every sliver of the shard; the previous owner may drop it.
+    pub done: bool,
+}
+
+/// The moves of an epoch and how far each got.
+#[derive(Clone, Debug, Default)]
+pub struct MoveStatus {
+    pub plan: MovePlan,
+    /// By shard, for the moves that reported.
+    pub progress: std::collections::BTreeMap<u16, MoveProgress>,
+}
+
+impl MoveStatus {
+    /// Every move finished (true when there are none).
+    pub fn done(&self) -> bool {
+        self.plan
+            .moves
+            .iter()
+            .all(|m| self.progress.get(&m.shard).is_some_and(|p| p.done))
+    }
+}
+
+/// The moves between two committees: each shard whose owner changes.
+pub fn moves_between(before: &CommitteeRecord, after: &CommitteeRecord) -> Vec<Move> {
+    let owner = |committee: &CommitteeRecord, shard: u16| {
+        committee
+            .members
+            .iter()
+            .find(|m| m.shards.contains(&shard))
+            .map(|m| m.name.clone())
+    };
+    (0..after.n_shards)
+        .filter_map(|shard| {
+            let (from, to) = (owner(before, shard)?, owner(after, shard)?);
+            (from != to).then_some(Move { shard, from, to })
+        })
+        .collect()
 }
 
 /// One page of the registry read at one revision.
@@ -194,6 +269,19 @@ impl Control {
 
     pub fn committee_key(&self, epoch: u64) -> String {
         format!("{}committee/{epoch:010}", self.prefix)
+    }
+
+    pub fn moves_key(&self, epoch: u64) -> String {
+        format!("{}moves/{epoch:010}", self.prefix)
+    }
+
+    pub fn progress_prefix(&self, epoch: u64) -> String {
+        format!("{}progress/{epoch:010}/", self.prefix)
+    }
+
+    /// Where every move's progress lives (all epochs).
+    pub fn progress_root(&self) -> String {
+        format!("{}progress/", self.prefix)
     }
 
     /// Where every blob's record lives.
@@ -346,6 +434,140 @@ impl Control {
         }
         let answer = self.client.txn(Txn::new().when(when).and_then(ops)).await?;
         Ok(answer.succeeded())
+    }
+
+    /// The moves into `epoch` and how far each got.
+    pub async fn move_status(&mut self, epoch: u64) -> Result<MoveStatus, ControlError> {
+        let plan: MovePlan = self
+            .get_json(&self.moves_key(epoch))
+            .await?
+            .unwrap_or(MovePlan {
+                epoch,
+                moves: Vec::new(),
+            });
+        let prefix = self.progress_prefix(epoch);
+        let answer = self
+            .client
+            .get(
+                prefix.as_str(),
+                Some(GetOptions::new().with_range(prefix_end(prefix.as_bytes()))),
+            )
+            .await?;
+        let mut progress = std::collections::BTreeMap::new();
+        for kv in answer.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(shard) = key
+                .strip_prefix(&prefix)
+                .and_then(|s| s.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let report: MoveProgress =
+                serde_json::from_slice(kv.value()).map_err(|e| ControlError::Corrupt {
+                    key: key.clone(),
+                    message: e.to_string(),
+                })?;
+            progress.insert(shard, report);
+        }
+        Ok(MoveStatus { plan, progress })
+    }
+
+    /// Records how far the move of `shard` into `epoch` got.
+    pub async fn report_progress(
+        &mut self,
+        epoch: u64,
+        shard: u16,
+        progress: &MoveProgress,
+    ) -> Result<(), ControlError> {
+        let key = format!("{}{shard:05}", self.progress_prefix(epoch));
+        self.client
+            .put(
+                key,
+                serde_json::to_vec(progress).expect("records serialize"),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets the committee of the next epoch (same n; nodes added or removed, shards moved)
+    /// with the moves it implies; with `now`, begins that epoch at once. Refused while the
+    /// moves into the current epoch are unfinished. Returns the next epoch and its moves.
+    pub async fn propose(
+        &mut self,
+        committee: &CommitteeRecord,
+        now: bool,
+        now_unix_seconds: u64,
+    ) -> Result<(u64, MovePlan), ControlError> {
+        let prefix = self.prefix.clone();
+        let not_initialized = || ControlError::NotInitialized { prefix };
+        let (current, at) = self
+            .current_epoch_at()
+            .await?
+            .ok_or_else(not_initialized.clone())?;
+        let before = self
+            .committee(current.epoch)
+            .await?
+            .ok_or_else(not_initialized)?;
+        if committee.n_shards != before.n_shards {
+            return Err(ControlError::Proposal(format!(
+                "n_shards is {} in the proposal but {} now: n never changes (the blobs stored \
+                 are encoded for it)",
+                committee.n_shards, before.n_shards
+            )));
+        }
+        let status = self.move_status(current.epoch).await?;
+        if !status.done() {
+            let open = status
+                .plan
+                .moves
+                .iter()
+                .filter(|m| !status.progress.get(&m.shard).is_some_and(|p| p.done))
+                .count();
+            return Err(ControlError::Proposal(format!(
+                "{open} shards are still moving into epoch {}: wait until `floe committee \
+                 status` says done",
+                current.epoch
+            )));
+        }
+        let next = current.epoch + 1;
+        let plan = MovePlan {
+            epoch: next,
+            moves: moves_between(&before, committee),
+        };
+        let json = |value: serde_json::Result<Vec<u8>>| value.expect("records serialize");
+        let mut ops = vec![
+            TxnOp::put(
+                self.committee_key(next),
+                json(serde_json::to_vec(committee)),
+                None,
+            ),
+            TxnOp::put(self.moves_key(next), json(serde_json::to_vec(&plan)), None),
+        ];
+        if now {
+            let epoch = EpochRecord {
+                epoch: next,
+                started_unix_seconds: now_unix_seconds,
+            };
+            ops.push(TxnOp::put(
+                self.epoch_key(),
+                json(serde_json::to_vec(&epoch)),
+                None,
+            ));
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.epoch_key(),
+                CompareOp::Equal,
+                at,
+            )])
+            .and_then(ops);
+        if !self.client.txn(txn).await?.succeeded() {
+            return Err(ControlError::Contended {
+                key: self.epoch_key(),
+            });
+        }
+        Ok((next, plan))
     }
 
     /// Merges `record` into blob `blob_id`'s registry entry (the later end epoch, the higher

@@ -621,13 +621,17 @@ async fn local_rows(
     let mut remote = Vec::new();
     for &index in indices {
         let shard = blob_id.shard_for_pair(index, n) as u16;
-        if !view.owned[usize::from(shard)] {
+        if !view.serves(shard) {
             remote.push(index);
             continue;
         }
         let Some(bytes) =
             crate::state::load_sliver(state, blob_id, shard, SliverKind::Primary).await?
         else {
+            // A shard given away and dropped here: its new owner has it.
+            if !view.owned[usize::from(shard)] {
+                remote.push(index);
+            }
             continue;
         };
         if let Ok(header) = sliver_header(&bytes) {
@@ -647,7 +651,9 @@ fn by_member<'a>(
     let mut grouped: Vec<(&Member, Vec<u16>)> = Vec::new();
     for &index in indices {
         let shard = blob_id.shard_for_pair(index, n) as u16;
-        let Some(member) = view.holder(shard) else {
+        // While a shard moves, its previous owner is asked (it has every sliver until the
+        // move is done); a shard this node serves was read locally.
+        let Some(member) = view.read_holder(shard).filter(|m| m.name != view.me.name) else {
             continue;
         };
         match grouped.iter_mut().find(|(m, _)| m.name == member.name) {

@@ -22,6 +22,7 @@
 //! Boundary: nothing here touches node state but the view and the cursor; the cores reach the
 //! thread only by channels ([`ControlPlane::register`], [`ControlPlane::take_batches`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use floe_codec::BlobId;
 use floe_control::etcd_client::{EventType, WatchOptions};
-use floe_control::{BlobRecord, CommitteeRecord, Control, ControlError, EpochRecord};
+use floe_control::{BlobRecord, CommitteeRecord, Control, ControlError, EpochRecord, MoveProgress};
 use floe_storage::cursor::Cursor;
 use futures::SinkExt;
 
@@ -63,6 +64,18 @@ pub struct View {
     pub me: Member,
     /// `owned[s]`: this node holds shard `s`.
     pub owned: Vec<bool>,
+    /// The shards that changed owner when this epoch began.
+    pub moves: BTreeMap<u16, Moving>,
+    /// `done[s]`: the move of shard `s` finished (its new owner holds every sliver).
+    done: Vec<AtomicBool>,
+}
+
+/// A shard moving into this epoch.
+#[derive(Debug)]
+pub struct Moving {
+    /// Its previous owner (from the previous epoch's committee: it may have left).
+    pub from: Member,
+    pub to: String,
 }
 
 impl View {
@@ -76,11 +89,78 @@ impl View {
         for shard in &me.shards {
             owned[usize::from(*shard)] = true;
         }
+        let done = (0..committee.n_shards)
+            .map(|_| AtomicBool::new(false))
+            .collect();
         Self {
             epoch,
             committee,
             me,
             owned,
+            moves: BTreeMap::new(),
+            done,
+        }
+    }
+
+    /// This view with the shards moving into its epoch, `done` those that finished.
+    pub fn with_moves(mut self, moves: BTreeMap<u16, Moving>, done: &[u16]) -> Self {
+        self.moves = moves;
+        for &shard in done {
+            self.mark_done(shard);
+        }
+        self
+    }
+
+    /// Records that the move of `shard` finished.
+    pub fn mark_done(&self, shard: u16) {
+        if let Some(flag) = self.done.get(usize::from(shard)) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether `shard` is where the committee says: not moving, or moved.
+    pub fn settled(&self, shard: u16) -> bool {
+        !self.moves.contains_key(&shard)
+            || self
+                .done
+                .get(usize::from(shard))
+                .is_some_and(|d| d.load(Ordering::Acquire))
+    }
+
+    /// The shards moving to this node that have not arrived, with their previous owner.
+    pub fn moving_in(&self) -> Vec<(u16, Member)> {
+        self.moves
+            .iter()
+            .filter(|(shard, m)| m.to == self.me.name && !self.settled(**shard))
+            .map(|(shard, m)| (*shard, m.from.clone()))
+            .collect()
+    }
+
+    /// The shards this node gave away whose new owner has them all (to drop).
+    pub fn moved_out(&self) -> Vec<u16> {
+        self.moves
+            .iter()
+            .filter(|(shard, m)| m.from.name == self.me.name && self.settled(**shard))
+            .map(|(shard, _)| *shard)
+            .collect()
+    }
+
+    /// Whether this node answers for `shard`'s slivers: it holds the shard, or gave it away
+    /// this epoch and the move is not done (for the new owner to pull and readers to find).
+    pub fn serves(&self, shard: u16) -> bool {
+        self.owned.get(usize::from(shard)) == Some(&true)
+            || (self
+                .moves
+                .get(&shard)
+                .is_some_and(|m| m.from.name == self.me.name)
+                && !self.settled(shard))
+    }
+
+    /// Whom to ask for `shard`'s slivers: its previous owner while it moves, else its holder.
+    pub fn read_holder(&self, shard: u16) -> Option<&Member> {
+        match self.moves.get(&shard) {
+            Some(moving) if !self.settled(shard) => Some(&moving.from),
+            _ => self.holder(shard),
         }
     }
 
@@ -221,6 +301,17 @@ enum Request {
         record: BlobRecord,
         reply: futures::channel::oneshot::Sender<Result<BlobRecord, String>>,
     },
+    Report {
+        epoch: u64,
+        shard: u16,
+        progress: MoveProgress,
+        reply: futures::channel::oneshot::Sender<Result<(), String>>,
+    },
+    Progress {
+        epoch: u64,
+        shard: u16,
+        reply: futures::channel::oneshot::Sender<Result<Option<MoveProgress>, String>>,
+    },
 }
 
 /// The control plane on etcd: a handle to its thread.
@@ -336,6 +427,42 @@ impl ControlPlane {
             .unwrap_or_else(|_| Err("the control plane stopped".to_string()))
     }
 
+    /// Records how far the move of `shard` into `epoch` got.
+    pub async fn report_progress(
+        &self,
+        epoch: u32,
+        shard: u16,
+        progress: MoveProgress,
+    ) -> Result<(), String> {
+        let (reply, answer) = futures::channel::oneshot::channel();
+        self.requests
+            .send(Request::Report {
+                epoch: epoch.into(),
+                shard,
+                progress,
+                reply,
+            })
+            .map_err(|_| "the control plane stopped".to_string())?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the control plane stopped".to_string()))
+    }
+
+    /// How far the move of `shard` into `epoch` got, as last reported.
+    pub async fn progress(&self, epoch: u32, shard: u16) -> Result<Option<MoveProgress>, String> {
+        let (reply, answer) = futures::channel::oneshot::channel();
+        self.requests
+            .send(Request::Progress {
+                epoch: epoch.into(),
+                shard,
+                reply,
+            })
+            .map_err(|_| "the control plane stopped".to_string())?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the control plane stopped".to_string()))
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "etcd": self.endpoints,
@@ -423,31 +550,69 @@ async fn serve_requests(
         let context = context.clone();
         // Each on its own: a slow registration does not hold up the next.
         tokio::spawn(async move {
-            match request {
-                Request::Register {
-                    blob,
-                    record,
-                    reply,
-                } => {
-                    let result = match control {
-                        None => Err(format!(
-                            "the control plane (etcd at {}) does not answer",
-                            context.endpoints.join(",")
-                        )),
-                        Some(mut control) => {
-                            match tokio::time::timeout(
-                                TIMEOUT,
-                                control.register(&blob.to_string(), record),
-                            )
-                            .await
-                            {
-                                Ok(result) => result.map_err(|e| e.to_string()),
-                                Err(_) => Err(format!(
-                                    "etcd did not answer the registration in {} s",
-                                    TIMEOUT.as_secs()
-                                )),
-                            }
-                        }
+            let down = || {
+                format!(
+                    "the control plane (etcd at {}) does not answer",
+                    context.endpoints.join(",")
+                )
+            };
+            let late = || format!("etcd did not answer in {} s", TIMEOUT.as_secs());
+            match (request, control) {
+                (Request::Register { reply, .. }, None) => {
+                    let _ = reply.send(Err(down()));
+                }
+                (Request::Report { reply, .. }, None) => {
+                    let _ = reply.send(Err(down()));
+                }
+                (Request::Progress { reply, .. }, None) => {
+                    let _ = reply.send(Err(down()));
+                }
+                (
+                    Request::Register {
+                        blob,
+                        record,
+                        reply,
+                    },
+                    Some(mut control),
+                ) => {
+                    let blob = blob.to_string();
+                    let call = control.register(&blob, record);
+                    let result = match tokio::time::timeout(TIMEOUT, call).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err(late()),
+                    };
+                    let _ = reply.send(result);
+                }
+                (
+                    Request::Report {
+                        epoch,
+                        shard,
+                        progress,
+                        reply,
+                    },
+                    Some(mut control),
+                ) => {
+                    let call = control.report_progress(epoch, shard, &progress);
+                    let result = match tokio::time::timeout(TIMEOUT, call).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err(late()),
+                    };
+                    let _ = reply.send(result);
+                }
+                (
+                    Request::Progress {
+                        epoch,
+                        shard,
+                        reply,
+                    },
+                    Some(mut control),
+                ) => {
+                    let call = control.move_status(epoch);
+                    let result = match tokio::time::timeout(TIMEOUT, call).await {
+                        Ok(result) => result
+                            .map(|mut status| status.progress.remove(&shard))
+                            .map_err(|e| e.to_string()),
+                        Err(_) => Err(late()),
                     };
                     let _ = reply.send(result);
                 }
@@ -465,6 +630,7 @@ async fn session(
 ) -> ControlError {
     let result = tokio::try_join!(
         follow_epochs(context, control.clone()),
+        follow_progress(context, control.clone()),
         follow_registry(context, control.clone(), revision, batches),
         lead(context, control),
     );
@@ -542,30 +708,148 @@ async fn apply_epoch(
     let before = context.view.load();
     let changed = before.committee != committee;
     let number = epoch_u32(epoch.epoch);
-    if before.epoch != Some(number) || changed {
-        if changed && committee.member(&context.name).is_none() {
-            tracing::warn!(
-                epoch = number,
-                "control plane: this node is not in the committee of the new epoch"
-            );
-        }
-        context
-            .view
-            .store(Arc::new(View::new(committee, &context.name, Some(number))));
-        context.metrics.epoch.set(i64::from(number));
+    let new_epoch = before.epoch != Some(number) || changed;
+    if changed && committee.member(&context.name).is_none() {
+        tracing::warn!(
+            epoch = number,
+            "control plane: this node is not in the committee of the new epoch"
+        );
+    }
+    // Swapped in also when nothing changed (each session's first look): a node started in
+    // the middle of a move learns it here.
+    let (moves, done) = moves_of(control, epoch.epoch).await?;
+    if new_epoch && !moves.is_empty() {
+        tracing::info!(
+            epoch = number,
+            moving = moves.len(),
+            done = done.len(),
+            "control plane: shards move into this epoch"
+        );
+    }
+    let view = View::new(committee, &context.name, Some(number)).with_moves(moves, &done);
+    context.view.store(Arc::new(view));
+    context.metrics.epoch.set(i64::from(number));
+    if new_epoch {
         tracing::info!(epoch = number, "control plane: epoch");
-        let saved = SavedView {
-            epoch: epoch.epoch,
-            committee: record,
-        };
-        if let Err(err) = context
-            .cursor
-            .save_view(&serde_json::to_vec(&saved).expect("records serialize"))
-        {
-            tracing::warn!(%err, "control plane: could not save the view");
-        }
+    }
+    let saved = SavedView {
+        epoch: epoch.epoch,
+        committee: record,
+    };
+    if let Err(err) = context
+        .cursor
+        .save_view(&serde_json::to_vec(&saved).expect("records serialize"))
+    {
+        tracing::warn!(%err, "control plane: could not save the view");
     }
     Ok(())
+}
+
+/// The shards moving into `epoch` (their previous owners from the previous epoch's
+/// committee), and those whose move finished.
+async fn moves_of(
+    control: &mut Control,
+    epoch: u64,
+) -> Result<(BTreeMap<u16, Moving>, Vec<u16>), ControlError> {
+    let status = control.move_status(epoch).await?;
+    if status.plan.moves.is_empty() || epoch == 0 {
+        return Ok((BTreeMap::new(), Vec::new()));
+    }
+    let key = control.committee_key(epoch - 1);
+    let previous = control
+        .committee(epoch - 1)
+        .await?
+        .ok_or_else(|| ControlError::Corrupt {
+            key: key.clone(),
+            message: format!(
+                "epoch {epoch} moves shards but epoch {} has no committee",
+                epoch - 1
+            ),
+        })?;
+    let mut moves = BTreeMap::new();
+    for m in &status.plan.moves {
+        let Some(from) = previous.members.iter().find(|p| p.name == m.from) else {
+            continue;
+        };
+        let from = Member {
+            name: from.name.clone(),
+            address: from.address.clone(),
+            shards: from.shards.clone(),
+        };
+        moves.insert(
+            m.shard,
+            Moving {
+                from,
+                to: m.to.clone(),
+            },
+        );
+    }
+    let done = status
+        .progress
+        .iter()
+        .filter(|(_, p)| p.done)
+        .map(|(shard, _)| *shard)
+        .collect();
+    Ok((moves, done))
+}
+
+/// Marks moves done in the view as their new owners report them.
+async fn follow_progress(context: &Context, mut control: Control) -> Result<Never, ControlError> {
+    let root = control.progress_root();
+    let answer = control
+        .client()
+        .get(
+            root.as_str(),
+            Some(floe_control::etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let from = answer.header().map_or(0, |h| h.revision()) + 1;
+    let mut watch = control
+        .client()
+        .watch(
+            root.as_str(),
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+        )
+        .await?;
+    loop {
+        let Some(message) = watch.message().await? else {
+            return Err(ControlError::Unreachable {
+                endpoints: context.endpoints.join(","),
+                message: "the progress watch ended".into(),
+            });
+        };
+        if message.canceled() {
+            return Err(ControlError::Unreachable {
+                endpoints: context.endpoints.join(","),
+                message: format!(
+                    "the progress watch was canceled ({})",
+                    message.cancel_reason()
+                ),
+            });
+        }
+        for event in message.events() {
+            let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(kv.key());
+            let Some((epoch, shard)) = key
+                .strip_prefix(root.as_str())
+                .and_then(|rest| rest.split_once('/'))
+                .and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u16>().ok()?)))
+            else {
+                continue;
+            };
+            let Ok(progress) = serde_json::from_slice::<floe_control::MoveProgress>(kv.value())
+            else {
+                continue;
+            };
+            let view = context.view.load();
+            if progress.done && view.epoch == Some(epoch_u32(epoch)) {
+                view.mark_done(shard);
+                tracing::info!(epoch, shard, from = %progress.from, to = %progress.to, "control plane: a shard's move finished");
+            }
+        }
+    }
 }
 
 /// Hands the registry's records to core 0 in revision order: a full read at one pinned
@@ -765,7 +1049,10 @@ async fn lead(context: &Context, mut control: Control) -> Result<Never, ControlE
                 .map_or(1, |c| c.epoch_seconds.max(1));
             let ends = epoch.started_unix_seconds.saturating_add(seconds);
             let now = now_unix_seconds();
-            if now < ends {
+            // An epoch whose shards are still moving does not end: the next change would move
+            // shards whose slivers are not all in place.
+            let settled = now < ends || control.move_status(epoch.epoch).await?.done();
+            if now < ends || !settled {
                 // Looked at again at least every few seconds: a proposal may advance it first.
                 tokio::time::sleep(Duration::from_secs((ends - now).min(5))).await;
                 continue;

@@ -33,7 +33,9 @@ const PAGE: usize = 1000;
 fn shards_by_core(state: &CoreState) -> Vec<Vec<u16>> {
     let cores = state.shared.owners.cores();
     let mut shards_of_core: Vec<Vec<u16>> = vec![Vec::new(); cores];
-    for &shard in &state.shared.view().me.shards {
+    let view = state.shared.view();
+    // A shard moving here is pulled from its previous owner (`migrate`), not rebuilt.
+    for &shard in view.me.shards.iter().filter(|s| view.settled(**s)) {
         shards_of_core[state.shared.owners.core_of_shard(shard)].push(shard);
     }
     shards_of_core
@@ -118,9 +120,14 @@ pub(crate) async fn heal_blobs(
 }
 
 /// Rebuilds `missing` slivers, counting each outcome.
-async fn rebuild_missing(state: &Rc<CoreState>, missing: Vec<([u8; 32], u16, RecordKind)>) {
+/// Returns how many were rebuilt and how many could not be (yet).
+async fn rebuild_missing(
+    state: &Rc<CoreState>,
+    missing: Vec<([u8; 32], u16, RecordKind)>,
+) -> (u64, u64) {
+    let (rebuilt, failed) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     if missing.is_empty() {
-        return;
+        return (0, 0);
     }
     let status = &state.shared.sync;
     tracing::info!(slivers = missing.len(), "sync: rebuilding missing slivers");
@@ -145,7 +152,9 @@ async fn rebuild_missing(state: &Rc<CoreState>, missing: Vec<([u8; 32], u16, Rec
             SliverKind::Secondary
         };
         futures::stream::iter(of_phase)
-            .for_each_concurrent(concurrency, |(blob, shards)| async move {
+            .for_each_concurrent(concurrency, |(blob, shards)| {
+                let (rebuilt, failed) = (&rebuilt, &failed);
+                async move {
                 let blob_id = BlobId(blob);
                 for (shard, result) in rebuild(state, &blob_id, &shards, kind).await {
                     let label = ResultLabel {
@@ -154,19 +163,53 @@ async fn rebuild_missing(state: &Rc<CoreState>, missing: Vec<([u8; 32], u16, Rec
                     state.shared.metrics.heal_slivers.get_or_create(&label).inc();
                     match result {
                         Ok(()) => {
+                            rebuilt.set(rebuilt.get() + 1);
                             status.healed_slivers.fetch_add(1, Ordering::Relaxed);
                             status.missing_slivers.fetch_sub(1, Ordering::Relaxed);
                             state.shared.metrics.heal_missing_slivers.dec();
                         }
                         Err(message) => {
+                            failed.set(failed.get() + 1);
                             status.heal_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(blob = %blob_id, shard, %kind, %message, "sync: could not rebuild a sliver yet");
                         }
                     }
                 }
+                }
             })
             .await;
     }
+    (rebuilt.get(), failed.get())
+}
+
+/// Rebuilds what this node lacks of `shard` (every live blob it knows) from recovery
+/// symbols: the end of a shard's move (stragglers stored while it moved, or everything when
+/// the previous owner is gone). Returns how many slivers were rebuilt and how many could not be.
+pub(crate) async fn heal_shard(state: &Rc<CoreState>, shard: u16) -> Result<(u64, u64), ApiError> {
+    let cores = state.shared.owners.cores();
+    let mut shards_of_core: Vec<Vec<u16>> = vec![Vec::new(); cores];
+    shards_of_core[state.shared.owners.core_of_shard(shard)].push(shard);
+    let epoch = state.shared.epoch();
+    let (mut rebuilt, mut failed) = (0, 0);
+    let mut after = None;
+    loop {
+        let page = crate::state::list_metadata(state, after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.blob_id);
+        let blobs: Vec<[u8; 32]> = page
+            .iter()
+            .filter(|l| l.state != BlobState::Deleted && l.end_epoch >= epoch)
+            .map(|l| l.blob_id)
+            .collect();
+        let missing = missing_of(state, &shards_of_core, blobs).await?;
+        let (r, f) = rebuild_missing(state, missing).await;
+        rebuilt += r;
+        failed += f;
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok((rebuilt, failed))
 }
 
 /// Rebuilds the slivers of `kind` of `shards` of one blob from recovery symbols

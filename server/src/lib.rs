@@ -35,6 +35,7 @@ pub mod heal;
 pub mod http;
 pub mod io_plan;
 pub mod metrics;
+pub mod migrate;
 pub mod node;
 pub mod node_api;
 pub mod operator;

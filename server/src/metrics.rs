@@ -131,6 +131,10 @@ pub struct Metrics {
     pub registry_full_reads: Counter,
     /// Blobs the registry named whose metadata no peer could give yet.
     pub registry_pending: Gauge,
+    /// Bytes of slivers pulled from previous owners of shards moving here.
+    pub migration_bytes: Counter,
+    /// Shards this node gave away and dropped once their new owner had them.
+    pub migration_dropped_shards: Counter,
 }
 
 impl Metrics {
@@ -178,6 +182,8 @@ impl Metrics {
             registry_records: Counter::default(),
             registry_full_reads: Counter::default(),
             registry_pending: Gauge::default(),
+            migration_bytes: Counter::default(),
+            migration_dropped_shards: Counter::default(),
         };
         let mut registry = Registry::with_prefix("floe");
         let r = &mut registry;
@@ -243,6 +249,17 @@ impl Metrics {
             "registry_pending",
             "Blobs the registry names whose metadata no peer could give yet",
             metrics.registry_pending.clone(),
+        );
+        r.register_with_unit(
+            "migration_pulled",
+            "Bytes of slivers pulled from the previous owners of shards moving here",
+            Unit::Bytes,
+            metrics.migration_bytes.clone(),
+        );
+        r.register(
+            "migration_dropped_shards",
+            "Shards this node gave away and dropped once their new owner held them",
+            metrics.migration_dropped_shards.clone(),
         );
         r.register(
             "sync_blobs_learned",

@@ -494,6 +494,16 @@ async fn core_main(
             for store in disks.stores_mut() {
                 store.expire_metadata(epoch);
             }
+            // Shards this node gave away: their records come back with the index at open.
+            if let Some(control) = &shared.control {
+                let view = shared.view();
+                for shard in control.cursor.dropped().unwrap_or_default() {
+                    let given = view.owned.get(usize::from(shard)) == Some(&false);
+                    if given && shared.owners.core_of_shard(shard) == core {
+                        disks.forget_shard(shard);
+                    }
+                }
+            }
             for (dir, report) in config.data_dirs.iter().zip(reports) {
                 info!(
                     core,

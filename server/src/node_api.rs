@@ -40,12 +40,24 @@ pub(crate) fn check_pair(pair: u16, n: usize, what: &str) -> Result<(), ApiError
     Ok(())
 }
 
-/// The shard holding `pair`, if this node holds it.
-pub(crate) fn shard_of(state: &CoreState, blob_id: &BlobId, pair: u16) -> Result<u16, ApiError> {
+/// The shard holding `pair`, if this node holds it (`serving`: or gave it away this epoch and
+/// still serves it, for reads).
+pub(crate) fn shard_of(
+    state: &CoreState,
+    blob_id: &BlobId,
+    pair: u16,
+    serving: bool,
+) -> Result<u16, ApiError> {
     let n = state.n();
     check_pair(pair, n, "sliver pair index")?;
     let shard = blob_id.shard_for_pair(pair.into(), n) as u16;
-    if !state.shared.view().owned[usize::from(shard)] {
+    let view = state.shared.view();
+    let held = if serving {
+        view.serves(shard)
+    } else {
+        view.owned[usize::from(shard)]
+    };
+    if !held {
         let view = state.shared.view();
         let owner = view.holder(shard);
         let hint = owner.map_or(String::new(), |m| {
@@ -391,7 +403,7 @@ pub(crate) async fn put_slivers(
         .map(|_| Vec::new())
         .collect();
     for entry in &entries {
-        let shard = shard_of(state, &blob_id, entry.pair)?;
+        let shard = shard_of(state, &blob_id, entry.pair, false)?;
         let (kind, pair) = (entry.kind, entry.pair);
         let sliver = &body[entry.body.clone()];
         let header = sliver_header(sliver).expect("the batch decoder checked every sliver");
@@ -444,7 +456,7 @@ pub(crate) async fn get_slivers(
     for &pair in pairs {
         check_pair(pair, n, "pair")?;
         let shard = blob_id.shard_for_pair(pair.into(), n) as u16;
-        if !state.shared.view().owned[usize::from(shard)] {
+        if !state.shared.view().serves(shard) {
             continue;
         }
         if let Some(bytes) = load_sliver(state, &blob_id, shard, kind).await? {
@@ -458,6 +470,104 @@ pub(crate) async fn get_slivers(
 
 /// `GET /v1/blobs?after=&limit=`: `{"blobs": [{"blobId", "endEpoch", "deletable"} or
 /// {"blobId", "endEpoch", "deleted": true}], "next": ID|null}`.
+/// Most bytes of slivers one page of a shard carries. Why: a page is built in memory; this
+/// keeps it small beside the core's buffer budget while moving a shard in large requests.
+pub const SHARD_PAGE_BYTES_MAX: usize = 16 << 20;
+
+/// Bytes before each sliver in a page of a shard: blob ID, kind (0 primary, 1 secondary),
+/// little-endian length.
+const SHARD_FRAME_HEAD: usize = 32 + 1 + 4;
+
+/// `GET /v1/shards/{shard}/slivers?after=ID&limit=L`: the slivers of `shard` this node holds
+/// for up to `limit` blobs after `after` (live blobs, in blob ID order). The body: one byte,
+/// 1 if more may follow (then the 32-byte blob ID to continue after) or 0; then frames of blob
+/// ID, kind (0 primary, 1 secondary), little-endian length and the sliver as stored. 404
+/// `shardNotHeld` for a shard it neither holds nor gave away this epoch.
+pub(crate) async fn shard_slivers(
+    state: &Rc<CoreState>,
+    shard: u16,
+    after: Option<BlobId>,
+    limit: u32,
+) -> Result<Response<Body>, ApiError> {
+    if usize::from(shard) >= state.n() || !state.shared.view().serves(shard) {
+        return Err(ApiError::not_found(
+            "shardNotHeld",
+            format!("this node neither holds shard {shard} nor gave it away this epoch"),
+        ));
+    }
+    let _reservation = reserve(state, SHARD_PAGE_BYTES_MAX as u64)?;
+    let epoch = state.shared.epoch();
+    let page = list_metadata(state, after.map(|id| id.0), limit as usize).await?;
+    let mut frames = Vec::new();
+    let mut last = None;
+    let mut more = page.len() == limit as usize;
+    for listed in &page {
+        if frames.len() >= SHARD_PAGE_BYTES_MAX {
+            more = true;
+            break;
+        }
+        last = Some(listed.blob_id);
+        if listed.state == BlobState::Deleted || listed.end_epoch < epoch {
+            continue;
+        }
+        let blob_id = BlobId(listed.blob_id);
+        for (tag, kind) in [(0u8, SliverKind::Primary), (1, SliverKind::Secondary)] {
+            if let Some(sliver) = load_sliver(state, &blob_id, shard, kind).await? {
+                frames.extend_from_slice(&listed.blob_id);
+                frames.push(tag);
+                frames.extend_from_slice(&(sliver.len() as u32).to_le_bytes());
+                frames.extend_from_slice(&sliver);
+            }
+        }
+    }
+    let mut body = Vec::with_capacity(33 + frames.len());
+    match (more, last) {
+        (true, Some(last)) => {
+            body.push(1);
+            body.extend_from_slice(&last);
+        }
+        _ => body.push(0),
+    }
+    body.extend_from_slice(&frames);
+    state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
+    Ok(octets(Bytes::from(body)))
+}
+
+/// A page of a shard ([`shard_slivers`]): the blob to continue after, if more may follow,
+/// and the slivers (blob ID, kind, sliver as stored); or why the page is malformed.
+#[allow(clippy::type_complexity)]
+pub(crate) fn shard_page(
+    body: &Bytes,
+) -> Result<(Option<[u8; 32]>, Vec<([u8; 32], SliverKind, Bytes)>), String> {
+    let (next, mut at) = match body.first() {
+        Some(0) => (None, 1),
+        Some(1) if body.len() >= 33 => (Some(body[1..33].try_into().expect("32 bytes")), 33),
+        _ => return Err("the page does not start with its continuation".into()),
+    };
+    let mut slivers = Vec::new();
+    while at < body.len() {
+        if body.len() - at < SHARD_FRAME_HEAD {
+            return Err(format!("a frame head is cut off at byte {at}"));
+        }
+        let blob: [u8; 32] = body[at..at + 32].try_into().expect("32 bytes");
+        let kind = match body[at + 32] {
+            0 => SliverKind::Primary,
+            1 => SliverKind::Secondary,
+            other => return Err(format!("unknown sliver kind {other} at byte {at}")),
+        };
+        let len = u32::from_le_bytes(body[at + 33..at + 37].try_into().expect("4 bytes")) as usize;
+        let start = at + SHARD_FRAME_HEAD;
+        if body.len() - start < len {
+            return Err(format!(
+                "a sliver of {len} bytes is cut off at byte {start}"
+            ));
+        }
+        slivers.push((blob, kind, body.slice(start..start + len)));
+        at = start + len;
+    }
+    Ok((next, slivers))
+}
+
 pub(crate) async fn list_blobs(
     state: &Rc<CoreState>,
     after: Option<BlobId>,

@@ -159,6 +159,11 @@ pub enum Op {
         blob_id: [u8; 32],
         reply: oneshot::Sender<Option<u32>>,
     },
+    /// Drop a shard this node gave away from this core's index (its records are reclaimed).
+    ForgetShard {
+        shard: u16,
+        reply: oneshot::Sender<usize>,
+    },
     /// List the records this core holds for a blob.
     Keys {
         blob_id: [u8; 32],
@@ -451,6 +456,9 @@ pub async fn run_owner<D: Dir>(
                 }
                 Op::IsDeleted { blob_id, reply } => {
                     let _ = reply.send(disks.deleted(&blob_id));
+                }
+                Op::ForgetShard { shard, reply } => {
+                    let _ = reply.send(disks.forget_shard(shard));
                 }
                 Op::Missing {
                     blobs,

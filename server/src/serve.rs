@@ -274,7 +274,8 @@ pub async fn dispatch(
             pair,
             kind,
         } => {
-            let shard = node_api::shard_of(state, &blob_id, pair)?;
+            let serving = method != Method::PUT;
+            let shard = node_api::shard_of(state, &blob_id, pair, serving)?;
             if method == Method::PUT {
                 check_token(state, &request)?;
                 node_api::put_sliver(state, blob_id, pair, shard, kind, request).await
@@ -315,5 +316,10 @@ pub async fn dispatch(
             check_token(state, &request)?;
             crate::publisher::delete(state, blob_id).await
         }
+        Route::ShardSlivers {
+            shard,
+            after,
+            limit,
+        } => node_api::shard_slivers(state, shard, after, limit).await,
     }
 }

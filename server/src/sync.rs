@@ -37,6 +37,8 @@ use futures::StreamExt;
 #[derive(Default)]
 pub struct SyncStatus {
     pub last_run_unix_seconds: AtomicU64,
+    /// The registry revision applied up to (nodes on etcd; 0 before the first batch).
+    pub registry_revision: AtomicU64,
     pub blobs_known: AtomicU64,
     pub missing_slivers: AtomicU64,
     pub healed_slivers: AtomicU64,
@@ -48,6 +50,7 @@ impl SyncStatus {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
             "lastRunUnixSeconds": get(&self.last_run_unix_seconds),
+            "registryRevision": get(&self.registry_revision),
             "blobsKnown": get(&self.blobs_known),
             "missingSlivers": get(&self.missing_slivers),
             "healedSlivers": get(&self.healed_slivers),
@@ -112,6 +115,7 @@ async fn follow_registry(state: Rc<CoreState>, control: Arc<ControlPlane>) {
     let Some(mut batches) = control.take_batches() else {
         return;
     };
+    let migration = glommio::spawn_local(crate::migrate::run(state.clone(), control.clone()));
     let (to_heal, mut healing) = futures::channel::mpsc::unbounded::<Vec<[u8; 32]>>();
     let healer = {
         let state = state.clone();
@@ -144,6 +148,13 @@ async fn follow_registry(state: Rc<CoreState>, control: Arc<ControlPlane>) {
             }
         })
     };
+    if let Ok(revision) = control.cursor.revision() {
+        state
+            .shared
+            .sync
+            .registry_revision
+            .store(revision, Ordering::Release);
+    }
     match control.cursor.pending_count() {
         Ok(count) => {
             state.shared.metrics.registry_pending.set(count as i64);
@@ -161,12 +172,17 @@ async fn follow_registry(state: Rc<CoreState>, control: Arc<ControlPlane>) {
                 .metrics
                 .registry_revision
                 .set(i64::try_from(revision).unwrap_or(i64::MAX));
+            state
+                .shared
+                .sync
+                .registry_revision
+                .store(revision, Ordering::Release);
         }
         if !learned.is_empty() {
             let _ = to_heal.unbounded_send(learned);
         }
     }
-    drop((healer, rounds));
+    drop((healer, rounds, migration));
 }
 
 /// Applies registry records; returns those whose metadata no peer gave (pending, with their

@@ -100,6 +100,11 @@ impl<D: Dir> Disks<D> {
         Ok(())
     }
 
+    /// [`Store::forget_shard`] in every directory.
+    pub fn forget_shard(&mut self, shard: u16) -> usize {
+        self.stores.iter_mut().map(|s| s.forget_shard(shard)).sum()
+    }
+
     /// [`Store::stored`] of whichever directory holds the record.
     pub fn stored(&self, key: &Key) -> Option<(u32, u8)> {
         self.stores.iter().find_map(|s| s.stored(key))

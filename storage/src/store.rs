@@ -987,6 +987,23 @@ impl<D: Dir> Store<D> {
         before - self.index.len()
     }
 
+    /// Drops every sliver of `shard` from the index (the node gave the shard to another); their
+    /// space is freed by [`Store::reclaim`]. The records are still in their segments, so the
+    /// caller repeats this after every open for as long as the shard is not its own again.
+    /// Returns how many records it dropped.
+    pub fn forget_shard(&mut self, shard: u16) -> usize {
+        let before = self.index.len();
+        let live = &mut self.live;
+        self.index.retain(|key, location| {
+            let kept = key.kind == RecordKind::Metadata || key.shard != shard;
+            if !kept {
+                live.remove(location);
+            }
+            kept
+        });
+        before - self.index.len()
+    }
+
     /// Frees the space of deleted, overwritten and expired records: every sealed segment whose
     /// live bytes are at most `live_fraction_max` of its size has its live records (and
     /// tombstones) copied into the active segment, durably, and is then removed. One whole

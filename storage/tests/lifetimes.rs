@@ -74,3 +74,28 @@ fn slivers_follow_their_blob_s_metadata_and_metadata_expires_alone() {
     store.expire_metadata(6);
     assert_eq!(store.lapsed_slivers(6), vec![[1; 32], [2; 32]]);
 }
+
+#[test]
+fn a_forgotten_shard_leaves_the_index_keeps_metadata_and_is_reclaimed() {
+    let dir = MemDir::new(3);
+    let (mut store, _) = block_on(Store::open(dir.clone())).expect("opens");
+    put(&mut store, 1, RecordKind::Metadata, 0, 9);
+    put(&mut store, 1, RecordKind::Primary, 0, 9);
+    put(&mut store, 1, RecordKind::Secondary, 0, 9);
+    put(&mut store, 1, RecordKind::Primary, 4, 9);
+    let live_before = store.live_bytes();
+    assert_eq!(store.forget_shard(0), 2, "shard 0's two slivers");
+    assert!(
+        has(&store, 1, RecordKind::Metadata, 0),
+        "metadata is not a shard's"
+    );
+    assert!(!has(&store, 1, RecordKind::Primary, 0));
+    assert!(has(&store, 1, RecordKind::Primary, 4));
+    assert!(store.live_bytes() < live_before);
+    // The records are in their segment until reclaimed: after a reopen the caller forgets the
+    // shard again.
+    drop(store);
+    let (mut store, _) = block_on(Store::open(dir)).expect("reopens");
+    assert!(has(&store, 1, RecordKind::Primary, 0));
+    assert_eq!(store.forget_shard(0), 2);
+}

@@ -63,6 +63,14 @@ pub enum Route {
     Blob { blob_id: BlobId, method: Method },
     /// `DELETE /v1/blobs/{id}` (ext): delete a deletable blob on every node.
     Delete { blob_id: BlobId },
+    /// `GET /v1/shards/{shard}/slivers?after=ID&limit=L` (ext, node API): the slivers of a
+    /// shard this node holds or gave away this epoch, for up to `limit` blobs after `after` in
+    /// blob ID order (the new owner pulls a moving shard with it).
+    ShardSlivers {
+        shard: u16,
+        after: Option<BlobId>,
+        limit: u32,
+    },
 }
 
 /// Most pairs one batch request may list. Why: the largest committee's n.
@@ -91,6 +99,7 @@ impl Route {
             Route::List { .. } => "list_blobs",
             Route::Blob { .. } => "get_blob",
             Route::Delete { .. } => "delete_blob",
+            Route::ShardSlivers { .. } => "shard_slivers",
         }
     }
 }
@@ -417,6 +426,23 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             }
             _ => Err(ApiError::method_not_allowed(method, "GET, HEAD, PUT")),
         },
+        ["v1", "shards", shard, "slivers"] => {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(ApiError::method_not_allowed(method, "GET, HEAD"));
+            }
+            let shard = parse_number::<u16>(shard, "shard")?;
+            let pairs = query_pairs(query, &["after", "limit"])?;
+            let after = lookup(&pairs, "after").map(parse_blob_id).transpose()?;
+            let limit = match lookup(&pairs, "limit") {
+                Some(text) => parse_number::<u32>(text, "limit")?.clamp(1, LIST_LIMIT_MAX),
+                None => 1000,
+            };
+            Ok(Route::ShardSlivers {
+                shard,
+                after,
+                limit,
+            })
+        }
         ["v1", "blobs", id] => {
             let blob_id = parse_blob_id(id)?;
             match *method {

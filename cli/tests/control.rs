@@ -690,3 +690,101 @@ fn shards_move_between_nodes_at_epoch_changes() {
     }
     drop(nodes);
 }
+
+/// With a three-member etcd cluster, killing one member (the one the nodes talk to) does not
+/// stop the floe cluster: stores (which register blobs) and reads go on, and nodes learn of new blobs.
+#[test]
+fn the_floe_cluster_goes_on_when_an_etcd_member_dies() {
+    let Some(mut etcd) = EtcdCluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ports = ports(3);
+    let names = ["a", "b", "c"];
+    let urls = etcd.urls.join(",");
+    let file = dir.path().join("committee.toml");
+    committee_file(
+        &file,
+        &[
+            ("a", ports[0], "\"0-33\""),
+            ("b", ports[1], "\"34-66\""),
+            ("c", ports[2], "\"67-99\""),
+        ],
+    );
+    let (ok, text) = committee(&["init", file.to_str().unwrap(), "--etcd", &urls]);
+    assert!(ok, "{text}");
+    let nodes: Vec<NodeProcess> = (0..3)
+        .map(|i| {
+            let data = dir.path().join(names[i]);
+            try_start_at(
+                &format!("127.0.0.1:{}", ports[i]),
+                &["--etcd", &urls, "--name", names[i], "--data-dir"]
+                    .into_iter()
+                    .chain([data.to_str().unwrap(), "--cores", "1"])
+                    .collect::<Vec<_>>(),
+                &[],
+            )
+            .unwrap()
+        })
+        .collect();
+    let node_url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let before = blob_bytes(50_000, 1);
+    let (status, answer) = store_deletable(&node_url(0), &before, false);
+    assert_eq!(status, 200, "{answer}");
+    let before_id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The member the nodes' control planes talk to: each connects to one member at a time,
+    // the first call of a process (the committee read at start) to the first, the next (the
+    // control plane's thread) to the second. So this kill makes every node fail over.
+    etcd.kill(1);
+    // Stores register through the surviving members (etcd elects a new leader within about
+    // a second; a store in that window may answer 503, and is retried as a client would).
+    let mut ids = Vec::new();
+    for i in 0..10u64 {
+        let blob = blob_bytes(10_000 + i as usize, 100 + i);
+        let mut answer = serde_json::Value::Null;
+        within(20, "a store after an etcd member died", || {
+            let (status, a) = store_deletable(&node_url(i as usize % 3), &blob, false);
+            answer = a;
+            status == 200
+        });
+        let id = answer["newlyCreated"]["blobId"]
+            .as_str()
+            .or(answer["alreadyCertified"]["blobId"].as_str())
+            .unwrap()
+            .to_string();
+        let (status, back) = get(&node_url((i as usize + 1) % 3), &format!("/v1/blobs/{id}"));
+        assert!(status == 200 && back == blob);
+        ids.push(id);
+    }
+    let (status, back) = get(&node_url(2), &format!("/v1/blobs/{before_id}"));
+    assert!(status == 200 && back == before);
+    let keys = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &urls,
+            "get",
+            "--prefix",
+            "/floe/blobs/",
+            "--keys-only",
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    let registered = String::from_utf8_lossy(&keys.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(registered, 11);
+    for i in 0..3 {
+        assert_eq!(
+            metric(&node_url(i), "floe_control_connected"),
+            1.0,
+            "node {i}"
+        );
+    }
+    drop(nodes);
+}

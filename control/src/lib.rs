@@ -27,6 +27,7 @@
 //! through a runtime thread of its own); errors are typed ([`ControlError`]), each with what to
 //! do.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use etcd_client;
@@ -223,35 +224,56 @@ pub struct Control {
 }
 
 impl Control {
-    /// Connects to etcd at `endpoints` (client URLs), keys under `prefix`; fails within
-    /// `timeout` if no endpoint answers.
+    /// Connects to one of the etcd members at `endpoints` (client URLs), keys under `prefix`;
+    /// fails once none answers (each given `timeout`).
+    ///
+    /// One member at a time, starting after the one the previous call used: a client balanced
+    /// over every member keeps sending some calls to a dead one (each failing), while a client
+    /// of one member fails as a whole when that member dies, and the caller connects again,
+    /// to the next.
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, ControlError> {
-        let unreachable = |message: String| ControlError::Unreachable {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let first = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..endpoints.len() {
+            let endpoint = &endpoints[(first + i) % endpoints.len()];
+            match Self::connect_one(endpoint, timeout).await {
+                Ok(client) => {
+                    let prefix = if prefix.ends_with('/') {
+                        prefix.to_string()
+                    } else {
+                        format!("{prefix}/")
+                    };
+                    return Ok(Self { client, prefix });
+                }
+                Err(message) => failures.push(format!("{endpoint}: {message}")),
+            }
+        }
+        Err(ControlError::Unreachable {
             endpoints: endpoints.join(","),
-            message,
-        };
+            message: if failures.is_empty() {
+                "no endpoint given".into()
+            } else {
+                failures.join("; ")
+            },
+        })
+    }
+
+    async fn connect_one(endpoint: &str, timeout: Duration) -> Result<Client, String> {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
-        let mut client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(options)))
+        let mut client = tokio::time::timeout(timeout, Client::connect([endpoint], Some(options)))
             .await
-            .map_err(|_| unreachable(format!("no answer in {} s", timeout.as_secs())))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| format!("no answer in {} s", timeout.as_secs()))?
+            .map_err(|e| e.to_string())?;
         // A round trip: a client connects lazily.
-        client
-            .status()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let prefix = if prefix.ends_with('/') {
-            prefix.to_string()
-        } else {
-            format!("{prefix}/")
-        };
-        Ok(Self { client, prefix })
+        client.status().await.map_err(|e| e.to_string())?;
+        Ok(client)
     }
 
     pub fn prefix(&self) -> &str {

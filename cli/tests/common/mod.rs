@@ -261,6 +261,103 @@ impl Drop for Etcd {
     }
 }
 
+/// A three-member etcd cluster on free loopback ports (fast elections: heartbeat 50 ms,
+/// election timeout 500 ms); killed when dropped. `None` where etcd is not installed (see
+/// [`Etcd::start`]).
+pub struct EtcdCluster {
+    pub members: Vec<Option<Child>>,
+    pub urls: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub fn start() -> Option<EtcdCluster> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("FLOE_REQUIRE_ETCD").is_none(),
+                "etcd is required (apt-get install etcd-server etcd-client)"
+            );
+            eprintln!("note: etcd is not installed; the control-plane checks are skipped");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["m0", "m1", "m2"];
+        let clients: Vec<String> = (0..3)
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        let peers: Vec<String> = (0..3)
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        let initial: Vec<String> = names
+            .iter()
+            .zip(&peers)
+            .map(|(n, p)| format!("{n}={p}"))
+            .collect();
+        let members = (0..3)
+            .map(|i| {
+                Some(
+                    Command::new("etcd")
+                        .args(["--name", names[i], "--data-dir"])
+                        .arg(dir.path().join(names[i]))
+                        .args(["--listen-client-urls", &clients[i]])
+                        .args(["--advertise-client-urls", &clients[i]])
+                        .args(["--listen-peer-urls", &peers[i]])
+                        .args(["--initial-advertise-peer-urls", &peers[i]])
+                        .args(["--initial-cluster", &initial.join(",")])
+                        .args(["--initial-cluster-state", "new"])
+                        .args([
+                            "--initial-cluster-token",
+                            &format!("floe-test-{}", clients[0]),
+                        ])
+                        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                        .args(["--logger", "zap", "--log-level", "error"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("run etcd"),
+                )
+            })
+            .collect();
+        let cluster = EtcdCluster {
+            members,
+            urls: clients,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = Command::new("etcdctl")
+                .args(["--endpoints", &cluster.urls.join(","), "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if healthy {
+                return Some(cluster);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the etcd cluster did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
 /// Whether `check` (a command) runs; if not, what needs `what` is skipped with a note, unless CI
 /// requires every client (FLOE_REQUIRE_PYTHON_CLIENTS; `.ci/run` installs them).
 pub fn have(what: &str, check: &[&str]) -> bool {

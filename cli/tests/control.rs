@@ -284,7 +284,11 @@ fn a_committee_on_etcd_registers_blobs_and_follows_the_registry() {
     let start = |i: usize| {
         let data = dir.path().join(names[i]);
         let config = dir.path().join(format!("{}.toml", names[i]));
-        std::fs::write(&config, "sync_interval_seconds = 1\n").unwrap();
+        std::fs::write(
+            &config,
+            "sync_interval_seconds = 1\ncluster_secret = \"the same on every node\"\n",
+        )
+        .unwrap();
         try_start_at(
             &format!("127.0.0.1:{}", ports[i]),
             &[
@@ -327,6 +331,27 @@ fn a_committee_on_etcd_registers_blobs_and_follows_the_registry() {
         .ctl(&["get", "--prefix", "/floe/blobs/", "--keys-only"])
         .unwrap();
     assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 20, "{keys}");
+
+    // Peers authenticate with the cluster secret (every store above went through it): the
+    // node API's writes and shard pages refuse anyone else.
+    let (status, body) = run(
+        ureq::http::Request::put(format!("{}/v1/blobs/{}/metadata", node_url(1), ids[1])),
+        b"anything",
+    );
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["error"]["code"], "peerUnauthorized");
+    let forged = "a 0 0000000000000000000000000000000000000000000000000000000000000000";
+    let (status, _) = get_with(
+        &node_url(1),
+        "/v1/shards/40/slivers",
+        &[("x-floe-peer", forged)],
+    );
+    assert_eq!(status, 401);
+    let (status, body) = run(
+        ureq::http::Request::delete(format!("{}/v1/blobs/{}/metadata", node_url(2), ids[1])),
+        &[],
+    );
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
 
     // Epochs advance, by one node: every node sees the same epoch, and one leads.
     let epoch = |i: usize| {

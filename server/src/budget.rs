@@ -164,6 +164,38 @@ pub async fn read_body(
 }
 
 /// 401 unless the request carries the node's write token (when it has one).
+/// A node-API call only peers make (storing metadata and slivers, deleting here, pulling a
+/// shard): with a cluster secret, it must carry a valid peer signature (401 `peerUnauthorized`
+/// otherwise, whatever the write token); without one, writes need the write token as before.
+pub fn check_peer(state: &CoreState, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(secret) = &state.shared.config.cluster_secret else {
+        let write =
+            request.method() == hyper::Method::PUT || request.method() == hyper::Method::DELETE;
+        return if write {
+            check_token(state, request)
+        } else {
+            Ok(())
+        };
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let value = request
+        .headers()
+        .get(crate::http::peer_auth::HEADER)
+        .and_then(|v| v.to_str().ok());
+    crate::http::peer_auth::verify(secret, value, request.method().as_str(), path, now)
+        .map(|_| ())
+        .map_err(|why| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "peerUnauthorized",
+                format!("this node API call is for peers of the cluster only: {why}"),
+            )
+        })
+}
+
 pub fn check_token(state: &CoreState, request: &Request<Incoming>) -> Result<(), ApiError> {
     crate::http::body::check_token(
         state.shared.config.write_token.as_deref(),

@@ -18,14 +18,16 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:31415";
 pub const DATA_DIR_DEFAULT: &str = "./floe-data";
 /// Default epoch length: one day.
 pub const EPOCH_SECONDS_DEFAULT: u64 = 24 * 3600;
-/// Environment variable that overrides `write_token`.
 /// One scrub pass a week. Why: Ceph deep-scrubs every placement group weekly
 /// (`osd_deep_scrub_interval`), HDFS's block scanner re-reads every block every three weeks,
 /// ZFS pools are commonly scrubbed weekly to monthly; a week finds silent corruption while a
 /// second copy is still likely intact, at a cost of about one read of the data per week.
 pub const SCRUB_INTERVAL_SECONDS_DEFAULT: u64 = 7 * 24 * 3600;
 
+/// Environment variable that overrides `write_token`.
 pub const WRITE_TOKEN_ENV: &str = "FLOE_WRITE_TOKEN";
+/// Environment variable that overrides `cluster_secret`.
+pub const CLUSTER_SECRET_ENV: &str = "FLOE_CLUSTER_SECRET";
 /// Environment variables that add one S3 key (beside `[[s3.keys]]`).
 pub const S3_ACCESS_KEY_ID_ENV: &str = "FLOE_S3_ACCESS_KEY_ID";
 pub const S3_SECRET_ACCESS_KEY_ENV: &str = "FLOE_S3_SECRET_ACCESS_KEY";
@@ -144,6 +146,9 @@ pub struct NodeConfig {
     pub n_shards: u16,
     /// Token required on writes (`Authorization: Bearer <token>`); none = writes are open.
     pub write_token: Option<String>,
+    /// The secret peers prove membership with (`http::peer_auth`); with it, the node API's
+    /// writes and shard pages answer only peers, whatever the write token.
+    pub cluster_secret: Option<String>,
     /// Locked memory glommio registers per core for its DMA buffers. `ulimit -l` must allow
     /// `cores * io_memory_bytes`.
     pub io_memory_bytes: usize,
@@ -205,6 +210,7 @@ impl Default for NodeConfig {
             etcd_prefix: floe_control::PREFIX_DEFAULT.into(),
             n_shards: N_SHARDS_DEFAULT,
             write_token: None,
+            cluster_secret: None,
             io_memory_bytes: 1 << 20,
             shutdown_grace_seconds: 10,
             epoch_seconds: EPOCH_SECONDS_DEFAULT,
@@ -412,6 +418,9 @@ impl NodeConfig {
     pub fn apply_env(&mut self) {
         if let Ok(token) = std::env::var(WRITE_TOKEN_ENV) {
             self.write_token = (!token.is_empty()).then_some(token);
+        }
+        if let Ok(secret) = std::env::var(CLUSTER_SECRET_ENV) {
+            self.cluster_secret = (!secret.is_empty()).then_some(secret);
         }
         if let (Ok(id), Ok(secret)) = (
             std::env::var(S3_ACCESS_KEY_ID_ENV),

@@ -98,6 +98,12 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         }
         (committee, Some(epoch), Some(Arc::new(cursor)))
     };
+    if committee.members.len() > 1 && config.cluster_secret.is_none() {
+        warn!(
+            "peers are not authenticated: set the same `cluster_secret` (or FLOE_CLUSTER_SECRET) \
+             on every node, so that only members store slivers and pull shards here"
+        );
+    }
     let view = crate::control::View::new(committee.clone(), &config.name, epoch);
     let me = view.me.clone();
     let cores = config.core_count();

@@ -131,16 +131,24 @@ const IDLE_PER_PEER: usize = 16;
 pub struct Peers {
     idle: RefCell<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
     token: Option<String>,
+    /// This node's name and the cluster secret, to sign every request (`http::peer_auth`).
+    auth: Option<(String, String)>,
     deadlines: PeerDeadlines,
 }
 
 impl Peers {
     /// `token` goes with writes (`PUT`, `DELETE`); `deadlines` bound connecting and each
     /// request, answer included.
-    pub fn new(token: Option<String>, deadlines: PeerDeadlines) -> Self {
+    /// With `auth` (this node's name, the cluster secret), every request is signed.
+    pub fn new(
+        token: Option<String>,
+        auth: Option<(String, String)>,
+        deadlines: PeerDeadlines,
+    ) -> Self {
         Self {
             idle: RefCell::new(HashMap::new()),
             token,
+            auth,
             deadlines,
         }
     }
@@ -196,6 +204,12 @@ impl Peers {
             let mut sender = self.connect(address).await?;
             sender.ready().await.map_err(|e| http(e.to_string()))?;
             let write = method == Method::PUT || method == Method::DELETE;
+            let signature = self.auth.as_ref().map(|(name, secret)| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                crate::http::peer_auth::sign(secret, name, method.as_str(), path_and_query, now)
+            });
             let mut request = Request::builder()
                 .method(method)
                 .uri(path_and_query)
@@ -204,6 +218,9 @@ impl Peers {
             let headers = request.headers_mut();
             if let Ok(host) = HeaderValue::from_str(address) {
                 headers.insert(header::HOST, host);
+            }
+            if let Some(value) = signature.and_then(|s| HeaderValue::from_str(&s).ok()) {
+                headers.insert(crate::http::peer_auth::HEADER, value);
             }
             if let (true, Some(token)) = (write, &self.token) {
                 if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {

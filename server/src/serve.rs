@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use tracing::debug;
 
-use crate::budget::{check_token, Connection, InFlight};
+use crate::budget::{check_peer, check_token, Connection, InFlight};
 use crate::http::body::{error_response, Body};
 use crate::http::error::ApiError;
 use crate::http::io::{Activity, HyperStream};
@@ -258,14 +258,14 @@ pub async fn dispatch(
             deletable,
         } => {
             if method == Method::PUT {
-                check_token(state, &request)?;
+                check_peer(state, &request)?;
                 node_api::put_metadata(state, blob_id, epochs, deletable, request).await
             } else {
                 node_api::get_metadata(state, blob_id).await
             }
         }
         Route::DeleteHere { blob_id, end_epoch } => {
-            check_token(state, &request)?;
+            check_peer(state, &request)?;
             node_api::delete_metadata(state, blob_id, end_epoch).await
         }
         Route::Sliver {
@@ -277,7 +277,7 @@ pub async fn dispatch(
             let serving = method != Method::PUT;
             let shard = node_api::shard_of(state, &blob_id, pair, serving)?;
             if method == Method::PUT {
-                check_token(state, &request)?;
+                check_peer(state, &request)?;
                 node_api::put_sliver(state, blob_id, pair, shard, kind, request).await
             } else {
                 node_api::get_sliver(state, blob_id, shard, kind).await
@@ -300,7 +300,7 @@ pub async fn dispatch(
                 node_api::get_slivers(state, blob_id, kind, &pairs).await
             }
             _ => {
-                check_token(state, &request)?;
+                check_peer(state, &request)?;
                 node_api::put_slivers(state, blob_id, request).await
             }
         },
@@ -320,6 +320,9 @@ pub async fn dispatch(
             shard,
             after,
             limit,
-        } => node_api::shard_slivers(state, shard, after, limit).await,
+        } => {
+            check_peer(state, &request)?;
+            node_api::shard_slivers(state, shard, after, limit).await
+        }
     }
 }

@@ -183,6 +183,11 @@ impl CoreState {
             scratch: RefCell::new(VerifyScratch::default()),
             peers: crate::peer_client::Peers::new(
                 shared.config.write_token.clone(),
+                shared
+                    .config
+                    .cluster_secret
+                    .clone()
+                    .map(|secret| (shared.config.name.clone(), secret)),
                 shared.config.peer_deadlines(),
             ),
             blob_cache: RefCell::new(crate::blob_cache::BlobCache::new(

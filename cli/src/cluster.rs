@@ -4,8 +4,10 @@
 //! `up` picks free ports, writes `DIR/committee.toml` (n shards spread over the nodes in
 //! contiguous ranges) and per node `DIR/node-i/node.toml`, starts `floe node --config` for
 //! each (own process group, log in `DIR/node-i/node.log`, PID in `DIR/node-i/pid`), and waits
-//! until every node answers `/v1/health`. `down` sends each SIGTERM, waits for it to exit
-//! (SIGKILL after a grace period), and removes the PID files; the data stays.
+//! until every node answers `/v1/health`. With `--etcd` it first starts a local etcd in
+//! `DIR/etcd` (PID, log and client URL there), loads the committee into it, and the nodes take
+//! it from there (with a generated cluster secret). `down` sends each SIGTERM, waits for it to
+//! exit (SIGKILL after a grace period), and removes the PID files; the data stays.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,6 +25,8 @@ pub struct Up {
     pub shards: u16,
     pub cores: usize,
     pub sync_interval_seconds: u64,
+    /// Coordinate through a local etcd started in `DIR/etcd`.
+    pub etcd: bool,
 }
 
 fn node_dir(dir: &Path, i: usize) -> PathBuf {
@@ -71,6 +75,23 @@ pub fn up(spec: &Up) -> Result<(PathBuf, Vec<String>)> {
         .collect::<Result<Vec<_>>>()?;
     let committee = dir.join("committee.toml");
     std::fs::write(&committee, committee_toml(&ports, spec.shards))?;
+    // With etcd: the committee is loaded there and the nodes take it from there; peers sign
+    // their requests with a secret generated here.
+    let source = if spec.etcd {
+        let url = start_etcd(&dir)?;
+        crate::committee::init(
+            &committee,
+            std::slice::from_ref(&url),
+            floe_control::PREFIX_DEFAULT,
+        )
+        .context("loading the committee into etcd")?;
+        format!(
+            "etcd_endpoints = [{url:?}]\ncluster_secret = {:?}\n",
+            random_hex(16)?
+        )
+    } else {
+        format!("committee = {:?}\n", committee.display().to_string())
+    };
     let exe = std::env::current_exe().context("finding the floe executable")?;
     let mut urls = Vec::new();
     for (i, port) in ports.iter().enumerate() {
@@ -81,9 +102,8 @@ pub fn up(spec: &Up) -> Result<(PathBuf, Vec<String>)> {
             &config,
             format!(
                 "name = \"node-{i}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dirs = [{:?}]\n\
-                 committee = {:?}\ncores = {}\npin_cores = false\nsync_interval_seconds = {}\n",
+                 {source}cores = {}\npin_cores = false\nsync_interval_seconds = {}\n",
                 home.join("data").display().to_string(),
-                committee.display().to_string(),
                 spec.cores,
                 spec.sync_interval_seconds,
             ),
@@ -115,6 +135,85 @@ pub fn up(spec: &Up) -> Result<(PathBuf, Vec<String>)> {
     Ok((committee, urls))
 }
 
+/// `bytes` random bytes from the kernel, as hex.
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The client URL of the cluster's etcd in `dir`, if it was started with one.
+pub fn etcd_url(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("etcd").join("url"))
+        .ok()
+        .map(|u| u.trim().to_string())
+}
+
+/// Starts a single-member etcd in `dir/etcd` on free loopback ports (log `etcd.log`, PID in
+/// `pid`, client URL in `url`) and waits until it answers; its client URL.
+fn start_etcd(dir: &Path) -> Result<String> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        bail!(
+            "etcd is not installed: `apt-get install etcd-server` (Debian, Ubuntu) or put an \
+             etcd binary on PATH"
+        );
+    }
+    let home = dir.join("etcd");
+    std::fs::create_dir_all(&home)?;
+    let url = format!("http://127.0.0.1:{}", free_port()?);
+    let peer = format!("http://127.0.0.1:{}", free_port()?);
+    let log = std::fs::File::create(home.join("etcd.log"))?;
+    let child = std::os::unix::process::CommandExt::process_group(
+        Command::new("etcd")
+            .args(["--name", "floe-etcd", "--data-dir"])
+            .arg(home.join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("floe-etcd={peer}")])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log),
+        0,
+    )
+    .spawn()
+    .context("starting etcd")?;
+    std::fs::write(home.join("pid"), child.id().to_string())?;
+    std::fs::write(home.join("url"), &url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    loop {
+        let answered = runtime.block_on(floe_control::Control::connect(
+            std::slice::from_ref(&url),
+            floe_control::PREFIX_DEFAULT,
+            Duration::from_secs(1),
+        ));
+        if answered.is_ok() {
+            return Ok(url);
+        }
+        if started.elapsed() > WAIT {
+            bail!(
+                "etcd did not answer at {url} within {} s; see {}",
+                WAIT.as_secs(),
+                home.join("etcd.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn wait_healthy(url: &str) -> Result<()> {
     let started = Instant::now();
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -132,13 +231,41 @@ fn wait_healthy(url: &str) -> Result<()> {
     }
 }
 
-/// Whether `pid` is still a running floe process (not a reused PID).
-fn is_floe(pid: i32) -> bool {
+/// Whether `pid` is still a running process whose command line names `program` (not a
+/// reused PID).
+fn is_program(pid: i32, program: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains("floe"))
+        .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(program))
 }
 
-/// Stops every node of the cluster in `dir`; returns how many were running.
+/// Stops the process in `pid_file` if it is still `program` (SIGTERM, SIGKILL after the grace
+/// period) and removes the file; whether it was running.
+fn stop(pid_file: &Path, program: &str) -> Result<bool> {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return Ok(false);
+    };
+    let pid: i32 = text.trim().parse().context("a PID file holds no number")?;
+    let running = is_program(pid, program);
+    if running {
+        // SAFETY: kill(2) with a PID checked to be that program; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let started = Instant::now();
+        // Until it is gone (or a zombie): its command line empties while it is still exiting.
+        while is_running(pid) {
+            if started.elapsed() > WAIT {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::fs::remove_file(pid_file)?;
+    Ok(running)
+}
+
+/// Stops every node of the cluster in `dir`, then its etcd if it has one; returns how many
+/// nodes were running.
 pub fn down(dir: &Path) -> Result<usize> {
     if !dir.join("committee.toml").exists() {
         bail!("{} holds no cluster (no committee.toml)", dir.display());
@@ -149,28 +276,11 @@ pub fn down(dir: &Path) -> Result<usize> {
         if !home.exists() {
             break;
         }
-        let pid_file = home.join("pid");
-        let Ok(text) = std::fs::read_to_string(&pid_file) else {
-            continue;
-        };
-        let pid: i32 = text.trim().parse().context("a PID file holds no number")?;
-        if is_floe(pid) {
-            // SAFETY: kill(2) with a PID checked to be a floe process; no memory is involved.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let started = Instant::now();
-            // Until it is gone (or a zombie): its command line empties while it is still exiting.
-            while is_running(pid) {
-                if started.elapsed() > WAIT {
-                    // SAFETY: as above.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if stop(&home.join("pid"), "floe")? {
             stopped += 1;
         }
-        std::fs::remove_file(&pid_file)?;
     }
+    stop(&dir.join("etcd").join("pid"), "etcd")?;
     Ok(stopped)
 }
 

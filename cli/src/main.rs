@@ -180,8 +180,15 @@ enum ClusterCommand {
         /// Seconds between sync rounds (learning blobs, healing slivers).
         #[arg(long, default_value_t = 5)]
         sync_interval: u64,
+        /// Coordinate the nodes through a local etcd (Debian's `etcd-server`) started beside
+        /// them in DIR/etcd: the committee, epochs and the blob registry live there, and
+        /// `floe committee show|propose|status --etcd URL` work on it. Peers authenticate
+        /// with a generated cluster secret.
+        #[arg(long)]
+        etcd: bool,
     },
-    /// Stop the nodes of a cluster started with `up` (SIGTERM, by PID); the data stays.
+    /// Stop the nodes of a cluster started with `up` (SIGTERM, by PID), and its etcd; the
+    /// data stays.
     Down {
         #[arg(long, default_value = "./floe-cluster")]
         dir: PathBuf,
@@ -388,6 +395,7 @@ fn run(cli: Cli) -> Result<()> {
             dir,
             cores,
             sync_interval,
+            etcd,
         }) => {
             let (committee, urls) = cluster::up(&cluster::Up {
                 dir: dir.clone(),
@@ -395,8 +403,13 @@ fn run(cli: Cli) -> Result<()> {
                 shards,
                 cores,
                 sync_interval_seconds: sync_interval,
+                etcd,
             })?;
             print!("{}", fs::read_to_string(&committee)?);
+            if let Some(url) = cluster::etcd_url(&dir) {
+                eprintln!("\netcd: {url} (data and log in {}/etcd)", dir.display());
+                eprintln!("  committee: floe committee show --etcd {url}");
+            }
             eprintln!(
                 "\n{nodes} nodes up; committee file {}; logs in {}/node-*/node.log",
                 committee.display(),

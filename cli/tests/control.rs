@@ -813,3 +813,75 @@ fn the_floe_cluster_goes_on_when_an_etcd_member_dies() {
     }
     drop(nodes);
 }
+
+/// `floe cluster up --etcd` starts a local etcd beside the nodes, loads the committee into it
+/// and runs the nodes from it; `down` stops both.
+#[test]
+fn cluster_up_with_etcd_runs_the_nodes_on_a_local_etcd() {
+    // Skips (or, in CI, fails) like every etcd test when etcd is missing.
+    let Some(probe) = Etcd::start() else {
+        return;
+    };
+    drop(probe);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("c");
+    let floe = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    let text = floe(&[
+        "cluster",
+        "up",
+        "--etcd",
+        "--nodes",
+        "3",
+        "--shards",
+        "10",
+        "--dir",
+        cluster.to_str().unwrap(),
+    ]);
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd: "))
+        .and_then(|l| l.split(' ').next())
+        .expect("the etcd URL is printed")
+        .to_string();
+    let nodes: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("address = \""))
+        .map(|a| format!("http://{}", a.trim_end_matches('"')))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{text}");
+    let shown = floe(&["committee", "show", "--etcd", &url]);
+    assert!(shown.contains("3 nodes"), "{shown}");
+    let blob = blob_bytes(100_000, 3);
+    let (status, answer) = store_deletable(&nodes[0], &blob, false);
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["newlyCreated"]["blobId"].as_str().unwrap();
+    let (status, back) = get(&nodes[2], &format!("/v1/blobs/{id}"));
+    assert!(status == 200 && back == blob);
+    let health = json(&get(&nodes[1], "/v1/health").1);
+    assert_eq!(health["control"]["connected"], true, "{health}");
+    let pid: i32 = std::fs::read_to_string(cluster.join("etcd/pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    floe(&["cluster", "down", "--dir", cluster.to_str().unwrap()]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap()
+                .is_empty(),
+        "etcd stopped"
+    );
+}

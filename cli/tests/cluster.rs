@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use floe_codec::{encode, BlobId, EncodingConfig};
 
 mod common;
-use common::{blob_bytes, get, get_with, json, metric, run, store, store_new};
+use common::{blob_bytes, get, get_with, json, metric, run, store, store_new, Etcd};
 
 /// A node of the test committee.
 struct Node {
@@ -24,8 +24,19 @@ struct Node {
     child: Option<Child>,
 }
 
+/// How the nodes of a test committee learn of blobs, deletions and lifetimes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A committee file; each node lists its peers' blobs every sync round.
+    Listing,
+    /// The committee and the blob registry in a real etcd started for the test; nodes watch it.
+    Registry,
+}
+
 /// A committee of node processes, stopped when dropped.
 struct Cluster {
+    /// The etcd of [`Mode::Registry`] (dropped after the nodes).
+    etcd: Option<Etcd>,
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
     n_shards: u16,
@@ -77,6 +88,23 @@ impl Cluster {
         token: Option<&str>,
         extra: &str,
     ) -> Cluster {
+        Self::start_in(Mode::Listing, nodes, n_shards, address_of, token, extra)
+            .expect("a committee file needs nothing else")
+    }
+
+    /// A cluster in `mode`; `None` (the test skipped) where etcd is not installed.
+    fn start_in(
+        mode: Mode,
+        nodes: usize,
+        n_shards: u16,
+        address_of: impl Fn(usize, u16) -> String,
+        token: Option<&str>,
+        extra: &str,
+    ) -> Option<Cluster> {
+        let etcd = match mode {
+            Mode::Listing => None,
+            Mode::Registry => Some(Etcd::start()?),
+        };
         let dir = tempfile::tempdir().unwrap();
         let mut committee = format!("n_shards = {n_shards}\n");
         let mut shards = Vec::new();
@@ -94,7 +122,28 @@ impl Cluster {
         }
         let committee_path = dir.path().join("committee.toml");
         std::fs::write(&committee_path, committee).unwrap();
+        let source = match &etcd {
+            None => format!("committee = {:?}", committee_path.display().to_string()),
+            Some(etcd) => {
+                let out = Command::new(env!("CARGO_BIN_EXE_floe"))
+                    .args(["committee", "init"])
+                    .arg(&committee_path)
+                    .args(["--etcd", &etcd.url])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                format!(
+                    "etcd_endpoints = [{:?}]\ncluster_secret = \"test cluster\"",
+                    etcd.url
+                )
+            }
+        };
         let mut cluster = Cluster {
+            etcd,
             nodes: Vec::new(),
             n_shards,
             shards,
@@ -110,7 +159,7 @@ impl Cluster {
                 format!("name = \"n{i}\""),
                 format!("listen = \"127.0.0.1:{port}\""),
                 format!("data_dirs = [{:?}]", data.display().to_string()),
-                format!("committee = {:?}", committee_path.display().to_string()),
+                source.clone(),
                 "cores = 1".into(),
                 "pin_cores = false".into(),
                 "sync_interval_seconds = 1".into(),
@@ -139,7 +188,7 @@ impl Cluster {
         for i in 0..nodes {
             cluster.wait_up(i);
         }
-        cluster
+        Some(cluster)
     }
 
     fn start(nodes: usize, n_shards: u16) -> Cluster {
@@ -621,7 +670,21 @@ fn check_slivers(cluster: &Cluster, i: usize, id: &BlobId, expected: &floe_codec
 
 #[test]
 fn a_wiped_node_rebuilds_its_slivers_from_peers_with_about_one_sliver_of_traffic_each() {
-    let mut cluster = Cluster::start(4, 10);
+    wiped_node_heals(Mode::Listing);
+}
+
+/// The same with the registry in place of listing: the wiped node lost its registry revision
+/// too, reads the whole registry, and heals.
+#[test]
+fn a_wiped_node_on_etcd_reads_the_registry_and_rebuilds_its_slivers() {
+    wiped_node_heals(Mode::Registry);
+}
+
+fn wiped_node_heals(mode: Mode) {
+    let address = |_, port| format!("127.0.0.1:{port}");
+    let Some(mut cluster) = Cluster::start_in(mode, 4, 10, address, None, "") else {
+        return;
+    };
     let config = EncodingConfig::new(10).unwrap();
     let blobs: Vec<Vec<u8>> = (0..3).map(|s| blob_bytes(1_500_000, 200 + s)).collect();
     let mut ids = Vec::new();
@@ -655,9 +718,17 @@ fn a_wiped_node_rebuilds_its_slivers_from_peers_with_about_one_sliver_of_traffic
     let ratio = fetched / rebuilt;
     eprintln!("healed {rebuilt} bytes of slivers with {fetched} bytes fetched (ratio {ratio:.3})");
     assert!(ratio < 1.1, "fetched {fetched} bytes to rebuild {rebuilt}");
-    let health = json(&get(&url, "/v1/health").1);
-    assert_eq!(health["sync"]["missingSlivers"], 0, "{health}");
-    assert_eq!(health["sync"]["blobsKnown"], 3, "{health}");
+    // The counts of the next sync round.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = json(&get(&url, "/v1/health").1);
+        if health["sync"]["blobsKnown"] == 3 {
+            assert_eq!(health["sync"]["missingSlivers"], 0, "{health}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -752,8 +823,22 @@ fn blob_status(cluster: &Cluster, i: usize, id: &BlobId) -> serde_json::Value {
 
 #[test]
 fn deletable_blobs_are_deleted_on_every_node_and_permanent_ones_never() {
+    deletions_converge(Mode::Listing);
+}
+
+/// The same with the registry in place of listing: the node that was down learns the deletion
+/// from the registry when it returns.
+#[test]
+fn deletions_converge_through_the_registry() {
+    deletions_converge(Mode::Registry);
+}
+
+fn deletions_converge(mode: Mode) {
     let token = Some("s3cret");
-    let mut cluster = Cluster::start_opts(4, 10, |_, port| format!("127.0.0.1:{port}"), token);
+    let address = |_, port| format!("127.0.0.1:{port}");
+    let Some(mut cluster) = Cluster::start_in(mode, 4, 10, address, token, "") else {
+        return;
+    };
     let urls: Vec<String> = (0..4).map(|i| cluster.url(i)).collect();
     let put = |i: usize, blob: &[u8], query: &str| {
         let url = format!("{}/v1/blobs?epochs=3{query}", urls[i]);
@@ -1033,6 +1118,43 @@ fn a_later_end_epoch_reaches_every_node_and_core() {
         }
     }
     assert!(metric(&cluster.url(1), "floe_sync_blobs_updated_total") >= 1.0);
+}
+
+/// On etcd, a lifetime extended while a node was down reaches it through the registry (the
+/// store that extends it registers the later end epoch), on every core.
+#[test]
+fn a_later_end_epoch_reaches_a_node_that_was_down_through_the_registry() {
+    let address = |_, port| format!("127.0.0.1:{port}");
+    let Some(mut cluster) = Cluster::start_in(Mode::Registry, 4, 10, address, None, "cores = 2")
+    else {
+        return;
+    };
+    let blob = blob_bytes(120_000, 92);
+    let id = store_new(&cluster.url(0), &blob, 2);
+    let urls: Vec<String> = (0..4).map(|i| cluster.url(i)).collect();
+    let end_epoch = |i: usize| {
+        json(&get(&urls[i], &format!("/v1/blobs/{id}/status")).1)["endEpoch"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = end_epoch(3);
+    cluster.stop(3);
+    let (status, answer) = store(&cluster.url(1), &blob, 30);
+    assert_eq!(status, 200, "{answer}");
+    let later = end_epoch(0);
+    assert!(later > first, "{answer}");
+    cluster.restart(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while end_epoch(3) != later {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not learn the later end epoch"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metric(&cluster.url(3), "floe_sync_blobs_updated_total") >= 1.0);
+    let (_, head) = get(&cluster.url(3), &format!("/v1/blobs/{id}"));
+    assert!(head == blob);
 }
 
 /// A big blob through a committee: 4 nodes, n = 100, a 45 MB blob (over the 32 MiB the

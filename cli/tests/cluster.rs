@@ -36,7 +36,7 @@ enum Mode {
 /// A committee of node processes, stopped when dropped.
 struct Cluster {
     /// The etcd of [`Mode::Registry`] (dropped after the nodes).
-    etcd: Option<Etcd>,
+    _etcd: Option<Etcd>,
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
     n_shards: u16,
@@ -143,7 +143,7 @@ impl Cluster {
             }
         };
         let mut cluster = Cluster {
-            etcd,
+            _etcd: etcd,
             nodes: Vec::new(),
             n_shards,
             shards,

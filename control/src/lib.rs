@@ -198,7 +198,14 @@ pub struct BlobsPage {
     pub revision: i64,
     /// Whether more follow the last one.
     pub more: bool,
+    /// How many keys the page's range held from its start (this page's included).
+    pub left: u64,
 }
+
+/// The characters a blob ID's text starts with (URL-safe base64), in key order: the ranges a
+/// full read of the registry splits into.
+pub const BLOB_ID_FIRST_CHARS: &str =
+    "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
 
 /// The end of the key range of every key starting with `prefix` (etcd's "prefix end").
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -643,19 +650,24 @@ impl Control {
         self.get_json(&key).await
     }
 
-    /// Up to `limit` records after blob `after` (from the first without), read at `revision`
-    /// (the current one for `None`: pass the answer's revision for the next page, so that all
-    /// pages are one consistent view). A revision etcd compacted away is
-    /// [`ControlError::Compacted`].
+    /// Up to `limit` records of blobs whose ID starts with `within` ("" for all), after blob
+    /// `after` (from the first without), read at `revision` (the current one for `None`: pass
+    /// the answer's revision for the next page, so that all pages are one consistent view). A
+    /// revision etcd compacted away is [`ControlError::Compacted`].
+    ///
+    /// etcd counts every key left in a page's range (its answer's `count`), so a page of a
+    /// range of N keys costs O(N): a caller reading millions pages through narrower `within`
+    /// ranges (see [`BlobsPage::left`]).
     pub async fn blobs_page(
         &mut self,
+        within: &str,
         after: Option<&str>,
         limit: i64,
         revision: Option<i64>,
     ) -> Result<BlobsPage, ControlError> {
-        let prefix = self.blobs_prefix();
+        let prefix = format!("{}{within}", self.blobs_prefix());
         let start = match after {
-            Some(after) => format!("{prefix}{after}\0").into_bytes(),
+            Some(after) => format!("{}{after}\0", self.blobs_prefix()).into_bytes(),
             None => prefix.clone().into_bytes(),
         };
         let mut options = GetOptions::new()
@@ -691,6 +703,7 @@ impl Control {
             blobs,
             revision: revision.unwrap_or(read_at),
             more: answer.more(),
+            left: u64::try_from(answer.count()).unwrap_or(0),
         })
     }
 

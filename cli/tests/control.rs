@@ -142,23 +142,7 @@ fn nodes_take_their_committee_from_etcd() {
     let url = etcd.url.clone();
     let (ok, text) = committee(&["init", file.to_str().unwrap(), "--etcd", &url]);
     assert!(ok, "{text}");
-    let start = |i: usize, name: &str| {
-        let data = dir.path().join(name);
-        try_start_at(
-            &format!("127.0.0.1:{}", ports[i]),
-            &[
-                "--etcd",
-                &url,
-                "--name",
-                name,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--cores",
-                "1",
-            ],
-            &[],
-        )
-    };
+    let start = |i: usize, name: &str| on_etcd(dir.path(), name, ports[i], &url, "");
     let a = start(0, "a").unwrap();
     let b = start(1, "b").unwrap();
     // A blob stored through a is read back through b: both hold the committee from etcd.
@@ -223,6 +207,36 @@ fn nodes_take_their_committee_from_etcd() {
     drop((a, b));
 }
 
+/// Starts node `name` on one core at 127.0.0.1:`port`, its committee from etcd at `etcd`
+/// (URLs), its data in `dir/name`, with `config` (node.toml lines) if any.
+fn on_etcd(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    etcd: &str,
+    config: &str,
+) -> Result<NodeProcess, String> {
+    let data = dir.join(name);
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, config).unwrap();
+    try_start_at(
+        &format!("127.0.0.1:{port}"),
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--etcd",
+            etcd,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--cores",
+            "1",
+        ],
+        &[],
+    )
+}
+
 /// Free loopback ports.
 fn ports(count: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..count)
@@ -281,31 +295,10 @@ fn a_committee_on_etcd_registers_blobs_and_follows_the_registry() {
     let url = etcd.url.clone();
     let (ok, text) = committee(&["init", file.to_str().unwrap(), "--etcd", &url]);
     assert!(ok, "{text}");
+    let config = "sync_interval_seconds = 1\ncluster_secret = \"the same on every node\"\n";
     let start = |i: usize| {
-        let data = dir.path().join(names[i]);
-        let config = dir.path().join(format!("{}.toml", names[i]));
-        std::fs::write(
-            &config,
-            "sync_interval_seconds = 1\ncluster_secret = \"the same on every node\"\n",
-        )
-        .unwrap();
-        try_start_at(
-            &format!("127.0.0.1:{}", ports[i]),
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--etcd",
-                &url,
-                "--name",
-                names[i],
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--cores",
-                "1",
-            ],
-            &[],
-        )
-        .unwrap_or_else(|e| panic!("node {} did not start: {e}", names[i]))
+        on_etcd(dir.path(), names[i], ports[i], &url, config)
+            .unwrap_or_else(|e| panic!("node {} did not start: {e}", names[i]))
     };
     let mut nodes: Vec<Option<NodeProcess>> = (0..3).map(|i| Some(start(i))).collect();
     let node_url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
@@ -539,22 +532,8 @@ fn shards_move_between_nodes_at_epoch_changes() {
     let (ok, text) = committee(&["init", first.to_str().unwrap(), "--etcd", &url]);
     assert!(ok, "{text}");
     let start = |i: usize| {
-        let data = dir.path().join(names[i]);
-        try_start_at(
-            &format!("127.0.0.1:{}", ports[i]),
-            &[
-                "--etcd",
-                &url,
-                "--name",
-                names[i],
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--cores",
-                "1",
-            ],
-            &[],
-        )
-        .unwrap_or_else(|e| panic!("node {} did not start: {e}", names[i]))
+        on_etcd(dir.path(), names[i], ports[i], &url, "")
+            .unwrap_or_else(|e| panic!("node {} did not start: {e}", names[i]))
     };
     let node_url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
     let mut nodes: Vec<Option<NodeProcess>> = (0..3).map(|i| Some(start(i))).collect();
@@ -739,18 +718,7 @@ fn the_floe_cluster_goes_on_when_an_etcd_member_dies() {
     let (ok, text) = committee(&["init", file.to_str().unwrap(), "--etcd", &urls]);
     assert!(ok, "{text}");
     let nodes: Vec<NodeProcess> = (0..3)
-        .map(|i| {
-            let data = dir.path().join(names[i]);
-            try_start_at(
-                &format!("127.0.0.1:{}", ports[i]),
-                &["--etcd", &urls, "--name", names[i], "--data-dir"]
-                    .into_iter()
-                    .chain([data.to_str().unwrap(), "--cores", "1"])
-                    .collect::<Vec<_>>(),
-                &[],
-            )
-            .unwrap()
-        })
+        .map(|i| on_etcd(dir.path(), names[i], ports[i], &urls, "").unwrap())
         .collect();
     let node_url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
     let before = blob_bytes(50_000, 1);

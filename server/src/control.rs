@@ -423,17 +423,12 @@ impl ControlPlane {
         if let Some(why) = self.unavailable() {
             return Err(why);
         }
-        let (reply, answer) = futures::channel::oneshot::channel();
-        self.requests
-            .send(Request::Register {
-                blob,
-                record,
-                reply,
-            })
-            .map_err(|_| "the control plane stopped".to_string())?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the control plane stopped".to_string()))
+        self.ask(|reply| Request::Register {
+            blob,
+            record,
+            reply,
+        })
+        .await
     }
 
     /// Records how far the move of `shard` into `epoch` got.
@@ -443,33 +438,34 @@ impl ControlPlane {
         shard: u16,
         progress: MoveProgress,
     ) -> Result<(), String> {
-        let (reply, answer) = futures::channel::oneshot::channel();
-        self.requests
-            .send(Request::Report {
-                epoch: epoch.into(),
-                shard,
-                progress,
-                reply,
-            })
-            .map_err(|_| "the control plane stopped".to_string())?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the control plane stopped".to_string()))
+        self.ask(|reply| Request::Report {
+            epoch: epoch.into(),
+            shard,
+            progress,
+            reply,
+        })
+        .await
     }
 
     /// How far the move of `shard` into `epoch` got, as last reported.
     pub async fn progress(&self, epoch: u32, shard: u16) -> Result<Option<MoveProgress>, String> {
+        self.ask(|reply| Request::Progress {
+            epoch: epoch.into(),
+            shard,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends the thread a request and awaits its reply (from any executor).
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(futures::channel::oneshot::Sender<Result<T, String>>) -> Request,
+    ) -> Result<T, String> {
+        let stopped = || "the control plane stopped".to_string();
         let (reply, answer) = futures::channel::oneshot::channel();
-        self.requests
-            .send(Request::Progress {
-                epoch: epoch.into(),
-                shard,
-                reply,
-            })
-            .map_err(|_| "the control plane stopped".to_string())?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the control plane stopped".to_string()))
+        self.requests.send(request(reply)).map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     pub fn to_json(&self) -> serde_json::Value {

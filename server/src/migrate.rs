@@ -31,7 +31,7 @@ use futures::StreamExt;
 
 use crate::config::Member;
 use crate::control::ControlPlane;
-use crate::node_api::{shard_page, SHARD_PAGE_BYTES_MAX};
+use crate::node_api::{shard_page, verify_stored_sliver, SHARD_PAGE_BYTES_MAX};
 use crate::owner::{Op, Record};
 use crate::peer_client::{peer_fault, peer_request, Patience, PeerRequest};
 use crate::state::{record_kind, sliver_index, store_per_core, CoreState};
@@ -261,19 +261,9 @@ async fn store_page(
         };
         let pair = blob_id.pair_for_shard(shard.into(), n) as u16;
         let index = sliver_index(kind, pair, n);
-        let verified = sliver_header(&sliver).is_ok_and(|header| {
-            usize::from(header.index) == index
-                && floe_codec::verify_sliver(
-                    &known.metadata,
-                    &known.layout,
-                    kind,
-                    index,
-                    header.symbol_bytes.into(),
-                    &sliver[header.data],
-                    &mut state.scratch.borrow_mut(),
-                )
-                .is_ok()
-        });
+        let verified = sliver_header(&sliver)
+            .is_ok_and(|header| usize::from(header.index) == index)
+            && verify_stored_sliver(state, &known, kind, &sliver).is_ok();
         if !verified {
             peer_fault(state, from, "bad_sliver");
             tracing::warn!(blob = %blob_id, shard, %kind, from, "migration: a pulled sliver fails verification; skipped");

@@ -383,6 +383,27 @@ pub(crate) async fn local_recovery_symbols(
 
 /// `PUT /v1/blobs/{id}/slivers`: a batch of slivers, each checked like a single PUT; if any
 /// fails, nothing is stored. Stored with one commit per owning core.
+/// Verifies a sliver as stored (header and data) against its blob's metadata, with this
+/// core's scratch: it re-encodes to the metadata's root for its index and kind.
+pub(crate) fn verify_stored_sliver(
+    state: &CoreState,
+    known: &CachedMetadata,
+    kind: SliverKind,
+    sliver: &[u8],
+) -> Result<(), String> {
+    let header = sliver_header(sliver).map_err(|e| e.to_string())?;
+    floe_codec::verify_sliver(
+        &known.metadata,
+        &known.layout,
+        kind,
+        header.index.into(),
+        header.symbol_bytes.into(),
+        &sliver[header.data],
+        &mut state.scratch.borrow_mut(),
+    )
+    .map_err(|e| e.to_string())
+}
+
 pub(crate) async fn put_slivers(
     state: &Rc<CoreState>,
     blob_id: BlobId,
@@ -417,16 +438,8 @@ pub(crate) async fn put_slivers(
                 ),
             ));
         }
-        floe_codec::verify_sliver(
-            &known.metadata,
-            &known.layout,
-            kind,
-            index,
-            header.symbol_bytes.into(),
-            &sliver[header.data],
-            &mut state.scratch.borrow_mut(),
-        )
-        .map_err(|e| verification_failed(state, "sliver", format!("pair {pair}: {e}")))?;
+        verify_stored_sliver(state, &known, kind, sliver)
+            .map_err(|e| verification_failed(state, "sliver", format!("pair {pair}: {e}")))?;
         per_core[state.shared.owners.core_of_shard(shard)].push(Record {
             key: Key {
                 blob_id: blob_id.0,

@@ -167,6 +167,39 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts one etcd member (output discarded; errors only).
+#[allow(clippy::too_many_arguments)]
+fn spawn_etcd(
+    name: &str,
+    url: &str,
+    peer_url: &str,
+    data: &std::path::Path,
+    initial_cluster: &str,
+    state: &str,
+    token: &str,
+    extra: &[&str],
+) -> Child {
+    Command::new("etcd")
+        .args(["--name", name, "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", initial_cluster])
+        .args([
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            token,
+        ])
+        .args(extra)
+        .args(["--logger", "zap", "--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run etcd")
+}
+
 impl Etcd {
     pub fn start() -> Option<Etcd> {
         if Command::new("etcd").arg("--version").output().is_err() {
@@ -193,20 +226,18 @@ impl Etcd {
     }
 
     fn spawn(url: &str, peer_url: &str, dir: &std::path::Path, state: &str) -> Child {
-        Command::new("etcd")
-            .args(["--name", "m0", "--data-dir"])
-            .arg(dir.join("m0"))
-            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
-            .args(["--listen-peer-urls", peer_url])
-            .args(["--initial-advertise-peer-urls", peer_url])
-            .args(["--initial-cluster", &format!("m0={peer_url}")])
-            .args(["--initial-cluster-state", state, "--initial-cluster-token"])
-            .arg(format!("floe-test-{url}"))
-            .args(["--logger", "zap", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run etcd")
+        let initial = format!("m0={peer_url}");
+        let token = format!("floe-test-{url}");
+        spawn_etcd(
+            "m0",
+            url,
+            peer_url,
+            &dir.join("m0"),
+            &initial,
+            state,
+            &token,
+            &[],
+        )
     }
 
     fn wait_healthy(&self) {
@@ -295,27 +326,17 @@ impl EtcdCluster {
             .collect();
         let members = (0..3)
             .map(|i| {
-                Some(
-                    Command::new("etcd")
-                        .args(["--name", names[i], "--data-dir"])
-                        .arg(dir.path().join(names[i]))
-                        .args(["--listen-client-urls", &clients[i]])
-                        .args(["--advertise-client-urls", &clients[i]])
-                        .args(["--listen-peer-urls", &peers[i]])
-                        .args(["--initial-advertise-peer-urls", &peers[i]])
-                        .args(["--initial-cluster", &initial.join(",")])
-                        .args(["--initial-cluster-state", "new"])
-                        .args([
-                            "--initial-cluster-token",
-                            &format!("floe-test-{}", clients[0]),
-                        ])
-                        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                        .args(["--logger", "zap", "--log-level", "error"])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .expect("run etcd"),
-                )
+                let token = format!("floe-test-{}", clients[0]);
+                Some(spawn_etcd(
+                    names[i],
+                    &clients[i],
+                    &peers[i],
+                    &dir.path().join(names[i]),
+                    &initial.join(","),
+                    "new",
+                    &token,
+                    &["--heartbeat-interval", "50", "--election-timeout", "500"],
+                ))
             })
             .collect();
         let cluster = EtcdCluster {

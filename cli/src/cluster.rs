@@ -180,6 +180,14 @@ fn start_etcd(dir: &Path) -> Result<String> {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("floe-etcd={peer}")])
+            // History kept an hour: etcd's space stays bounded; a node that was down longer
+            // reads the whole registry instead of the events it missed.
+            .args([
+                "--auto-compaction-mode",
+                "periodic",
+                "--auto-compaction-retention",
+                "1h",
+            ])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -346,6 +346,18 @@ fn a_committee_on_etcd_registers_blobs_and_follows_the_registry() {
     );
     assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
 
+    // A blob stored for one epoch expires everywhere by the same epoch, and leaves etcd.
+    let short = blob_bytes(4000, 77);
+    let (status, body) = run(
+        ureq::http::Request::put(format!("{}/v1/blobs?epochs=1", node_url(0))),
+        &short,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let short_id = json(&body)["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
     // Epochs advance, by one node: every node sees the same epoch, and one leads.
     let epoch = |i: usize| {
         json(&get(&node_url(i), "/v1/health").1)["epoch"]
@@ -357,6 +369,13 @@ fn a_committee_on_etcd_registers_blobs_and_follows_the_registry() {
     within(10, "every node sees the epoch", || {
         let e = epoch(0);
         (0..3).all(|i| epoch(i) == e)
+    });
+    within(10, "the short-lived blob expires on every node", || {
+        (0..3).all(|i| get(&node_url(i), &format!("/v1/blobs/{short_id}")).0 == 404)
+    });
+    within(10, "its registry record is swept", || {
+        etcd.ctl(&["get", &format!("/floe/blobs/{short_id}"), "--keys-only"])
+            .is_some_and(|out| out.trim().is_empty())
     });
     let leaders: usize = (0..3)
         .map(|i| metric(&node_url(i), "floe_control_leader") as usize)

@@ -202,6 +202,71 @@ pub struct BlobsPage {
     pub left: u64,
 }
 
+/// Keys above which a range of the registry is read as 64 narrower ranges. Why: etcd counts
+/// the keys of a page's whole range (measured at 1M keys: 0.5 s a page over all of them,
+/// 0.02 s over a 64th), so pages stay cheap only over ranges of this order.
+pub const SPLIT_ABOVE: u64 = 20_000;
+
+/// Characters of blob ID prefix a scan splits ranges to at most (64^3 = 262,144 ranges:
+/// bounded work for registries of billions).
+pub const SPLIT_DEPTH: usize = 3;
+
+/// A scan of the whole registry at one revision, page by page, splitting ranges that hold
+/// more than [`SPLIT_ABOVE`] keys by blob ID prefix (see [`Control::blobs_page`]).
+pub struct RegistryScan {
+    ranges: Vec<String>,
+    current: Option<(String, Option<String>)>,
+    at: Option<i64>,
+    page: i64,
+}
+
+impl RegistryScan {
+    /// A scan in pages of `page` records.
+    pub fn new(page: i64) -> Self {
+        Self {
+            ranges: vec![String::new()],
+            current: None,
+            at: None,
+            page,
+        }
+    }
+
+    /// The revision the scan reads at (after its first page).
+    pub fn revision(&self) -> Option<i64> {
+        self.at
+    }
+
+    /// The next page (possibly empty), `None` at the end.
+    pub async fn next(
+        &mut self,
+        control: &mut Control,
+    ) -> Result<Option<Vec<(String, BlobRecord)>>, ControlError> {
+        loop {
+            let (within, after) = match self.current.take() {
+                Some(current) => current,
+                None => match self.ranges.pop() {
+                    Some(within) => (within, None),
+                    None => return Ok(None),
+                },
+            };
+            let page = control
+                .blobs_page(&within, after.as_deref(), self.page, self.at)
+                .await?;
+            self.at = Some(page.revision);
+            if after.is_none() && page.left > SPLIT_ABOVE && within.len() < SPLIT_DEPTH {
+                let narrower = BLOB_ID_FIRST_CHARS.chars().rev();
+                self.ranges.extend(narrower.map(|c| format!("{within}{c}")));
+                continue;
+            }
+            if page.more {
+                let last = page.blobs.last().map(|(id, _)| id.clone());
+                self.current = Some((within, last));
+            }
+            return Ok(Some(page.blobs));
+        }
+    }
+}
+
 /// The characters a blob ID's text starts with (URL-safe base64), in key order: the ranges a
 /// full read of the registry splits into.
 pub const BLOB_ID_FIRST_CHARS: &str =
@@ -463,6 +528,45 @@ impl Control {
         }
         let answer = self.client.txn(Txn::new().when(when).and_then(ops)).await?;
         Ok(answer.succeeded())
+    }
+
+    /// Deletes the registry records of blobs whose end epoch is before `epoch` (each only if
+    /// unchanged since it was read: an extension meanwhile keeps it); returns how many. Nodes
+    /// expire such blobs by the same epoch on their own; this keeps etcd from growing with
+    /// every blob ever stored.
+    pub async fn forget_expired(&mut self, epoch: u32) -> Result<u64, ControlError> {
+        let mut scan = RegistryScan::new(1000);
+        let mut forgotten = 0;
+        let prefix = self.blobs_prefix();
+        while let Some(page) = scan.next(self).await? {
+            let expired: Vec<String> = page
+                .into_iter()
+                .filter(|(_, record)| record.end_epoch < epoch)
+                .map(|(id, _)| format!("{prefix}{id}"))
+                .collect();
+            for key in expired {
+                let answer = self.client.get(key.as_str(), None).await?;
+                let Some(kv) = answer.kvs().first() else {
+                    continue;
+                };
+                let still = serde_json::from_slice::<BlobRecord>(kv.value())
+                    .is_ok_and(|r| r.end_epoch < epoch);
+                if !still {
+                    continue;
+                }
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                if self.client.txn(txn).await?.succeeded() {
+                    forgotten += 1;
+                }
+            }
+        }
+        Ok(forgotten)
     }
 
     /// The moves into `epoch` and how far each got.

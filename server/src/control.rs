@@ -50,15 +50,6 @@ pub const LEADER_TTL_SECONDS: i64 = 6;
 /// in milliseconds and well under its 1.5 MiB request limit.
 const FULL_READ_PAGE: i64 = 1000;
 
-/// Keys above which a range of the registry is read as 64 narrower ranges. Why: etcd counts
-/// the keys of a page's whole range (measured at 1M keys: 0.5 s a page over all of them,
-/// 0.02 s over a 64th), so pages stay cheap only over ranges of this order.
-const SPLIT_ABOVE: u64 = 20_000;
-
-/// Characters of blob ID prefix a full read splits ranges to at most (64^3 = 262,144
-/// ranges: bounded work for registries of billions).
-const SPLIT_DEPTH: usize = 3;
-
 /// Registry batches queued for core 0. Why: a few batches in flight keep core 0 busy while
 /// the thread reads ahead; more would only hold memory.
 const BATCHES_QUEUED: usize = 4;
@@ -963,45 +954,25 @@ async fn full_read(
         message: "the node stopped".into(),
     };
     let started = std::time::Instant::now();
-    let mut at = None;
     let mut records = 0u64;
-    // Blob ID prefixes still to read; a range holding more than SPLIT_ABOVE keys is read as
-    // its 64 narrower ranges instead (etcd's pages cost the size of their range).
-    let mut ranges = vec![String::new()];
-    while let Some(within) = ranges.pop() {
-        let mut after: Option<String> = None;
-        loop {
-            let page = control
-                .blobs_page(&within, after.as_deref(), FULL_READ_PAGE, at)
-                .await?;
-            at = Some(page.revision);
-            if after.is_none() && page.left > SPLIT_ABOVE && within.len() < SPLIT_DEPTH {
-                let narrower = floe_control::BLOB_ID_FIRST_CHARS.chars().rev();
-                ranges.extend(narrower.map(|c| format!("{within}{c}")));
-                break;
-            }
-            after = page.blobs.last().map(|(id, _)| id.clone());
-            let blobs: Vec<(BlobId, BlobRecord)> = page
-                .blobs
-                .into_iter()
-                .filter_map(|(id, record)| Some((id.parse().ok()?, record)))
-                .collect();
-            records += blobs.len() as u64;
-            if !blobs.is_empty() {
-                batches
-                    .send(RegistryBatch {
-                        blobs,
-                        revision: None,
-                    })
-                    .await
-                    .map_err(|_| stopped())?;
-            }
-            if !page.more {
-                break;
-            }
+    let mut scan = floe_control::RegistryScan::new(FULL_READ_PAGE);
+    while let Some(page) = scan.next(control).await? {
+        let blobs: Vec<(BlobId, BlobRecord)> = page
+            .into_iter()
+            .filter_map(|(id, record)| Some((id.parse().ok()?, record)))
+            .collect();
+        records += blobs.len() as u64;
+        if !blobs.is_empty() {
+            batches
+                .send(RegistryBatch {
+                    blobs,
+                    revision: None,
+                })
+                .await
+                .map_err(|_| stopped())?;
         }
     }
-    let revision = u64::try_from(at.unwrap_or(0)).unwrap_or(0);
+    let revision = u64::try_from(scan.revision().unwrap_or(0)).unwrap_or(0);
     batches
         .send(RegistryBatch {
             blobs: Vec::new(),
@@ -1086,7 +1057,24 @@ async fn lead(context: &Context, mut control: Control) -> Result<Never, ControlE
                 .advance(epoch, at, Some(fence.clone()), now_unix_seconds())
                 .await?
             {
-                tracing::info!(epoch = epoch.epoch + 1, "control plane: advanced the epoch");
+                let next = epoch_u32(epoch.epoch + 1);
+                tracing::info!(epoch = next, "control plane: advanced the epoch");
+                // Registry records of blobs that expired with the last epoch go (each node
+                // expires the blobs themselves by the same epoch).
+                let mut sweeper = control.clone();
+                tokio::spawn(async move {
+                    match sweeper.forget_expired(next).await {
+                        Ok(0) => {}
+                        Ok(forgotten) => tracing::info!(
+                            forgotten,
+                            epoch = next,
+                            "control plane: expired blobs left the registry"
+                        ),
+                        Err(err) => {
+                            tracing::warn!(%err, "control plane: could not sweep expired blobs from the registry")
+                        }
+                    }
+                });
             }
         }
     };

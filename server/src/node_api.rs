@@ -149,11 +149,17 @@ pub(crate) async fn get_metadata(
     blob_id: BlobId,
 ) -> Result<Response<Body>, ApiError> {
     match state.metadata_record(&blob_id).await? {
-        Some(crate::owner::Found { data: bytes, .. }) => {
-            state.shared.metrics.sent_bytes.inc_by(bytes.len() as u64);
-            Ok(octets(bytes))
+        // Past its end epoch it is gone, whether or not the sweep dropped it yet: a reader
+        // elsewhere must not bring an expired blob back through this node's metadata.
+        Some(found) if found.end_epoch >= state.shared.epoch() => {
+            state
+                .shared
+                .metrics
+                .sent_bytes
+                .inc_by(found.data.len() as u64);
+            Ok(octets(found.data))
         }
-        None => Err(ApiError::not_found(
+        _ => Err(ApiError::not_found(
             "blobNotFound",
             format!("this node has no metadata for blob {blob_id}"),
         )),

@@ -872,3 +872,87 @@ fn cluster_up_with_etcd_runs_the_nodes_on_a_local_etcd() {
         "etcd stopped"
     );
 }
+
+/// Without `--now`, a proposal takes effect when the current epoch ends: the node that
+/// advances epochs begins the next one with the proposed committee, and its moves run.
+#[test]
+fn a_proposal_takes_effect_at_the_end_of_the_epoch() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ports = ports(2);
+    let url = etcd.url.clone();
+    let write = |name: &str, a: &str, b: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "n_shards = 10\nepoch_seconds = 3\n\
+                 [[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:{}\"\nshards = [{a}]\n\
+                 [[nodes]]\nname = \"b\"\naddress = \"127.0.0.1:{}\"\nshards = [{b}]\n",
+                ports[0], ports[1]
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let first = write("first.toml", "\"0-4\"", "\"5-9\"");
+    let (ok, text) = committee(&["init", first.to_str().unwrap(), "--etcd", &url]);
+    assert!(ok, "{text}");
+    let nodes: Vec<NodeProcess> = ["a", "b"]
+        .iter()
+        .zip(&ports)
+        .map(|(name, port)| on_etcd(dir.path(), name, *port, &url, "").unwrap())
+        .collect();
+    let blob = blob_bytes(300_000, 8);
+    let (status, answer) = store_deletable(&nodes[0].url, &blob, false);
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = |what: &str| -> serde_json::Value {
+        let (ok, text) = committee(&[what, "--json", "--etcd", &url]);
+        assert!(ok, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let before = shown("show")["epoch"]["epoch"].as_u64().unwrap();
+    let second = write("second.toml", "\"0-3\"", "\"4-9\"");
+    let (ok, text) = committee(&["propose", second.to_str().unwrap(), "--etcd", &url]);
+    assert!(
+        ok && text.contains("begins when the current one ends"),
+        "{text}"
+    );
+    // Not yet: the current epoch keeps its committee until it ends.
+    assert_eq!(
+        shown("show")["committee"]["members"][0]["shards"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    within(
+        15,
+        "the next epoch begins with the proposed committee",
+        || {
+            let now = shown("show");
+            now["epoch"]["epoch"].as_u64().unwrap() > before
+                && now["committee"]["members"][0]["shards"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    == 4
+        },
+    );
+    let status = moves_done(&url, 30);
+    assert_eq!(status["moves"][0]["shard"], 4, "{status}");
+    assert_eq!(status["moves"][0]["from"], "a");
+    assert_eq!(status["moves"][0]["to"], "b");
+    assert!(
+        status["moves"][0]["slivers"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    let (status, back) = get(&nodes[1].url, &format!("/v1/blobs/{id}"));
+    assert!(status == 200 && back == blob);
+}

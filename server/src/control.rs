@@ -156,6 +156,15 @@ impl View {
                 && !self.settled(shard))
     }
 
+    /// `forget[s]`: shard `s` is neither held nor given away (still moving) by this node, so
+    /// whatever records of it the node has are stale (a move finished, possibly while the
+    /// node was down) and go.
+    pub fn unserved(&self) -> Vec<bool> {
+        (0..self.committee.n_shards)
+            .map(|s| !self.serves(s))
+            .collect()
+    }
+
     /// Whom to ask for `shard`'s slivers: its previous owner while it moves, else its holder.
     pub fn read_holder(&self, shard: u16) -> Option<&Member> {
         match self.moves.get(&shard) {
@@ -212,14 +221,16 @@ pub fn record_of(committee: &Committee) -> CommitteeRecord {
 }
 
 /// The current epoch and committee in etcd, read at start (before any executor runs).
-pub fn committee_from_etcd(config: &NodeConfig) -> Result<(u32, Committee), ConfigError> {
+pub fn committee_from_etcd(config: &NodeConfig) -> Result<Seen, ConfigError> {
     let runtime = runtime()
         .map_err(|e| ConfigError::Invalid(format!("starting the etcd client's runtime: {e}")))?;
-    let (epoch, record) = runtime
+    let (epoch, record, (moves, done)) = runtime
         .block_on(async {
             let mut control =
                 Control::connect(&config.etcd_endpoints, &config.etcd_prefix, TIMEOUT).await?;
-            control.current().await
+            let (epoch, record) = control.current().await?;
+            let moves = moves_of(&mut control, epoch.epoch).await?;
+            Ok::<_, ControlError>((epoch, record, moves))
         })
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let source = format!(
@@ -229,7 +240,28 @@ pub fn committee_from_etcd(config: &NodeConfig) -> Result<(u32, Committee), Conf
         epoch.epoch
     );
     let committee = committee_of(&record, &source)?;
-    Ok((epoch_u32(epoch.epoch), committee))
+    Ok(Seen {
+        epoch: epoch_u32(epoch.epoch),
+        committee,
+        moves,
+        done,
+    })
+}
+
+/// The epoch, committee and moves a node starts with.
+pub struct Seen {
+    pub epoch: u32,
+    pub committee: Committee,
+    pub moves: BTreeMap<u16, Moving>,
+    /// The moves that finished.
+    pub done: Vec<u16>,
+}
+
+impl Seen {
+    /// This node's view of it.
+    pub fn view(self, name: &str) -> View {
+        View::new(self.committee, name, Some(self.epoch)).with_moves(self.moves, &self.done)
+    }
 }
 
 fn epoch_u32(epoch: u64) -> u32 {
@@ -263,18 +295,48 @@ fn committee_toml(record: &CommitteeRecord) -> String {
 
 /// The view saved in the cursor, so that a node restarted while etcd is down starts with the
 /// committee it last saw.
+/// With the shards moving (so that a node restarted mid-move keeps serving what it gives
+/// away), and the moves then done.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedView {
     epoch: u64,
     committee: CommitteeRecord,
+    #[serde(default)]
+    moves: Vec<SavedMove>,
+    #[serde(default)]
+    done: Vec<u16>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedMove {
+    shard: u16,
+    from: floe_control::MemberRecord,
+    to: String,
 }
 
 /// The last view saved in `cursor`, if any.
-pub fn saved_view(cursor: &Cursor) -> Option<(u32, Committee)> {
+pub fn saved_view(cursor: &Cursor) -> Option<Seen> {
     let bytes = cursor.view().ok()??;
     let saved: SavedView = serde_json::from_slice(&bytes).ok()?;
     let committee = committee_of(&saved.committee, "the saved view").ok()?;
-    Some((epoch_u32(saved.epoch), committee))
+    let moves = saved
+        .moves
+        .into_iter()
+        .map(|m| {
+            let from = Member {
+                name: m.from.name,
+                address: m.from.address,
+                shards: m.from.shards,
+            };
+            (m.shard, Moving { from, to: m.to })
+        })
+        .collect();
+    Some(Seen {
+        epoch: epoch_u32(saved.epoch),
+        committee,
+        moves,
+        done: saved.done,
+    })
 }
 
 /// Registry records for core 0 to apply, in revision order.
@@ -714,6 +776,19 @@ async fn apply_epoch(
     // Swapped in also when nothing changed (each session's first look): a node started in
     // the middle of a move learns it here.
     let (moves, done) = moves_of(control, epoch.epoch).await?;
+    let saved_moves: Vec<SavedMove> = moves
+        .iter()
+        .map(|(shard, m)| SavedMove {
+            shard: *shard,
+            from: floe_control::MemberRecord {
+                name: m.from.name.clone(),
+                address: m.from.address.clone(),
+                shards: m.from.shards.clone(),
+            },
+            to: m.to.clone(),
+        })
+        .collect();
+    let saved_done = done.clone();
     if new_epoch && !moves.is_empty() {
         tracing::info!(
             epoch = number,
@@ -731,6 +806,8 @@ async fn apply_epoch(
     let saved = SavedView {
         epoch: epoch.epoch,
         committee: record,
+        moves: saved_moves,
+        done: saved_done,
     };
     if let Err(err) = context
         .cursor

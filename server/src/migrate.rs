@@ -9,8 +9,10 @@
 //! owner cannot be reached), what is still missing (blobs stored while the shard moved, or
 //! everything when the previous owner is gone) is rebuilt from recovery symbols (`heal`);
 //! then the move is reported done. The previous owner drops a shard it gave away only once
-//! the move is done (the records leave its index and are reclaimed; the drop is remembered
-//! in the cursor, as the records reappear at every open until reclaimed).
+//! the move is done: whatever the view says a node neither holds nor still gives away leaves
+//! its index (the records are reclaimed) whenever the view changes and at every open (the
+//! records reappear with the index until reclaimed), so a giver that was down when its move
+//! finished drops the shard when it returns.
 //!
 //! Meanwhile writes of the new epoch go to the new owner (the publisher follows the view),
 //! reads ask the previous owner for a moving shard (`View::read_holder`), and healing leaves
@@ -30,7 +32,7 @@ use floe_control::MoveProgress;
 use futures::StreamExt;
 
 use crate::config::Member;
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, View};
 use crate::node_api::{shard_page, verify_stored_sliver, SHARD_PAGE_BYTES_MAX};
 use crate::owner::{Op, Record};
 use crate::peer_client::{peer_fault, peer_request, Patience, PeerRequest};
@@ -54,34 +56,41 @@ const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// Moves shards into this node and drops those it gave away, as the view says, until the
 /// node stops.
 pub async fn run(state: Rc<CoreState>, control: Arc<ControlPlane>) {
-    let mut dropped: HashSet<u16> = control
-        .cursor
-        .dropped()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
     // The blobs to pull are the ones whose metadata this node keeps: wait for the registry's
     // first batch (a new node reads it whole).
     while state.shared.sync.registry_revision.load(Ordering::Acquire) == 0 {
         glommio::timer::sleep(Duration::from_millis(100)).await;
     }
+    let mut seen: Option<Arc<View>> = None;
+    let mut dropped: HashSet<(u32, u16)> = HashSet::new();
     loop {
         let stopped = std::cell::Cell::new(false);
         let view = state.shared.view();
         let epoch = view.epoch();
-        for shard in view.moved_out() {
-            if dropped.insert(shard) {
-                drop_shard(&state, &control, shard).await;
+        // Whenever the view changes (a new epoch, a restart) or a move out of here finishes,
+        // what this node no longer serves leaves its index: also shards whose move finished
+        // while it was down.
+        let confirmed: Vec<u16> = view
+            .moved_out()
+            .into_iter()
+            .filter(|shard| dropped.insert((epoch, *shard)))
+            .collect();
+        if !confirmed.is_empty() || !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &view)) {
+            let records = forget_unserved(&state, &view).await;
+            for shard in &confirmed {
+                state.shared.metrics.migration_dropped_shards.inc();
+                tracing::info!(shard, "migration: dropped a shard its new owner confirmed");
             }
+            if records > 0 {
+                tracing::info!(
+                    records,
+                    "migration: records of shards this node no longer serves left its index"
+                );
+            }
+            seen = Some(view.clone());
         }
         let incoming = view.moving_in();
         if !incoming.is_empty() {
-            for (shard, _) in &incoming {
-                // Moved back here after this node had given it away: it is ours again.
-                if dropped.remove(shard) {
-                    set_dropped(&control, *shard, false).await;
-                }
-            }
             futures::stream::iter(incoming)
                 .for_each_concurrent(PULLS_AT_ONCE, |(shard, from)| {
                     let (state, control) = (&state, &control);
@@ -104,34 +113,22 @@ pub async fn run(state: Rc<CoreState>, control: Arc<ControlPlane>) {
     }
 }
 
-async fn set_dropped(control: &Arc<ControlPlane>, shard: u16, dropped: bool) {
-    let cursor = control.cursor.clone();
-    let saved = glommio::executor()
-        .spawn_blocking(move || cursor.set_dropped(shard, dropped))
-        .await;
-    if let Err(err) = saved {
-        tracing::warn!(shard, %err, "migration: could not record the shard as dropped");
-    }
-}
-
-/// Drops a shard this node gave away (its new owner holds it all).
-async fn drop_shard(state: &Rc<CoreState>, control: &Arc<ControlPlane>, shard: u16) {
-    set_dropped(control, shard, true).await;
-    let core = state.shared.owners.core_of_shard(shard);
-    match state
-        .call(core, |reply| Op::ForgetShard { shard, reply })
-        .await
-    {
-        Ok(records) => {
-            state.shared.metrics.migration_dropped_shards.inc();
-            tracing::info!(
-                shard,
-                records,
-                "migration: dropped a shard its new owner confirmed"
-            );
+/// Drops from every core's index the shards `view` says this node neither holds nor still
+/// gives away; returns how many records went.
+async fn forget_unserved(state: &Rc<CoreState>, view: &View) -> usize {
+    let forget = view.unserved();
+    let mut records = 0;
+    for core in 0..state.shared.owners.cores() {
+        let forget = forget.clone();
+        match state
+            .call(core, |reply| Op::ForgetShards { forget, reply })
+            .await
+        {
+            Ok(dropped) => records += dropped,
+            Err(err) => tracing::warn!(core, %err, "migration: could not drop stale shards"),
         }
-        Err(err) => tracing::warn!(shard, %err, "migration: could not drop a shard"),
     }
+    records
 }
 
 /// Pulls `shard` from `from` into this node, then rebuilds what is missing, reporting

@@ -72,22 +72,24 @@ enum Event {
 pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
     config.apply_env();
     config.validate()?;
-    let (committee, epoch, cursor) = if config.etcd_endpoints.is_empty() {
-        (config.committee()?, None, None)
+    let (seen, cursor) = if config.etcd_endpoints.is_empty() {
+        (None, None)
     } else {
         let cursor = open_cursor(&config)?;
-        let (epoch, committee) = match crate::control::committee_from_etcd(&config) {
+        let seen = match crate::control::committee_from_etcd(&config) {
             Ok(found) => found,
             // Restarted while etcd is down: the committee it last saw, so reads go on.
             Err(err) => match crate::control::saved_view(&cursor) {
-                Some((epoch, committee)) => {
-                    warn!(%err, epoch, "etcd does not answer: starting with the committee this node saw last; writes answer 503 until etcd is back");
-                    (epoch, committee)
+                Some(seen) => {
+                    warn!(%err, epoch = seen.epoch, "etcd does not answer: starting with the committee this node saw last; writes answer 503 until etcd is back");
+                    seen
                 }
                 None => return Err(err.into()),
             },
         };
-        if committee.member(&config.name).is_none() {
+        let committee = &seen.committee;
+        let giving = seen.moves.values().any(|m| m.from.name == config.name);
+        if committee.member(&config.name).is_none() && !giving {
             let names: Vec<&str> = committee.members.iter().map(|m| m.name.as_str()).collect();
             return Err(NodeError(format!(
                 "this node's name {:?} is not in the committee in etcd (members: {}); set \
@@ -96,7 +98,11 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
                 names.join(", ")
             )));
         }
-        (committee, Some(epoch), Some(Arc::new(cursor)))
+        (Some(seen), Some(Arc::new(cursor)))
+    };
+    let committee = match &seen {
+        Some(seen) => seen.committee.clone(),
+        None => config.committee()?,
     };
     if committee.members.len() > 1 && config.cluster_secret.is_none() {
         warn!(
@@ -104,7 +110,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
              on every node, so that only members store slivers and pull shards here"
         );
     }
-    let view = crate::control::View::new(committee.clone(), &config.name, epoch);
+    let view = match seen {
+        Some(seen) => seen.view(&config.name),
+        None => crate::control::View::new(committee.clone(), &config.name, None),
+    };
     let me = view.me.clone();
     let cores = config.core_count();
     check_memlock(cores, config.io_memory_bytes)?;
@@ -500,15 +509,11 @@ async fn core_main(
             for store in disks.stores_mut() {
                 store.expire_metadata(epoch);
             }
-            // Shards this node gave away: their records come back with the index at open.
-            if let Some(control) = &shared.control {
-                let view = shared.view();
-                for shard in control.cursor.dropped().unwrap_or_default() {
-                    let given = view.owned.get(usize::from(shard)) == Some(&false);
-                    if given && shared.owners.core_of_shard(shard) == core {
-                        disks.forget_shard(shard);
-                    }
-                }
+            // Shards this node gave away (moves done): their records come back with the
+            // index at open until reclaimed.
+            if shared.control.is_some() {
+                let forget = shared.view().unserved();
+                disks.forget_shards(|s| forget.get(usize::from(s)) == Some(&true));
             }
             for (dir, report) in config.data_dirs.iter().zip(reports) {
                 info!(

@@ -159,9 +159,10 @@ pub enum Op {
         blob_id: [u8; 32],
         reply: oneshot::Sender<Option<u32>>,
     },
-    /// Drop a shard this node gave away from this core's index (its records are reclaimed).
-    ForgetShard {
-        shard: u16,
+    /// Drop the shards this node no longer serves (`forget[s]`) from this core's index (their
+    /// records are reclaimed).
+    ForgetShards {
+        forget: Vec<bool>,
         reply: oneshot::Sender<usize>,
     },
     /// List the records this core holds for a blob.
@@ -457,8 +458,10 @@ pub async fn run_owner<D: Dir>(
                 Op::IsDeleted { blob_id, reply } => {
                     let _ = reply.send(disks.deleted(&blob_id));
                 }
-                Op::ForgetShard { shard, reply } => {
-                    let _ = reply.send(disks.forget_shard(shard));
+                Op::ForgetShards { forget, reply } => {
+                    let dropped =
+                        disks.forget_shards(|s| forget.get(usize::from(s)) == Some(&true));
+                    let _ = reply.send(dropped);
                 }
                 Op::Missing {
                     blobs,

@@ -1,6 +1,7 @@
 //! Where this node stands in the control plane's registry, kept beside its data (redb): the
 //! last registry revision it applied, the blobs the registry named that it could not yet
-//! fetch metadata for (pending), and the last committee it saw (to start while etcd is down).
+//! fetch metadata for (pending), and the last committee it saw with its moves (to start while
+//! etcd is down).
 //!
 //! Invariant: a revision is saved in the same commit as the pending blobs of the events up to
 //! it, so a crash between the two can neither skip an event nor lose a pending blob; a commit
@@ -21,7 +22,6 @@ const REVISION: &str = "revision";
 /// MiB after a registry of a million such blobs), while its reads are rare and sequential.
 const CACHE_BYTES: usize = 16 << 20;
 const VIEW: &str = "view";
-const DROPPED: &str = "dropped";
 
 #[derive(Debug, Error)]
 #[error("the registry cursor database failed: {0}")]
@@ -136,36 +136,6 @@ impl Cursor {
         Ok(tx.open_table(PENDING)?.len()?)
     }
 
-    /// The shards this node gave away and dropped (to forget again after every open).
-    pub fn dropped(&self) -> Result<Vec<u16>, CursorError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(STATE)?;
-        Ok(table
-            .get(DROPPED)?
-            .map(|v| {
-                v.value()
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
-    /// Marks `shard` dropped (or, `false`, held again: it moved back).
-    pub fn set_dropped(&self, shard: u16, dropped: bool) -> Result<(), CursorError> {
-        let mut shards = self.dropped()?;
-        shards.retain(|s| *s != shard);
-        if dropped {
-            shards.push(shard);
-        }
-        shards.sort_unstable();
-        let bytes: Vec<u8> = shards.iter().flat_map(|s| s.to_le_bytes()).collect();
-        let tx = self.db.begin_write()?;
-        tx.open_table(STATE)?.insert(DROPPED, bytes.as_slice())?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// The last committee view saved (opaque bytes), if any.
     pub fn view(&self) -> Result<Option<Vec<u8>>, CursorError> {
         let tx = self.db.begin_read()?;
@@ -217,9 +187,5 @@ mod tests {
         let rest = cursor.pending(Some([2u8; 32]), 10).unwrap();
         assert_eq!(rest, vec![([3u8; 32], b"c".to_vec())]);
         assert_eq!(cursor.view().unwrap().as_deref(), Some(&b"view"[..]));
-        cursor.set_dropped(7, true).unwrap();
-        cursor.set_dropped(3, true).unwrap();
-        cursor.set_dropped(7, false).unwrap();
-        assert_eq!(cursor.dropped().unwrap(), vec![3]);
     }
 }

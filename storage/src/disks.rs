@@ -102,7 +102,15 @@ impl<D: Dir> Disks<D> {
 
     /// [`Store::forget_shard`] in every directory.
     pub fn forget_shard(&mut self, shard: u16) -> usize {
-        self.stores.iter_mut().map(|s| s.forget_shard(shard)).sum()
+        self.forget_shards(|s| s == shard)
+    }
+
+    /// [`Store::forget_shards`] in every directory.
+    pub fn forget_shards(&mut self, forget: impl Fn(u16) -> bool + Copy) -> usize {
+        self.stores
+            .iter_mut()
+            .map(|s| s.forget_shards(forget))
+            .sum()
     }
 
     /// [`Store::stored`] of whichever directory holds the record.

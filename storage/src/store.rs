@@ -992,10 +992,15 @@ impl<D: Dir> Store<D> {
     /// caller repeats this after every open for as long as the shard is not its own again.
     /// Returns how many records it dropped.
     pub fn forget_shard(&mut self, shard: u16) -> usize {
+        self.forget_shards(|s| s == shard)
+    }
+
+    /// [`Store::forget_shard`] of every shard `forget` names, in one pass over the index.
+    pub fn forget_shards(&mut self, forget: impl Fn(u16) -> bool) -> usize {
         let before = self.index.len();
         let live = &mut self.live;
         self.index.retain(|key, location| {
-            let kept = key.kind == RecordKind::Metadata || key.shard != shard;
+            let kept = key.kind == RecordKind::Metadata || !forget(key.shard);
             if !kept {
                 live.remove(location);
             }

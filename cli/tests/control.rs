@@ -956,3 +956,74 @@ fn a_proposal_takes_effect_at_the_end_of_the_epoch() {
     let (status, back) = get(&nodes[1].url, &format!("/v1/blobs/{id}"));
     assert!(status == 200 && back == blob);
 }
+
+/// A giver that is down while its move finishes, and across a later epoch change, drops the
+/// shard's records when it returns: it keeps only what it holds or still gives away.
+#[test]
+fn a_giver_down_across_epoch_changes_drops_what_it_gave_away() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ports = ports(3);
+    let url = etcd.url.clone();
+    let names = ["a", "b", "c"];
+    let write = |file: &str, shards: [&str; 3]| {
+        let mut text = String::from("n_shards = 10\nepoch_seconds = 3600\n");
+        for ((name, port), shards) in names.iter().zip(&ports).zip(shards) {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nshards = [{shards}]\n"
+            ));
+        }
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = write("1.toml", ["\"0-3\"", "\"4-6\"", "\"7-9\""]);
+    let (ok, text) = committee(&["init", first.to_str().unwrap(), "--etcd", &url]);
+    assert!(ok, "{text}");
+    let start = |i: usize| on_etcd(dir.path(), names[i], ports[i], &url, "").unwrap();
+    let mut nodes: Vec<Option<NodeProcess>> = (0..3).map(|i| Some(start(i))).collect();
+    let node_url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let blob = blob_bytes(200_000, 21);
+    let (status, answer) = store_deletable(&node_url(0), &blob, false);
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["newlyCreated"]["blobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pairs_held = |i: usize| -> Vec<u64> {
+        let status = json(&get(&node_url(i), &format!("/v1/blobs/{id}/status")).1);
+        status["primaryPairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect()
+    };
+    let blob_id: floe_codec::BlobId = id.parse().unwrap();
+    let pair_of = |shard: usize| blob_id.pair_for_shard(shard, 10) as u64;
+    assert!(pairs_held(1).contains(&pair_of(4)));
+
+    // b is down: shard 4 moves to c (rebuilt from recovery symbols), then another epoch begins.
+    nodes[1].take().unwrap().stop();
+    let second = write("2.toml", ["\"0-3\"", "\"5-6\"", "4, \"7-9\""]);
+    let (ok, text) = committee(&["propose", second.to_str().unwrap(), "--now", "--etcd", &url]);
+    assert!(ok, "{text}");
+    moves_done(&url, 60);
+    let third = write("3.toml", ["\"1-3\"", "\"5-6\"", "0, 4, \"7-9\""]);
+    let (ok, text) = committee(&["propose", third.to_str().unwrap(), "--now", "--etcd", &url]);
+    assert!(ok, "{text}");
+    moves_done(&url, 60);
+
+    // b returns: shard 4 is neither its own nor moving from it any more, so its records go.
+    nodes[1] = Some(start(1));
+    let held = pairs_held(1);
+    assert!(
+        !held.contains(&pair_of(4)),
+        "b still holds shard 4's pair: {held:?}"
+    );
+    assert!(held.contains(&pair_of(5)), "{held:?}");
+    let (status, back) = get(&node_url(1), &format!("/v1/blobs/{id}"));
+    assert!(status == 200 && back == blob);
+}

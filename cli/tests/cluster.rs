@@ -1217,18 +1217,33 @@ fn s3_endpoint(cluster: &Cluster, i: usize) -> String {
 
 #[test]
 fn s3_in_a_committee_names_blobs_every_node_holds_and_keeps_released_ones() {
+    s3_committee(Mode::Listing);
+}
+
+/// On etcd the S3 namespace is the cluster's: a bucket made, an object written, a multipart
+/// upload begun on one node are seen at once by another (read-after-write, list-after-write),
+/// conditions hold across nodes, and a non-empty bucket cannot be deleted from anywhere.
+#[test]
+fn s3_on_etcd_serves_the_same_buckets_and_keys_on_every_node() {
+    s3_committee(Mode::Registry);
+}
+
+fn s3_committee(mode: Mode) {
     if !common::have("boto3", &["python3", "-c", "import boto3"]) {
         return;
     }
     let keys = r#"s3 = { keys = [{ access_key_id = "AKIDCLUSTER", secret_access_key = "cluster-secret" }] }"#;
-    let mut cluster =
-        Cluster::start_configured(4, 10, &format!("s3_listen = \"127.0.0.1:0\"\n{keys}"));
+    let config = format!("s3_listen = \"127.0.0.1:0\"\n{keys}");
+    let address = |_, port| format!("127.0.0.1:{port}");
+    let Some(mut cluster) = Cluster::start_in(mode, 4, 10, address, None, &config) else {
+        return;
+    };
     let (s3_0, s3_1) = (s3_endpoint(&cluster, 0), s3_endpoint(&cluster, 1));
     // Node 3 (2 shards, within f = 3) is down: writes still reach the quorum.
     cluster.kill(3);
     let script = r#"
 import sys, boto3, urllib.request
-s3_0, s3_1, node_2 = sys.argv[1:4]
+s3_0, s3_1, node_2, mode = sys.argv[1:5]
 def client(url):
     return boto3.client("s3", endpoint_url=url, aws_access_key_id="AKIDCLUSTER",
                         aws_secret_access_key="cluster-secret", region_name="us-east-1")
@@ -1243,12 +1258,45 @@ assert len(ids) == 2, ids
 # Every node serves the blobs through floe's own API...
 whole = b"".join(urllib.request.urlopen(f"{node_2}/v1/blobs/{i}").read() for i in ids)
 assert whole == body
-# ...but the namespace is the node's own until the control plane (issue 17).
-try:
+def code(call):
+    try:
+        call()
+    except b.exceptions.ClientError as err:
+        return err.response["Error"]["Code"]
+    return "ok"
+if mode == "listing":
+    # ...but with a committee file the namespace is each node's own.
+    assert code(lambda: b.head_bucket(Bucket="committee")) in ("404", "NoSuchBucket")
+else:
+    # On etcd every node serves the same namespace, at once.
     b.head_bucket(Bucket="committee")
-    raise AssertionError("node 1 sees node 0's bucket")
-except b.exceptions.ClientError as err:
-    assert err.response["Error"]["Code"] in ("404", "NoSuchBucket")
+    assert b.get_object(Bucket="committee", Key="k")["Body"].read() == body
+    assert [o["Key"] for o in b.list_objects_v2(Bucket="committee")["Contents"]] == ["k"]
+    b.put_object(Bucket="committee", Key="dir/x", Body=b"x")
+    listed = a.list_objects_v2(Bucket="committee", Delimiter="/")
+    assert [o["Key"] for o in listed["Contents"]] == ["k"], listed
+    assert [p["Prefix"] for p in listed["CommonPrefixes"]] == ["dir/"], listed
+    assert code(lambda: a.put_object(Bucket="committee", Key="dir/x", Body=b"y",
+                                     IfNoneMatch="*")) in ("412", "PreconditionFailed")
+    # A multipart upload begun on one node, parts on both, completed on the first.
+    up = b.create_multipart_upload(Bucket="committee", Key="big")["UploadId"]
+    assert [u["UploadId"] for u in a.list_multipart_uploads(Bucket="committee")["Uploads"]] == [up]
+    p1 = bytes([1]) * (5 << 20)
+    p2 = b"tail"
+    e1 = a.upload_part(Bucket="committee", Key="big", UploadId=up, PartNumber=1, Body=p1)["ETag"]
+    e2 = b.upload_part(Bucket="committee", Key="big", UploadId=up, PartNumber=2, Body=p2)["ETag"]
+    assert len(a.list_parts(Bucket="committee", Key="big", UploadId=up)["Parts"]) == 2
+    a.complete_multipart_upload(Bucket="committee", Key="big", UploadId=up, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    assert b.get_object(Bucket="committee", Key="big")["Body"].read() == p1 + p2
+    assert code(lambda: b.list_parts(Bucket="committee", Key="big", UploadId=up)) == "NoSuchUpload"
+    # Deleted on one node, gone on the other; a bucket with keys is not deleted anywhere.
+    b.delete_object(Bucket="committee", Key="dir/x")
+    assert code(lambda: a.head_object(Bucket="committee", Key="dir/x")) in ("404", "NoSuchKey")
+    assert code(lambda: b.delete_bucket(Bucket="committee")) == "BucketNotEmpty"
+    b.create_bucket(Bucket="empty")
+    a.delete_bucket(Bucket="empty")
+    assert code(lambda: b.head_bucket(Bucket="empty")) in ("404", "NoSuchBucket")
 # Released blobs are kept in a committee (another node's namespace may name them).
 a.delete_object(Bucket="committee", Key="k")
 for i in ids:
@@ -1257,6 +1305,11 @@ print("committee S3 ok")
 "#;
     let out = Command::new("python3")
         .args(["-c", script, &s3_0, &s3_1, &cluster.url(2)])
+        .arg(if mode == Mode::Listing {
+            "listing"
+        } else {
+            "registry"
+        })
         .output()
         .unwrap();
     assert!(

@@ -1027,3 +1027,190 @@ fn a_giver_down_across_epoch_changes_drops_what_it_gave_away() {
     let (status, back) = get(&node_url(1), &format!("/v1/blobs/{id}"));
     assert!(status == 200 && back == blob);
 }
+
+/// The S3 namespace in etcd answers every operation as the node-local one (redb) does: the
+/// same random sequence of bucket, object, listing (prefixes, delimiters, pages, continuation)
+/// and multipart operations against both, every answer compared. Prints its seed; replay with
+/// FLOE_SEED.
+#[test]
+fn the_etcd_namespace_answers_as_the_local_one_does() {
+    use floe_control::namespace::EtcdNamespace;
+    use floe_storage::namespace::{Namespace, Object, Part, Piece};
+    use rand::{Rng, SeedableRng};
+
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let seed: u64 = std::env::var("FLOE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed {seed} (replay with FLOE_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let local = Namespace::open(&dir.path().join("ns.redb")).unwrap();
+    let remote = EtcdNamespace::new(std::slice::from_ref(&etcd.url), "/floe/").unwrap();
+    // Only whether each call succeeded and how it failed is compared for calls that return
+    // released blobs: the local namespace releases, etcd's keeps every blob.
+    let kind = |r: &Result<Vec<[u8; 32]>, floe_storage::namespace::NamespaceError>| match r {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("{e}"),
+    };
+    let segments = ["a", "b", "c-", "d.x", "é"];
+    let key = |rng: &mut rand::rngs::StdRng| -> String {
+        let depth = rng.gen_range(1..=3);
+        let mut parts: Vec<&str> = (0..depth)
+            .map(|_| segments[rng.gen_range(0..segments.len())])
+            .collect();
+        if rng.gen_bool(0.2) {
+            parts.push("");
+        }
+        parts.join("/")
+    };
+    let object = |rng: &mut rand::rngs::StdRng| Object {
+        pieces: vec![Piece {
+            blob_id: [rng.gen(); 32],
+            size: rng.gen_range(0..100),
+        }],
+        size: rng.gen_range(0..1000),
+        etag: format!("\"{}\"", rng.gen::<u32>()),
+        last_modified_unix_seconds: 1_700_000_000,
+        ..Default::default()
+    };
+    for bucket in ["one", "two"] {
+        assert_eq!(
+            format!("{:?}", local.create_bucket(bucket)),
+            format!("{:?}", remote.create_bucket(bucket))
+        );
+    }
+    assert_eq!(
+        format!("{:?}", local.create_bucket("one")),
+        format!("{:?}", remote.create_bucket("one"))
+    );
+    let mut uploads: Vec<String> = Vec::new();
+    let (mut pages_with_objects, mut pages_with_prefixes, mut completed) = (0, 0, 0);
+    for step in 0..400 {
+        let bucket = ["one", "two", "none"][rng.gen_range(0..3)];
+        match rng.gen_range(0..10) {
+            0..=3 => {
+                let (k, o, inm) = (key(&mut rng), object(&mut rng), rng.gen_bool(0.2));
+                assert_eq!(
+                    kind(&local.put_object(bucket, &k, &o, inm)),
+                    kind(&remote.put_object(bucket, &k, &o, inm)),
+                    "step {step}: put {bucket}/{k}"
+                );
+            }
+            4 => {
+                let k = key(&mut rng);
+                assert_eq!(
+                    kind(&local.delete_object(bucket, &k)),
+                    kind(&remote.delete_object(bucket, &k)),
+                    "step {step}: delete {bucket}/{k}"
+                );
+                assert_eq!(
+                    local.object(bucket, &k).unwrap(),
+                    remote.object(bucket, &k).unwrap()
+                );
+            }
+            5..=7 => {
+                let prefix = ["", "a", "a/", "b/c-", "é/"][rng.gen_range(0..5)];
+                let delimiter = [None, Some("/"), Some("-")][rng.gen_range(0..3)];
+                let max_keys = rng.gen_range(1..6);
+                let mut after: Option<String> = None;
+                // Page through the whole listing, comparing each page.
+                for page in 0..100 {
+                    let l = local.list(bucket, prefix, delimiter, after.as_deref(), max_keys);
+                    let r = remote.list(bucket, prefix, delimiter, after.as_deref(), max_keys);
+                    assert_eq!(
+                        format!("{l:?}"),
+                        format!("{r:?}"),
+                        "step {step} page {page}: list {bucket} {prefix:?} {delimiter:?} after {after:?}"
+                    );
+                    if let Ok(l) = &l {
+                        pages_with_objects += usize::from(!l.objects.is_empty());
+                        pages_with_prefixes += usize::from(!l.common_prefixes.is_empty());
+                    }
+                    match l.ok().and_then(|l| l.next_after) {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+            }
+            8 => {
+                let (id, k, o) = (format!("up{step}"), key(&mut rng), object(&mut rng));
+                assert_eq!(
+                    format!("{:?}", local.create_upload(&id, bucket, &k, &o)),
+                    format!("{:?}", remote.create_upload(&id, bucket, &k, &o))
+                );
+                uploads.push(id);
+                let part = Part {
+                    pieces: o.pieces.clone(),
+                    size: 7,
+                    md5_hex: "00".into(),
+                    last_modified_unix_seconds: 1_700_000_000,
+                };
+                let id = &uploads[rng.gen_range(0..uploads.len())];
+                let number = rng.gen_range(1..4);
+                assert_eq!(
+                    kind(&local.put_part(id, number, &part)),
+                    kind(&remote.put_part(id, number, &part))
+                );
+                assert_eq!(
+                    format!("{:?}", local.parts(id, 0, 10)),
+                    format!("{:?}", remote.parts(id, 0, 10))
+                );
+            }
+            _ => {
+                let listed_l = local.uploads(bucket, "", None, 100);
+                let listed_r = remote.uploads(bucket, "", None, 100);
+                assert_eq!(
+                    format!("{listed_l:?}"),
+                    format!("{listed_r:?}"),
+                    "step {step}"
+                );
+                if let Some(id) = uploads.pop() {
+                    let build = |u: &floe_storage::namespace::Upload, parts: &[(u32, Part)]| {
+                        let mut object = u.template.clone();
+                        object.part_sizes = parts.iter().map(|(_, p)| p.size).collect();
+                        Ok::<_, String>(object)
+                    };
+                    let (l, r) = if rng.gen_bool(0.5) {
+                        (
+                            local
+                                .complete_upload(&id, build)
+                                .map(|c| c.map(|(u, o, _)| (u, o))),
+                            remote
+                                .complete_upload(&id, build)
+                                .map(|c| c.map(|(u, o, _)| (u, o))),
+                        )
+                    } else {
+                        (
+                            local.abort_upload(&id).map(|_| Ok(Default::default())),
+                            remote.abort_upload(&id).map(|_| Ok(Default::default())),
+                        )
+                    };
+                    assert_eq!(
+                        format!("{l:?}"),
+                        format!("{r:?}"),
+                        "step {step}: finish {id}"
+                    );
+                    completed += usize::from(matches!(l, Ok(Ok(_))));
+                }
+            }
+        }
+    }
+    // The sequence exercised what it compares.
+    eprintln!("{pages_with_objects} pages with objects, {pages_with_prefixes} with common prefixes, {completed} uploads finished");
+    assert!(pages_with_objects > 20 && pages_with_prefixes > 5 && completed > 0);
+    // Buckets: a non-empty one stays, an emptied one goes, the same on both.
+    for bucket in ["one", "two"] {
+        assert_eq!(
+            format!("{:?}", local.delete_bucket(bucket)),
+            format!("{:?}", remote.delete_bucket(bucket))
+        );
+    }
+    assert_eq!(
+        format!("{:?}", local.buckets()),
+        format!("{:?}", remote.buckets())
+    );
+}

@@ -27,6 +27,8 @@
 //! through a runtime thread of its own); errors are typed ([`ControlError`]), each with what to
 //! do.
 
+pub mod namespace;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

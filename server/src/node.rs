@@ -126,6 +126,19 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         None => None,
     };
     let s3 = match s3_address {
+        // On etcd, the namespace is the cluster's (blobs are not released there).
+        Some(_) if !config.etcd_endpoints.is_empty() => {
+            let namespace = floe_control::namespace::EtcdNamespace::new(
+                &config.etcd_endpoints,
+                &config.etcd_prefix,
+            )
+            .map_err(|e| NodeError(format!("starting the S3 namespace's etcd client: {e}")))?;
+            Some(Arc::new(crate::s3::S3::new(
+                config.s3.clone(),
+                crate::s3::Names::Etcd(Box::new(namespace)),
+                false,
+            )))
+        }
         Some(_) => {
             let dir = config
                 .data_dirs
@@ -141,7 +154,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
             })?;
             Some(Arc::new(crate::s3::S3::new(
                 config.s3.clone(),
-                namespace,
+                crate::s3::Names::Local(namespace),
                 committee.members.len() == 1,
             )))
         }

@@ -51,6 +51,9 @@ pub enum NamespaceError {
     NoSuchUpload(String),
     #[error("the namespace database failed: {0}")]
     Database(String),
+    /// The namespace lives elsewhere (etcd) and does not answer now; try again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 macro_rules! db_error {

@@ -793,9 +793,7 @@ async fn commit_naming(
     state: &Rc<CoreState>,
     s3: &Arc<S3>,
     pinned: Pinned,
-    commit: impl FnOnce(
-            &floe_storage::namespace::Namespace,
-        ) -> Result<Vec<[u8; 32]>, floe_storage::namespace::NamespaceError>
+    commit: impl FnOnce(&crate::s3::Names) -> Result<Vec<[u8; 32]>, floe_storage::namespace::NamespaceError>
         + Send
         + 'static,
 ) -> Result<(), S3Error> {

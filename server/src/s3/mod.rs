@@ -37,15 +37,92 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floe_codec::BlobId;
-use floe_storage::namespace::Namespace;
+use floe_control::namespace::EtcdNamespace;
+use floe_storage::namespace::{
+    Bucket, Completed, Listing, Namespace, NamespaceError, Object, Part, Upload,
+};
 
 use crate::config::S3Config;
 use crate::state::CoreState;
 
+/// Where buckets and keys live: this node's `namespace.redb`, or etcd, shared by every node
+/// of a cluster on it (`floe_control::namespace`). The same operations either way.
+pub enum Names {
+    Local(Namespace),
+    Etcd(Box<EtcdNamespace>),
+}
+
+macro_rules! names_delegate {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {$(
+        pub fn $name(&self $(, $arg: $ty)*) -> $ret {
+            match self {
+                Names::Local(ns) => ns.$name($($arg),*),
+                Names::Etcd(ns) => ns.$name($($arg),*),
+            }
+        }
+    )*};
+}
+
+impl Names {
+    names_delegate! {
+        fn create_bucket(&self, name: &str) -> Result<(), NamespaceError>;
+        fn bucket(&self, name: &str) -> Result<Option<Bucket>, NamespaceError>;
+        fn buckets(&self) -> Result<Vec<(String, Bucket)>, NamespaceError>;
+        fn delete_bucket(&self, name: &str) -> Result<(), NamespaceError>;
+        fn object(&self, bucket: &str, key: &str) -> Result<Option<Object>, NamespaceError>;
+        fn put_object(&self, bucket: &str, key: &str, object: &Object, if_none_match: bool) -> Result<Vec<[u8; 32]>, NamespaceError>;
+        fn put_objects(&self, bucket: &str, objects: &[(String, Object)]) -> Result<Vec<[u8; 32]>, NamespaceError>;
+        fn delete_object(&self, bucket: &str, key: &str) -> Result<Vec<[u8; 32]>, NamespaceError>;
+        fn create_upload(&self, upload_id: &str, bucket: &str, key: &str, template: &Object) -> Result<(), NamespaceError>;
+        fn upload(&self, upload_id: &str) -> Result<Option<Upload>, NamespaceError>;
+        fn put_part(&self, upload_id: &str, number: u32, part: &Part) -> Result<Vec<[u8; 32]>, NamespaceError>;
+        fn parts(&self, upload_id: &str, after: u32, limit: usize) -> Result<Vec<(u32, Part)>, NamespaceError>;
+        fn abort_upload(&self, upload_id: &str) -> Result<Vec<[u8; 32]>, NamespaceError>;
+        fn uploads(&self, bucket: &str, prefix: &str, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, String, Upload)>, NamespaceError>;
+        fn list(&self, bucket: &str, prefix: &str, delimiter: Option<&str>, after: Option<&str>, max_keys: usize) -> Result<Listing, NamespaceError>;
+    }
+
+    pub fn complete_upload<E>(
+        &self,
+        upload_id: &str,
+        build: impl FnOnce(&Upload, &[(u32, Part)]) -> Result<Object, E>,
+    ) -> Result<Result<Completed, E>, NamespaceError> {
+        match self {
+            Names::Local(ns) => ns.complete_upload(upload_id, build),
+            Names::Etcd(ns) => ns.complete_upload(upload_id, build),
+        }
+    }
+
+    /// How many names `blob_id` has: kept only by the local namespace (etcd's releases nothing).
+    pub fn names(&self, blob_id: &[u8; 32]) -> Result<u64, NamespaceError> {
+        match self {
+            Names::Local(ns) => ns.names(blob_id),
+            Names::Etcd(_) => Err(NamespaceError::Database(
+                "name counts are not kept in etcd: blobs are not released there".into(),
+            )),
+        }
+    }
+
+    /// Blobs released and not yet forgotten (none on etcd).
+    pub fn released(&self, limit: usize) -> Result<Vec<[u8; 32]>, NamespaceError> {
+        match self {
+            Names::Local(ns) => ns.released(limit),
+            Names::Etcd(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub fn forget_released(&self, blobs: &[[u8; 32]]) -> Result<(), NamespaceError> {
+        match self {
+            Names::Local(ns) => ns.forget_released(blobs),
+            Names::Etcd(_) => Ok(()),
+        }
+    }
+}
+
 /// What every core's S3 API shares.
 pub struct S3 {
     pub config: S3Config,
-    pub namespace: Namespace,
+    pub namespace: Names,
     /// Whether a released blob is deleted (this node is the whole committee).
     pub deletes_released: bool,
     /// Blobs a request is about to name (count of requests).
@@ -55,7 +132,7 @@ pub struct S3 {
 }
 
 impl S3 {
-    pub fn new(config: S3Config, namespace: Namespace, deletes_released: bool) -> Self {
+    pub fn new(config: S3Config, namespace: Names, deletes_released: bool) -> Self {
         Self {
             config,
             namespace,
@@ -77,7 +154,7 @@ impl S3 {
     /// Runs `f` on the namespace off the serving core (redb's I/O blocks).
     pub async fn ns<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Namespace) -> T + Send + 'static,
+        f: impl FnOnce(&Names) -> T + Send + 'static,
     ) -> T {
         let s3 = self.clone();
         glommio::executor()

@@ -154,6 +154,11 @@ impl From<floe_storage::namespace::NamespaceError> for S3Error {
             .with_resource(format!("/{bucket}/{key}")),
             E::NoSuchUpload(id) => Self::no_such_upload(id),
             E::Database(message) => Self::internal(format!("the namespace failed: {message}")),
+            E::Unavailable(message) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("{message}; reads of what nodes hold go on, retry the request"),
+            ),
         }
     }
 }

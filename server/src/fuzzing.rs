@@ -118,3 +118,51 @@ pub fn s3_xml(data: &[u8]) {
     let _ = crate::s3::xml::parse_complete(data);
     let _ = crate::s3::xml::parse_delete(data);
 }
+
+/// What the control plane takes from outside: by the first byte, a page of a moving shard
+/// from a peer (`node_api::shard_page`), a peer signature header (`http::peer_auth`), or
+/// records read from etcd (a committee, checked by rendering it as a committee file: a name
+/// that parses back must be the name in the record; blob, epoch and move records).
+pub fn control(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    match which % 4 {
+        0 => {
+            let body = bytes::Bytes::copy_from_slice(rest);
+            if let Ok((_, slivers)) = crate::node_api::shard_page(&body) {
+                let total: usize = slivers.iter().map(|(_, _, s)| s.len() + 37).sum();
+                assert!(total < body.len().max(1), "frames fit in the page");
+            }
+        }
+        1 => {
+            let header = String::from_utf8_lossy(rest);
+            let _ = crate::http::peer_auth::verify("secret", Some(&header), "PUT", "/x", 1000);
+            let name: String = header.chars().filter(|c| !c.is_whitespace()).collect();
+            let signed = crate::http::peer_auth::sign("secret", &name, "GET", "/y", 1000);
+            assert_eq!(
+                crate::http::peer_auth::verify("secret", Some(&signed), "GET", "/y", 1000),
+                Ok(name)
+            );
+        }
+        2 => {
+            let Ok(record) = serde_json::from_slice::<floe_control::CommitteeRecord>(rest) else {
+                return;
+            };
+            if let Ok(committee) = crate::control::committee_of(&record, "fuzz") {
+                let names: Vec<&str> = committee.members.iter().map(|m| m.name.as_str()).collect();
+                let expected: Vec<&str> = record.members.iter().map(|m| m.name.as_str()).collect();
+                assert_eq!(
+                    names, expected,
+                    "a record renders as the committee it names"
+                );
+            }
+        }
+        _ => {
+            let _ = serde_json::from_slice::<floe_control::BlobRecord>(rest);
+            let _ = serde_json::from_slice::<floe_control::EpochRecord>(rest);
+            let _ = serde_json::from_slice::<floe_control::MovePlan>(rest);
+            let _ = serde_json::from_slice::<floe_control::MoveProgress>(rest);
+        }
+    }
+}

@@ -44,3 +44,8 @@ fn aws_chunked_corpus_replays() {
 fn s3_xml_corpus_replays() {
     replay("s3_xml", floe_server::fuzzing::s3_xml);
 }
+
+#[test]
+fn control_corpus_replays() {
+    replay("control", floe_server::fuzzing::control);
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use floe_control::{CommitteeRecord, Control, MemberRecord};
+use floe_control::Control;
 
 /// How long connecting and each call may take. Why: a control plane that does not answer in
 /// this long is down for a person at a terminal.
@@ -21,34 +21,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the runtime for the etcd client")
 }
 
-/// The record of a committee file (checked as `floe node` checks it).
-pub fn record_of(file: &Path) -> Result<CommitteeRecord> {
-    let committee = floe_server::config::Committee::load(file)?;
-    Ok(CommitteeRecord {
-        n_shards: committee.n_shards,
-        epoch_seconds: committee.epoch_seconds,
-        genesis_unix_seconds: committee.genesis_unix_seconds,
-        members: committee
-            .members
-            .into_iter()
-            .map(|m| MemberRecord {
-                name: m.name,
-                address: m.address,
-                shards: m.shards,
-            })
-            .collect(),
-    })
-}
-
 /// `floe committee init FILE --etcd URLS`.
 pub fn init(file: &Path, endpoints: &[String], prefix: &str) -> Result<String> {
-    let record = record_of(file)?;
+    // Checked as `floe node` checks a committee file.
+    let committee = floe_server::config::Committee::load(file)?;
+    let record = floe_server::control::record_of(&committee);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     // The epoch the file's own clock is at: a cluster that moves from a committee file to etcd
     // keeps its epoch numbers, and with them every blob's end epoch.
-    let first = floe_server::config::Committee::load(file)?.epoch_at(now);
+    let first = committee.epoch_at(now);
     runtime()?.block_on(async {
         let mut control = Control::connect(endpoints, prefix, TIMEOUT).await?;
         control.init(&record, first.into(), now).await?;
@@ -95,7 +78,7 @@ pub fn show(endpoints: &[String], prefix: &str, json: bool) -> Result<String> {
 
 /// `floe committee propose FILE [--now] --etcd URLS`.
 pub fn propose(file: &Path, now: bool, endpoints: &[String], prefix: &str) -> Result<String> {
-    let record = record_of(file)?;
+    let record = floe_server::control::record_of(&floe_server::config::Committee::load(file)?);
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -8,8 +8,12 @@ use std::process::Command;
 
 /// Runs `floe committee ARGS`: (success, stdout + stderr).
 fn committee(args: &[&str]) -> (bool, String) {
+    floe(&[&["committee"], args].concat())
+}
+
+/// Runs `floe ARGS`: (success, stdout + stderr).
+fn floe(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_floe"))
-        .arg("committee")
         .args(args)
         .output()
         .unwrap();
@@ -509,6 +513,21 @@ fn committee_file(path: &std::path::Path, nodes: &[(&str, u16, &str)]) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Loads the first committee of three nodes a, b, c (`ports`) at n = 100 into etcd.
+fn init_three(dir: &std::path::Path, ports: &[u16], etcd: &str) {
+    let file = dir.join("first.toml");
+    committee_file(
+        &file,
+        &[
+            ("a", ports[0], "\"0-33\""),
+            ("b", ports[1], "\"34-66\""),
+            ("c", ports[2], "\"67-99\""),
+        ],
+    );
+    let (ok, text) = committee(&["init", file.to_str().unwrap(), "--etcd", etcd]);
+    assert!(ok, "{text}");
+}
+
 /// `floe committee status --json`.
 fn move_status(url: &str) -> serde_json::Value {
     let (ok, text) = committee(&["status", "--json", "--etcd", url]);
@@ -539,17 +558,7 @@ fn shards_move_between_nodes_at_epoch_changes() {
     let ports = ports(4);
     let names = ["a", "b", "c", "d"];
     let url = etcd.url.clone();
-    let first = dir.path().join("first.toml");
-    committee_file(
-        &first,
-        &[
-            ("a", ports[0], "\"0-33\""),
-            ("b", ports[1], "\"34-66\""),
-            ("c", ports[2], "\"67-99\""),
-        ],
-    );
-    let (ok, text) = committee(&["init", first.to_str().unwrap(), "--etcd", &url]);
-    assert!(ok, "{text}");
+    init_three(dir.path(), &ports, &url);
     let start = |i: usize| {
         on_etcd(dir.path(), names[i], ports[i], &url, "")
             .unwrap_or_else(|e| panic!("node {} did not start: {e}", names[i]))
@@ -725,17 +734,7 @@ fn the_floe_cluster_goes_on_when_an_etcd_member_dies() {
     let ports = ports(3);
     let names = ["a", "b", "c"];
     let urls = etcd.urls.join(",");
-    let file = dir.path().join("committee.toml");
-    committee_file(
-        &file,
-        &[
-            ("a", ports[0], "\"0-33\""),
-            ("b", ports[1], "\"34-66\""),
-            ("c", ports[2], "\"67-99\""),
-        ],
-    );
-    let (ok, text) = committee(&["init", file.to_str().unwrap(), "--etcd", &urls]);
-    assert!(ok, "{text}");
+    init_three(dir.path(), &ports, &urls);
     let nodes: Vec<NodeProcess> = (0..3)
         .map(|i| on_etcd(dir.path(), names[i], ports[i], &urls, "").unwrap())
         .collect();
@@ -813,16 +812,8 @@ fn cluster_up_with_etcd_runs_the_nodes_on_a_local_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = dir.path().join("c");
     let floe = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_floe"))
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{args:?}: {text}");
+        let (ok, text) = floe(args);
+        assert!(ok, "{args:?}: {text}");
         text
     };
     let text = floe(&[

@@ -607,6 +607,20 @@ impl Control {
         Ok(MoveStatus { plan, progress })
     }
 
+    /// How far the move of `shard` into `epoch` got, as last reported.
+    pub async fn move_progress(
+        &mut self,
+        epoch: u64,
+        shard: u16,
+    ) -> Result<Option<MoveProgress>, ControlError> {
+        let key = self.progress_key(epoch, shard);
+        self.get_json(&key).await
+    }
+
+    fn progress_key(&self, epoch: u64, shard: u16) -> String {
+        format!("{}{shard:05}", self.progress_prefix(epoch))
+    }
+
     /// Records how far the move of `shard` into `epoch` got.
     pub async fn report_progress(
         &mut self,
@@ -614,7 +628,7 @@ impl Control {
         shard: u16,
         progress: &MoveProgress,
     ) -> Result<(), ControlError> {
-        let key = format!("{}{shard:05}", self.progress_prefix(epoch));
+        let key = self.progress_key(epoch, shard);
         self.client
             .put(
                 key,

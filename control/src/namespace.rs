@@ -10,7 +10,7 @@
 //! bd/{bucket}                   a deletion in progress (leased: it lapses if the deleter dies)
 //! o/{bucket}/{key}              an object (its blobs, size, ETag, metadata)
 //! u/{upload}                    a multipart upload in progress
-//! uk/{bucket}/{key}\0{upload}   its entry in the bucket's list of uploads
+//! uk/{bucket}/{key}\0{upload}   its entry in the bucket's list of uploads (the upload again)
 //! p/{upload}/{number:05}        a part
 //! ```
 //!
@@ -32,7 +32,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
-use floe_storage::namespace::{Bucket, Completed, Listing, NamespaceError, Object, Part, Upload};
+use floe_storage::namespace::{
+    past, rolled_up, Bucket, Completed, Listing, NamespaceError, Object, Part, Upload,
+};
 use serde::de::DeserializeOwned;
 
 use crate::{prefix_end, Control, ControlError};
@@ -163,7 +165,7 @@ impl EtcdNamespace {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.as_str(), json(&bucket), None)]);
-            if c.client().txn(txn).await.map_err(unavailable)?.succeeded() {
+            if commit(&mut c, txn).await? {
                 Ok(())
             } else {
                 Err(NamespaceError::BucketExists(name.into()))
@@ -288,7 +290,7 @@ impl EtcdNamespace {
         let bucket_key = self.bucket_key(bucket);
         self.run(|mut c| async move {
             let txn = Txn::new().when(when).and_then([put]);
-            if c.client().txn(txn).await.map_err(unavailable)?.succeeded() {
+            if commit(&mut c, txn).await? {
                 return Ok(Vec::new());
             }
             // Which compare failed: the bucket, or the key taken.
@@ -315,7 +317,7 @@ impl EtcdNamespace {
                 .collect();
             self.run(|mut c| async move {
                 let txn = Txn::new().when(when).and_then(puts);
-                if c.client().txn(txn).await.map_err(unavailable)?.succeeded() {
+                if commit(&mut c, txn).await? {
                     Ok(())
                 } else {
                     Err(NamespaceError::NoSuchBucket(bucket.into()))
@@ -335,7 +337,7 @@ impl EtcdNamespace {
         let delete = TxnOp::delete(self.object_key(bucket, key), None);
         self.run(|mut c| async move {
             let txn = Txn::new().when(when).and_then([delete]);
-            if c.client().txn(txn).await.map_err(unavailable)?.succeeded() {
+            if commit(&mut c, txn).await? {
                 Ok(Vec::new())
             } else {
                 Err(NamespaceError::NoSuchBucket(bucket.into()))
@@ -359,11 +361,16 @@ impl EtcdNamespace {
         let when = self.bucket_open(bucket).to_vec();
         let puts = [
             TxnOp::put(self.upload_key(upload_id), json(&upload), None),
-            TxnOp::put(self.upload_entry(bucket, key, upload_id), Vec::new(), None),
+            // The entry holds the upload too (it never changes): a listing is one range read.
+            TxnOp::put(
+                self.upload_entry(bucket, key, upload_id),
+                json(&upload),
+                None,
+            ),
         ];
         self.run(|mut c| async move {
             let txn = Txn::new().when(when).and_then(puts);
-            if c.client().txn(txn).await.map_err(unavailable)?.succeeded() {
+            if commit(&mut c, txn).await? {
                 Ok(())
             } else {
                 Err(NamespaceError::NoSuchBucket(bucket.into()))
@@ -393,7 +400,7 @@ impl EtcdNamespace {
                     0,
                 )])
                 .and_then([put]);
-            if c.client().txn(txn).await.map_err(unavailable)?.succeeded() {
+            if commit(&mut c, txn).await? {
                 Ok(Vec::new())
             } else {
                 Err(NamespaceError::NoSuchUpload(upload_id.into()))
@@ -494,7 +501,7 @@ impl EtcdNamespace {
         let bucket = upload.bucket.clone();
         self.run(|mut c| async move {
             let txn = Txn::new().when(when).and_then(ops);
-            if c.client().txn(txn).await.map_err(unavailable)?.succeeded() {
+            if commit(&mut c, txn).await? {
                 return Ok(());
             }
             match get_json::<Bucket>(c, &bucket_key).await? {
@@ -529,7 +536,7 @@ impl EtcdNamespace {
                     0,
                 )])
                 .and_then(ops);
-            if c.client().txn(txn).await.map_err(unavailable)?.succeeded() {
+            if commit(&mut c, txn).await? {
                 Ok(Vec::new())
             } else {
                 Err(NamespaceError::NoSuchUpload(upload_id.into()))
@@ -553,36 +560,27 @@ impl EtcdNamespace {
         };
         let end = prefix_end(format!("{base}{prefix}").as_bytes());
         let bucket_key = self.bucket_key(bucket);
-        let entries = self.run(|mut c| async move {
+        self.run(|mut c| async move {
             if get_json::<Bucket>(c.clone(), &bucket_key).await?.is_none() {
                 return Err(NamespaceError::NoSuchBucket(bucket.into()));
             }
             let options = GetOptions::new()
                 .with_range(end)
-                .with_keys_only()
                 .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
             let answer = c
                 .client()
                 .get(start.as_str(), Some(options))
                 .await
                 .map_err(unavailable)?;
-            Ok(answer
-                .kvs()
-                .iter()
-                .filter_map(|kv| {
-                    let entry = String::from_utf8_lossy(kv.key()).into_owned();
-                    let (key, id) = entry[base.len()..].split_once('\0')?;
-                    Some((key.to_string(), id.to_string()))
-                })
-                .collect::<Vec<_>>())
-        })?;
-        let mut all = Vec::with_capacity(entries.len());
-        for (key, id) in entries {
-            if let Some(upload) = self.upload(&id)? {
-                all.push((key, id, upload));
+            let mut all = Vec::with_capacity(answer.kvs().len());
+            for kv in answer.kvs() {
+                let entry = String::from_utf8_lossy(kv.key()).into_owned();
+                if let Some((key, id)) = entry[base.len()..].split_once('\0') {
+                    all.push((key.to_string(), id.to_string(), parse(kv.value())?));
+                }
             }
-        }
-        Ok(all)
+            Ok(all)
+        })
     }
 
     /// One page of `bucket`'s keys starting with `prefix`, after `after`, at most `max_keys`
@@ -598,7 +596,6 @@ impl EtcdNamespace {
     ) -> Result<Listing, NamespaceError> {
         let base = self.key("o", &format!("{bucket}/"));
         let bucket_key = self.bucket_key(bucket);
-        let delimiter = delimiter.filter(|d| !d.is_empty()).map(str::to_string);
         self.run(|mut c| async move {
             if get_json::<Bucket>(c.clone(), &bucket_key).await?.is_none() {
                 return Err(NamespaceError::NoSuchBucket(bucket.into()));
@@ -634,16 +631,11 @@ impl EtcdNamespace {
                         listing.next_after = last;
                         break 'pages;
                     }
-                    let rest = &key[prefix.len()..];
-                    if let Some(at) = delimiter
-                        .as_deref()
-                        .and_then(|d| rest.find(d).map(|i| i + d.len()))
-                    {
-                        let common = format!("{prefix}{}", &rest[..at]);
+                    if let Some(common) = rolled_up(prefix, delimiter, &key) {
                         listing.common_prefixes.push(common.clone());
                         // Past every key under this prefix.
                         start = prefix_end(format!("{base}{common}").as_bytes());
-                        last = Some(format!("{common}\u{10FFFF}"));
+                        last = Some(past(&common));
                         continue 'pages;
                     }
                     listing.objects.push((key.clone(), parse(kv.value())?));
@@ -659,6 +651,11 @@ impl EtcdNamespace {
             Ok(listing)
         })
     }
+}
+
+/// Runs `txn`: whether its compares held.
+async fn commit(c: &mut Control, txn: Txn) -> Result<bool, NamespaceError> {
+    Ok(c.client().txn(txn).await.map_err(unavailable)?.succeeded())
 }
 
 /// The JSON value at `key`, if any.

@@ -665,11 +665,9 @@ async fn serve_requests(
                     },
                     Some(mut control),
                 ) => {
-                    let call = control.move_status(epoch);
+                    let call = control.move_progress(epoch, shard);
                     let result = match tokio::time::timeout(TIMEOUT, call).await {
-                        Ok(result) => result
-                            .map(|mut status| status.progress.remove(&shard))
-                            .map_err(|e| e.to_string()),
+                        Ok(result) => result.map_err(|e| e.to_string()),
                         Err(_) => Err(late()),
                     };
                     let _ = reply.send(result);
@@ -869,11 +867,16 @@ async fn moves_of(
 /// Marks moves done in the view as their new owners report them.
 async fn follow_progress(context: &Context, mut control: Control) -> Result<Never, ControlError> {
     let root = control.progress_root();
+    // Only the revision to watch from: the moves of the current epoch were read with it.
     let answer = control
         .client()
         .get(
             root.as_str(),
-            Some(floe_control::etcd_client::GetOptions::new().with_prefix()),
+            Some(
+                floe_control::etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
         )
         .await?;
     let from = answer.header().map_or(0, |h| h.revision()) + 1;

@@ -652,16 +652,11 @@ impl Namespace {
                     listing.next_after = from.clone();
                     break 'seek;
                 }
-                let rest = &key[prefix.len()..];
-                if let Some(at) = delimiter
-                    .filter(|d| !d.is_empty())
-                    .and_then(|d| rest.find(d).map(|i| i + d.len()))
-                {
-                    let common = format!("{prefix}{}", &rest[..at]);
+                if let Some(common) = rolled_up(prefix, delimiter, key) {
                     listing.common_prefixes.push(common.clone());
                     taken += 1;
                     // Past every key under this prefix: the next seek starts after it.
-                    from = Some(format!("{common}\u{10FFFF}"));
+                    from = Some(past(&common));
                     start = from.clone().expect("just set");
                     continue 'seek;
                 }
@@ -675,6 +670,22 @@ impl Namespace {
         }
         Ok(listing)
     }
+}
+
+/// The common prefix (S3's `CommonPrefixes`) `key` rolls up into in a listing of `prefix` with
+/// `delimiter`, if it does: the prefix and the key up to the first delimiter after it.
+pub fn rolled_up(prefix: &str, delimiter: Option<&str>, key: &str) -> Option<String> {
+    let rest = key.strip_prefix(prefix)?;
+    let at = delimiter
+        .filter(|d| !d.is_empty())
+        .and_then(|d| rest.find(d).map(|i| i + d.len()))?;
+    Some(format!("{prefix}{}", &rest[..at]))
+}
+
+/// A listing position past every key under common prefix `common` (the highest character
+/// after it), where the next page continues.
+pub fn past(common: &str) -> String {
+    format!("{common}\u{10FFFF}")
 }
 
 /// Gives each of `pieces`' blobs one more name (a released blob named again is no longer

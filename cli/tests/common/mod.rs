@@ -167,6 +167,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (at most 30 s) until `etcdctl endpoint health` passes for `endpoints`.
+fn wait_etcd_healthy(endpoints: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let healthy = Command::new("etcdctl")
+            .args(["--endpoints", endpoints, "endpoint", "health"])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if healthy {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd at {endpoints} did not become healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Starts one etcd member (output discarded; errors only).
 #[allow(clippy::too_many_arguments)]
 fn spawn_etcd(
@@ -241,14 +261,7 @@ impl Etcd {
     }
 
     fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.ctl(&["endpoint", "health"]).is_some() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "etcd did not become healthy");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_etcd_healthy(&self.url);
     }
 
     /// Kills etcd (SIGKILL); [`Etcd::restart`] brings it back with its data.
@@ -344,22 +357,8 @@ impl EtcdCluster {
             urls: clients,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let healthy = Command::new("etcdctl")
-                .args(["--endpoints", &cluster.urls.join(","), "endpoint", "health"])
-                .env("ETCDCTL_API", "3")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if healthy {
-                return Some(cluster);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the etcd cluster did not become healthy"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_etcd_healthy(&cluster.urls.join(","));
+        Some(cluster)
     }
 
     /// Kills member `i` (SIGKILL).

@@ -1616,3 +1616,87 @@ fn a_connection_waiting_for_its_answer_is_not_closed_as_idle() {
     );
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// A mapped page whose disk read fails raises SIGBUS. Regression (issue 18): it ended the
+/// process. Now the first read of a record (its checksum) runs guarded: the fault becomes a
+/// read error, the record counts as lost and the read decodes from the other slivers. The
+/// fault is made by cutting a segment file short under its mapping, which raises the same
+/// SIGBUS a failed device read does.
+#[test]
+fn a_mapped_page_the_disk_cannot_read_fails_the_record_not_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start_small_budget(dir.path());
+    let blob = unique_bytes(6_000_000, 91);
+    let id = publish(&node, &blob, 2);
+    node.stop();
+    let node = start_small_budget(dir.path());
+    let encoded = encode(&EncodingConfig::new(100).unwrap(), &blob).unwrap();
+    let row = encoded.layout().primary_sliver_bytes();
+    let k_p = encoded.layout().config.n_primary_source();
+    // Where each primary sliver lies in its segment file: 64 bytes across its first two
+    // symbols (a secondary sliver holds one symbol of each row, so no run within a symbol
+    // tells them apart).
+    let symbol = encoded.layout().symbol_bytes;
+    let core_dir = dir.path().join("data").join("core-0-of-1");
+    let mut primaries = Vec::new();
+    for entry in std::fs::read_dir(&core_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for index in 0..100 {
+            let needle = &encoded.primary_sliver(index)[symbol - 32..symbol + 32];
+            if let Some(at) = bytes.windows(64).position(|w| w == needle) {
+                primaries.push((path.clone(), at, index));
+            }
+        }
+    }
+    assert_eq!(primaries.len(), 100, "every primary sliver is in a segment");
+    primaries.sort();
+    assert!(
+        primaries.iter().all(|(p, _, _)| *p == primaries[0].0),
+        "one segment"
+    );
+    // The cut: at a systematic row (a row of the blob itself) with enough primary slivers
+    // before it to decode from.
+    let path = primaries[0].0.clone();
+    let first = primaries.iter().find(|p| p.2 < k_p).unwrap().2;
+    let (_, cut_at, lost) = primaries[k_p + 6..]
+        .iter()
+        .find(|p| p.2 < k_p)
+        .cloned()
+        .expect("a systematic row late in the segment (the blob's rotation puts one there)");
+    let url = format!("{}/v1/blobs/{id}", node.url);
+    let range = |r: usize| {
+        let (start, end) = (r * row, (r + 1) * row);
+        let answer = call(
+            "GET",
+            &url,
+            None,
+            &[("range", &format!("bytes={start}-{}", end - 1))],
+        );
+        (answer, start, end)
+    };
+    // A first read maps the segment; then its last part is cut from under the mapping.
+    let (answer, start, end) = range(first);
+    assert!(answer.status == 206 && answer.body == blob[start..end]);
+    let page = 4096;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len((cut_at / page * page) as u64)
+        .unwrap();
+    let (answer, start, end) = range(lost);
+    assert_eq!(
+        answer.status,
+        206,
+        "{}",
+        String::from_utf8_lossy(&answer.body[..300.min(answer.body.len())])
+    );
+    assert!(answer.body == blob[start..end], "decoded from the others");
+    assert!(metric(&node, "floe_mapped_read_faults_total") >= 1.0);
+    assert!(metric(&node, "floe_disk_io_errors_total") >= 1.0);
+    assert_eq!(get(&format!("{}/v1/health", node.url)).status, 200);
+}

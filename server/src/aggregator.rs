@@ -481,11 +481,15 @@ async fn read_range(
             // One row: a view of it (for this node's own slivers, of the mapped file).
             return Ok(rows[&span.row_index].slice(span.start_bytes..span.end_bytes));
         }
-        let mut out = BytesMut::with_capacity((end - start) as usize);
-        for span in &spans {
-            out.extend_from_slice(&rows[&span.row_index][span.start_bytes..span.end_bytes]);
-        }
-        return Ok(out.freeze());
+        // This node's rows are views of mapped segments: copying them touches their pages.
+        let copied = floe_storage::fault::guarded(|| {
+            let mut out = BytesMut::with_capacity((end - start) as usize);
+            for span in &spans {
+                out.extend_from_slice(&rows[&span.row_index][span.start_bytes..span.end_bytes]);
+            }
+            out.freeze()
+        });
+        return copied.map_err(|e| mapped_read_failed(blob_id, e));
     }
     // Some systematic row is missing: any k_p primary slivers decode the blob.
     let k_p = layout.config.n_primary_source();
@@ -502,7 +506,10 @@ async fn read_range(
     }
     tracing::info!(blob = %blob_id, "systematic slivers missing or slow; decoding from {} primary slivers", rows.len());
     let slivers: Vec<(usize, &[u8])> = rows.iter().map(|(i, b)| (*i, b.as_ref())).collect();
-    let blob = decode_primary_verified(&known.metadata, &slivers).map_err(|e| {
+    let decoded =
+        floe_storage::fault::guarded(|| decode_primary_verified(&known.metadata, &slivers))
+            .map_err(|e| mapped_read_failed(blob_id, e))?;
+    let blob = decoded.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "decodeFailed",
@@ -510,6 +517,15 @@ async fn read_range(
         )
     })?;
     Ok(Bytes::from(blob).slice(start as usize..end as usize))
+}
+
+/// A read whose mapped slivers the disk failed to deliver (`floe_storage::fault`): the
+/// records are healed; a retry decodes from the others.
+fn mapped_read_failed(blob_id: &BlobId, err: std::io::Error) -> ApiError {
+    ApiError::unavailable(
+        "diskReadFailed",
+        format!("reading blob {blob_id}: {err}; its slivers are being healed, retry"),
+    )
 }
 
 /// The least time a read waits for the peers holding its systematic rows before it also asks
@@ -634,7 +650,8 @@ async fn local_rows(
             }
             continue;
         };
-        if let Ok(header) = sliver_header(&bytes) {
+        let header = floe_storage::fault::guarded(|| sliver_header(&bytes).ok());
+        if let Ok(Some(header)) = header {
             rows.insert(index, bytes.slice(header.data));
         }
     }

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub disk_free_bytes: Family<DirLabel, Gauge>,
     pub disk_io_errors: Family<DirLabel, Counter>,
     pub corrupt_records: Family<DirLabel, Counter>,
+    /// Mapped pages the device failed to deliver, turned into read errors
+    /// (`floe_storage::fault`); brought up to date at every render.
+    pub mapped_read_faults: Counter,
     /// Bytes of live records reclaiming copied forward, per data directory.
     pub reclaim_moved_bytes: Family<DirLabel, Counter>,
     /// Bytes of segment files reclaiming removed, per data directory.
@@ -153,6 +156,7 @@ impl Metrics {
             disk_free_bytes: Family::default(),
             disk_io_errors: Family::default(),
             corrupt_records: Family::default(),
+            mapped_read_faults: Counter::default(),
             reclaim_moved_bytes: Family::default(),
             reclaim_freed_bytes: Family::default(),
             cross_core_hops: Counter::default(),
@@ -389,6 +393,11 @@ impl Metrics {
             "disk_io_errors",
             "Failed reads and commits, per data directory",
             metrics.disk_io_errors.clone(),
+        );
+        r.register(
+            "mapped_read_faults",
+            "Mapped pages the disk failed to deliver (SIGBUS turned into a read error; the record is healed)",
+            metrics.mapped_read_faults.clone(),
         );
         r.register(
             "corrupt_records",

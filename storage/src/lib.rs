@@ -37,6 +37,7 @@
 pub mod cursor;
 pub mod device;
 pub mod disks;
+pub mod fault;
 pub mod format;
 pub mod glommio_dir;
 pub mod mapped;

@@ -955,7 +955,19 @@ impl<D: Dir> Store<D> {
         if !check {
             return Ok(Some(record));
         }
-        self.check_record(key, &location, &record, None)?;
+        // The first touch of a mapped record's pages: a page the device fails to deliver is an
+        // error here, not the end of the process (crate::fault).
+        let Ok(checksum) = crate::fault::guarded(|| RecordHeader::checksum_holds(&record)) else {
+            // Its failed pages now read as zeros in this mapping: the record is lost to this
+            // store (a read error, not corruption) and is healed like a corrupt one.
+            self.unindex(key);
+            self.counters.read_errors += 1;
+            return Err(StoreError::Corrupt {
+                kind: key.kind,
+                shard: key.shard,
+            });
+        };
+        self.check_record(key, &location, &record, Some(checksum))?;
         if let Some(entry) = self.index.get_mut(key) {
             entry.verified = true;
         }

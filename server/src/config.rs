@@ -97,6 +97,9 @@ pub struct Limits {
     pub buffer_bytes_per_core: u64,
     /// A connection with no progress for this long is closed (a stuck or slow client).
     pub idle_timeout_seconds: u64,
+    /// A request head (request line and headers) must arrive whole within this long of its
+    /// first byte, else the connection is closed (a slowloris client trickles one).
+    pub head_timeout_seconds: u64,
 }
 
 impl Default for Limits {
@@ -107,6 +110,7 @@ impl Default for Limits {
             in_flight_per_core: 512,
             buffer_bytes_per_core: 1 << 30,
             idle_timeout_seconds: 30,
+            head_timeout_seconds: 10,
         }
     }
 }
@@ -569,6 +573,9 @@ impl NodeConfig {
         }
         if l.idle_timeout_seconds == 0 {
             return invalid("limits.idle_timeout_seconds must be at least 1");
+        }
+        if l.head_timeout_seconds == 0 {
+            return invalid("limits.head_timeout_seconds must be at least 1");
         }
         if l.buffer_bytes_per_core < l.body_bytes_max {
             return invalid("limits.buffer_bytes_per_core must be at least limits.body_bytes_max");

@@ -82,6 +82,7 @@ pub(crate) async fn connection(
         return refuse_connection(stream, limit).await;
     };
     let idle = Duration::from_secs(state.shared.config.limits.idle_timeout_seconds);
+    let head = Duration::from_secs(state.shared.config.limits.head_timeout_seconds);
     let _ = stream.set_nodelay(true);
     let activity = Rc::new(Activity::default());
     let service_state = state.clone();
@@ -122,7 +123,7 @@ pub(crate) async fn connection(
     let connection = builder.serve_connection(io, service);
     futures::pin_mut!(connection);
     let stop = stopping.event.listen();
-    let watch = Box::pin(idle_watch(&activity, idle));
+    let watch = Box::pin(idle_watch(&activity, idle, head));
     let result = if stopping.flag.get() {
         connection.as_mut().graceful_shutdown();
         connection.await
@@ -133,8 +134,20 @@ pub(crate) async fn connection(
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
-            // Idle: nothing to finish; dropping the connection closes it.
-            Either::Right((Either::Right(((), _)), _)) => Ok(()),
+            // Idle, or a head too slow: nothing to finish; dropping the connection closes it.
+            Either::Right((Either::Right((ended, _)), _)) => {
+                if ended == Quiet::SlowHead {
+                    state
+                        .shared
+                        .metrics
+                        .rejected
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: "slow_head",
+                        })
+                        .inc();
+                }
+                Ok(())
+            }
         }
     };
     if let Err(err) = result {
@@ -142,19 +155,39 @@ pub(crate) async fn connection(
     }
 }
 
-/// Returns once the connection has been idle for `idle`: no bytes moved and no request being
-/// served.
-async fn idle_watch(activity: &Activity, idle: Duration) {
+/// Why [`idle_watch`] ended a connection.
+#[derive(PartialEq, Eq)]
+enum Quiet {
+    /// No bytes moved for the idle timeout and no request being served.
+    Idle,
+    /// A request head still incomplete `head` after its first byte (slowloris).
+    SlowHead,
+}
+
+/// Returns once the connection has been idle for `idle` (no bytes moved and no request being
+/// served), or a request head has been arriving for longer than `head`. Why both: a client
+/// that trickles a head a byte at a time is never idle, and would hold its connection (and
+/// its share of the connection limit) for ever.
+async fn idle_watch(activity: &Activity, idle: Duration, head: Duration) -> Quiet {
     loop {
         let quiet = activity.quiet_for();
         if quiet >= idle && !activity.is_busy() {
-            return;
+            return Quiet::Idle;
         }
-        let wait = if activity.is_busy() {
+        let head_for = activity.head_for();
+        if head_for.is_some_and(|taken| taken >= head) {
+            return Quiet::SlowHead;
+        }
+        let mut wait = if activity.is_busy() {
             idle
         } else {
             idle.saturating_sub(quiet)
         };
+        if let Some(taken) = head_for {
+            wait = wait.min(head - taken);
+        }
+        // A head may begin at any moment: look again within the head timeout.
+        wait = wait.min(head);
         glommio::timer::sleep(wait.max(Duration::from_millis(10))).await;
     }
 }

@@ -57,13 +57,10 @@ pub fn guarded<T>(touch: impl FnOnce() -> T) -> io::Result<T> {
     }
     ARMED.with(|armed| armed.store(false, Ordering::Relaxed));
     if FAULTED.with(|f| f.swap(false, Ordering::Relaxed)) {
-        return Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!(
-                "{}: a mapped page could not be read from the device",
-                io::Error::from_raw_os_error(libc::EIO)
-            ),
-        ));
+        return Err(io::Error::other(format!(
+            "{}: a mapped page could not be read from the device",
+            io::Error::from_raw_os_error(libc::EIO)
+        )));
     }
     Ok(value)
 }

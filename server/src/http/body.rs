@@ -205,13 +205,12 @@ pub fn check_token(token: Option<&str>, headers: &hyper::HeaderMap) -> Result<()
         return Ok(());
     };
     let given = bearer_token(headers);
-    // Compare without an early exit, so timing does not reveal a prefix.
+    // In constant time, so timing does not reveal a prefix (only whether the length matches).
     let matches = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            g.as_bytes(),
+            token.as_bytes(),
+        ))
     });
     if matches {
         Ok(())

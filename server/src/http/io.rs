@@ -28,11 +28,14 @@ use rustix::net::SendFlags;
 /// Slices gathered into one `sendmsg`. Why: hyper queues a handful; Linux allows 1024.
 const IOVECS_MAX: usize = 64;
 
-/// When a connection last moved bytes, and how many of its requests are being served: what
-/// the server's idle timeout looks at.
+/// When a connection last moved bytes, how many of its requests are being served, and when
+/// the head now arriving began: what the server's idle and head timeouts look at.
 pub struct Activity {
     last: Cell<Instant>,
     busy: Rc<Cell<usize>>,
+    /// When bytes first arrived while no request was being served (a head on its way), until
+    /// a request is served.
+    head_started: Rc<Cell<Option<Instant>>>,
 }
 
 impl Default for Activity {
@@ -40,6 +43,7 @@ impl Default for Activity {
         Self {
             last: Cell::new(Instant::now()),
             busy: Rc::default(),
+            head_started: Rc::default(),
         }
     }
 }
@@ -58,6 +62,23 @@ impl Activity {
         self.last.set(Instant::now());
     }
 
+    /// Bytes arrived: while no request is served, they are (part of) the next head.
+    fn received(&self) {
+        let now = Instant::now();
+        self.last.set(now);
+        if !self.is_busy() && self.head_started.get().is_none() {
+            self.head_started.set(Some(now));
+        }
+    }
+
+    /// How long the head now arriving has taken so far (`None`: no head is arriving).
+    pub fn head_for(&self) -> Option<Duration> {
+        if self.is_busy() {
+            return None;
+        }
+        self.head_started.get().map(|started| started.elapsed())
+    }
+
     /// How long since bytes last moved.
     pub fn quiet_for(&self) -> Duration {
         self.last.get().elapsed()
@@ -71,6 +92,8 @@ impl Activity {
     /// Marks a request as being served until the guard is dropped.
     pub fn busy(&self) -> Busy {
         self.busy.set(self.busy.get() + 1);
+        // Its head is in: the next one's clock starts with its first byte.
+        self.head_started.set(None);
         Busy(self.busy.clone())
     }
 }
@@ -102,6 +125,12 @@ impl HyperStream {
     fn progressed(&self) {
         if let Some(activity) = &self.activity {
             activity.touch();
+        }
+    }
+
+    fn received(&self, bytes: usize) {
+        if let (Some(activity), true) = (&self.activity, bytes > 0) {
+            activity.received();
         }
     }
 
@@ -163,7 +192,7 @@ impl Read for HyperStream {
         };
         match Pin::new(&mut self.stream).poll_read(cx, slice) {
             Poll::Ready(Ok(n)) => {
-                self.progressed();
+                self.received(n);
                 // SAFETY: `n` bytes were written by the read.
                 unsafe { buf.advance(n) };
                 Poll::Ready(Ok(()))

@@ -488,9 +488,14 @@ async fn read_pairs(
         .collect())
 }
 
-/// Stores this node's metadata and sliver pairs of an encoded blob (no verification: this
+/// Stores this node's sliver pairs and then metadata of an encoded blob (no verification: this
 /// node encoded them), `batch` bytes of slivers at a time. Returns whether the blob is
 /// deletable as stored.
+///
+/// Slivers first, metadata last. Why: the metadata record is what makes a blob visible here
+/// (listed, readable, learned by peers); a node killed in between leaves only slivers that no
+/// metadata names, never a blob that is listed but cannot be read (found by the crash loop,
+/// issue 18). Peers get the metadata first: they verify each sliver against it.
 async fn store_here(
     state: &Rc<CoreState>,
     source: &Rc<Source>,
@@ -500,17 +505,12 @@ async fn store_here(
     revive: bool,
 ) -> Result<bool, ApiError> {
     let blob_id = *source.blob_id();
-    let (end_epoch, deletable) = state
-        .store_metadata(
-            &blob_id,
-            Bytes::from(encode_metadata(source.metadata())),
-            source.metadata().clone(),
-            *source.layout(),
-            end_epoch,
-            deletable,
-            revive,
-        )
-        .await?;
+    // The slivers live at least as long as the metadata they will be stored under (a store
+    // never shortens a lifetime; a later extension reaches the slivers through the metadata).
+    let sliver_end_epoch = match state.metadata_record(&blob_id).await? {
+        Some(found) => found.end_epoch.max(end_epoch),
+        None => end_epoch,
+    };
     for pairs in pair_batches(source, &state.shared.view().me.shards, batch) {
         let mut per_core: Vec<Vec<Record>> = (0..state.shared.owners.cores())
             .map(|_| Vec::new())
@@ -522,12 +522,23 @@ async fn store_here(
                     kind: record_kind(kind),
                     shard,
                 },
-                end_epoch,
+                end_epoch: sliver_end_epoch,
                 data: Bytes::from(body),
             });
         }
         store_per_core(state, per_core).await?;
     }
+    let (_, deletable) = state
+        .store_metadata(
+            &blob_id,
+            Bytes::from(encode_metadata(source.metadata())),
+            source.metadata().clone(),
+            *source.layout(),
+            end_epoch,
+            deletable,
+            revive,
+        )
+        .await?;
     Ok(deletable)
 }
 

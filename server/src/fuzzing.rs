@@ -166,3 +166,141 @@ pub fn control(data: &[u8]) {
         }
     }
 }
+
+/// Request headers and query text as the read paths parse them: `Range` (the node's reads),
+/// S3's conditional headers (`If-Match`, `If-None-Match`, `If-Modified-Since`,
+/// `If-Unmodified-Since`, their `x-amz-copy-source-if-*` forms), copy source and range, content
+/// headers, and query parameters (`partNumber`, `max-keys`, `encoding-type`). Input: the
+/// object's size (8 bytes), the query on the first line, then `name: value` lines.
+pub fn headers(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let size = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) % (1 << 44);
+    let text = String::from_utf8_lossy(&data[8..]);
+    let mut lines = text.split("\r\n");
+    let query = lines.next().unwrap_or_default();
+    let mut map = HeaderMap::new();
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.trim().as_bytes()),
+            hyper::header::HeaderValue::from_str(value.trim()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    if let Ok(Some((start, end))) = crate::aggregator::parse_range(map.get("range"), size) {
+        assert!(start < end && end <= size, "range {start}..{end} of {size}");
+    }
+    crate::s3::api::fuzz_headers(&map, query, size);
+}
+
+/// `node.toml` and committee files: parsed and checked as the node does at start. Whatever
+/// parses must validate or say why, never panic.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(config) = toml::from_str::<crate::config::NodeConfig>(text) {
+        let _ = config.validate();
+        let _ = config.listen_addr();
+        let _ = config.s3_listen_addr();
+        let _ = config.peer_deadlines();
+    }
+    if let Ok(committee) =
+        crate::config::Committee::parse(text, std::path::Path::new("committee.toml"))
+    {
+        let _ = committee.n_faults();
+        let _ = committee.epoch_at(u64::MAX / 2);
+    }
+}
+
+/// On-disk records. The format's parsers on raw bytes; then a store whose files were damaged
+/// by the input (an offset, then bytes written there over one of its files) is reopened and
+/// must serve every record whole or not at all, never other bytes. And the S3 namespace's
+/// stored records (JSON): whatever parses must write back to what parses the same.
+pub fn records(data: &[u8]) {
+    use floe_storage::device::MemDir;
+    use floe_storage::format::{
+        parse_segment_header, parse_segment_name, parse_trailer, FooterEntry, RecordHeader,
+        RecordKind,
+    };
+    use floe_storage::namespace::{Object, Upload};
+    use floe_storage::store::{Key, Put, Store};
+
+    let _ = RecordHeader::parse(data).map(|h| h.record_bytes());
+    let _ = RecordHeader::checksum_holds(data);
+    if data.len() >= floe_storage::format::FOOTER_ENTRY_BYTES {
+        let _ = FooterEntry::parse(&data[..floe_storage::format::FOOTER_ENTRY_BYTES]);
+    }
+    let _ = parse_segment_header(data);
+    let _ = parse_trailer(data);
+    let _ = parse_segment_name(&String::from_utf8_lossy(data));
+    if let Ok(object) = serde_json::from_slice::<Object>(data) {
+        let again: Object = serde_json::from_slice(&serde_json::to_vec(&object).unwrap()).unwrap();
+        assert_eq!(again, object);
+    }
+    if let Ok(upload) = serde_json::from_slice::<Upload>(data) {
+        let again: Upload = serde_json::from_slice(&serde_json::to_vec(&upload).unwrap()).unwrap();
+        assert_eq!(again, upload);
+    }
+    if data.len() < 9 {
+        return;
+    }
+    let records: Vec<(Key, Vec<u8>)> = (0..6u8)
+        .map(|i| {
+            let key = Key {
+                blob_id: [i; 32],
+                kind: if i % 2 == 0 {
+                    RecordKind::Metadata
+                } else {
+                    RecordKind::Primary
+                },
+                shard: if i % 2 == 0 { 0 } else { u16::from(i) },
+            };
+            (key, vec![i ^ 0x5a; 100 + 700 * usize::from(i)])
+        })
+        .collect();
+    let dir = MemDir::new(1);
+    {
+        let (mut store, _) = ready(Store::open(dir.clone())).expect("a fresh store opens");
+        let puts: Vec<Put<'_>> = records
+            .iter()
+            .map(|(key, bytes)| Put {
+                key: *key,
+                end_epoch: 10,
+                flags: 0,
+                data: bytes,
+            })
+            .collect();
+        ready(store.put(&puts[..3])).expect("stored");
+        ready(store.put(&puts[3..])).expect("stored");
+    }
+    let names = dir.names();
+    let name = &names[usize::from(data[0]) % names.len()];
+    let size = dir.file_bytes(name).unwrap_or(0);
+    let offset = u64::from_le_bytes(data[1..9].try_into().expect("8 bytes")) % (size + 64);
+    dir.overwrite(name, offset, &data[9..]);
+    if let Ok((mut store, _)) = ready(Store::open(dir)) {
+        for (key, bytes) in &records {
+            if let Ok(Some(got)) = ready(store.get(key)) {
+                assert!(got[..] == bytes[..], "a damaged record was served as {key:?}");
+            }
+        }
+    }
+}
+
+/// Runs a future of the in-memory device, which is ready at its first poll.
+fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(value) => value,
+        std::task::Poll::Pending => unreachable!("MemDir futures are ready at once"),
+    }
+}

@@ -49,3 +49,18 @@ fn s3_xml_corpus_replays() {
 fn control_corpus_replays() {
     replay("control", floe_server::fuzzing::control);
 }
+
+#[test]
+fn headers_corpus_replays() {
+    replay("headers", floe_server::fuzzing::headers);
+}
+
+#[test]
+fn config_corpus_replays() {
+    replay("config", floe_server::fuzzing::config);
+}
+
+#[test]
+fn records_corpus_replays() {
+    replay("records", floe_server::fuzzing::records);
+}

@@ -199,6 +199,20 @@ impl MemDir {
         }
     }
 
+    /// Writes `data` over a file's durable and current bytes at `offset`, growing it if need
+    /// be (arbitrary damage on the medium: what the fuzzer of on-disk records writes).
+    pub fn overwrite(&self, name: &str, offset: u64, data: &[u8]) {
+        let state = self.state.borrow();
+        let mut file = state.files.get(name).expect("file exists").borrow_mut();
+        apply(&mut file.durable, offset, data);
+        apply(&mut file.current, offset, data);
+    }
+
+    /// Names of the files as they are now.
+    pub fn names(&self) -> Vec<String> {
+        self.state.borrow().files.keys().cloned().collect()
+    }
+
     /// Size of a file's current bytes.
     pub fn file_bytes(&self, name: &str) -> Option<u64> {
         let state = self.state.borrow();

@@ -566,6 +566,36 @@ impl SmallDisk {
     }
 }
 
+impl SmallDisk {
+    /// An ext4 file system of `megabytes` in an image file, on a loop device (`mount -o loop`),
+    /// mounted at `path`: the real backend (O_DIRECT, io_uring) on a real file system.
+    fn mount_loop(path: &std::path::Path, megabytes: u32) -> Result<Self, String> {
+        std::fs::create_dir_all(path).unwrap();
+        let image = path.with_extension("img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(u64::from(megabytes) << 20))
+            .map_err(|e| e.to_string())?;
+        let run = |command: &mut Command| -> Result<(), String> {
+            let out = command.output().map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        };
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "^has_journal"])
+            .arg(&image))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.path).status();
@@ -580,7 +610,32 @@ fn a_full_disk_answers_507_and_keeps_what_it_stored() {
         println!("skipped: mounting a 2 MiB tmpfs needs root (and mount rights)");
         return;
     };
-    let data = disk.path.join("data");
+    fill_until_507(&disk.path);
+}
+
+/// The same on an ext4 file system on a loop device (issue 18: the real backend, O_DIRECT
+/// through io_uring, on a real file system, not tmpfs).
+#[test]
+fn a_full_ext4_disk_on_a_loop_device_answers_507_and_keeps_what_it_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match SmallDisk::mount_loop(&dir.path().join("disk"), 4) {
+        Ok(disk) => disk,
+        Err(why) => {
+            assert!(
+                std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
+                "CI runs as root with loop devices: {why}"
+            );
+            println!("skipped: a loop device needs root ({why})");
+            return;
+        }
+    };
+    fill_until_507(&disk.path);
+}
+
+/// Stores slivers on a node whose data is on the small disk at `disk` until it answers 507;
+/// everything stored before stays readable and the node healthy.
+fn fill_until_507(disk: &std::path::Path) {
+    let data = disk.join("data");
     let node = start_n10(data.to_str().unwrap(), 1, &[]);
     let config = EncodingConfig::new(10).unwrap();
     let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
@@ -1699,4 +1754,140 @@ fn a_mapped_page_the_disk_cannot_read_fails_the_record_not_the_node() {
     assert!(metric(&node, "floe_mapped_read_faults_total") >= 1.0);
     assert!(metric(&node, "floe_disk_io_errors_total") >= 1.0);
     assert_eq!(get(&format!("{}/v1/health", node.url)).status, 200);
+}
+
+/// A data directory whose disk fails, or one removed, under a running node (issue 18):
+/// `/v1/health` and `/metrics` show that disk unhealthy and say why, its shards count as
+/// unhealthy, stores fail with an error, and everything stored before still reads back (its
+/// slivers on the failed disk are lost to reads, which decode from the other disk's).
+#[test]
+fn a_failed_or_missing_data_directory_shows_unhealthy_and_the_rest_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let disks: Vec<SmallDisk> = match ["a", "b"]
+        .iter()
+        .map(|name| SmallDisk::mount_loop(&dir.path().join(name), 16))
+        .collect::<Result<_, _>>()
+    {
+        Ok(disks) => disks,
+        Err(why) => {
+            assert!(
+                std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
+                "CI runs as root with loop devices: {why}"
+            );
+            println!("skipped: loop devices need root ({why})");
+            return;
+        }
+    };
+    let (a, b) = (disks[0].path.join("data"), disks[1].path.join("data"));
+    let node = start(
+        &[
+            "--data-dir",
+            a.to_str().unwrap(),
+            "--data-dir",
+            b.to_str().unwrap(),
+            "--shards",
+            "10",
+            "--cores",
+            "1",
+        ],
+        &[],
+    );
+    let health = || get(&format!("{}/v1/health", node.url)).json();
+    let disk_of = |h: &serde_json::Value, d: &std::path::Path| {
+        h["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["dir"] == d.display().to_string())
+            .cloned()
+            .unwrap()
+    };
+    let healthy_metric = |d: &std::path::Path| {
+        metric(
+            &node,
+            &format!("floe_disk_healthy{{dir=\"{}\"}}", d.display()),
+        )
+    };
+    let blobs: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let blob = unique_bytes(50_000, 200 + i);
+            (publish(&node, &blob, 2), blob)
+        })
+        .collect();
+    assert_eq!(health()["status"], "ok");
+    let reads_back = || {
+        blobs.iter().all(|(id, blob)| {
+            let answer = get(&format!("{}/v1/blobs/{id}", node.url));
+            if answer.body != *blob {
+                eprintln!(
+                    "{id}: {} {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body[..answer.body.len().min(300)])
+                );
+            }
+            answer.body == *blob
+        })
+    };
+    // The disk under `a` fails: ext4's shutdown ioctl (what the file system does on a fatal
+    // device error) makes every read and write there fail with EIO. The page cache is dropped,
+    // so that reads go to the failed disk too.
+    shut_down_ext4(&disks[0].path);
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert!(
+        reads_back(),
+        "stored blobs read back, decoded from the other disk's slivers"
+    );
+    let refused = call(
+        "PUT",
+        &format!("{}/v1/blobs?epochs=2", node.url),
+        Some(&unique_bytes(50_000, 300)),
+        &[],
+    );
+    assert!(
+        refused.status >= 500,
+        "a store onto a read-only disk fails: {}",
+        refused.status
+    );
+    let mut h = health();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk_of(&h, &a)["healthy"] == true && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        h = health();
+    }
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(disk_of(&h, &a)["problem"], "commits failing", "{h}");
+    assert_eq!(disk_of(&h, &b)["healthy"], true, "{h}");
+    assert_eq!(h["shardsHealthy"], 5, "{h}");
+    assert_eq!(healthy_metric(&a), 0.0);
+    assert_eq!(healthy_metric(&b), 1.0);
+    assert!(reads_back(), "and still do");
+    assert!(metric(&node, "floe_disk_io_errors_total") >= 1.0);
+
+    // Removed (here: moved away) under the running node.
+    let moved = disks[1].path.join("gone");
+    std::fs::rename(&b, &moved).unwrap();
+    let h = health();
+    assert_eq!(disk_of(&h, &b)["problem"], "missing", "{h}");
+    assert_eq!(healthy_metric(&b), 0.0);
+    assert!(reads_back(), "open segments still read");
+    std::fs::rename(&moved, &b).unwrap();
+    assert_eq!(disk_of(&health(), &b)["healthy"], true);
+}
+
+/// Shuts down the ext4 file system mounted at `path` (`EXT4_IOC_SHUTDOWN`, without flushing
+/// its log): from then on its reads and writes fail with EIO, as after a fatal device error.
+fn shut_down_ext4(path: &std::path::Path) {
+    const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+    const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
+    let dir = std::fs::File::open(path).unwrap();
+    let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
+    // SAFETY: the ioctl reads one u32 from a valid pointer.
+    let done = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            EXT4_IOC_SHUTDOWN,
+            &flags as *const u32,
+        )
+    };
+    assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
 }

@@ -464,7 +464,26 @@ type Rows = HashMap<usize, Bytes>;
 
 /// Reads blob bytes `[start, end)`: the systematic rows that cover them, or, if any of those
 /// cannot be had (or come too slowly), a decode from any `k_p` primary slivers.
+///
+/// A disk that fails under the copy of this node's rows poisons their pages
+/// (`floe_storage::fault`); a second pass finds those rows lost in the store and decodes
+/// from the others.
 async fn read_range(
+    state: &Rc<CoreState>,
+    blob_id: &BlobId,
+    known: &CachedMetadata,
+    start: u64,
+    end: u64,
+) -> Result<Bytes, ApiError> {
+    match read_range_once(state, blob_id, known, start, end).await {
+        Err(err) if err.code == DISK_READ_FAILED => {
+            read_range_once(state, blob_id, known, start, end).await
+        }
+        read => read,
+    }
+}
+
+async fn read_range_once(
     state: &Rc<CoreState>,
     blob_id: &BlobId,
     known: &CachedMetadata,
@@ -519,11 +538,13 @@ async fn read_range(
     Ok(Bytes::from(blob).slice(start as usize..end as usize))
 }
 
+const DISK_READ_FAILED: &str = "diskReadFailed";
+
 /// A read whose mapped slivers the disk failed to deliver (`floe_storage::fault`): the
 /// records are healed; a retry decodes from the others.
 fn mapped_read_failed(blob_id: &BlobId, err: std::io::Error) -> ApiError {
     ApiError::unavailable(
-        "diskReadFailed",
+        DISK_READ_FAILED,
         format!("reading blob {blob_id}: {err}; its slivers are being healed, retry"),
     )
 }

@@ -287,7 +287,10 @@ pub fn records(data: &[u8]) {
     if let Ok((mut store, _)) = ready(Store::open(dir)) {
         for (key, bytes) in &records {
             if let Ok(Some(got)) = ready(store.get(key)) {
-                assert!(got[..] == bytes[..], "a damaged record was served as {key:?}");
+                assert!(
+                    got[..] == bytes[..],
+                    "a damaged record was served as {key:?}"
+                );
             }
         }
     }

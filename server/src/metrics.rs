@@ -73,6 +73,10 @@ pub struct Metrics {
     pub disk_used_bytes: Family<DirLabel, Gauge>,
     pub disk_free_bytes: Family<DirLabel, Gauge>,
     pub disk_io_errors: Family<DirLabel, Counter>,
+    /// Cores whose last commit to the directory failed (no success since).
+    pub disk_failing_cores: Family<DirLabel, Gauge>,
+    /// 1 while a data directory is healthy ([`disk_health`]), else 0; set at every render.
+    pub disk_healthy: Family<DirLabel, Gauge>,
     pub corrupt_records: Family<DirLabel, Counter>,
     /// Mapped pages the device failed to deliver, turned into read errors
     /// (`floe_storage::fault`); brought up to date at every render.
@@ -155,6 +159,8 @@ impl Metrics {
             disk_used_bytes: Family::default(),
             disk_free_bytes: Family::default(),
             disk_io_errors: Family::default(),
+            disk_failing_cores: Family::default(),
+            disk_healthy: Family::default(),
             corrupt_records: Family::default(),
             mapped_read_faults: Counter::default(),
             reclaim_moved_bytes: Family::default(),
@@ -390,6 +396,11 @@ impl Metrics {
             metrics.reclaim_freed_bytes.clone(),
         );
         r.register(
+            "disk_healthy",
+            "1 while the data directory is present, writable, not full, and its last commit succeeded",
+            metrics.disk_healthy.clone(),
+        );
+        r.register(
             "disk_io_errors",
             "Failed reads and commits, per data directory",
             metrics.disk_io_errors.clone(),
@@ -432,10 +443,41 @@ impl Metrics {
             if let Some((free, _total)) = fs_space(dir) {
                 self.disk_free_bytes.get_or_create(&label).set(free as i64);
             }
+            let healthy = self.disk_health(dir).is_ok();
+            self.disk_healthy
+                .get_or_create(&label)
+                .set(i64::from(healthy));
             self.disk_used_bytes
                 .get_or_create(&label)
                 .set(dir_bytes(dir) as i64);
         }
+    }
+}
+
+impl Metrics {
+    /// Whether data directory `dir` can take writes now, or what is wrong with it: present,
+    /// writable (a file system remounted read-only after errors fails here), not full, and the
+    /// last commit of every core to it succeeded.
+    pub fn disk_health(&self, dir: &Path) -> Result<(), &'static str> {
+        match fs_space(dir) {
+            None => return Err("missing"),
+            Some((0, _)) => return Err("full"),
+            Some(_) => {}
+        }
+        if let Err(errno) = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+            return Err(match errno {
+                rustix::io::Errno::ROFS => "read-only",
+                rustix::io::Errno::NOENT => "missing",
+                _ => "not writable",
+            });
+        }
+        let label = DirLabel {
+            dir: dir.display().to_string(),
+        };
+        if self.disk_failing_cores.get_or_create(&label).get() > 0 {
+            return Err("commits failing");
+        }
+        Ok(())
     }
 }
 

@@ -17,13 +17,14 @@ pub(crate) fn health(state: &CoreState) -> Response<Body> {
     let mut healthy_dirs = Vec::new();
     for dir in dirs {
         let space = fs_space(dir);
-        let ok = space.is_some_and(|(free, _)| free > 0);
-        healthy_dirs.push(ok);
+        let health = shared.metrics.disk_health(dir);
+        healthy_dirs.push(health.is_ok());
         disks.push(json!({
             "dir": dir.display().to_string(),
             "freeBytes": space.map(|s| s.0),
             "totalBytes": space.map(|s| s.1),
-            "healthy": ok,
+            "healthy": health.is_ok(),
+            "problem": health.err(),
         }));
     }
     let view = shared.view();

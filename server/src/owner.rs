@@ -514,6 +514,11 @@ pub async fn run_owner<D: Dir>(
 /// What [`update_disk_metrics`] last saw of a store's counters.
 #[derive(Clone, Copy, Default)]
 struct DiskCounters {
+    commits: u64,
+    failed_commits: u64,
+    /// Whether this core's last commit to the directory failed (counted in
+    /// `Metrics::disk_failing_cores` until a commit succeeds).
+    failing: bool,
     io_errors: u64,
     corrupt: u64,
     moved: u64,
@@ -529,7 +534,16 @@ fn update_disk_metrics<D: Dir>(
 ) {
     for ((store, label), last) in disks.stores().iter().zip(dir_labels).zip(seen) {
         let c = store.counters();
+        // Failed since the last look and nothing succeeded: failing; a success: recovered.
+        let failing = if c.commits > last.commits {
+            false
+        } else {
+            last.failing || c.failed_commits > last.failed_commits
+        };
         let now = DiskCounters {
+            commits: c.commits,
+            failed_commits: c.failed_commits,
+            failing,
             io_errors: c.failed_commits + c.read_errors,
             corrupt: c.corrupt_records,
             moved: c.reclaim_bytes_moved,
@@ -545,6 +559,14 @@ fn update_disk_metrics<D: Dir>(
         add(&metrics.corrupt_records, now.corrupt, last.corrupt);
         add(&metrics.reclaim_moved_bytes, now.moved, last.moved);
         add(&metrics.reclaim_freed_bytes, now.freed, last.freed);
+        if now.failing != last.failing {
+            let cores = metrics.disk_failing_cores.get_or_create(&dir);
+            if now.failing {
+                cores.inc();
+            } else {
+                cores.dec();
+            }
+        }
         *last = now;
     }
 }

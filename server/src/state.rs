@@ -514,6 +514,12 @@ pub(crate) async fn load_sliver(
         Ok(found) => Ok(found.map(|found| found.data)),
         // Failed its checksum: missing, to be healed; never served.
         Err(StorageFailure::Corrupt) => Ok(None),
+        // The disk failed to read it (counted in floe_disk_io_errors_total): missing here
+        // too; a read decodes from the other slivers, a peer asks another node.
+        Err(StorageFailure::Other(why)) => {
+            tracing::warn!(blob = %blob_id, shard, %why, "a sliver could not be read; treated as missing");
+            Ok(None)
+        }
         Err(other) => Err(storage_error(other)),
     }
 }

@@ -118,6 +118,7 @@ impl MappedFile {
 
 impl Drop for MappedFile {
     fn drop(&mut self) {
+        crate::fault::unmapped(self.start(), self.map.len());
         if !self.map.is_empty() {
             let mut registry = REGISTRY.write().expect("registry lock");
             // Only remove our own entry: the address may already serve a newer mapping.

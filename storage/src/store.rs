@@ -940,7 +940,9 @@ impl<D: Dir> Store<D> {
         let Some((location, file)) = self.locate(key) else {
             return Ok(None);
         };
-        let check = !location.verified || self.options.reverify_mapped_reads;
+        let check = !location.verified
+            || self.options.reverify_mapped_reads
+            || crate::fault::reverify_all();
         // A verified record needs only its data: one view, no header.
         let (offset, len) = if check {
             (location.offset, location.record_bytes() as usize)
@@ -952,6 +954,16 @@ impl<D: Dir> Store<D> {
         };
         let read = file.read_shared(offset, len).await;
         let record = read.map_err(|err| self.read_failed(err))?;
+        if crate::fault::poisoned(&record) {
+            // A page of it failed to read once and now holds zeros in this mapping: lost here
+            // (a read error), healed like a corrupt record; never served.
+            self.unindex(key);
+            self.counters.read_errors += 1;
+            return Err(StoreError::Corrupt {
+                kind: key.kind,
+                shard: key.shard,
+            });
+        }
         if !check {
             return Ok(Some(record));
         }

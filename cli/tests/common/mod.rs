@@ -55,16 +55,19 @@ pub fn try_start_at(
     env: &[(&str, &str)],
 ) -> Result<NodeProcess, String> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_floe"));
-    command
-        .arg("node")
-        .args(["--listen", listen])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.arg("node").args(["--listen", listen]).args(args);
     for (key, value) in env {
         command.env(key, value);
     }
+    try_start_command(command)
+}
+
+/// Runs `command` (a `floe node`, perhaps behind a wrapper) as [`try_start`] does.
+pub fn try_start_command(mut command: Command) -> Result<NodeProcess, String> {
+    command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = command.spawn().expect("run floe node");
     let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut stderr = child.stderr.take().unwrap();

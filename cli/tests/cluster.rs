@@ -1319,3 +1319,63 @@ print("committee S3 ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A bit flipped on a node's disk (issue 18): its scrubber finds the record, which from then
+/// on is never served, and the node heals it from its peers, so it holds every sliver whole
+/// again, all without a restart.
+#[test]
+fn a_bit_flip_on_disk_is_found_by_the_scrubber_never_served_and_healed_from_peers() {
+    let cluster = Cluster::start_configured(4, 10, "scrub_interval_seconds = 2");
+    let blob = blob_bytes(600_000, 77);
+    let id: BlobId = store_new(&cluster.url(0), &blob, 2).parse().unwrap();
+    let expected = encode(&EncodingConfig::new(10).unwrap(), &blob).unwrap();
+    // Flip a byte of node 1's primary sliver of its first shard, in its segment file.
+    let n = cluster.shard_count();
+    let pair = id.pair_for_shard(cluster.shards[1][0].into(), n);
+    let data = expected.sliver(floe_codec::SliverKind::Primary, pair);
+    let needle = &data[data.len() / 2..data.len() / 2 + 64];
+    let mut flipped = 0;
+    for core_dir in std::fs::read_dir(&cluster.nodes[1].data).unwrap() {
+        let core_dir = core_dir.unwrap().path();
+        if !core_dir.is_dir() {
+            continue;
+        }
+        for segment in std::fs::read_dir(&core_dir).unwrap() {
+            let segment = segment.unwrap().path();
+            if segment.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let bytes = std::fs::read(&segment).unwrap();
+            if let Some(at) = bytes.windows(64).position(|w| w == needle) {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&segment)
+                    .unwrap();
+                std::os::unix::fs::FileExt::write_all_at(
+                    &file,
+                    &[bytes[at + 5] ^ 0x10],
+                    (at + 5) as u64,
+                )
+                .unwrap();
+                file.sync_all().unwrap();
+                flipped += 1;
+            }
+        }
+    }
+    assert_eq!(flipped, 1, "the sliver is in one segment of node 1");
+    // Found by the scrubber (counted), never served, then healed from peers.
+    let url = cluster.url(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&url, "floe_corrupt_records_total") < 1.0 {
+        let (status, body) = get(&url, &format!("/v1/blobs/{id}/slivers/{pair}/primary"));
+        if status == 200 {
+            let sliver = floe_codec::decode_sliver(floe_codec::SliverKind::Primary, &body).unwrap();
+            assert!(sliver.data == data, "a corrupt sliver was served");
+        }
+        assert!(Instant::now() < deadline, "the scrubber did not find it");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_healed(&cluster, 1, &id);
+    check_slivers(&cluster, 1, &id, &expected);
+    assert!(get(&cluster.url(2), &format!("/v1/blobs/{id}")).1 == blob);
+}

@@ -96,6 +96,11 @@ fn io_error(op: &'static str) -> impl FnOnce(io::Error) -> StoreError {
     }
 }
 
+/// Reads of a record the scrubber could not read before it counts the record as lost. Why
+/// this many: transient failures pass well before (a device failing one read in 50 at random
+/// drops a record once in 10^13 tries); a bad sector fails them all, quickly on an SSD.
+const UNREADABLE_TRIES: usize = 8;
+
 /// What one [`Store::scrub`] call did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubReport {
@@ -103,8 +108,9 @@ pub struct ScrubReport {
     pub records_checked: usize,
     /// Bytes read from the device.
     pub bytes_checked: u64,
-    /// Records that failed their checksum, now dropped from the index. A tombstone that failed
-    /// is listed with kind `Tombstone` (it was written again, see [`Store::scrub`]).
+    /// Records that failed their checksum or that the device could not read, now dropped from
+    /// the index (the node heals them). A tombstone that failed is listed with kind
+    /// `Tombstone` (it was written again, see [`Store::scrub`]).
     pub corrupt: Vec<Key>,
     /// The scrubber went past the end of the last segment; the next call starts a new pass at
     /// the first.
@@ -1323,7 +1329,8 @@ impl<D: Dir> Store<D> {
             Ok(buffer) => buffer,
             Err(err) => {
                 self.live.scrub.offset = start + len;
-                return Err(self.read_failed(err));
+                self.read_failed(err);
+                return self.scrub_unreadable(id, start..start + len, report).await;
             }
         };
         report.bytes_checked += len;
@@ -1356,7 +1363,8 @@ impl<D: Dir> Store<D> {
                     Ok(read) => buffer.extend_from_slice(&read),
                     Err(err) => {
                         self.live.scrub.offset = at + record_bytes as u64;
-                        return Err(self.read_failed(err));
+                        self.read_failed(err);
+                        return self.scrub_unreadable(id, at..at + 1, report).await;
                     }
                 }
                 report.bytes_checked += rest;
@@ -1405,12 +1413,74 @@ impl<D: Dir> Store<D> {
             return Ok(());
         }
         let read = read_range(&self.files[&id], start, end - start).await;
-        let buffer = read.map_err(|err| self.read_failed(err))?;
+        let buffer = match read {
+            Ok(buffer) => buffer,
+            Err(err) => {
+                self.read_failed(err);
+                return self.scrub_unreadable(id, start..end, report).await;
+            }
+        };
         report.bytes_checked += end - start;
         for (owner, location) in batch {
             let from = (location.offset - start) as usize;
             let record = &buffer[from..from + location.record_bytes() as usize];
             self.scrub_check(owner, location, record, report).await?;
+        }
+        Ok(())
+    }
+
+    /// The live records of segment `id` that start in `range`, whose read just failed: each is
+    /// read again on its own, up to [`UNREADABLE_TRIES`] times, and checked if it reads; one
+    /// that never does is lost here like a corrupt one (dropped from the index and reported,
+    /// so the node heals it; a tombstone is written again from memory). Why retry: a device
+    /// may fail a read once and serve it the next time (the store must not drop a record for
+    /// that), while a bad sector fails every time, and its record would fail every read too.
+    async fn scrub_unreadable(
+        &mut self,
+        id: u64,
+        range: std::ops::Range<u64>,
+        report: &mut ScrubReport,
+    ) -> Result<(), StoreError> {
+        let suspects: Vec<(Owner, Location)> = self
+            .live_records_of(id)
+            .into_iter()
+            .filter(|(_, l)| range.contains(&l.offset))
+            .collect();
+        for (owner, location) in suspects {
+            let mut read = None;
+            for _ in 0..UNREADABLE_TRIES {
+                let attempt = self.files[&id]
+                    .read_at(location.offset, location.record_bytes() as usize)
+                    .await;
+                match attempt {
+                    Ok(bytes) => {
+                        read = Some(bytes);
+                        break;
+                    }
+                    Err(_) => self.counters.read_errors += 1,
+                }
+            }
+            report.bytes_checked += location.record_bytes();
+            if let Some(record) = read {
+                self.scrub_check(owner, location, &record, report).await?;
+                continue;
+            }
+            match owner {
+                Ok(key) => {
+                    self.unindex(&key);
+                    report.records_checked += 1;
+                    report.corrupt.push(key);
+                }
+                Err(blob_id) => {
+                    self.rewrite_tombstone(blob_id, location).await?;
+                    report.records_checked += 1;
+                    report.corrupt.push(Key {
+                        blob_id,
+                        kind: RecordKind::Tombstone,
+                        shard: 0,
+                    });
+                }
+            }
         }
         Ok(())
     }

@@ -543,3 +543,34 @@ fn scrubbing_goes_on_across_reclaiming_and_new_writes() {
     );
     assert_eq!(report.records_checked, model.len() + deleted.len());
 }
+
+/// Records the device cannot read (issue 18: a bad sector) are found by the scrubber: each
+/// leaves the index and is reported like a corrupt one (so the node heals it), and is never
+/// served; the read errors are counted.
+#[test]
+fn records_the_device_cannot_read_are_found_and_dropped() {
+    let dir = MemDir::new(7);
+    let (mut store, _) = block_on(Store::open(dir.clone())).unwrap();
+    put_all(&mut store, 0..200, 1, 20);
+    // Every read fails from now on (a disk gone bad under the store).
+    dir.set_faults(floe_storage::device::Faults {
+        read_error_per_mille: 1000,
+        ..Default::default()
+    });
+    let report = block_on(store.scrub(u64::MAX)).unwrap();
+    let lost: BTreeSet<Key> = report.corrupt.iter().copied().collect();
+    assert_eq!(lost.len(), 200, "every live record is reported");
+    assert!(store.counters().read_errors >= 1);
+    dir.set_faults(floe_storage::device::Faults::default());
+    for i in 0..200 {
+        assert!(
+            block_on(store.get(&key(i))).unwrap().is_none(),
+            "record {i} is gone from the index, never served"
+        );
+    }
+    // Written again (as healing does), it reads back.
+    put_all(&mut store, 0..200, 2, 20);
+    for i in 0..200 {
+        assert_eq!(block_on(store.get(&key(i))).unwrap().unwrap(), data(i, 2));
+    }
+}

@@ -1891,3 +1891,58 @@ fn shut_down_ext4(path: &std::path::Path) {
     };
     assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
 }
+
+/// A panic in a background task (here a streamed read's producer, made to panic by a
+/// failpoint) is caught, logged and counted; the core goes on serving. Regression (issue 18):
+/// it unwound through the core's executor and took the core, with every connection and
+/// shard it served, down.
+#[test]
+fn a_background_task_that_panics_takes_down_only_its_own_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "n_shards = 100\ncores = 1\n[limits]\nbuffer_bytes_per_core = 33554432\n\
+         body_bytes_max = 16777216\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let node = start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("FLOE_FAILPOINTS", "stream_producer_panics")],
+    );
+    let small = unique_bytes(100_000, 61);
+    let small_id = publish(&node, &small, 2);
+    // Over a quarter of the 32 MiB budget: streamed, so its producer runs (and panics).
+    let big = unique_bytes(12_000_000, 62);
+    let big_id = publish(&node, &big, 2);
+    let mut stream = TcpStream::connect(node.url.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(stream, "GET /v1/blobs/{big_id} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    assert!(
+        got.len() < big.len(),
+        "the failpoint cut the stream ({} bytes came)",
+        got.len()
+    );
+    // The one core still serves: health, small blobs, and the next request alike.
+    assert_eq!(get(&format!("{}/v1/health", node.url)).status, 200);
+    assert!(get(&format!("{}/v1/blobs/{small_id}", node.url)).body == small);
+    assert_eq!(metric(&node, "floe_task_panics_total"), 1.0);
+    let range = call(
+        "GET",
+        &format!("{}/v1/blobs/{big_id}", node.url),
+        None,
+        &[("range", "bytes=0-999")],
+    );
+    assert_eq!(range.status, 206);
+    assert!(range.body == big[..1000]);
+}

@@ -380,8 +380,11 @@ async fn stream_range(
     let first = read_group(state, &blob_id, &known, &groups[0]).await?;
     let (mut chunks, body) = futures::channel::mpsc::channel(STREAM_CHUNKS_AHEAD);
     let state = state.clone();
-    glommio::spawn_local(async move {
+    crate::task::spawn_detached("stream_producer", async move {
         let _reservation = reservation;
+        if crate::task::failpoint("stream_producer_panics") {
+            panic!("failpoint stream_producer_panics");
+        }
         let mut next = Some(Ok(first));
         let mut rest = groups.into_iter().skip(1);
         loop {
@@ -395,7 +398,10 @@ async fn stream_range(
             match group {
                 Ok(pieces) => {
                     for piece in pieces {
-                        if futures::SinkExt::send(&mut chunks, Ok(piece)).await.is_err() {
+                        if futures::SinkExt::send(&mut chunks, Ok(piece))
+                            .await
+                            .is_err()
+                        {
                             return; // the client went away
                         }
                     }
@@ -408,8 +414,7 @@ async fn stream_range(
                 }
             }
         }
-    })
-    .detach();
+    });
     Ok(Body::Stream(body))
 }
 

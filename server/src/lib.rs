@@ -49,6 +49,7 @@ pub mod serve;
 pub mod spool;
 pub mod state;
 pub mod sync;
+pub mod task;
 
 pub use config::NodeConfig;
 pub use node::{run, NodeError, Ready};

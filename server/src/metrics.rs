@@ -102,6 +102,8 @@ pub struct Metrics {
     pub publish_background: Gauge,
     /// Request handlers that panicked (answered 500; a bug).
     pub handler_panics: Counter,
+    /// Panics caught in detached tasks (`crate::task`); brought up to date at every render.
+    pub task_panics: Counter,
     /// Blobs the S3 API deleted because their last name went.
     pub s3_blobs_deleted: Counter,
     /// Aggregator reads that asked more peers because the first were slow.
@@ -175,6 +177,7 @@ impl Metrics {
             publish_background: Gauge::default(),
             s3_blobs_deleted: Counter::default(),
             handler_panics: Counter::default(),
+            task_panics: Counter::default(),
             hedged_reads: Counter::default(),
             blob_cache_skipped: Counter::default(),
             recovered_reads: Counter::default(),
@@ -300,6 +303,11 @@ impl Metrics {
             "handler_panics",
             "Request handlers that panicked and were answered 500 (a bug; the log has it)",
             metrics.handler_panics.clone(),
+        );
+        r.register(
+            "task_panics",
+            "Panics caught in background tasks (a stream's producer, a store finishing after its answer); each is logged and the core goes on",
+            metrics.task_panics.clone(),
         );
         r.register(
             "s3_blobs_deleted",

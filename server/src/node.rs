@@ -630,12 +630,11 @@ async fn core_main(
         if core == 0 {
             // What an earlier run released and did not delete.
             let state = state.clone();
-            glommio::spawn_local(async move {
+            crate::task::spawn_detached("s3_release_backlog", async move {
                 if let Some(s3) = state.shared.s3.clone() {
                     s3.release_backlog(&state).await;
                 }
-            })
-            .detach();
+            });
         }
         glommio::spawn_local(async move {
             loop {

@@ -62,6 +62,8 @@ pub(crate) fn metrics(state: &CoreState) -> Result<Response<Body>, ApiError> {
         .refresh_disks(&state.shared.config.data_dirs);
     let faults = &state.shared.metrics.mapped_read_faults;
     faults.inc_by(floe_storage::fault::faults().saturating_sub(faults.get()));
+    let panics = &state.shared.metrics.task_panics;
+    panics.inc_by(crate::task::panics().saturating_sub(panics.get()));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &state.shared.registry).map_err(|e| {
         ApiError::new(

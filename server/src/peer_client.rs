@@ -174,10 +174,9 @@ impl Peers {
         let (sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        glommio::spawn_local(async move {
+        crate::task::spawn_detached("peer_connection", async move {
             let _ = connection.await;
-        })
-        .detach();
+        });
         Ok(sender)
     }
 

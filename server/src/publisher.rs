@@ -287,7 +287,7 @@ fn finish_in_background<F>(
 {
     let metrics = state.shared.metrics.clone();
     metrics.publish_background.inc_by(stores.len() as i64);
-    glommio::spawn_local(async move {
+    crate::task::spawn_detached("publish_background", async move {
         let _reservation = reservation;
         while let Some((member, result)) = stores.next().await {
             metrics.publish_background.dec();
@@ -295,8 +295,7 @@ fn finish_in_background<F>(
                 tracing::warn!(blob = %blob_id, node = %member.name, %message, "a node did not store its slivers after the answer; sync will bring them");
             }
         }
-    })
-    .detach();
+    });
 }
 
 /// Blobs up to this size are encoded in memory at once; larger ones (and bodies of unknown

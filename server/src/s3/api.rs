@@ -1198,7 +1198,7 @@ async fn object_body(
     }
     let (mut chunks, body) = futures::channel::mpsc::channel(2);
     let state = state.clone();
-    glommio::spawn_local(async move {
+    crate::task::spawn_detached("s3_stream_producer", async move {
         let mut next = Some(Ok(first));
         let mut rest = rest.into_iter();
         loop {
@@ -1221,8 +1221,7 @@ async fn object_body(
             let _ = futures::SinkExt::send(&mut chunks, Err(failure)).await;
             return;
         }
-    })
-    .detach();
+    });
     Ok(Body::Stream(body))
 }
 

@@ -188,7 +188,7 @@ impl S3 {
             return;
         }
         let (s3, state) = (self.clone(), state.clone());
-        glommio::spawn_local(async move { s3.release(&state, blobs).await }).detach();
+        crate::task::spawn_detached("s3_release", async move { s3.release(&state, blobs).await });
     }
 
     /// Deletes those of `blobs` that no name lists and no request pinned (this node being the

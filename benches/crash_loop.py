@@ -233,7 +233,7 @@ def run_round(args, rnd, books, writer_url, s3_endpoint, kill, rng):
         i = 0
         while not stop.is_set():
             multipart = worker == 0
-            size = 2 * PART + 12345 if multipart else wrng.choice(SMALL_SIZES)
+            size = PART + 12345 if multipart else wrng.choice(SMALL_SIZES)
             key = f"r{rnd}/{worker}/{i}-{size}"
             i += 1
             data = content(key, size)
@@ -296,15 +296,17 @@ def run_round(args, rnd, books, writer_url, s3_endpoint, kill, rng):
         return threading.Thread(target=run)
 
     threads = [guarded(store, w, False) for w in range(args.writers)]
-    if args.big_mb and rnd % args.big_every == 0:
+    big_round = bool(args.big_mb) and rnd % args.big_every == 0
+    if big_round:
         threads.append(guarded(store, "big", True))
     if s3_endpoint:
         threads += [guarded(s3_writer, w) for w in range(2)]
     threads.append(guarded(reader))
     for t in threads:
         t.start()
-    # A big blob's store is under way when the kill comes, in its rounds.
-    time.sleep(rng.uniform(*args.kill_after))
+    # In a big blob's round the kill comes later, so that some big stores finish (and are
+    # checked after every later restart) and others are cut midway.
+    time.sleep(rng.uniform(*(args.big_kill_after if big_round else args.kill_after)))
     killed.set()
     kill()
     if args.cluster:
@@ -430,6 +432,8 @@ def main():
     p.add_argument("--big-mb", type=int, default=256, help="size of the big streamed blobs (0: none)")
     p.add_argument("--big-every", type=int, default=10, help="a big blob every this many rounds")
     p.add_argument("--kill-after", type=float, nargs=2, default=[1.0, 4.0], metavar=("MIN", "MAX"))
+    p.add_argument("--big-kill-after", type=float, nargs=2, default=[3.0, 30.0], metavar=("MIN", "MAX"),
+                   help="the kill's delay in rounds with a big blob")
     p.add_argument("--round-timeout", type=float, default=300)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dir", default=None)

@@ -64,6 +64,9 @@ fn a_node_killed_mid_store_shows_no_half_written_blob() {
         "--kill-after",
         "1",
         "2.5",
+        "--big-kill-after",
+        "2",
+        "8",
     ]);
     assert!(text.contains("\"lost\": 0"), "{text}");
 }
@@ -84,6 +87,9 @@ fn a_peer_killed_mid_put_loses_nothing_acknowledged() {
         "--kill-after",
         "1",
         "2",
+        "--big-kill-after",
+        "1",
+        "3",
     ]);
     assert!(text.contains("\"lost\": 0"), "{text}");
 }

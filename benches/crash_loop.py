@@ -70,26 +70,29 @@ def digest(name, size):
 
 
 class Stream:
-    """A body read chunk by chunk with a known length (sent with content-length, streamed)."""
+    """A body read chunk by chunk with a known length (sent with content-length, streamed).
+    Reads hand out slices of the current chunk (no copy of what is left: http.client reads
+    8 KiB at a time)."""
 
     def __init__(self, name, size):
         self.it = chunks(name, size)
         self.len = size
         self.buf = b""
+        self.pos = 0
 
     def __len__(self):
         return self.len
 
     def read(self, n=-1):
-        while (n < 0 or len(self.buf) < n) and self.it is not None:
-            try:
-                self.buf += next(self.it)
-            except StopIteration:
-                self.it = None
+        if self.pos >= len(self.buf):
+            self.buf = next(self.it, b"")
+            self.pos = 0
         if n < 0:
-            out, self.buf = self.buf, b""
-        else:
-            out, self.buf = self.buf[:n], self.buf[n:]
+            out = self.buf[self.pos:] + b"".join(self.it)
+            self.buf, self.pos = b"", 0
+            return out
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += len(out)
         return out
 
 

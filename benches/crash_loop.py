@@ -44,6 +44,8 @@ import time
 
 import requests
 
+import local_cluster
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S3_KEY = "AKIDCRASHLOOP"
 S3_SECRET = "crash-loop-secret"
@@ -405,28 +407,6 @@ def stats(values):
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def cluster_nodes(args, floe, base):
-    subprocess.run([floe, "cluster", "up", "--dir", base, "--nodes", "4", "--shards",
-                    str(args.shards), "--sync-interval", "2"], check=True,
-                   stdout=subprocess.DEVNULL)
-    # The nodes `cluster up` started: found by their config files, restarted by this script.
-    pids = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        for i in range(4):
-            if f"{base}/node-{i}/node.toml".encode() in cmd:
-                pids[i] = int(pid)
-    committee = open(os.path.join(base, "committee.toml")).read()
-    urls = ["http://" + line.split('"')[1] for line in committee.splitlines()
-            if line.startswith("address")]
-    return pids, urls
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=100)
@@ -463,7 +443,7 @@ def main():
     started_nodes = []
     try:
         if args.cluster:
-            pids, urls = cluster_nodes(args, args.floe, base)
+            pids, urls = local_cluster.up(args.floe, base, 4, args.shards, 2)
             writer_url, s3_endpoint = urls[0], None
             nodes = {}
             for i in range(1, 4):
@@ -537,8 +517,7 @@ def main():
         for n in started_nodes:
             n.stop()
         if args.cluster:
-            subprocess.run([args.floe, "cluster", "down", "--dir", base],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            local_cluster.down(args.floe, base)
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)
 

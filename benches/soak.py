@@ -35,22 +35,9 @@ import time
 
 import requests
 
+import local_cluster
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def node_pids(base, count):
-    pids = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        for i in range(count):
-            if f"{base}/node-{i}/node.toml".encode() in cmd:
-                pids[i] = int(pid)
-    return pids
 
 
 def rss_anon_mib(pid):
@@ -125,15 +112,11 @@ def main():
     base = os.path.abspath(args.dir)
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
-    subprocess.run([args.floe, "cluster", "up", "--dir", base, "--nodes", "4", "--shards",
-                    str(args.shards), "--sync-interval", "5"], check=True, stdout=subprocess.DEVNULL)
     stop = threading.Event()
     problems = []
     pids = {}
     try:
-        pids = node_pids(base, 4)
-        committee = open(os.path.join(base, "committee.toml")).read()
-        urls = ["http://" + line.split('"')[1] for line in committee.splitlines() if line.startswith("address")]
+        pids, urls = local_cluster.up(args.floe, base, 4, args.shards, 5)
         manifest = os.path.join(base, "data.json")
         subprocess.run([args.loadgen, "prepare", "--target", urls[0], "--count", "100", "--size",
                         "4KiB..1MiB", "--epochs", "50", "--manifest", manifest], check=True,
@@ -249,8 +232,7 @@ def main():
                 os.kill(pid, signal.SIGCONT)
             except OSError:
                 pass
-        subprocess.run([args.floe, "cluster", "down", "--dir", base], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        local_cluster.down(args.floe, base)
 
 
 if __name__ == "__main__":

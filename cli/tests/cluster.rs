@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use floe_codec::{encode, BlobId, EncodingConfig};
 
 mod common;
-use common::{blob_bytes, get, get_with, json, metric, run, store, store_new, Etcd};
+use common::{
+    blob_bytes, get, get_with, json, metric, read_proxied_request, run, store, store_new, Etcd,
+};
 
 /// A node of the test committee.
 struct Node {
@@ -528,27 +530,13 @@ fn lying_proxy(listener: TcpListener, target: u16) {
 }
 
 fn relay_once(client: &mut TcpStream, target: u16) -> std::io::Result<()> {
-    // The request head, then its body by Content-Length.
-    let mut request = Vec::new();
-    let mut byte = [0u8; 1];
-    while !request.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte)? == 0 {
-            return Ok(());
-        }
-        request.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap_or(0));
-    let mut body = vec![0u8; length];
-    client.read_exact(&mut body)?;
-    let lie = head.contains("/slivers") || head.contains("recoverysymbols");
-    let head = String::from_utf8_lossy(&request).replacen("\r\n", "\r\nconnection: close\r\n", 1);
+    let Some(request) = read_proxied_request(client)? else {
+        return Ok(());
+    };
+    let lie = request.lower.contains("/slivers") || request.lower.contains("recoverysymbols");
     let mut node = TcpStream::connect(("127.0.0.1", target))?;
-    node.write_all(head.as_bytes())?;
-    node.write_all(&body)?;
+    node.write_all(request.head.as_bytes())?;
+    node.write_all(&request.body)?;
     let mut response = Vec::new();
     node.read_to_end(&mut response)?;
     if lie {

@@ -116,12 +116,18 @@ const PORT: u16 = 31415;
 /// Shards of node `i` of 4 at n = 10: 3, 3, 2, 2 (f = 3).
 const SHARDS: [&str; 4] = ["0-2", "3-5", "6-7", "8-9"];
 
-fn start_committee(net: &Net, dir: &std::path::Path) -> Vec<NodeProcess> {
+/// Writes the committee file (node `i` at `addresses[i]`, shards as in [`SHARDS`]) and each
+/// node's config (listening on `listens[i]`); returns the configs' paths.
+fn write_configs(
+    dir: &std::path::Path,
+    addresses: &[String],
+    listens: &[String],
+) -> Vec<std::path::PathBuf> {
     let mut committee = "n_shards = 10\n".to_string();
     for (i, shards) in SHARDS.iter().enumerate() {
         committee.push_str(&format!(
-            "[[nodes]]\nname = \"n{i}\"\naddress = \"{}:{PORT}\"\nshards = [\"{shards}\"]\n",
-            net.ip(i)
+            "[[nodes]]\nname = \"n{i}\"\naddress = \"{}\"\nshards = [\"{shards}\"]\n",
+            addresses[i]
         ));
     }
     let committee_path = dir.join("committee.toml");
@@ -132,16 +138,30 @@ fn start_committee(net: &Net, dir: &std::path::Path) -> Vec<NodeProcess> {
             std::fs::write(
                 &config,
                 format!(
-                    "name = \"n{i}\"\nlisten = \"{}:{PORT}\"\ndata_dirs = [{:?}]\n\
+                    "name = \"n{i}\"\nlisten = \"{}\"\ndata_dirs = [{:?}]\n\
                      committee = {:?}\ncores = 1\npin_cores = false\n\
                      sync_interval_seconds = 1\npeer_timeout_seconds = 5\n\
                      peer_connect_timeout_ms = 500\nshutdown_grace_seconds = 2\n",
-                    net.ip(i),
+                    listens[i],
                     dir.join(format!("n{i}-data")).display().to_string(),
                     committee_path.display().to_string(),
                 ),
             )
             .unwrap();
+            config
+        })
+        .collect()
+}
+
+/// The committee of [`SHARDS`], node `i` in namespace `net.ns(i)`.
+fn start_committee(net: &Net, dir: &std::path::Path) -> Vec<NodeProcess> {
+    let addresses: Vec<String> = (0..SHARDS.len())
+        .map(|i| format!("{}:{PORT}", net.ip(i)))
+        .collect();
+    write_configs(dir, &addresses, &addresses)
+        .iter()
+        .enumerate()
+        .map(|(i, config)| {
             let mut command = Command::new("ip");
             command
                 .args(["netns", "exec", &net.ns(i), env!("CARGO_BIN_EXE_floe")])
@@ -361,36 +381,23 @@ fn relay(mut client: std::net::TcpStream, target: u16, fault: Fault) -> std::io:
         }
         return Ok(());
     }
-    let mut request = Vec::new();
-    let mut byte = [0u8; 1];
-    while !request.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte)? == 0 {
-            return Ok(());
-        }
-        request.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap_or(0));
-    let mut body = vec![0u8; length];
-    client.read_exact(&mut body)?;
+    let Some(request) = read_proxied_request(&mut client)? else {
+        return Ok(());
+    };
     match fault {
         Fault::Stall => {
             std::thread::sleep(Duration::from_secs(30));
             return Ok(());
         }
         Fault::Garbage => {
-            let noise = blob_bytes(70_000, length as u64);
+            let noise = blob_bytes(70_000, request.body.len() as u64);
             return client.write_all(&noise);
         }
         _ => {}
     }
-    let head = String::from_utf8_lossy(&request).replacen("\r\n", "\r\nconnection: close\r\n", 1);
     let mut node = std::net::TcpStream::connect(("127.0.0.1", target))?;
-    node.write_all(head.as_bytes())?;
-    node.write_all(&body)?;
+    node.write_all(request.head.as_bytes())?;
+    node.write_all(&request.body)?;
     let mut response = Vec::new();
     node.read_to_end(&mut response)?;
     match fault {
@@ -430,31 +437,13 @@ fn a_peer_that_delays_stalls_resets_truncates_dribbles_or_babbles_holds_nothing_
         })
         .collect();
     let proxy = FaultProxy::start(ports[3]);
-    let mut committee = "n_shards = 10\n".to_string();
-    for (i, shards) in SHARDS.iter().enumerate() {
-        let port = if i == 3 { proxy.port } else { ports[i] };
-        committee.push_str(&format!(
-            "[[nodes]]\nname = \"n{i}\"\naddress = \"127.0.0.1:{port}\"\nshards = [\"{shards}\"]\n"
-        ));
-    }
-    let committee_path = dir.path().join("committee.toml");
-    std::fs::write(&committee_path, committee).unwrap();
-    let nodes: Vec<NodeProcess> = (0..4)
-        .map(|i| {
-            let config = dir.path().join(format!("n{i}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "name = \"n{i}\"\nlisten = \"127.0.0.1:{}\"\ndata_dirs = [{:?}]\n\
-                     committee = {:?}\ncores = 1\npin_cores = false\n\
-                     sync_interval_seconds = 1\npeer_timeout_seconds = 5\n\
-                     shutdown_grace_seconds = 2\n",
-                    ports[i],
-                    dir.path().join(format!("n{i}-data")).display().to_string(),
-                    committee_path.display().to_string(),
-                ),
-            )
-            .unwrap();
+    let listens: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut addresses = listens.clone();
+    addresses[3] = format!("127.0.0.1:{}", proxy.port);
+    let nodes: Vec<NodeProcess> = write_configs(dir.path(), &addresses, &listens)
+        .iter()
+        .enumerate()
+        .map(|(i, config)| {
             let mut command = Command::new(env!("CARGO_BIN_EXE_floe"));
             command.args(["node", "--config", config.to_str().unwrap()]);
             try_start_command(command).unwrap_or_else(|e| panic!("node n{i}: {e}"))

@@ -485,3 +485,39 @@ pub fn metric(url: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A request a test proxy read from its client: the head with `connection: close` added (one
+/// request per connection to the node), the head in lowercase (to match on), and the body.
+pub struct ProxiedRequest {
+    pub head: String,
+    pub lower: String,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request (its head, then a body of its Content-Length) from a proxy's client;
+/// `None` if the client closed first.
+pub fn read_proxied_request(
+    client: &mut std::net::TcpStream,
+) -> std::io::Result<Option<ProxiedRequest>> {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(None);
+        }
+        request.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&request).into_owned();
+    let lower = text.to_ascii_lowercase();
+    let length: usize = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    let mut body = vec![0u8; length];
+    client.read_exact(&mut body)?;
+    Ok(Some(ProxiedRequest {
+        head: text.replacen("\r\n", "\r\nconnection: close\r\n", 1),
+        lower,
+        body,
+    }))
+}

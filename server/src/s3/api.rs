@@ -1693,6 +1693,36 @@ async fn list_uploads(s3: &Arc<S3>, bucket: &str, target: &Target) -> S3Result {
     Ok(xml.response())
 }
 
+/// What the fuzz target `headers` drives (`crate::fuzzing::headers`): every parser of
+/// request headers and query text here, on an object `size` bytes long. Must never panic.
+pub(crate) fn fuzz_headers(headers: &HeaderMap, query: &str, size: u64) {
+    let mut object = object_template(headers);
+    object.size = size;
+    object.etag = format!("{size:x}-2");
+    object.last_modified_unix_seconds = size % 4_000_000_000;
+    let _ = check_conditions(headers, &object);
+    let _ = check_copy_conditions(headers, &object);
+    let _ = copy_range(headers, size);
+    let _ = copy_source(headers);
+    let mut response = HeaderMap::new();
+    let _ = object_headers(&mut response, &object);
+    let target = Target {
+        bucket: None,
+        key: None,
+        query: query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (query_decode(k), query_decode(v))
+            })
+            .collect(),
+    };
+    let _ = part_number(&target);
+    let _ = max_keys(&target, "max-keys");
+    let _ = encoder(&target)("a b/c");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1808,34 +1838,4 @@ mod tests {
         let small = vec![(1, part(10, a)), (2, part(10, b))];
         assert_eq!(code(&[(1, a), (2, b)], &small), "EntityTooSmall");
     }
-}
-
-/// What the fuzz target `headers` drives (`crate::fuzzing::headers`): every parser of
-/// request headers and query text here, on an object `size` bytes long. Must never panic.
-pub(crate) fn fuzz_headers(headers: &HeaderMap, query: &str, size: u64) {
-    let mut object = object_template(headers);
-    object.size = size;
-    object.etag = format!("{size:x}-2");
-    object.last_modified_unix_seconds = size % 4_000_000_000;
-    let _ = check_conditions(headers, &object);
-    let _ = check_copy_conditions(headers, &object);
-    let _ = copy_range(headers, size);
-    let _ = copy_source(headers);
-    let mut response = HeaderMap::new();
-    let _ = object_headers(&mut response, &object);
-    let target = Target {
-        bucket: None,
-        key: None,
-        query: query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (query_decode(k), query_decode(v))
-            })
-            .collect(),
-    };
-    let _ = part_number(&target);
-    let _ = max_keys(&target, "max-keys");
-    let _ = encoder(&target)("a b/c");
 }

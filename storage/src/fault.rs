@@ -146,14 +146,14 @@ fn install() {
             action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
             libc::sigemptyset(&mut action.sa_mask);
             if libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) != 0 {
-                tracing_free_warning();
+                warn_no_handler();
             }
         }
     });
 }
 
 #[cold]
-fn tracing_free_warning() {
+fn warn_no_handler() {
     eprintln!(
         "floe: could not install the SIGBUS handler ({}); a mapped page the disk fails to \
          read will end the process",

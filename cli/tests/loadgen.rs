@@ -378,12 +378,9 @@ fn corrected_latencies_grow_when_the_server_cannot_keep_up() {
 
 #[test]
 fn a_target_that_does_not_answer_is_a_clear_error() {
-    // Nothing listens.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens: the port stays bound (so no other test's server can take it while this
+    // runs) but not listening, so a connection is refused.
+    let (_bound, port) = bound_not_listening();
     let url = format!("http://127.0.0.1:{port}");
     let error = run(config(&[&url], None, "store")).unwrap_err();
     let text = format!("{error:#}");
@@ -655,4 +652,31 @@ fn big_blobs_go_both_ways_in_bounded_memory() {
         run_peak >> 20,
         MEMORY_MAX >> 20
     );
+}
+
+/// A TCP socket bound to a free port on 127.0.0.1 without `listen`: the kernel refuses
+/// connections to it, and nothing else can bind the port while the returned descriptor lives.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the sockaddr is a
+    // zero-initialised `sockaddr_in` of the size passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut address: libc::sockaddr_in = std::mem::zeroed();
+        address.sin_family = libc::AF_INET as libc::sa_family_t;
+        address.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, &address as *const _ as *const libc::sockaddr, length);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut length = length;
+        let rc = libc::getsockname(
+            fd,
+            &mut address as *mut _ as *mut libc::sockaddr,
+            &mut length,
+        );
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (owned, u16::from_be(address.sin_port))
+    }
 }

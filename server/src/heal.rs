@@ -10,7 +10,6 @@
 //! part of its secondary ones. At most `heal_concurrency` blobs at once, so that serving reads
 //! is not starved.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -23,6 +22,7 @@ use futures::StreamExt;
 use crate::http::error::ApiError;
 use crate::metrics::ResultLabel;
 use crate::owner::{BlobState, Op, Record};
+use crate::protocol::heal_plan;
 use crate::recover::recover_slivers;
 use crate::state::{sliver_index, CoreState};
 
@@ -131,26 +131,16 @@ async fn rebuild_missing(
     }
     let status = &state.shared.sync;
     tracing::info!(slivers = missing.len(), "sync: rebuilding missing slivers");
-    // One rebuild per blob and kind, so that a helper expands each of its slivers once for all
-    // of a blob's missing slivers of that kind; primary slivers first, because once they are
-    // back this node's own symbols cover part of its secondary slivers.
-    let mut groups: BTreeMap<(u8, [u8; 32]), Vec<u16>> = BTreeMap::new();
-    for (blob, shard, kind) in missing {
-        let phase = u8::from(kind != RecordKind::Primary);
-        groups.entry((phase, blob)).or_default().push(shard);
-    }
+    // One rebuild per blob and kind, primary slivers first (`protocol::heal_plan`); all of a
+    // phase's rebuilds end before the next phase starts.
+    let plan = heal_plan(missing);
     let concurrency = state.shared.config.heal_concurrency;
-    for phase in [0u8, 1] {
-        let of_phase: Vec<([u8; 32], Vec<u16>)> = groups
+    for kind in [SliverKind::Primary, SliverKind::Secondary] {
+        let of_phase: Vec<([u8; 32], Vec<u16>)> = plan
             .iter()
-            .filter(|((p, _), _)| *p == phase)
-            .map(|((_, blob), shards)| (*blob, shards.clone()))
+            .filter(|group| group.kind == kind)
+            .map(|group| (group.blob_id, group.shards.clone()))
             .collect();
-        let kind = if phase == 0 {
-            SliverKind::Primary
-        } else {
-            SliverKind::Secondary
-        };
         futures::stream::iter(of_phase)
             .for_each_concurrent(concurrency, |(blob, shards)| {
                 let (rebuilt, failed) = (&rebuilt, &failed);

@@ -41,6 +41,7 @@ pub mod node_api;
 pub mod operator;
 pub mod owner;
 pub mod peer_client;
+pub mod protocol;
 pub mod publisher;
 pub mod recover;
 pub mod s3;

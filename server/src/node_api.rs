@@ -10,8 +10,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use floe_codec::{
     decode_metadata, decode_sliver, decode_sliver_batch, encode_recovery_symbols,
-    encode_sliver_batch, sliver_header, BlobId, ExpandedSliver, RecoverySymbol, SliverKind,
-    SYMBOL_BYTES_MAX,
+    encode_sliver_batch, sliver_header, BlobId, RecoverySymbol, SliverKind, SYMBOL_BYTES_MAX,
 };
 use floe_storage::format::{RecordKind, FLAG_DELETABLE};
 use floe_storage::store::Key;
@@ -365,24 +364,20 @@ pub(crate) async fn local_recovery_symbols(
         let Some(bytes) = load_sliver(state, blob_id, source.shard, source_kind).await? else {
             continue;
         };
-        let pair = blob_id.pair_for_shard(source.shard.into(), n) as u16;
-        let source_index = sliver_index(source_kind, pair, n);
         // Stored slivers were verified on arrival and passed their checksum on this read; the
         // expansion checks the root again anyway, and a failure means skip, never send.
-        let Ok(header) = sliver_header(&bytes) else {
-            continue;
-        };
-        let Ok(expanded) = ExpandedSliver::new(
+        let Some(expanded) = crate::protocol::expand_source(
             &known.metadata,
             &known.layout,
-            source_kind,
-            source_index,
-            &bytes[header.data],
+            target_kind,
+            crate::protocol::sliver_of_shard(blob_id, source.shard, source_kind, n),
+            &bytes,
+            &targets,
         ) else {
             continue;
         };
         used += 1;
-        symbols.extend(targets.iter().map(|&t| expanded.recovery_symbol(t)));
+        symbols.extend(expanded);
     }
     Ok(symbols)
 }

@@ -468,22 +468,7 @@ pub async fn run_owner<D: Dir>(
                     shards,
                     reply,
                 } => {
-                    let mut missing = Vec::new();
-                    for blob_id in &blobs {
-                        for &shard in &shards {
-                            for kind in [RecordKind::Primary, RecordKind::Secondary] {
-                                let key = Key {
-                                    blob_id: *blob_id,
-                                    kind,
-                                    shard,
-                                };
-                                if disks.stored(&key).is_none() {
-                                    missing.push((*blob_id, shard, kind));
-                                }
-                            }
-                        }
-                    }
-                    let _ = reply.send(missing);
+                    let _ = reply.send(missing(&disks, &blobs, &shards));
                 }
                 Op::Keys { blob_id, reply } => {
                     let mut held: Vec<Held> = Vec::new();
@@ -744,8 +729,32 @@ async fn sweep(
         .map_err(|_| StorageFailure::Other("the node is shutting down".into()))
 }
 
+/// [`Op::Missing`]: the slivers of `shards` of `blobs` not stored here.
+pub fn missing<D: Dir>(
+    disks: &Disks<D>,
+    blobs: &[[u8; 32]],
+    shards: &[u16],
+) -> Vec<([u8; 32], u16, RecordKind)> {
+    let mut missing = Vec::new();
+    for blob_id in blobs {
+        for &shard in shards {
+            for kind in [RecordKind::Primary, RecordKind::Secondary] {
+                let key = Key {
+                    blob_id: *blob_id,
+                    kind,
+                    shard,
+                };
+                if disks.stored(&key).is_none() {
+                    missing.push((*blob_id, shard, kind));
+                }
+            }
+        }
+    }
+    missing
+}
+
 /// [`Op::ListMetadata`]: stored blobs and deleted ones, merged in blob ID order.
-fn list<D: Dir>(
+pub fn list<D: Dir>(
     disks: &Disks<D>,
     after: Option<[u8; 32]>,
     limit: usize,
@@ -782,8 +791,10 @@ fn list<D: Dir>(
     all
 }
 
-/// [`Op::PutMetadata`].
-async fn put_metadata<D: Dir>(
+/// [`Op::PutMetadata`]: the merge of a metadata record into what `disks` hold (the later end
+/// epoch; deletable only if both were; a deletable store of a deleted blob refused unless
+/// `revive`).
+pub async fn put_metadata<D: Dir>(
     disks: &mut Disks<D>,
     blob_id: [u8; 32],
     data: bytes::Bytes,
@@ -823,8 +834,9 @@ async fn put_metadata<D: Dir>(
     })
 }
 
-/// [`Op::Delete`].
-async fn delete<D: Dir>(
+/// [`Op::Delete`]: with `decide` (the blob's home core), a permanent blob is kept and a blob
+/// neither stored nor remembered is [`Deleted::Unknown`] at end epoch 0.
+pub async fn delete<D: Dir>(
     disks: &mut Disks<D>,
     blob_id: [u8; 32],
     end_epoch: u32,

@@ -30,6 +30,7 @@ use crate::owner::{Deleted, Record};
 use crate::peer_client::{
     peer_request, Patience, PeerError, PeerRequest, ACK_BYTES_MAX, LISTING_BYTES_MAX,
 };
+use crate::protocol::Tally;
 use crate::spool::{Plan, Source, Spooled};
 use crate::state::{
     blob_deleted, not_deletable, record_kind, sliver_index, store_per_core, CoreState,
@@ -40,10 +41,7 @@ use crate::state::{
 /// budget are never a concern and a retry repeats little.
 const BATCH_BYTES_MAX: usize = 16 << 20;
 
-/// Shards that must confirm a write: `n - f` (2f + 1 when n = 3f + 1).
-pub fn write_quorum(n: usize) -> usize {
-    n - (n - 1) / 3
-}
+pub use crate::protocol::write_quorum;
 
 /// How a blob is stored.
 #[derive(Clone, Copy, Debug)]
@@ -217,39 +215,30 @@ pub async fn store(
             }
         })
         .collect();
-    let mut confirmed = 0;
-    let mut failed = Vec::new();
+    let mut tally = Tally::new(n, &me);
     let mut stored_deletable = deletable;
-    let mut answered = Vec::new();
     while let Some((member, result)) = stores.next().await {
         match result {
             Ok(here_deletable) => {
-                confirmed += member.shards.len();
+                tally.confirmed_by(&member.name, member.shards.len());
                 stored_deletable = here_deletable.unwrap_or(stored_deletable);
             }
             Err(message) => {
                 tracing::warn!(blob = %blob_id, node = %member.name, %message, "a node did not store its slivers; sync will bring them");
-                failed.push(format!("{} ({message})", member.name));
+                tally.failed_by(&member.name, &message);
             }
         }
-        answered.push(member.name);
-        if confirmed >= quorum && answered.contains(&me) {
+        if tally.done() {
             break;
         }
     }
-    let pending: Vec<String> = state
-        .shared
-        .view()
-        .committee
-        .members
-        .iter()
-        .map(|m| m.name.clone())
-        .filter(|name| !answered.iter().any(|a| a == name))
-        .collect();
+    let view = state.shared.view();
+    let pending = tally.pending(view.committee.members.iter().map(|m| m.name.as_str()));
     if !stores.is_empty() {
         finish_in_background(state, blob_id, stores, reservation);
     }
-    if confirmed < quorum {
+    let (confirmed, failed) = (tally.confirmed(), tally.failed().to_vec());
+    if !tally.reached() {
         return Err(ApiError::unavailable(
             "notEnoughShards",
             format!(
@@ -810,16 +799,4 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
             }
         }),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_write_needs_n_minus_f_shards() {
-        assert_eq!(write_quorum(10), 7);
-        assert_eq!(write_quorum(1000), 667);
-        assert_eq!(write_quorum(4), 3);
-    }
 }

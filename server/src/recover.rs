@@ -11,42 +11,40 @@
 
 use std::rc::Rc;
 
-use floe_codec::{decode_recovery_symbols, recover_sliver, BlobId, RecoverySymbol, SliverKind};
+use floe_codec::{decode_recovery_symbols, BlobId, SliverKind};
 use hyper::StatusCode;
 
 use crate::config::Member;
 use crate::node_api::local_recovery_symbols;
 use crate::peer_client::{peer_fault, peer_request, Patience, PeerRequest};
-use crate::state::{sliver_index, CachedMetadata, CoreState};
+use crate::protocol::{Offered, Recovery};
+use crate::state::{CachedMetadata, CoreState};
 
 /// Most bytes of symbols one recovery request asks a peer for. Why: one request per blob and
 /// kind at n = 100 for blobs up to 64 MiB (a helper expands its slivers once per request),
 /// and still a sixteenth of the default per-core body budget.
 const REQUEST_BYTES_MAX: usize = 64 << 20;
 
-/// One request for recovery symbols: the slivers (`slots` into `pairs` / `targets`) of `kind`
-/// of a blob, `want` symbols each.
+/// One request for recovery symbols: the slivers (`slots` of the recovery) of `kind` of a blob,
+/// `want` symbols each.
 struct Asked<'a> {
     blob_id: &'a BlobId,
     known: &'a CachedMetadata,
     kind: SliverKind,
     slots: &'a [usize],
     pairs: &'a [u16],
-    targets: &'a [usize],
     want: usize,
 }
 
-/// Asks `member` for symbols for `asked` and adds those that verify to `have` (per slot), up
-/// to what each sliver needs; a symbol that fails, or that was not asked for, is counted
-/// against the peer and skipped.
+/// Asks `member` for symbols for `asked` and offers them to `recovery` ([`Recovery::offer`]);
+/// a symbol that fails, or that was not asked for, is counted against the peer and skipped.
 async fn ask_for_symbols(
     state: &Rc<CoreState>,
     member: &Member,
     asked: &Asked<'_>,
-    have: &mut [Vec<RecoverySymbol>],
+    recovery: &mut Recovery,
 ) {
     let (blob_id, known, kind) = (asked.blob_id, asked.known, asked.kind);
-    let needed = kind.n_symbols(&known.layout);
     let pairs: Vec<u16> = asked.slots.iter().map(|&slot| asked.pairs[slot]).collect();
     let path = format!(
         "/v1/blobs/{blob_id}/recoverySymbols?targetPairs={}&targetKind={kind}&limit={}",
@@ -74,29 +72,9 @@ async fn ask_for_symbols(
         return;
     };
     for symbol in received {
-        let slot = asked
-            .slots
-            .iter()
-            .copied()
-            .find(|&slot| asked.targets[slot] == symbol.target_index);
-        // More than a sliver still needs (it was asked for the neediest one's count).
-        if slot.is_some_and(|slot| have[slot].len() >= needed) {
-            continue;
-        }
-        // Only symbols that verify count towards what is still needed.
-        let valid = slot.filter(|&slot| {
-            symbol.source_kind == kind.orthogonal()
-                && symbol.verify(&known.metadata, &known.layout).is_ok()
-                && !have[slot]
-                    .iter()
-                    .any(|s| s.source_index == symbol.source_index)
-        });
-        match valid {
-            Some(slot) => have[slot].push(symbol),
-            None => {
-                peer_fault(state, &member.name, "bad_symbol");
-                tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
-            }
+        if recovery.offer(asked.slots, symbol, &known.metadata, &known.layout) == Offered::Bad {
+            peer_fault(state, &member.name, "bad_symbol");
+            tracing::warn!(peer = %member.name, blob = %blob_id, "sync: a peer sent a recovery symbol that fails verification; skipped");
         }
     }
 }
@@ -112,30 +90,20 @@ pub(crate) async fn recover_slivers(
     spread: usize,
 ) -> Vec<Result<Vec<u8>, String>> {
     let n = state.n();
-    let targets: Vec<usize> = pairs.iter().map(|&p| sliver_index(kind, p, n)).collect();
-    let slot_of = |target: usize| targets.iter().position(|t| *t == target);
-    let needed = kind.n_symbols(&known.layout);
-    let mut have: Vec<Vec<RecoverySymbol>> = vec![Vec::new(); pairs.len()];
+    let mut recovery = Recovery::new(kind, pairs, n, &known.layout);
     // This node's own slivers of the other kind cost no traffic.
     match local_recovery_symbols(state, blob_id, known, pairs, kind, None).await {
-        Ok(symbols) => {
-            for symbol in symbols {
-                if let Some(slot) = slot_of(symbol.target_index) {
-                    have[slot].push(symbol);
-                }
-            }
-        }
+        Ok(symbols) => recovery.add_own(symbols),
         Err(err) => return pairs.iter().map(|_| Err(err.message.clone())).collect(),
     }
     let members = &state.shared.view().committee.members;
     let start = spread % members.len();
     for member in members.iter().cycle().skip(start).take(members.len()) {
-        let short: Vec<usize> = (0..pairs.len())
-            .filter(|&slot| have[slot].len() < needed)
-            .collect();
-        let Some(want) = short.iter().map(|&slot| needed - have[slot].len()).max() else {
+        let short = recovery.short();
+        if short.is_empty() {
             break;
-        };
+        }
+        let want = recovery.want(&short);
         if member.name == state.shared.view().me.name {
             continue;
         }
@@ -149,19 +117,10 @@ pub(crate) async fn recover_slivers(
                 kind,
                 slots: chunk,
                 pairs,
-                targets: &targets,
                 want,
             };
-            ask_for_symbols(state, member, &asked, &mut have).await;
+            ask_for_symbols(state, member, &asked, &mut recovery).await;
         }
     }
-    targets
-        .iter()
-        .zip(&have)
-        .map(|(&target, symbols)| {
-            recover_sliver(&known.metadata, kind, target, symbols)
-                .map(|recovered| recovered.data)
-                .map_err(|err| err.to_string())
-        })
-        .collect()
+    recovery.finish(&known.metadata)
 }

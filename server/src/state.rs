@@ -27,6 +27,7 @@ use crate::control::{ControlPlane, View, ViewCell};
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 use crate::owner::{Deleted, Held, Listed, MetadataStored, Op, Owners, Record, StorageFailure};
+pub(crate) use crate::protocol::{record_kind, sliver_index};
 
 pub struct Shared {
     pub config: NodeConfig,
@@ -454,13 +455,6 @@ pub(crate) fn blob_deleted(blob_id: &BlobId, end_epoch: u32) -> ApiError {
     )
 }
 
-pub(crate) fn record_kind(kind: SliverKind) -> RecordKind {
-    match kind {
-        SliverKind::Primary => RecordKind::Primary,
-        SliverKind::Secondary => RecordKind::Secondary,
-    }
-}
-
 pub(crate) fn storage_error(failure: StorageFailure) -> ApiError {
     match failure {
         StorageFailure::NoSpace => ApiError::new(
@@ -491,13 +485,6 @@ pub(crate) fn not_deletable(blob_id: &BlobId, node: &str) -> ApiError {
 }
 
 /// The index of the sliver of `kind` in pair `pair`.
-pub(crate) fn sliver_index(kind: SliverKind, pair: u16, n: usize) -> usize {
-    match kind {
-        SliverKind::Primary => pair.into(),
-        SliverKind::Secondary => n - 1 - usize::from(pair),
-    }
-}
-
 pub(crate) async fn load_sliver(
     state: &Rc<CoreState>,
     blob_id: &BlobId,

@@ -29,6 +29,7 @@ use crate::owner::{BlobState, Deleted};
 use crate::peer_client::{
     checked_metadata, peer_fault, peer_request, Patience, PeerError, PeerRequest, LISTING_BYTES_MAX,
 };
+use crate::protocol::{self, Known};
 use crate::state::{CoreState, BLOB_DELETED};
 use floe_control::BlobRecord;
 use futures::StreamExt;
@@ -443,8 +444,9 @@ enum Merge {
     Fetch,
 }
 
-/// Merges what a peer or the registry says of a blob into this node's state: a deletion, a
-/// later end epoch, permanence; [`Merge::Fetch`] for a blob this node does not know.
+/// Merges what a peer or the registry says of a blob into this node's state
+/// ([`protocol::merge`]): a deletion, a later end epoch, permanence; [`Merge::Fetch`] for a
+/// blob this node does not know.
 async fn merge_known(
     state: &Rc<CoreState>,
     id: &BlobId,
@@ -453,55 +455,52 @@ async fn merge_known(
     source: &str,
 ) -> Result<Merge, ApiError> {
     let known = state.metadata(id).await?;
-    match (theirs, known) {
-        (BlobState::Deleted, known) => {
-            // The home core keeps a permanent blob; a blob never heard of is
-            // remembered as deleted, so that a peer that missed it cannot bring it back.
-            let remembered = match known {
-                Some(_) => false,
-                None => state.deleted(id).await?.is_some(),
-            };
-            if !remembered {
-                let outcome = state.delete_here(id, end_epoch).await?;
-                if matches!(outcome, Deleted::Now { .. }) && known.is_some() {
-                    tracing::info!(blob = %id, source, "sync: deleted a blob a peer deleted");
-                }
+    let tombstone = match known {
+        Some(_) => false,
+        None => state.deleted(id).await?.is_some(),
+    };
+    let as_known = |end_epoch, deletable| Known {
+        end_epoch,
+        deletable,
+    };
+    let cached = known.as_ref().map(|k| as_known(k.end_epoch, k.deletable));
+    match protocol::merge(theirs, end_epoch, cached, tombstone) {
+        protocol::Merge::Done => Ok(Merge::Done),
+        protocol::Merge::Fetch => Ok(Merge::Fetch),
+        protocol::Merge::Delete { end_epoch } => {
+            // The home core keeps a permanent blob.
+            let outcome = state.delete_here(id, end_epoch).await?;
+            if matches!(outcome, Deleted::Now { .. }) && known.is_some() {
+                tracing::info!(blob = %id, source, "sync: deleted a blob a peer deleted");
             }
-            return Ok(Merge::Done);
+            Ok(Merge::Done)
         }
-        (theirs, Some(known)) => {
-            // Known here: take a later end epoch (an extension stored elsewhere), and
-            // a permanent store made elsewhere. The home core's record, not this
-            // core's cache, says what is stored; the merge keeps the greater of each.
-            if end_epoch > known.end_epoch || (theirs == BlobState::Permanent && known.deletable) {
-                if let Some(found) = state.metadata_record(id).await? {
-                    let stored_deletable = found.flags & FLAG_DELETABLE != 0;
-                    let permanent_now = theirs == BlobState::Permanent && stored_deletable;
-                    if end_epoch > found.end_epoch || permanent_now {
-                        state
-                            .store_metadata(
-                                id,
-                                found.data,
-                                known.metadata.clone(),
-                                known.layout,
-                                end_epoch,
-                                theirs != BlobState::Permanent,
-                                false,
-                            )
-                            .await?;
-                        state.shared.metrics.sync_blobs_updated.inc();
-                    }
-                }
-            }
-            return Ok(Merge::Done);
-        }
-        (BlobState::Deletable, None) => {
-            if state.deleted(id).await?.is_some() {
+        protocol::Merge::Update { .. } => {
+            // The home core's record, not this core's cache, says what is stored: merged again
+            // against it (the owner keeps the greater of each).
+            let (Some(known), Some(found)) = (known, state.metadata_record(id).await?) else {
                 return Ok(Merge::Done);
+            };
+            let stored = as_known(found.end_epoch, found.flags & FLAG_DELETABLE != 0);
+            if let protocol::Merge::Update {
+                end_epoch,
+                deletable,
+            } = protocol::merge(theirs, end_epoch, Some(stored), false)
+            {
+                state
+                    .store_metadata(
+                        id,
+                        found.data,
+                        known.metadata.clone(),
+                        known.layout,
+                        end_epoch,
+                        deletable,
+                        false,
+                    )
+                    .await?;
+                state.shared.metrics.sync_blobs_updated.inc();
             }
+            Ok(Merge::Done)
         }
-        // Permanent overrides a deletion: fetched by the caller.
-        (BlobState::Permanent, None) => {}
     }
-    Ok(Merge::Fetch)
 }

@@ -1,0 +1,442 @@
+//! The cluster protocol's decisions, apart from their I/O ("sans-I/O"): how many shards a write
+//! needs and when the publisher may answer ([`Tally`]), how a node merges what a peer or the
+//! registry says of a blob into what it holds ([`merge`]), how healing groups the slivers a
+//! node lacks ([`heal_plan`]), and how recovery symbols are made ([`expand_source`]) and
+//! gathered until a lost sliver can be rebuilt ([`Recovery`]).
+//!
+//! The server drives these with HTTP, glommio tasks and timers (`publisher`, `sync`, `heal`,
+//! `recover`, `node_api`); the deterministic simulation (`server/tests/simulation.rs`) drives
+//! the same functions, together with the owner's record merges ([`crate::owner::put_metadata`],
+//! [`crate::owner::delete`]) on the real store, over a simulated network and clock. What the
+//! simulation shows therefore holds for floe's own rules, not for a model of them.
+//!
+//! Boundary: no I/O, no clock, no executor, no `CoreState`; only the codec's types.
+
+use floe_codec::{
+    recover_sliver, sliver_header, BlobId, BlobLayout, BlobMetadata, ExpandedSliver,
+    RecoverySymbol, SliverKind,
+};
+use floe_storage::format::RecordKind;
+
+use crate::owner::BlobState;
+
+/// Shards that must confirm a write: `n - f` (2f + 1 when n = 3f + 1).
+pub fn write_quorum(n: usize) -> usize {
+    n - (n - 1) / 3
+}
+
+/// The index of the sliver of `kind` in sliver pair `pair` (secondary slivers run backwards).
+pub fn sliver_index(kind: SliverKind, pair: u16, n: usize) -> usize {
+    match kind {
+        SliverKind::Primary => pair.into(),
+        SliverKind::Secondary => n - 1 - usize::from(pair),
+    }
+}
+
+/// The index of the sliver of `kind` that `shard` holds of a blob.
+pub fn sliver_of_shard(blob_id: &BlobId, shard: u16, kind: SliverKind, n: usize) -> usize {
+    sliver_index(kind, blob_id.pair_for_shard(shard.into(), n) as u16, n)
+}
+
+/// The storage record kind of a sliver kind.
+pub fn record_kind(kind: SliverKind) -> RecordKind {
+    match kind {
+        SliverKind::Primary => RecordKind::Primary,
+        SliverKind::Secondary => RecordKind::Secondary,
+    }
+}
+
+/// The publisher's count of the nodes that stored their slivers of a blob.
+///
+/// Invariant: the publisher answers only once [`Tally::done`]: the nodes that confirmed hold at
+/// least [`write_quorum`] shards *and* this node (the publisher) has answered, because its own
+/// answer says whether the blob stays deletable and its own records are what it reads first.
+#[derive(Debug)]
+pub struct Tally {
+    quorum: usize,
+    me: String,
+    confirmed: usize,
+    answered: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    pub fn new(n: usize, me: &str) -> Self {
+        Self {
+            quorum: write_quorum(n),
+            me: me.to_string(),
+            confirmed: 0,
+            answered: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// `member`, holding `shards` shards, stored its slivers.
+    pub fn confirmed_by(&mut self, member: &str, shards: usize) {
+        if !self.answered.iter().any(|a| a == member) {
+            self.confirmed += shards;
+            self.answered.push(member.to_string());
+        }
+    }
+
+    /// `member` did not store its slivers (`why`).
+    pub fn failed_by(&mut self, member: &str, why: &str) {
+        if !self.answered.iter().any(|a| a == member) {
+            self.failed.push(format!("{member} ({why})"));
+            self.answered.push(member.to_string());
+        }
+    }
+
+    /// The publisher may answer: stored, or not, with nothing more to wait for.
+    pub fn done(&self) -> bool {
+        self.reached() && self.answered.contains(&self.me)
+    }
+
+    /// Enough shards confirmed.
+    pub fn reached(&self) -> bool {
+        self.confirmed >= self.quorum
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    pub fn confirmed(&self) -> usize {
+        self.confirmed
+    }
+
+    /// The nodes that failed, each with why.
+    pub fn failed(&self) -> &[String] {
+        &self.failed
+    }
+
+    /// The members (of `all`) that have not answered yet.
+    pub fn pending<'a>(&self, all: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        all.into_iter()
+            .filter(|name| !self.answered.iter().any(|a| a == name))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// What a node holds of a blob's metadata, as far as a merge is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub end_epoch: u32,
+    pub deletable: bool,
+}
+
+/// What [`merge`] leaves to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// Nothing: this node already knows as much.
+    Done,
+    /// Delete the blob here (or remember its deletion, if it is unknown here) until `end_epoch`.
+    /// The home core still refuses to delete a permanent blob ([`crate::owner::delete`]).
+    Delete { end_epoch: u32 },
+    /// Store the metadata again with a later end epoch, or made permanent (the owner keeps the
+    /// greater of each: [`crate::owner::put_metadata`]).
+    Update { end_epoch: u32, deletable: bool },
+    /// The blob is new here: fetch its metadata (verified against the blob ID) and store it.
+    Fetch,
+}
+
+/// Merges what a peer (or the registry) says of a blob, `theirs` until `end_epoch`, into what
+/// this node holds: `known` metadata, or a `tombstone` (a deletion it remembers).
+///
+/// Invariant: the result only moves a node up the order of [`BlobState`] (deletable < deleted <
+/// permanent) and to later end epochs, so every node ends in the same state whatever order it
+/// hears things in: a deletion overrides a deletable store, a permanent store a deletion, and a
+/// node that never knew a deleted blob remembers the deletion so no peer brings it back.
+pub fn merge(theirs: BlobState, end_epoch: u32, known: Option<Known>, tombstone: bool) -> Merge {
+    match (theirs, known) {
+        (BlobState::Deleted, Some(_)) => Merge::Delete { end_epoch },
+        (BlobState::Deleted, None) if tombstone => Merge::Done,
+        (BlobState::Deleted, None) => Merge::Delete { end_epoch },
+        (theirs, Some(known)) => {
+            let permanent_now = theirs == BlobState::Permanent && known.deletable;
+            if end_epoch > known.end_epoch || permanent_now {
+                Merge::Update {
+                    end_epoch,
+                    deletable: theirs != BlobState::Permanent,
+                }
+            } else {
+                Merge::Done
+            }
+        }
+        (BlobState::Deletable, None) if tombstone => Merge::Done,
+        // Permanent overrides a deletion.
+        (_, None) => Merge::Fetch,
+    }
+}
+
+/// The slivers of one blob of one kind that healing rebuilds together (so that each helper
+/// expands each of its slivers once for all of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealGroup {
+    pub kind: SliverKind,
+    pub blob_id: [u8; 32],
+    pub shards: Vec<u16>,
+}
+
+/// Groups missing slivers (blob, shard, kind) for healing: primary groups first (once they are
+/// back, this node's own symbols cover part of its secondary slivers), each kind in blob order.
+pub fn heal_plan(missing: impl IntoIterator<Item = ([u8; 32], u16, RecordKind)>) -> Vec<HealGroup> {
+    let mut groups: std::collections::BTreeMap<(u8, [u8; 32]), Vec<u16>> = Default::default();
+    for (blob, shard, kind) in missing {
+        let phase = u8::from(kind != RecordKind::Primary);
+        let shards = groups.entry((phase, blob)).or_default();
+        if !shards.contains(&shard) {
+            shards.push(shard);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((phase, blob_id), shards)| HealGroup {
+            kind: if phase == 0 {
+                SliverKind::Primary
+            } else {
+                SliverKind::Secondary
+            },
+            blob_id,
+            shards,
+        })
+        .collect()
+}
+
+/// The recovery symbols one stored sliver (`bytes`, as stored: header and data) at
+/// `source_index` gives towards the slivers of `target_kind` at `targets` (sliver indices);
+/// `None` if the sliver does not expand (a failure means skip, never send).
+pub fn expand_source(
+    metadata: &BlobMetadata,
+    layout: &BlobLayout,
+    target_kind: SliverKind,
+    source_index: usize,
+    bytes: &[u8],
+    targets: &[usize],
+) -> Option<Vec<RecoverySymbol>> {
+    let source_kind = target_kind.orthogonal();
+    let header = sliver_header(bytes).ok()?;
+    let expanded = ExpandedSliver::new(
+        metadata,
+        layout,
+        source_kind,
+        source_index,
+        &bytes[header.data],
+    )
+    .ok()?;
+    Some(
+        targets
+            .iter()
+            .map(|&t| expanded.recovery_symbol(t))
+            .collect(),
+    )
+}
+
+/// What [`Recovery::offer`] made of a symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    Taken,
+    /// Valid, but its target already has enough (it was asked for the neediest one's count).
+    Surplus,
+    /// Not asked for, of the wrong kind, a repeat, or failing verification: the sender is at
+    /// fault.
+    Bad,
+}
+
+/// Gathers recovery symbols for some slivers of one kind of a blob until each has enough to be
+/// rebuilt.
+///
+/// Invariant: only symbols that verify against the metadata count, at most one per source
+/// sliver per target, so a lying helper can delay a rebuild but never corrupt it.
+pub struct Recovery {
+    kind: SliverKind,
+    targets: Vec<usize>,
+    needed: usize,
+    have: Vec<Vec<RecoverySymbol>>,
+}
+
+impl Recovery {
+    /// For the slivers of `kind` of `pairs`.
+    pub fn new(kind: SliverKind, pairs: &[u16], n: usize, layout: &BlobLayout) -> Self {
+        Self {
+            kind,
+            targets: pairs.iter().map(|&p| sliver_index(kind, p, n)).collect(),
+            needed: kind.n_symbols(layout),
+            have: vec![Vec::new(); pairs.len()],
+        }
+    }
+
+    /// The sliver indices being recovered, by slot.
+    pub fn targets(&self) -> &[usize] {
+        &self.targets
+    }
+
+    /// Symbols this node made from its own slivers (not verified again: they were verified on
+    /// arrival and expanded here).
+    pub fn add_own(&mut self, symbols: Vec<RecoverySymbol>) {
+        for symbol in symbols {
+            if let Some(slot) = self.slot_of(symbol.target_index) {
+                if self.have[slot].len() < self.needed {
+                    self.have[slot].push(symbol);
+                }
+            }
+        }
+    }
+
+    fn slot_of(&self, target: usize) -> Option<usize> {
+        self.targets.iter().position(|t| *t == target)
+    }
+
+    /// The slots still short of symbols.
+    pub fn short(&self) -> Vec<usize> {
+        (0..self.targets.len())
+            .filter(|&slot| self.have[slot].len() < self.needed)
+            .collect()
+    }
+
+    /// How many symbols to ask a helper for, per target, for `slots`: the neediest one's count.
+    pub fn want(&self, slots: &[usize]) -> usize {
+        slots
+            .iter()
+            .map(|&slot| self.needed - self.have[slot].len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A symbol a helper sent in answer to a request for `asked` slots.
+    pub fn offer(
+        &mut self,
+        asked: &[usize],
+        symbol: RecoverySymbol,
+        metadata: &BlobMetadata,
+        layout: &BlobLayout,
+    ) -> Offered {
+        let slot = asked
+            .iter()
+            .copied()
+            .find(|&slot| self.targets[slot] == symbol.target_index);
+        if slot.is_some_and(|slot| self.have[slot].len() >= self.needed) {
+            return Offered::Surplus;
+        }
+        let valid = slot.filter(|&slot| {
+            symbol.source_kind == self.kind.orthogonal()
+                && symbol.verify(metadata, layout).is_ok()
+                && !self.have[slot]
+                    .iter()
+                    .any(|s| s.source_index == symbol.source_index)
+        });
+        match valid {
+            Some(slot) => {
+                self.have[slot].push(symbol);
+                Offered::Taken
+            }
+            None => Offered::Bad,
+        }
+    }
+
+    /// Each sliver's data (verified against the metadata by the codec), or why it could not be
+    /// had.
+    pub fn finish(self, metadata: &BlobMetadata) -> Vec<Result<Vec<u8>, String>> {
+        self.targets
+            .iter()
+            .zip(&self.have)
+            .map(|(&target, symbols)| {
+                recover_sliver(metadata, self.kind, target, symbols)
+                    .map(|recovered| recovered.data)
+                    .map_err(|err| err.to_string())
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_needs_n_minus_f_shards() {
+        assert_eq!(write_quorum(10), 7);
+        assert_eq!(write_quorum(1000), 667);
+        assert_eq!(write_quorum(4), 3);
+    }
+
+    #[test]
+    fn the_publisher_answers_once_the_quorum_and_it_itself_have_answered() {
+        let mut tally = Tally::new(10, "a");
+        tally.confirmed_by("b", 4);
+        tally.confirmed_by("c", 3);
+        assert!(tally.reached() && !tally.done());
+        tally.failed_by("a", "disk full");
+        assert!(tally.done());
+        // A repeated answer counts once.
+        tally.confirmed_by("b", 4);
+        assert_eq!(tally.confirmed(), 7);
+        assert_eq!(tally.pending(["a", "b", "c", "d"]), vec!["d".to_string()]);
+    }
+
+    #[test]
+    fn merges_only_move_up_the_order_and_to_later_epochs() {
+        let deletable = Some(Known {
+            end_epoch: 5,
+            deletable: true,
+        });
+        let permanent = Some(Known {
+            end_epoch: 5,
+            deletable: false,
+        });
+        use BlobState::*;
+        assert_eq!(
+            merge(Deleted, 3, deletable, false),
+            Merge::Delete { end_epoch: 3 }
+        );
+        assert_eq!(merge(Deleted, 3, None, true), Merge::Done);
+        assert_eq!(
+            merge(Deleted, 3, None, false),
+            Merge::Delete { end_epoch: 3 }
+        );
+        assert_eq!(merge(Deletable, 5, deletable, false), Merge::Done);
+        assert_eq!(merge(Deletable, 4, permanent, false), Merge::Done);
+        assert_eq!(
+            merge(Deletable, 6, permanent, false),
+            Merge::Update {
+                end_epoch: 6,
+                deletable: true
+            }
+        );
+        assert_eq!(
+            merge(Permanent, 5, deletable, false),
+            Merge::Update {
+                end_epoch: 5,
+                deletable: false
+            }
+        );
+        assert_eq!(merge(Deletable, 5, None, true), Merge::Done);
+        assert_eq!(merge(Permanent, 5, None, true), Merge::Fetch);
+        assert_eq!(merge(Deletable, 5, None, false), Merge::Fetch);
+    }
+
+    #[test]
+    fn healing_rebuilds_primary_slivers_first_one_group_per_blob_and_kind() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let plan = heal_plan([
+            (b, 3, RecordKind::Secondary),
+            (a, 1, RecordKind::Primary),
+            (b, 2, RecordKind::Primary),
+            (a, 4, RecordKind::Primary),
+            (a, 4, RecordKind::Primary),
+        ]);
+        let summary: Vec<(SliverKind, u8, Vec<u16>)> = plan
+            .into_iter()
+            .map(|g| (g.kind, g.blob_id[0], g.shards))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (SliverKind::Primary, 1, vec![1, 4]),
+                (SliverKind::Primary, 2, vec![2]),
+                (SliverKind::Secondary, 2, vec![3]),
+            ]
+        );
+    }
+}

@@ -6,9 +6,10 @@
 //! first, then peers' in turn, each asked once for all the slivers still short
 //! (`targetPairs=`: it expands each of its slivers once for all of them) and for no more
 //! symbols than they still need, so the traffic is about one sliver (plus Merkle proofs) per
-//! rebuilt sliver. Primary slivers first: once they are back, this node's own symbols cover
-//! part of its secondary ones. At most `heal_concurrency` blobs at once, so that serving reads
-//! is not starved.
+//! rebuilt sliver. Secondary slivers first: a primary sliver needs 2f + 1 symbols, and once a
+//! pair's secondary sliver is back, this node's own symbol counts towards them
+//! ([`crate::protocol::heal_plan`]). At most `heal_concurrency` blobs at once, so that serving
+//! reads is not starved.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -131,11 +132,11 @@ async fn rebuild_missing(
     }
     let status = &state.shared.sync;
     tracing::info!(slivers = missing.len(), "sync: rebuilding missing slivers");
-    // One rebuild per blob and kind, primary slivers first (`protocol::heal_plan`); all of a
-    // phase's rebuilds end before the next phase starts.
+    // One rebuild per blob and kind, secondary slivers first (`protocol::heal_plan` says why);
+    // all of a phase's rebuilds end before the next phase starts.
     let plan = heal_plan(missing);
     let concurrency = state.shared.config.heal_concurrency;
-    for kind in [SliverKind::Primary, SliverKind::Secondary] {
+    for kind in [SliverKind::Secondary, SliverKind::Primary] {
         let of_phase: Vec<([u8; 32], Vec<u16>)> = plan
             .iter()
             .filter(|group| group.kind == kind)

@@ -716,17 +716,53 @@ async fn sweep(
                 reply,
             })
             .await?;
-        for (blob_id, end) in blobs.into_iter().zip(ends) {
-            match end {
-                Some(end) if end >= epoch => extend.push((blob_id, end)),
-                _ => expire.push(blob_id),
-            }
-        }
+        let (more_extend, more_expire) = settle_plan(blobs.into_iter().zip(ends), epoch);
+        extend.extend(more_extend);
+        expire.extend(more_expire);
     }
     let mut sender = owners.senders[core].clone();
     futures::SinkExt::send(&mut sender, Op::SettleSlivers { extend, expire })
         .await
         .map_err(|_| StorageFailure::Other("the node is shutting down".into()))
+}
+
+/// What an expiry sweep does with the slivers whose own end epoch passed, given their blob's
+/// metadata end epoch (`None`: no metadata): kept with the later end epoch while the metadata
+/// lives (an extension), dropped once it does not.
+#[allow(clippy::type_complexity)]
+pub fn settle_plan(
+    lapsed: impl IntoIterator<Item = ([u8; 32], Option<u32>)>,
+    epoch: u32,
+) -> (Vec<([u8; 32], u32)>, Vec<[u8; 32]>) {
+    let (mut extend, mut expire) = (Vec::new(), Vec::new());
+    for (blob_id, end) in lapsed {
+        match end {
+            Some(end) if end >= epoch => extend.push((blob_id, end)),
+            _ => expire.push(blob_id),
+        }
+    }
+    (extend, expire)
+}
+
+/// One expiry sweep of a node whose records all live on one core ([`run_maintenance`] does the
+/// same through every core's queue): metadata and tombstones past `epoch` expire, slivers follow
+/// their blob's metadata ([`settle_plan`]). What the deterministic simulation runs at each
+/// epoch.
+pub fn sweep_one_core<D: Dir>(disks: &mut Disks<D>, epoch: u32) {
+    let mut lapsed = Vec::new();
+    for store in disks.stores_mut() {
+        store.expire_metadata(epoch);
+        lapsed.extend(store.lapsed_slivers(epoch));
+    }
+    lapsed.sort_unstable();
+    lapsed.dedup();
+    let ends: Vec<([u8; 32], Option<u32>)> = lapsed
+        .into_iter()
+        .map(|id| (id, disks.stored(&Key::metadata(id)).map(|(end, _)| end)))
+        .collect();
+    let (extend, expire) = settle_plan(ends, epoch);
+    let labels = vec![String::new(); disks.stores().len()];
+    settle_and_start_reclaim(disks, &extend, &expire, &labels);
 }
 
 /// [`Op::Missing`]: the slivers of `shards` of `blobs` not stored here.

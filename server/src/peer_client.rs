@@ -358,7 +358,7 @@ pub enum BadMetadata {
 }
 
 /// Metadata from a peer, decoded and verified against the blob ID, with its layout.
-pub(crate) fn checked_metadata(
+pub fn checked_metadata(
     body: &[u8],
     blob_id: &BlobId,
     n: usize,

@@ -119,6 +119,100 @@ impl Tally {
     }
 }
 
+/// A peer's answer to a deletion (`DELETE /v1/blobs/{id}/metadata`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteAnswer {
+    /// Deleted there (now or before), its tombstone kept until `end_epoch`.
+    Deleted { end_epoch: u32 },
+    /// Neither stored nor deleted there.
+    Unknown,
+    /// Stored permanent there: nothing deleted.
+    Permanent,
+    /// No answer, or an error (why).
+    Failed(String),
+}
+
+/// How a deletion across the committee came out ([`DeleteTally::verdict`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteVerdict {
+    /// Deleted on the nodes that said so, until `end_epoch`; `remember_here` when this node did
+    /// not know the blob and must now remember the deletion (so sync never brings it back).
+    Deleted { end_epoch: u32, remember_here: bool },
+    /// Stored permanent on some node: refused (409), whatever was deleted elsewhere comes back
+    /// from the permanent copy through sync.
+    Permanent,
+    /// No node that answered knows the blob, and every node answered (404).
+    NotFound,
+    /// No node that answered knows the blob, but some did not answer (503).
+    Unavailable,
+}
+
+/// The deleting node's count of the committee's answers (`DELETE /v1/blobs/{id}`).
+///
+/// Invariant: a deletion is reported done only if some node deleted the blob and none holds it
+/// permanent; the end epoch answered is the latest any node kept the tombstone to.
+#[derive(Debug)]
+pub struct DeleteTally {
+    pub end_epoch: u32,
+    here_unknown: bool,
+    pub deleted: Vec<String>,
+    pub permanent: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+impl DeleteTally {
+    /// After this node's home core answered `here`; `None` if the blob is permanent here
+    /// (refused before any peer is asked).
+    pub fn new(me: &str, here: crate::owner::Deleted) -> Option<Self> {
+        use crate::owner::Deleted;
+        let (end_epoch, here_unknown) = match here {
+            Deleted::Now { end_epoch } | Deleted::Before { end_epoch } => (end_epoch, false),
+            Deleted::Permanent => return None,
+            Deleted::Unknown => (0, true),
+        };
+        Some(Self {
+            end_epoch,
+            here_unknown,
+            deleted: if here_unknown {
+                Vec::new()
+            } else {
+                vec![me.to_string()]
+            },
+            permanent: Vec::new(),
+            failed: Vec::new(),
+        })
+    }
+
+    /// `member`'s answer.
+    pub fn answer(&mut self, member: &str, answer: DeleteAnswer) {
+        match answer {
+            DeleteAnswer::Deleted { end_epoch } => {
+                self.end_epoch = self.end_epoch.max(end_epoch);
+                self.deleted.push(member.to_string());
+            }
+            DeleteAnswer::Unknown => {}
+            DeleteAnswer::Permanent => self.permanent.push(member.to_string()),
+            DeleteAnswer::Failed(why) => self.failed.push(format!("{member} ({why})")),
+        }
+    }
+
+    /// Once every peer answered (or failed).
+    pub fn verdict(&self) -> DeleteVerdict {
+        if !self.permanent.is_empty() {
+            DeleteVerdict::Permanent
+        } else if self.deleted.is_empty() && self.failed.is_empty() {
+            DeleteVerdict::NotFound
+        } else if self.deleted.is_empty() {
+            DeleteVerdict::Unavailable
+        } else {
+            DeleteVerdict::Deleted {
+                end_epoch: self.end_epoch.max(1),
+                remember_here: self.here_unknown,
+            }
+        }
+    }
+}
+
 /// What a node holds of a blob's metadata, as far as a merge is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Known {
@@ -179,12 +273,18 @@ pub struct HealGroup {
     pub shards: Vec<u16>,
 }
 
-/// Groups missing slivers (blob, shard, kind) for healing: primary groups first (once they are
-/// back, this node's own symbols cover part of its secondary slivers), each kind in blob order.
+/// Groups missing slivers (blob, shard, kind) for healing: secondary groups first, each kind in
+/// blob order.
+///
+/// Why secondary first: a secondary sliver needs recovery symbols from f + 1 other slivers, a
+/// primary one from 2f + 1 (`n - f`). A node that lacks both slivers of a pair, with one
+/// faulty node, has exactly 2f + 1 honest slivers to rebuild its primary from only if its own
+/// secondary sliver is among them: rebuilt first, it is (the deterministic simulation found a
+/// primary that never healed when primary slivers came first).
 pub fn heal_plan(missing: impl IntoIterator<Item = ([u8; 32], u16, RecordKind)>) -> Vec<HealGroup> {
     let mut groups: std::collections::BTreeMap<(u8, [u8; 32]), Vec<u16>> = Default::default();
     for (blob, shard, kind) in missing {
-        let phase = u8::from(kind != RecordKind::Primary);
+        let phase = u8::from(kind != RecordKind::Secondary);
         let shards = groups.entry((phase, blob)).or_default();
         if !shards.contains(&shard) {
             shards.push(shard);
@@ -194,9 +294,9 @@ pub fn heal_plan(missing: impl IntoIterator<Item = ([u8; 32], u16, RecordKind)>)
         .into_iter()
         .map(|((phase, blob_id), shards)| HealGroup {
             kind: if phase == 0 {
-                SliverKind::Primary
-            } else {
                 SliverKind::Secondary
+            } else {
+                SliverKind::Primary
             },
             blob_id,
             shards,
@@ -417,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn healing_rebuilds_primary_slivers_first_one_group_per_blob_and_kind() {
+    fn healing_rebuilds_secondary_slivers_first_one_group_per_blob_and_kind() {
         let (a, b) = ([1u8; 32], [2u8; 32]);
         let plan = heal_plan([
             (b, 3, RecordKind::Secondary),
@@ -433,9 +533,9 @@ mod tests {
         assert_eq!(
             summary,
             vec![
+                (SliverKind::Secondary, 2, vec![3]),
                 (SliverKind::Primary, 1, vec![1, 4]),
                 (SliverKind::Primary, 2, vec![2]),
-                (SliverKind::Secondary, 2, vec![3]),
             ]
         );
     }

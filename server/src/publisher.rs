@@ -26,11 +26,11 @@ use crate::config::Member;
 use crate::http::body::{collect_source, BodySource, RequestBody};
 use crate::http::body::{json_response, Body};
 use crate::http::error::ApiError;
-use crate::owner::{Deleted, Record};
+use crate::owner::Record;
 use crate::peer_client::{
     peer_request, Patience, PeerError, PeerRequest, ACK_BYTES_MAX, LISTING_BYTES_MAX,
 };
-use crate::protocol::Tally;
+use crate::protocol::{DeleteAnswer, DeleteTally, DeleteVerdict, Tally};
 use crate::spool::{Plan, Source, Spooled};
 use crate::state::{
     blob_deleted, not_deletable, record_kind, sliver_index, store_per_core, CoreState,
@@ -686,12 +686,10 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
         .await?
         .map_or(0, |found| found.end_epoch);
     let here = state.delete_here(&blob_id, known_end).await?;
-    let mut end_epoch = match here {
-        Deleted::Now { end_epoch } | Deleted::Before { end_epoch } => end_epoch,
-        Deleted::Permanent => return Err(not_deletable(&blob_id, me)),
-        Deleted::Unknown => 0,
+    let Some(mut tally) = DeleteTally::new(me, here) else {
+        return Err(not_deletable(&blob_id, me));
     };
-    let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={end_epoch}");
+    let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={}", tally.end_epoch);
     let view = state.shared.view();
     let peers = view.peers().map(|member| {
         let path = &path;
@@ -706,69 +704,66 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
             (member, peer_request(state, member, asked).await)
         }
     });
-    let mut deleted = Vec::new();
-    let mut permanent = Vec::new();
-    let mut failed = Vec::new();
-    if here != Deleted::Unknown {
-        deleted.push(me.clone());
-    }
     for (member, answer) in futures::future::join_all(peers).await {
-        match answer {
-            Ok(answer) if answer.status == StatusCode::OK => {
-                let their_end = serde_json::from_slice::<serde_json::Value>(&answer.body)
+        let answer = match answer {
+            Ok(answer) if answer.status == StatusCode::OK => DeleteAnswer::Deleted {
+                end_epoch: serde_json::from_slice::<serde_json::Value>(&answer.body)
                     .ok()
                     .and_then(|v| v["endEpoch"].as_u64())
                     .and_then(|e| u32::try_from(e).ok())
-                    .unwrap_or(0);
-                end_epoch = end_epoch.max(their_end);
-                deleted.push(member.name.clone());
+                    .unwrap_or(0),
+            },
+            Ok(answer) if answer.status == StatusCode::NOT_FOUND => DeleteAnswer::Unknown,
+            Ok(answer) if answer.status == StatusCode::CONFLICT => DeleteAnswer::Permanent,
+            Ok(answer) => {
+                DeleteAnswer::Failed(format!("{}: {}", answer.status, answer.error_message()))
             }
-            Ok(answer) if answer.status == StatusCode::NOT_FOUND => {}
-            Ok(answer) if answer.status == StatusCode::CONFLICT => {
-                permanent.push(member.name.clone())
+            Err(message) => DeleteAnswer::Failed(message.to_string()),
+        };
+        tally.answer(&member.name, answer);
+    }
+    let verdict = tally.verdict();
+    let (deleted, failed) = (&mut tally.deleted, &tally.failed);
+    let end_epoch = match verdict {
+        DeleteVerdict::Permanent => {
+            let mut err = not_deletable(&blob_id, &tally.permanent.join(", "));
+            if !deleted.is_empty() {
+                err.message.push_str(&format!(
+                    "; {} deleted it and get it back from the permanent copy through sync",
+                    deleted.join(", ")
+                ));
             }
-            Ok(answer) => failed.push(format!(
-                "{} ({}: {})",
-                member.name,
-                answer.status,
-                answer.error_message()
-            )),
-            Err(message) => failed.push(format!("{} ({message})", member.name)),
+            return Err(err);
         }
-    }
-    if !permanent.is_empty() {
-        let mut err = not_deletable(&blob_id, &permanent.join(", "));
-        if !deleted.is_empty() {
-            err.message.push_str(&format!(
-                "; {} deleted it and get it back from the permanent copy through sync",
-                deleted.join(", ")
-            ));
-        }
-        return Err(err);
-    }
-    if deleted.is_empty() {
-        return Err(if failed.is_empty() {
-            ApiError::not_found(
+        DeleteVerdict::NotFound => {
+            return Err(ApiError::not_found(
                 "blobNotFound",
                 format!("no node of the committee knows blob {blob_id}"),
-            )
-        } else {
-            ApiError::unavailable(
+            ))
+        }
+        DeleteVerdict::Unavailable => {
+            return Err(ApiError::unavailable(
                 "notEnoughNodes",
                 format!(
                     "blob {blob_id} is unknown to the nodes that answered; {} did not: {}",
                     failed.len(),
                     failed.join("; ")
                 ),
-            )
-        });
-    }
-    if here == Deleted::Unknown {
-        // Remember the deletion here too, so that sync never brings the blob back.
-        state.delete_here(&blob_id, end_epoch.max(1)).await?;
-        deleted.insert(0, me.clone());
-    }
-    for name in &failed {
+            ))
+        }
+        DeleteVerdict::Deleted {
+            end_epoch,
+            remember_here,
+        } => {
+            if remember_here {
+                // Remember the deletion here too, so that sync never brings the blob back.
+                state.delete_here(&blob_id, end_epoch).await?;
+                deleted.insert(0, me.clone());
+            }
+            end_epoch
+        }
+    };
+    for name in failed {
         tracing::warn!(blob = %blob_id, node = %name, "a node did not confirm a deletion; sync will bring it");
     }
     if let Some(control) = &state.shared.control {

@@ -120,7 +120,7 @@ pub fn s3_xml(data: &[u8]) {
 }
 
 /// What the control plane takes from outside: by the first byte, a page of a moving shard
-/// from a peer (`node_api::shard_page`), a peer signature header (`http::peer_auth`), or
+/// from a peer (`protocol::shard_page`), a peer signature header (`http::peer_auth`), or
 /// records read from etcd (a committee, checked by rendering it as a committee file: a name
 /// that parses back must be the name in the record; blob, epoch and move records).
 pub fn control(data: &[u8]) {
@@ -130,7 +130,7 @@ pub fn control(data: &[u8]) {
     match which % 4 {
         0 => {
             let body = bytes::Bytes::copy_from_slice(rest);
-            if let Ok((_, slivers)) = crate::node_api::shard_page(&body) {
+            if let Ok((_, slivers)) = crate::protocol::shard_page(&body) {
                 let total: usize = slivers.iter().map(|(_, _, s)| s.len() + 37).sum();
                 assert!(total < body.len().max(1), "frames fit in the page");
             }

@@ -33,7 +33,8 @@ use futures::StreamExt;
 
 use crate::config::Member;
 use crate::control::{ControlPlane, View};
-use crate::node_api::{shard_page, verify_stored_sliver, SHARD_PAGE_BYTES_MAX};
+use crate::node_api::{verify_stored_sliver, SHARD_PAGE_BYTES_MAX};
+use crate::protocol::shard_page;
 use crate::owner::{Op, Record};
 use crate::peer_client::{peer_fault, peer_request, Patience, PeerRequest};
 use crate::state::{record_kind, sliver_index, store_per_core, CoreState};

@@ -23,6 +23,7 @@ use crate::http::body::{json_response, octets, Body};
 use crate::http::error::ApiError;
 use crate::metrics::ReasonLabel;
 use crate::owner::{BlobState, Deleted, Held, Record};
+use crate::protocol::ShardPage;
 use crate::state::{
     held, list_metadata, load_sliver, not_deletable, record_kind, sliver_index, store_per_core,
     CachedMetadata, CoreState,
@@ -484,13 +485,7 @@ pub(crate) async fn get_slivers(
 
 /// `GET /v1/blobs?after=&limit=`: `{"blobs": [{"blobId", "endEpoch", "deletable"} or
 /// {"blobId", "endEpoch", "deleted": true}], "next": ID|null}`.
-/// Most bytes of slivers one page of a shard carries. Why: a page is built in memory; this
-/// keeps it small beside the core's buffer budget while moving a shard in large requests.
-pub const SHARD_PAGE_BYTES_MAX: usize = 16 << 20;
-
-/// Bytes before each sliver in a page of a shard: blob ID, kind (0 primary, 1 secondary),
-/// little-endian length.
-const SHARD_FRAME_HEAD: usize = 32 + 1 + 4;
+pub use crate::protocol::SHARD_PAGE_BYTES_MAX;
 
 /// `GET /v1/shards/{shard}/slivers?after=ID&limit=L`: the slivers of `shard` this node holds
 /// for up to `limit` blobs after `after` (live blobs, in blob ID order). The body: one byte,
@@ -512,74 +507,24 @@ pub(crate) async fn shard_slivers(
     let _reservation = reserve(state, SHARD_PAGE_BYTES_MAX as u64)?;
     let epoch = state.shared.epoch();
     let page = list_metadata(state, after.map(|id| id.0), limit as usize).await?;
-    let mut frames = Vec::new();
-    let mut last = None;
-    let mut more = page.len() == limit as usize;
+    let mut built = ShardPage::new(page.len() == limit as usize);
     for listed in &page {
-        if frames.len() >= SHARD_PAGE_BYTES_MAX {
-            more = true;
+        if !built.visit(listed.blob_id) {
             break;
         }
-        last = Some(listed.blob_id);
         if listed.state == BlobState::Deleted || listed.end_epoch < epoch {
             continue;
         }
         let blob_id = BlobId(listed.blob_id);
-        for (tag, kind) in [(0u8, SliverKind::Primary), (1, SliverKind::Secondary)] {
+        for kind in [SliverKind::Primary, SliverKind::Secondary] {
             if let Some(sliver) = load_sliver(state, &blob_id, shard, kind).await? {
-                frames.extend_from_slice(&listed.blob_id);
-                frames.push(tag);
-                frames.extend_from_slice(&(sliver.len() as u32).to_le_bytes());
-                frames.extend_from_slice(&sliver);
+                built.push(listed.blob_id, kind, &sliver);
             }
         }
     }
-    let mut body = Vec::with_capacity(33 + frames.len());
-    match (more, last) {
-        (true, Some(last)) => {
-            body.push(1);
-            body.extend_from_slice(&last);
-        }
-        _ => body.push(0),
-    }
-    body.extend_from_slice(&frames);
+    let body = built.finish();
     state.shared.metrics.sent_bytes.inc_by(body.len() as u64);
     Ok(octets(Bytes::from(body)))
-}
-
-/// A page of a shard ([`shard_slivers`]): the blob to continue after, if more may follow,
-/// and the slivers (blob ID, kind, sliver as stored); or why the page is malformed.
-#[allow(clippy::type_complexity)]
-pub(crate) fn shard_page(
-    body: &Bytes,
-) -> Result<(Option<[u8; 32]>, Vec<([u8; 32], SliverKind, Bytes)>), String> {
-    let (next, mut at) = match body.first() {
-        Some(0) => (None, 1),
-        Some(1) if body.len() >= 33 => (Some(body[1..33].try_into().expect("32 bytes")), 33),
-        _ => return Err("the page does not start with its continuation".into()),
-    };
-    let mut slivers = Vec::new();
-    while at < body.len() {
-        if body.len() - at < SHARD_FRAME_HEAD {
-            return Err(format!("a frame head is cut off at byte {at}"));
-        }
-        let blob: [u8; 32] = body[at..at + 32].try_into().expect("32 bytes");
-        let kind = match body[at + 32] {
-            0 => SliverKind::Primary,
-            1 => SliverKind::Secondary,
-            other => return Err(format!("unknown sliver kind {other} at byte {at}")),
-        };
-        let len = u32::from_le_bytes(body[at + 33..at + 37].try_into().expect("4 bytes")) as usize;
-        let start = at + SHARD_FRAME_HEAD;
-        if body.len() - start < len {
-            return Err(format!(
-                "a sliver of {len} bytes is cut off at byte {start}"
-            ));
-        }
-        slivers.push((blob, kind, body.slice(start..start + len)));
-        at = start + len;
-    }
-    Ok((next, slivers))
 }
 
 pub(crate) async fn list_blobs(

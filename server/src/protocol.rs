@@ -213,6 +213,104 @@ impl DeleteTally {
     }
 }
 
+/// Bytes before each sliver in a page of a shard: blob ID, kind (0 primary, 1 secondary),
+/// little-endian length.
+const SHARD_FRAME_HEAD: usize = 32 + 1 + 4;
+
+/// Most bytes of slivers one page of a shard carries. Why: a page is built in memory; this
+/// keeps it small beside the core's buffer budget while moving a shard in large requests.
+pub const SHARD_PAGE_BYTES_MAX: usize = 16 << 20;
+
+/// A page of a shard being built (`GET /v1/shards/{shard}/slivers`, what a shard's previous
+/// owner answers its new owner): one byte, 1 if more may follow (then the 32-byte blob ID to
+/// continue after) or 0; then frames of blob ID, kind, little-endian length and the sliver as
+/// stored.
+pub struct ShardPage {
+    frames: Vec<u8>,
+    last: Option<[u8; 32]>,
+    more: bool,
+}
+
+impl ShardPage {
+    /// `full`: the listing the page is built from filled its limit (more may follow).
+    pub fn new(full: bool) -> Self {
+        Self {
+            frames: Vec::new(),
+            last: None,
+            more: full,
+        }
+    }
+
+    /// The next blob of the listing; false once the page is full (it ends before this blob).
+    pub fn visit(&mut self, blob: [u8; 32]) -> bool {
+        if self.frames.len() >= SHARD_PAGE_BYTES_MAX {
+            self.more = true;
+            return false;
+        }
+        self.last = Some(blob);
+        true
+    }
+
+    pub fn push(&mut self, blob: [u8; 32], kind: SliverKind, sliver: &[u8]) {
+        self.frames.extend_from_slice(&blob);
+        self.frames.push(match kind {
+            SliverKind::Primary => 0,
+            SliverKind::Secondary => 1,
+        });
+        self.frames
+            .extend_from_slice(&(sliver.len() as u32).to_le_bytes());
+        self.frames.extend_from_slice(sliver);
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(33 + self.frames.len());
+        match (self.more, self.last) {
+            (true, Some(last)) => {
+                body.push(1);
+                body.extend_from_slice(&last);
+            }
+            _ => body.push(0),
+        }
+        body.extend_from_slice(&self.frames);
+        body
+    }
+}
+
+/// A page of a shard ([`ShardPage`]): the blob to continue after, if more may follow, and the
+/// slivers (blob ID, kind, sliver as stored); or why the page is malformed.
+#[allow(clippy::type_complexity)]
+pub fn shard_page(
+    body: &bytes::Bytes,
+) -> Result<(Option<[u8; 32]>, Vec<([u8; 32], SliverKind, bytes::Bytes)>), String> {
+    let (next, mut at) = match body.first() {
+        Some(0) => (None, 1),
+        Some(1) if body.len() >= 33 => (Some(body[1..33].try_into().expect("32 bytes")), 33),
+        _ => return Err("the page does not start with its continuation".into()),
+    };
+    let mut slivers = Vec::new();
+    while at < body.len() {
+        if body.len() - at < SHARD_FRAME_HEAD {
+            return Err(format!("a frame head is cut off at byte {at}"));
+        }
+        let blob: [u8; 32] = body[at..at + 32].try_into().expect("32 bytes");
+        let kind = match body[at + 32] {
+            0 => SliverKind::Primary,
+            1 => SliverKind::Secondary,
+            other => return Err(format!("unknown sliver kind {other} at byte {at}")),
+        };
+        let len = u32::from_le_bytes(body[at + 33..at + 37].try_into().expect("4 bytes")) as usize;
+        let start = at + SHARD_FRAME_HEAD;
+        if body.len() - start < len {
+            return Err(format!(
+                "a sliver of {len} bytes is cut off at byte {start}"
+            ));
+        }
+        slivers.push((blob, kind, body.slice(start..start + len)));
+        at = start + len;
+    }
+    Ok((next, slivers))
+}
+
 /// What a node holds of a blob's metadata, as far as a merge is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Known {

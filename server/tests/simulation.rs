@@ -46,6 +46,8 @@ use floe_codec::{
     sliver_header, BlobId, BlobLayout, BlobMetadata, EncodingConfig, Sliver, SliverKind,
     VerifyScratch,
 };
+use floe_server::config::{Committee, Member};
+use floe_server::control::View;
 use floe_server::owner::{self, BlobState, Deleted, Listed, MetadataStored};
 use floe_server::peer_client::checked_metadata;
 use floe_server::protocol::{
@@ -270,6 +272,8 @@ enum Waiting {
 struct Publish {
     blob: usize,
     call: usize,
+    /// Shards per member, in the publisher's view.
+    shards_of: BTreeMap<usize, usize>,
     blob_id: [u8; 32],
     tally: Tally,
     stored_deletable: bool,
@@ -310,7 +314,8 @@ struct Rebuild {
 
 struct Node {
     name: String,
-    shards: Vec<u16>,
+    /// The committee as this node sees it (`control::View`): what it holds, serves and heals.
+    view: View,
     dir: MemDir,
     disks: Option<Disks<MemDir>>,
     incarnation: u64,
@@ -419,6 +424,11 @@ struct Sim {
     options: StoreOptions,
 }
 
+/// The node a member name stands for.
+fn index_of(name: &str) -> usize {
+    name[1..].parse().expect("members are named n<index>")
+}
+
 fn short(id: &[u8; 32]) -> String {
     id[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -438,17 +448,33 @@ impl Sim {
             segment_bytes_max: 256 * 1024,
             ..StoreOptions::default()
         };
-        let nodes = scenario
-            .shards_of
-            .iter()
-            .enumerate()
-            .map(|(i, shards)| {
+        let committee = Committee {
+            n_shards: scenario.n as u16,
+            epoch_seconds: 1,
+            genesis_unix_seconds: 0,
+            members: scenario
+                .shards_of
+                .iter()
+                .enumerate()
+                .map(|(i, shards)| {
+                    let mut shards = shards.clone();
+                    shards.sort_unstable();
+                    Member {
+                        name: format!("n{i}"),
+                        address: String::new(),
+                        shards,
+                    }
+                })
+                .collect(),
+        };
+        let nodes = (0..scenario.shards_of.len())
+            .map(|i| {
                 let dir = MemDir::new(seed ^ ((i as u64 + 1) * 0x9e37_79b9));
                 let (disks, _) =
                     block_on(Disks::open(vec![dir.clone()], options)).expect("a fresh store opens");
                 Node {
                     name: format!("n{i}"),
-                    shards: shards.clone(),
+                    view: View::new(committee.clone(), &format!("n{i}"), Some(1)),
                     dir,
                     disks: Some(disks),
                     incarnation: 1,
@@ -784,6 +810,25 @@ impl Sim {
         }
     }
 
+    /// The shards whose slivers `node` answers for: held, or given away and still moving.
+    fn served(&self, node: usize) -> Vec<u16> {
+        let view = &self.nodes[node].view;
+        (0..self.scenario.n as u16)
+            .filter(|&s| view.serves(s))
+            .collect()
+    }
+
+    /// The shards `node` heals (`heal::shards_by_core`): its own, but those still moving in.
+    fn heal_shards(&self, node: usize) -> Vec<u16> {
+        let view = &self.nodes[node].view;
+        view.me
+            .shards
+            .iter()
+            .copied()
+            .filter(|&s| view.settled(s))
+            .collect()
+    }
+
     fn disks(&mut self, node: usize) -> &mut Disks<MemDir> {
         self.nodes[node].disks.as_mut().expect("the node is up")
     }
@@ -846,7 +891,7 @@ impl Sim {
                     .map_or(0, |(end, _)| end);
                 let mut scratch = VerifyScratch::default();
                 for (key, bytes) in &slivers {
-                    if !self.nodes[node].shards.contains(&key.shard)
+                    if !self.nodes[node].view.owned[usize::from(key.shard)]
                         || verify_stored(
                             &metadata,
                             &layout,
@@ -941,7 +986,7 @@ impl Sim {
                 let source_kind = kind.orthogonal();
                 let mut symbols = Vec::new();
                 let mut used = 0;
-                for shard in self.nodes[node].shards.clone() {
+                for shard in self.served(node) {
                     if used == want {
                         break;
                     }
@@ -1027,7 +1072,17 @@ impl Sim {
         }
         let metadata = Bytes::from(floe_codec::encode_metadata(encoded.metadata()));
         let mut slivers_of: BTreeMap<usize, Vec<(Key, Bytes)>> = BTreeMap::new();
-        for (member, shards) in self.scenario.shards_of.iter().enumerate() {
+        let members: Vec<(usize, Vec<u16>)> = self.nodes[node]
+            .view
+            .committee
+            .members
+            .iter()
+            .map(|m| (index_of(&m.name), m.shards.clone()))
+            .collect();
+        let shards_of: BTreeMap<usize, usize> =
+            members.iter().map(|(i, shards)| (*i, shards.len())).collect();
+        for (member, shards) in &members {
+            let member = *member;
             for &shard in shards {
                 let pair = encoded.blob_id().pair_for_shard(shard.into(), n) as u16;
                 for kind in [SliverKind::Primary, SliverKind::Secondary] {
@@ -1076,7 +1131,7 @@ impl Sim {
         match here {
             Ok(MetadataStored::Stored { deletable, .. }) => {
                 stored_deletable = deletable;
-                tally.confirmed_by(&me, self.nodes[node].shards.len());
+                tally.confirmed_by(&me, shards_of.get(&node).copied().unwrap_or(0));
             }
             Ok(MetadataStored::Deleted { .. }) => tally.failed_by(&me, "blobDeleted"),
             Err(why) => {
@@ -1092,6 +1147,7 @@ impl Sim {
             Publish {
                 blob,
                 call,
+                shards_of,
                 blob_id,
                 tally,
                 stored_deletable,
@@ -1161,7 +1217,11 @@ impl Sim {
         stage: u8,
         answer: Result<Answer, String>,
     ) {
-        let shards = self.nodes[peer].shards.len();
+        let shards = self.nodes[node]
+            .publishes
+            .get(&job)
+            .and_then(|p| p.shards_of.get(&peer).copied())
+            .unwrap_or(0);
         let name = self.nodes[peer].name.clone();
         let Some(publish) = self.nodes[node].publishes.get_mut(&job) else {
             return;
@@ -1422,7 +1482,7 @@ impl Sim {
             .filter(|l| l.state != BlobState::Deleted && l.end_epoch >= epoch)
             .map(|l| l.blob_id)
             .collect();
-        let missing = owner::missing(disks, &live, &self.nodes[node].shards);
+        let missing = owner::missing(disks, &live, &self.heal_shards(node));
         if missing.is_empty() {
             return;
         }
@@ -1488,7 +1548,7 @@ impl Sim {
         let targets = recovery.targets().to_vec();
         let source_kind = group.kind.orthogonal();
         let mut own = Vec::new();
-        for shard in self.nodes[node].shards.clone() {
+        for shard in self.served(node) {
             let key = Key {
                 blob_id: group.blob_id,
                 kind: protocol::record_kind(source_kind),
@@ -1679,7 +1739,7 @@ impl Sim {
         let epoch = self.epoch;
         let honest: Vec<usize> = self.honest().collect();
         // Convergence.
-        let mut views: Vec<(usize, View)> = Vec::new();
+        let mut views: Vec<(usize, Listing)> = Vec::new();
         for &node in &honest {
             let disks = self.nodes[node].disks.as_ref().ok_or("a node is down")?;
             // Tombstones are left out: how long each node keeps one may differ (a node that
@@ -1748,7 +1808,7 @@ impl Sim {
                         short(&id)
                     ));
                 };
-                for shard in self.nodes[node].shards.clone() {
+                for shard in self.nodes[node].view.me.shards.clone() {
                     for kind in [RecordKind::Primary, RecordKind::Secondary] {
                         let key = Key {
                             blob_id: id,
@@ -1797,7 +1857,7 @@ impl Sim {
 }
 
 /// What a node lists: each blob's state and end epoch.
-type View = BTreeMap<[u8; 32], (BlobState, u32)>;
+type Listing = BTreeMap<[u8; 32], (BlobState, u32)>;
 
 /// Verifies a stored sliver record against its blob's metadata: the right index for its shard,
 /// and its data re-encoding to the metadata's root.

@@ -374,6 +374,10 @@ enum Request {
         shard: u16,
         reply: futures::channel::oneshot::Sender<Result<Option<MoveProgress>, String>>,
     },
+    Lookup {
+        blob: BlobId,
+        reply: futures::channel::oneshot::Sender<Result<Option<BlobRecord>, String>>,
+    },
 }
 
 /// The control plane on etcd: a handle to its thread.
@@ -482,6 +486,14 @@ impl ControlPlane {
             reply,
         })
         .await
+    }
+
+    /// A blob's record in the registry, read from etcd now.
+    pub async fn lookup(&self, blob: BlobId) -> Result<Option<BlobRecord>, String> {
+        if let Some(why) = self.unavailable() {
+            return Err(why);
+        }
+        self.ask(|reply| Request::Lookup { blob, reply }).await
     }
 
     /// Records how far the move of `shard` into `epoch` got.
@@ -624,6 +636,18 @@ async fn serve_requests(
                 }
                 (Request::Progress { reply, .. }, None) => {
                     let _ = reply.send(Err(down()));
+                }
+                (Request::Lookup { reply, .. }, None) => {
+                    let _ = reply.send(Err(down()));
+                }
+                (Request::Lookup { blob, reply }, Some(mut control)) => {
+                    let blob = blob.to_string();
+                    let call = control.blob(&blob);
+                    let result = match tokio::time::timeout(TIMEOUT, call).await {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err(late()),
+                    };
+                    let _ = reply.send(result);
                 }
                 (
                     Request::Register {

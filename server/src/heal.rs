@@ -121,14 +121,15 @@ pub(crate) async fn heal_blobs(
 }
 
 /// Rebuilds `missing` slivers, counting each outcome.
-/// Returns how many were rebuilt and how many could not be (yet).
+/// Returns how many were rebuilt, and the blobs some of whose slivers could not be (yet).
 async fn rebuild_missing(
     state: &Rc<CoreState>,
     missing: Vec<([u8; 32], u16, RecordKind)>,
-) -> (u64, u64) {
-    let (rebuilt, failed) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+) -> (u64, Vec<[u8; 32]>) {
+    let rebuilt = std::cell::Cell::new(0u64);
+    let failed = std::cell::RefCell::new(std::collections::BTreeSet::new());
     if missing.is_empty() {
-        return (0, 0);
+        return (0, Vec::new());
     }
     let status = &state.shared.sync;
     tracing::info!(slivers = missing.len(), "sync: rebuilding missing slivers");
@@ -160,7 +161,7 @@ async fn rebuild_missing(
                             state.shared.metrics.heal_missing_slivers.dec();
                         }
                         Err(message) => {
-                            failed.set(failed.get() + 1);
+                            failed.borrow_mut().insert(blob);
                             status.heal_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(blob = %blob_id, shard, %kind, %message, "sync: could not rebuild a sliver yet");
                         }
@@ -170,18 +171,22 @@ async fn rebuild_missing(
             })
             .await;
     }
-    (rebuilt.get(), failed.get())
+    (rebuilt.get(), failed.into_inner().into_iter().collect())
 }
 
 /// Rebuilds what this node lacks of `shard` (every live blob it knows) from recovery
 /// symbols: the end of a shard's move (stragglers stored while it moved, or everything when
-/// the previous owner is gone). Returns how many slivers were rebuilt and how many could not be.
-pub(crate) async fn heal_shard(state: &Rc<CoreState>, shard: u16) -> Result<(u64, u64), ApiError> {
+/// the previous owner is gone). Returns how many slivers were rebuilt, and the blobs some of
+/// whose slivers could not be.
+pub(crate) async fn heal_shard(
+    state: &Rc<CoreState>,
+    shard: u16,
+) -> Result<(u64, Vec<[u8; 32]>), ApiError> {
     let cores = state.shared.owners.cores();
     let mut shards_of_core: Vec<Vec<u16>> = vec![Vec::new(); cores];
     shards_of_core[state.shared.owners.core_of_shard(shard)].push(shard);
     let epoch = state.shared.epoch();
-    let (mut rebuilt, mut failed) = (0, 0);
+    let (mut rebuilt, mut failed) = (0, Vec::new());
     let mut after = None;
     loop {
         let page = crate::state::list_metadata(state, after, PAGE).await?;
@@ -195,7 +200,7 @@ pub(crate) async fn heal_shard(state: &Rc<CoreState>, shard: u16) -> Result<(u64
         let missing = missing_of(state, &shards_of_core, blobs).await?;
         let (r, f) = rebuild_missing(state, missing).await;
         rebuilt += r;
-        failed += f;
+        failed.extend(f);
         if page.len() < PAGE {
             break;
         }

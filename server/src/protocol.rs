@@ -10,7 +10,8 @@
 //! [`crate::owner::delete`]) on the real store, over a simulated network and clock. What the
 //! simulation shows therefore holds for floe's own rules, not for a model of them.
 //!
-//! Boundary: no I/O, no clock, no executor, no `CoreState`; only the codec's types.
+//! Boundary: no I/O, no clock, no executor, no `CoreState`; only the codec's, the store's and
+//! the control plane's data types.
 
 use floe_codec::{
     recover_sliver, sliver_header, BlobId, BlobLayout, BlobMetadata, ExpandedSliver,
@@ -151,32 +152,45 @@ pub enum DeleteVerdict {
 ///
 /// Invariant: a deletion is reported done only if some node deleted the blob and none holds it
 /// permanent; the end epoch answered is the latest any node kept the tombstone to.
+///
+/// With a registry (nodes on etcd), the registry decides: the deleting node looked before
+/// deleting anything (a permanent blob was refused there) and registered the deletion of a
+/// registered blob first, so every node follows it whatever answers; a node's own permanent
+/// copy that the registry never took (a permanent store that failed before its write quorum)
+/// is kept there and does not refuse the deletion. Without one, a node that holds the blob
+/// permanent refuses it, and sync brings the permanent copy back to the nodes that deleted
+/// theirs.
 #[derive(Debug)]
 pub struct DeleteTally {
     pub end_epoch: u32,
     here_unknown: bool,
+    /// `None`: no registry; `Some(registered)`: a registry decides, and held the blob.
+    registry: Option<bool>,
     pub deleted: Vec<String>,
     pub permanent: Vec<String>,
     pub failed: Vec<String>,
 }
 
 impl DeleteTally {
-    /// After this node's home core answered `here`; `None` if the blob is permanent here
-    /// (refused before any peer is asked).
-    pub fn new(me: &str, here: crate::owner::Deleted) -> Option<Self> {
+    /// After this node's home core answered `here`; `registry`: `None` without one, else
+    /// whether it held the blob (see the type). `None` if the blob is permanent here and no
+    /// registry decides (refused before any peer is asked).
+    pub fn new(me: &str, here: crate::owner::Deleted, registry: Option<bool>) -> Option<Self> {
         use crate::owner::Deleted;
-        let (end_epoch, here_unknown) = match here {
-            Deleted::Now { end_epoch } | Deleted::Before { end_epoch } => (end_epoch, false),
+        let (end_epoch, here_unknown, deleted_here) = match here {
+            Deleted::Now { end_epoch } | Deleted::Before { end_epoch } => (end_epoch, false, true),
+            Deleted::Permanent if registry.is_some() => (0, false, false),
             Deleted::Permanent => return None,
-            Deleted::Unknown => (0, true),
+            Deleted::Unknown => (0, true, false),
         };
         Some(Self {
             end_epoch,
             here_unknown,
-            deleted: if here_unknown {
-                Vec::new()
-            } else {
+            registry,
+            deleted: if deleted_here {
                 vec![me.to_string()]
+            } else {
+                Vec::new()
             },
             permanent: Vec::new(),
             failed: Vec::new(),
@@ -198,8 +212,14 @@ impl DeleteTally {
 
     /// Once every peer answered (or failed).
     pub fn verdict(&self) -> DeleteVerdict {
-        if !self.permanent.is_empty() {
+        if !self.permanent.is_empty() && self.registry.is_none() {
             DeleteVerdict::Permanent
+        } else if self.deleted.is_empty() && self.registry == Some(true) {
+            // Registered deleted: every node follows the registry.
+            DeleteVerdict::Deleted {
+                end_epoch: self.end_epoch.max(1),
+                remember_here: self.here_unknown,
+            }
         } else if self.deleted.is_empty() && self.failed.is_empty() {
             DeleteVerdict::NotFound
         } else if self.deleted.is_empty() {
@@ -309,6 +329,15 @@ pub fn shard_page(
         at = start + len;
     }
     Ok((next, slivers))
+}
+
+/// Whether a blob some of whose slivers of a moving shard could not be rebuilt holds the move
+/// open, given its registry record: only a registered live blob does. A blob the registry never
+/// took (a store that failed before its write quorum leaves its metadata, and too few slivers
+/// to rebuild from, on the nodes that took it) would otherwise hold the move, and with it
+/// every later epoch, open for ever (found by the deterministic simulation).
+pub fn blocks_move(record: Option<&floe_control::BlobRecord>, epoch: u32) -> bool {
+    record.is_some_and(|r| r.state != floe_control::BlobState::Deleted && r.end_epoch >= epoch)
 }
 
 /// What a node holds of a blob's metadata, as far as a merge is concerned.
@@ -571,6 +600,47 @@ mod tests {
         tally.confirmed_by("b", 4);
         assert_eq!(tally.confirmed(), 7);
         assert_eq!(tally.pending(["a", "b", "c", "d"]), vec!["d".to_string()]);
+    }
+
+    #[test]
+    fn a_deletion_is_refused_where_a_node_holds_the_blob_permanent_unless_a_registry_decides() {
+        use crate::owner::Deleted;
+        let now = Deleted::Now { end_epoch: 4 };
+        // Without a registry: permanent here refuses at once; permanent on a peer refuses.
+        assert!(DeleteTally::new("a", Deleted::Permanent, None).is_none());
+        let mut tally = DeleteTally::new("a", now, None).unwrap();
+        tally.answer("b", DeleteAnswer::Permanent);
+        tally.answer("c", DeleteAnswer::Deleted { end_epoch: 6 });
+        assert_eq!(tally.verdict(), DeleteVerdict::Permanent);
+        // With one (it found the blob deletable): a node's own permanent copy does not refuse.
+        let mut tally = DeleteTally::new("a", Deleted::Permanent, Some(true)).unwrap();
+        tally.answer("b", DeleteAnswer::Permanent);
+        tally.answer("c", DeleteAnswer::Deleted { end_epoch: 6 });
+        assert_eq!(
+            tally.verdict(),
+            DeleteVerdict::Deleted {
+                end_epoch: 6,
+                remember_here: false
+            }
+        );
+        assert_eq!(tally.deleted, vec!["c".to_string()]);
+        // Registered (and registered deleted first): done whoever answers.
+        let mut tally = DeleteTally::new("a", Deleted::Unknown, Some(true)).unwrap();
+        tally.answer("b", DeleteAnswer::Failed("timeout".into()));
+        assert!(matches!(tally.verdict(), DeleteVerdict::Deleted { .. }));
+        // Unknown here: remembered once a peer deleted it; nobody knows it: 404; silence: 503.
+        let mut tally = DeleteTally::new("a", Deleted::Unknown, None).unwrap();
+        assert_eq!(tally.verdict(), DeleteVerdict::NotFound);
+        tally.answer("b", DeleteAnswer::Failed("timeout".into()));
+        assert_eq!(tally.verdict(), DeleteVerdict::Unavailable);
+        tally.answer("c", DeleteAnswer::Deleted { end_epoch: 2 });
+        assert_eq!(
+            tally.verdict(),
+            DeleteVerdict::Deleted {
+                end_epoch: 2,
+                remember_here: true
+            }
+        );
     }
 
     #[test]

@@ -685,8 +685,44 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
         .metadata_record(&blob_id)
         .await?
         .map_or(0, |found| found.end_epoch);
+    // On etcd the registry decides: a permanent blob is refused before anything is deleted,
+    // and the deletion is registered first, so that every node follows it even if this node
+    // stops halfway or a node that holds the blob does not answer (the nodes' answers below
+    // only hasten it). Also for a blob the registry never took (what a store that failed
+    // before its write quorum left on some nodes).
+    let registry = match &state.shared.control {
+        Some(control) => {
+            let unavailable = |why: String| {
+                ApiError::unavailable(
+                    "registryUnavailable",
+                    format!("blob {blob_id} is not deleted: the registry does not answer ({why})"),
+                )
+            };
+            let registered = control.lookup(blob_id).await.map_err(unavailable)?;
+            if registered.is_some_and(|r| r.state == floe_control::BlobState::Permanent) {
+                return Err(not_deletable(&blob_id, "the registry"));
+            }
+            let end_epoch = registered
+                .map_or(known_end, |r| r.end_epoch.max(known_end))
+                .max(state.shared.epoch());
+            let deleted = floe_control::BlobRecord {
+                size: 0,
+                end_epoch,
+                state: floe_control::BlobState::Deleted,
+            };
+            let merged = control
+                .register(blob_id, deleted)
+                .await
+                .map_err(unavailable)?;
+            if merged.state == floe_control::BlobState::Permanent {
+                return Err(not_deletable(&blob_id, "the registry"));
+            }
+            Some(registered.is_some())
+        }
+        None => None,
+    };
     let here = state.delete_here(&blob_id, known_end).await?;
-    let Some(mut tally) = DeleteTally::new(me, here) else {
+    let Some(mut tally) = DeleteTally::new(me, here, registry) else {
         return Err(not_deletable(&blob_id, me));
     };
     let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={}", tally.end_epoch);
@@ -765,23 +801,6 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
     };
     for name in failed {
         tracing::warn!(blob = %blob_id, node = %name, "a node did not confirm a deletion; sync will bring it");
-    }
-    if let Some(control) = &state.shared.control {
-        let record = floe_control::BlobRecord {
-            size: 0,
-            end_epoch: end_epoch.max(state.shared.epoch()),
-            state: floe_control::BlobState::Deleted,
-        };
-        control.register(blob_id, record).await.map_err(|why| {
-            ApiError::unavailable(
-                "registryUnavailable",
-                format!(
-                    "blob {blob_id} was deleted on {} but the deletion is not registered ({why}); \
-                     delete it again once etcd answers",
-                    deleted.join(", ")
-                ),
-            )
-        })?;
     }
     Ok(json_response(
         StatusCode::OK,

@@ -46,8 +46,9 @@ use floe_codec::{
     sliver_header, BlobId, BlobLayout, BlobMetadata, EncodingConfig, Sliver, SliverKind,
     VerifyScratch,
 };
+use floe_control::{BlobRecord, BlobState as RecordState};
 use floe_server::config::{Committee, Member};
-use floe_server::control::View;
+use floe_server::control::{record_of, Moving, View};
 use floe_server::owner::{self, BlobState, Deleted, Listed, MetadataStored};
 use floe_server::peer_client::checked_metadata;
 use floe_server::protocol::{
@@ -79,6 +80,8 @@ type Time = u64;
 /// Faults and clients stop here; the rest of the run is recovery.
 const FAULTS_END: Time = 40_000;
 const SYNC_INTERVAL: Time = 3_000;
+/// How often a node looks at etcd's watch and its moves (registry mode).
+const WATCH_INTERVAL: Time = 250;
 const RPC_TIMEOUT: Time = 1_000;
 const EPOCH_LENGTH: Time = 12_000;
 /// Sync rounds after the faults stop, before the checks.
@@ -100,6 +103,9 @@ struct Scenario {
     cuts: usize,
     write_error_per_mille: u32,
     ops: usize,
+    /// The committee on etcd (`sync::follow_registry`, `migrate`), with committee changes;
+    /// else peers list each other (`sync::round`).
+    registry: bool,
 }
 
 impl Scenario {
@@ -139,6 +145,7 @@ impl Scenario {
                 0
             },
             ops: rng.gen_range(10..50),
+            registry: rng.gen_bool(0.5),
         }
     }
 }
@@ -172,6 +179,11 @@ enum Request {
         kind: SliverKind,
         want: usize,
     },
+    /// A page of a shard, for its new owner (`GET /v1/shards/{s}/slivers`).
+    ShardPage {
+        shard: u16,
+        after: Option<[u8; 32]>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -182,6 +194,7 @@ enum Answer {
     Listing(Vec<Listed>),
     Metadata(Bytes),
     Symbols(Vec<u8>),
+    Page(Bytes),
 }
 
 #[derive(Clone, Debug)]
@@ -227,6 +240,11 @@ enum Event {
         node: usize,
         incarnation: u64,
     },
+    /// A node's watch of etcd and its migration loop (registry mode).
+    Watch {
+        node: usize,
+        incarnation: u64,
+    },
     Client {
         node: usize,
         op: ClientOp,
@@ -264,9 +282,101 @@ enum Waiting {
         state: BlobState,
     },
     Symbols {
+        purpose: Purpose,
         rebuild: u64,
         slots: Vec<usize>,
     },
+    /// Metadata of a registered blob, asked of every peer at once (`metadata_from_peers`).
+    RegistryFetch {
+        blob: [u8; 32],
+    },
+    Page {
+        shard: u16,
+    },
+}
+
+/// What a heal is for: the sync round's, the blobs the registry brought, or a shard's move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Purpose {
+    Sync,
+    Learned,
+    Move(u16),
+}
+
+/// The control plane's state (what etcd holds): the registry (each blob's record and the
+/// revision it last changed at), and the moves into the current epoch with their progress.
+#[derive(Default)]
+struct Registry {
+    revision: u64,
+    records: BTreeMap<[u8; 32], (BlobRecord, u64)>,
+    /// shard -> (previous owner, new owner).
+    moves: BTreeMap<u16, (usize, usize)>,
+    previous: Option<Committee>,
+    after: BTreeMap<u16, Option<[u8; 32]>>,
+    done: BTreeSet<u16>,
+}
+
+/// What a node keeps in `control.redb` (`floe_storage::cursor`): the registry revision it
+/// applied up to and the records whose metadata no peer gave yet. Survives crashes (each
+/// change is a commit).
+#[derive(Default, Clone)]
+struct Cursor {
+    revision: u64,
+    pending: BTreeMap<[u8; 32], BlobRecord>,
+}
+
+/// A batch of registry records being applied; the revision is saved once every record of it
+/// is applied or pending.
+struct Batch {
+    upto: u64,
+    /// Records whose metadata is being fetched.
+    open: usize,
+    /// Its records are still being gone through.
+    applying: bool,
+    pending: Vec<([u8; 32], BlobRecord)>,
+    learned: Vec<[u8; 32]>,
+}
+
+/// What applying a registry record did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    /// Its metadata fetched and stored: its slivers are to be healed.
+    Learned,
+    /// No peer gave its metadata yet.
+    Pending,
+}
+
+/// Where a registry record being applied came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Batch,
+    Pending,
+}
+
+struct Fetch {
+    record: BlobRecord,
+    origin: Origin,
+    left: usize,
+}
+
+/// A shard moving into a node (`migrate::pull`).
+struct Pull {
+    from: usize,
+    after: Option<[u8; 32]>,
+    failures: u32,
+    stage: PullStage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PullStage {
+    /// Ask for the next page at the next tick.
+    Ready,
+    Asking,
+    /// Rebuilding what the pages did not bring.
+    Healing,
+    /// Stopped (slivers not rebuildable yet): resumes then.
+    Paused(Time),
 }
 
 struct Publish {
@@ -327,7 +437,11 @@ struct Node {
     next_job: u64,
     /// Calls of the sync round still open (listings and metadata fetches).
     sync_open: usize,
-    healing: Option<Healing>,
+    heals: BTreeMap<Purpose, Healing>,
+    cursor: Cursor,
+    batch: Option<Batch>,
+    fetches: BTreeMap<[u8; 32], Fetch>,
+    pulls: BTreeMap<u16, Pull>,
 }
 
 /// A client's request about a blob and what it was told.
@@ -404,6 +518,9 @@ struct Counts {
     lies_caught: u64,
     healed: u64,
     write_errors: u64,
+    /// Blobs a node holds that the registry never took (registry mode; failed stores).
+    unregistered: u64,
+    moves: u64,
 }
 
 struct Sim {
@@ -422,6 +539,9 @@ struct Sim {
     counts: Counts,
     trace: Vec<String>,
     options: StoreOptions,
+    /// The committee of this epoch (etcd's `committee/{E}`, or the committee file).
+    committee: Committee,
+    registry: Registry,
 }
 
 /// The node a member name stands for.
@@ -485,7 +605,11 @@ impl Sim {
                     deletes: BTreeMap::new(),
                     next_job: 0,
                     sync_open: 0,
-                    healing: None,
+                    heals: BTreeMap::new(),
+                    cursor: Cursor::default(),
+                    batch: None,
+                    fetches: BTreeMap::new(),
+                    pulls: BTreeMap::new(),
                 }
             })
             .collect();
@@ -505,6 +629,8 @@ impl Sim {
             counts: Counts::default(),
             trace: Vec::new(),
             options,
+            committee,
+            registry: Registry::default(),
         };
         sim.plan();
         sim
@@ -530,6 +656,15 @@ impl Sim {
     fn plan(&mut self) {
         let nodes = self.nodes.len();
         for node in 0..nodes {
+            if self.scenario.registry {
+                self.at(
+                    1,
+                    Event::Watch {
+                        node,
+                        incarnation: 1,
+                    },
+                );
+            }
             let first = self.rng.gen_range(0..SYNC_INTERVAL);
             self.at(
                 first,
@@ -732,7 +867,25 @@ impl Sim {
                     self.now + SYNC_INTERVAL,
                     Event::SyncTick { node, incarnation },
                 );
-                self.start_sync(node);
+                if self.scenario.registry {
+                    // `follow_registry`'s rounds: the pending records again, then a heal.
+                    self.retry_pending(node);
+                    if !self.nodes[node].heals.contains_key(&Purpose::Sync) {
+                        self.start_heal(node);
+                    }
+                } else {
+                    self.start_sync(node);
+                }
+            }
+            Event::Watch { node, incarnation } => {
+                if incarnation != self.nodes[node].incarnation || !self.up(node) {
+                    return;
+                }
+                self.at(
+                    self.now + WATCH_INTERVAL,
+                    Event::Watch { node, incarnation },
+                );
+                self.watch(node);
             }
             Event::Client { node, op } => self.client(node, op),
             Event::Crash(node) => {
@@ -748,7 +901,10 @@ impl Sim {
                 n.publishes.clear();
                 n.deletes.clear();
                 n.sync_open = 0;
-                n.healing = None;
+                n.heals.clear();
+                n.batch = None;
+                n.fetches.clear();
+                n.pulls.clear();
                 n.incarnation += 1;
                 let name = n.name.clone();
                 self.log(format!("{name} crashes"));
@@ -764,7 +920,16 @@ impl Sim {
                 self.cut.remove(&(a.min(b), a.max(b)));
             }
             Event::Epoch => {
-                self.epoch += 1;
+                if self.scenario.registry {
+                    let before = self.epoch;
+                    self.change_epoch();
+                    if self.epoch == before {
+                        return;
+                    }
+                } else {
+                    self.epoch += 1;
+                    self.refresh_views();
+                }
                 self.log("epoch");
                 // Every node's expiry sweep (`owner::run_maintenance`).
                 for node in 0..self.nodes.len() {
@@ -793,15 +958,21 @@ impl Sim {
         let dir = self.nodes[node].dir.clone();
         match block_on(Disks::open(vec![dir], self.options)) {
             Ok((mut disks, _)) => {
-                // The sweep at start.
+                // The sweep at start; the committee as etcd (or the saved view) says, and what
+                // it no longer serves dropped.
                 owner::sweep_one_core(&mut disks, self.epoch);
+                self.nodes[node].view = self.make_view(node);
                 let n = &mut self.nodes[node];
                 n.disks = Some(disks);
                 let incarnation = n.incarnation;
                 let name = n.name.clone();
+                self.forget_unserved(node);
                 self.log(format!("{name} restarts"));
                 let first = self.now + self.rng.gen_range(1..SYNC_INTERVAL);
                 self.at(first, Event::SyncTick { node, incarnation });
+                if self.scenario.registry {
+                    self.at(self.now + 1, Event::Watch { node, incarnation });
+                }
             }
             Err(err) => panic!(
                 "seed {}: n{node} does not reopen after a crash: {err}",
@@ -970,6 +1141,39 @@ impl Sim {
                 None if liar => Answer::Metadata(Bytes::from(vec![7u8; 64])),
                 None => Answer::Failed("blobNotFound".into()),
             },
+            Request::ShardPage { shard, after } => {
+                // `node_api::shard_slivers`.
+                if !self.nodes[node].view.serves(shard) {
+                    return Answer::Failed("shardNotHeld".into());
+                }
+                let epoch = self.epoch;
+                let page = owner::list(self.disks(node), after, PAGE, |_| true);
+                let mut built = protocol::ShardPage::new(page.len() == PAGE);
+                for listed in &page {
+                    if !built.visit(listed.blob_id) {
+                        break;
+                    }
+                    if listed.state == BlobState::Deleted || listed.end_epoch < epoch {
+                        continue;
+                    }
+                    for kind in [SliverKind::Primary, SliverKind::Secondary] {
+                        let key = Key {
+                            blob_id: listed.blob_id,
+                            kind: protocol::record_kind(kind),
+                            shard,
+                        };
+                        if let Ok(Some(sliver)) = block_on(self.disks(node).get(&key)) {
+                            let mut sliver = sliver.to_vec();
+                            if liar {
+                                let last = sliver.len() - 1;
+                                sliver[last] ^= 0x41;
+                            }
+                            built.push(listed.blob_id, kind, &sliver);
+                        }
+                    }
+                }
+                Answer::Page(Bytes::from(built.finish()))
+            }
             Request::Symbols {
                 blob,
                 pairs,
@@ -1079,8 +1283,10 @@ impl Sim {
             .iter()
             .map(|m| (index_of(&m.name), m.shards.clone()))
             .collect();
-        let shards_of: BTreeMap<usize, usize> =
-            members.iter().map(|(i, shards)| (*i, shards.len())).collect();
+        let shards_of: BTreeMap<usize, usize> = members
+            .iter()
+            .map(|(i, shards)| (*i, shards.len()))
+            .collect();
         for (member, shards) in &members {
             let member = *member;
             for &shard in shards {
@@ -1185,6 +1391,19 @@ impl Sim {
         self.truth[publish.blob].calls[publish.call].done = Some(self.now);
         let blob_id = short(&publish.blob_id);
         if publish.tally.reached() {
+            if self.scenario.registry {
+                // Registered after the write quorum, before the answer (`publisher::register`).
+                let record = BlobRecord {
+                    size: self.truth[publish.blob].bytes.len() as u64,
+                    end_epoch: publish.end_epoch,
+                    state: if publish.stored_deletable {
+                        RecordState::Deletable
+                    } else {
+                        RecordState::Permanent
+                    },
+                };
+                self.register(publish.blob_id, record);
+            }
             self.counts.stores_acked += 1;
             let call = &mut self.truth[publish.blob].calls[publish.call];
             call.acked = true;
@@ -1261,10 +1480,31 @@ impl Sim {
             end_epoch: 0,
             permanent: false,
         });
+        // On etcd the registry decides: a permanent blob is refused, a registered one is
+        // registered deleted before anything else (`publisher::delete`).
+        let registered = self.registry.records.get(&blob_id).map(|(r, _)| *r);
+        if self.scenario.registry && registered.is_some_and(|r| r.state == RecordState::Permanent) {
+            self.truth[blob].calls[call].done = Some(self.now);
+            self.counts.deletes_refused += 1;
+            self.log("client: refused, permanent in the registry");
+            return;
+        }
         let known_end = self
             .disks(node)
             .stored(&Key::metadata(blob_id))
             .map_or(0, |(end, _)| end);
+        if self.scenario.registry {
+            let end_epoch = registered
+                .map_or(known_end, |r| r.end_epoch.max(known_end))
+                .max(self.epoch);
+            let deleted = BlobRecord {
+                size: 0,
+                end_epoch,
+                state: RecordState::Deleted,
+            };
+            self.register(blob_id, deleted);
+        }
+        let registry = self.scenario.registry.then_some(registered.is_some());
         let here = match block_on(owner::delete(self.disks(node), blob_id, known_end, true)) {
             Ok(here) => here,
             Err(_) => {
@@ -1275,7 +1515,7 @@ impl Sim {
         };
         let me = self.nodes[node].name.clone();
         self.log(format!("client: delete {} at {me}", short(&blob_id)));
-        let Some(tally) = DeleteTally::new(&me, here) else {
+        let Some(tally) = DeleteTally::new(&me, here, registry) else {
             self.truth[blob].calls[call].done = Some(self.now);
             self.counts.deletes_refused += 1;
             self.log("client: refused, permanent here");
@@ -1367,7 +1607,7 @@ impl Sim {
     // ---- sync (`sync.rs`) and heal (`heal.rs`, `recover.rs`) ----
 
     fn start_sync(&mut self, node: usize) {
-        if self.nodes[node].sync_open > 0 || self.nodes[node].healing.is_some() {
+        if self.nodes[node].sync_open > 0 || self.nodes[node].heals.contains_key(&Purpose::Sync) {
             return; // the last round is still under way
         }
         let peers: Vec<usize> = (0..self.nodes.len()).filter(|&p| p != node).collect();
@@ -1390,39 +1630,15 @@ impl Sim {
     }
 
     fn listing(&mut self, node: usize, peer: usize, listing: Vec<Listed>) {
-        let n = self.scenario.n;
         for entry in &listing {
             if entry.end_epoch < self.epoch {
                 continue;
             }
             let id = entry.blob_id;
-            let stored = self.disks(node).stored(&Key::metadata(id));
-            let known = stored.map(|(end_epoch, flags)| Known {
-                end_epoch,
-                deletable: flags & FLAG_DELETABLE != 0,
-            });
-            let tombstone = self.disks(node).deleted(&id).is_some();
-            match protocol::merge(entry.state, entry.end_epoch, known, tombstone) {
-                Merge::Done => {}
-                Merge::Delete { end_epoch } => {
-                    let _ = block_on(owner::delete(self.disks(node), id, end_epoch, true));
-                }
-                Merge::Update {
-                    end_epoch,
-                    deletable,
-                } => {
-                    if let Some((_, _, bytes)) = self.metadata_here(node, &id) {
-                        let _ = block_on(owner::put_metadata(
-                            self.disks(node),
-                            id,
-                            bytes,
-                            end_epoch,
-                            deletable,
-                            false,
-                        ));
-                    }
-                }
-                Merge::Fetch => {
+            match self.merge_here(node, id, entry.state, entry.end_epoch) {
+                // A storage failure ends learning from this peer for the round.
+                None => return,
+                Some(Merge::Fetch) => {
                     self.nodes[node].sync_open += 1;
                     self.call(
                         node,
@@ -1435,8 +1651,8 @@ impl Sim {
                             state: entry.state,
                         },
                     );
-                    let _ = n;
                 }
+                Some(_) => {}
             }
         }
         if listing.len() == PAGE {
@@ -1474,35 +1690,68 @@ impl Sim {
         ));
     }
 
-    fn start_heal(&mut self, node: usize) {
+    /// The live blobs `node` knows (`heal::heal` lists them page by page).
+    fn live_blobs(&self, node: usize) -> Vec<[u8; 32]> {
         let epoch = self.epoch;
         let disks = self.nodes[node].disks.as_ref().expect("up");
-        let live: Vec<[u8; 32]> = owner::list(disks, None, usize::MAX, |_| true)
+        owner::list(disks, None, usize::MAX, |_| true)
             .into_iter()
             .filter(|l| l.state != BlobState::Deleted && l.end_epoch >= epoch)
             .map(|l| l.blob_id)
-            .collect();
-        let missing = owner::missing(disks, &live, &self.heal_shards(node));
+            .collect()
+    }
+
+    /// The slivers of `blobs` and `shards` `node` lacks.
+    fn missing(
+        &self,
+        node: usize,
+        blobs: &[[u8; 32]],
+        shards: &[u16],
+    ) -> Vec<([u8; 32], u16, RecordKind)> {
+        let disks = self.nodes[node].disks.as_ref().expect("up");
+        owner::missing(disks, blobs, shards)
+    }
+
+    /// The sync round's heal: every live blob, this node's settled shards.
+    fn start_heal(&mut self, node: usize) {
+        let missing = self.missing(node, &self.live_blobs(node), &self.heal_shards(node));
+        self.heal(node, Purpose::Sync, missing);
+    }
+
+    /// Rebuilds `missing` (`heal::rebuild_missing`); a heal for the same purpose under way
+    /// takes them on.
+    fn heal(&mut self, node: usize, purpose: Purpose, missing: Vec<([u8; 32], u16, RecordKind)>) {
         if missing.is_empty() {
+            if let Purpose::Move(shard) = purpose {
+                self.move_healed(node, shard);
+            }
             return;
         }
         let plan = protocol::heal_plan(missing);
+        let heals = &mut self.nodes[node].heals;
+        if let Some(healing) = heals.get_mut(&purpose) {
+            healing.later.extend(plan);
+            return;
+        }
         let first = plan.first().map(|g| g.kind);
         let (pending, later) = plan.into_iter().partition(|g| Some(g.kind) == first);
-        self.nodes[node].healing = Some(Healing {
-            pending,
-            later,
-            active: BTreeMap::new(),
-            next: 0,
-        });
-        self.heal_next(node);
+        heals.insert(
+            purpose,
+            Healing {
+                pending,
+                later,
+                active: BTreeMap::new(),
+                next: 0,
+            },
+        );
+        self.heal_next(node, purpose);
     }
 
     /// Moves the heal on: starts rebuilds up to the concurrency, and the next phase once a
     /// phase is done; ends the heal when nothing is left.
-    fn heal_next(&mut self, node: usize) {
+    fn heal_next(&mut self, node: usize, purpose: Purpose) {
         loop {
-            let Some(healing) = self.nodes[node].healing.as_mut() else {
+            let Some(healing) = self.nodes[node].heals.get_mut(&purpose) else {
                 return;
             };
             if healing.active.len() >= HEAL_CONCURRENCY {
@@ -1516,16 +1765,19 @@ impl Sim {
                     continue;
                 }
                 None => {
-                    self.nodes[node].healing = None;
+                    self.nodes[node].heals.remove(&purpose);
+                    if let Purpose::Move(shard) = purpose {
+                        self.move_healed(node, shard);
+                    }
                     return;
                 }
             };
             let id = healing.next;
             healing.next += 1;
             if let Some(rebuild) = self.start_rebuild(node, group) {
-                let healing = self.nodes[node].healing.as_mut().expect("present");
+                let healing = self.nodes[node].heals.get_mut(&purpose).expect("present");
                 healing.active.insert(id, rebuild);
-                self.rebuild_next(node, id);
+                self.rebuild_next(node, purpose, id);
             }
         }
     }
@@ -1583,8 +1835,8 @@ impl Sim {
     }
 
     /// Asks the rebuild's next peer for what it still lacks, or finishes it.
-    fn rebuild_next(&mut self, node: usize, id: u64) {
-        let Some(healing) = self.nodes[node].healing.as_mut() else {
+    fn rebuild_next(&mut self, node: usize, purpose: Purpose, id: u64) {
+        let Some(healing) = self.nodes[node].heals.get_mut(&purpose) else {
             return;
         };
         let Some(rebuild) = healing.active.get_mut(&id) else {
@@ -1605,6 +1857,7 @@ impl Sim {
                     peer,
                     request,
                     Waiting::Symbols {
+                        purpose,
                         rebuild: id,
                         slots: short,
                     },
@@ -1614,13 +1867,20 @@ impl Sim {
         }
         let rebuild = healing.active.remove(&id).expect("present");
         self.finish_rebuild(node, rebuild);
-        self.heal_next(node);
+        self.heal_next(node, purpose);
     }
 
-    fn symbols(&mut self, node: usize, id: u64, slots: Vec<usize>, answer: Result<Answer, String>) {
+    fn symbols(
+        &mut self,
+        node: usize,
+        purpose: Purpose,
+        id: u64,
+        slots: Vec<usize>,
+        answer: Result<Answer, String>,
+    ) {
         let Some(rebuild) = self.nodes[node]
-            .healing
-            .as_mut()
+            .heals
+            .get_mut(&purpose)
             .and_then(|h| h.active.get_mut(&id))
         else {
             return;
@@ -1645,11 +1905,10 @@ impl Sim {
                 Err(_) => self.counts.lies_caught += 1,
             }
         }
-        self.rebuild_next(node, id);
+        self.rebuild_next(node, purpose, id);
     }
 
     fn finish_rebuild(&mut self, node: usize, rebuild: Rebuild) {
-        let n = self.scenario.n;
         let Rebuild {
             group,
             metadata,
@@ -1682,7 +1941,6 @@ impl Sim {
                 floe_codec::encode_sliver(&sliver),
             ));
         }
-        let _ = n;
         if records.is_empty() {
             return;
         }
@@ -1728,7 +1986,541 @@ impl Sim {
                 }
                 self.sync_call_done(node);
             }
-            Waiting::Symbols { rebuild, slots } => self.symbols(node, rebuild, slots, answer),
+            Waiting::Symbols {
+                purpose,
+                rebuild,
+                slots,
+            } => self.symbols(node, purpose, rebuild, slots, answer),
+            Waiting::RegistryFetch { blob } => self.registry_fetched(node, blob, answer),
+            Waiting::Page { shard } => self.page(node, shard, answer),
+        }
+    }
+
+    // ---- the control plane (`control.rs`, `sync::follow_registry`, `migrate.rs`) ----
+
+    /// Registers a record (`ControlPlane::register`): merged with what is there
+    /// (`BlobRecord::merge`), a new revision if it changed.
+    fn register(&mut self, blob: [u8; 32], record: BlobRecord) {
+        let registry = &mut self.registry;
+        let merged = match registry.records.get(&blob) {
+            Some((old, _)) => old.merge(record),
+            None => record,
+        };
+        if registry.records.get(&blob).map(|(r, _)| r) != Some(&merged) {
+            registry.revision += 1;
+            registry.records.insert(blob, (merged, registry.revision));
+        }
+    }
+
+    /// The committee as `node` sees it now: the current committee, the moves into this epoch
+    /// (previous owners from the previous committee) and those done.
+    fn make_view(&self, node: usize) -> View {
+        let registry = &self.registry;
+        let moves: BTreeMap<u16, Moving> = registry
+            .moves
+            .iter()
+            .filter_map(|(&shard, &(from, to))| {
+                let from = registry
+                    .previous
+                    .as_ref()?
+                    .member(&format!("n{from}"))?
+                    .clone();
+                Some((
+                    shard,
+                    Moving {
+                        from,
+                        to: format!("n{to}"),
+                    },
+                ))
+            })
+            .collect();
+        let done: Vec<u16> = registry.done.iter().copied().collect();
+        View::new(
+            self.committee.clone(),
+            &self.nodes[node].name,
+            Some(self.epoch),
+        )
+        .with_moves(moves, &done)
+    }
+
+    /// Drops what `node` neither holds nor still gives away (`migrate::forget_unserved`).
+    fn forget_unserved(&mut self, node: usize) {
+        let unserved = self.nodes[node].view.unserved();
+        if let Some(disks) = self.nodes[node].disks.as_mut() {
+            disks.forget_shards(|s| unserved[usize::from(s)]);
+        }
+    }
+
+    /// Every node takes the new view (the control plane's watch), and drops what it no longer
+    /// serves.
+    fn refresh_views(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.nodes[node].view = self.make_view(node);
+            self.forget_unserved(node);
+        }
+    }
+
+    /// The leader's epoch change (registry mode): not while moves are open; expired records
+    /// leave the registry; sometimes a committee proposed earlier takes effect, moving a shard
+    /// or two.
+    fn change_epoch(&mut self) {
+        if self
+            .registry
+            .moves
+            .keys()
+            .any(|s| !self.registry.done.contains(s))
+        {
+            self.log("epoch change waits for open moves");
+            return;
+        }
+        self.epoch += 1;
+        let epoch = self.epoch;
+        self.registry
+            .records
+            .retain(|_, (r, _)| r.end_epoch >= epoch);
+        self.registry.moves.clear();
+        self.registry.after.clear();
+        self.registry.done.clear();
+        if self.faults && self.rng.gen_bool(0.5) {
+            self.propose();
+        }
+        self.refresh_views();
+    }
+
+    /// A new committee: one or two shards change owner (no node left without a shard, the
+    /// liar never past f).
+    fn propose(&mut self) {
+        let before = self.committee.clone();
+        let mut after = before.clone();
+        let f = (self.scenario.n - 1) / 3;
+        let nodes = self.nodes.len();
+        for _ in 0..self.rng.gen_range(1..=2) {
+            let shard = self.rng.gen_range(0..self.scenario.n as u16);
+            let from = after
+                .members
+                .iter()
+                .position(|m| m.shards.contains(&shard))
+                .expect("every shard has an owner");
+            let to = self.rng.gen_range(0..nodes);
+            let liar_full = self.scenario.liar == Some(to) && after.members[to].shards.len() >= f;
+            if to == from || after.members[from].shards.len() == 1 || liar_full {
+                continue;
+            }
+            after.members[from].shards.retain(|&s| s != shard);
+            after.members[to].shards.push(shard);
+            after.members[to].shards.sort_unstable();
+        }
+        let moves = floe_control::moves_between(&record_of(&before), &record_of(&after));
+        if moves.is_empty() {
+            return;
+        }
+        for m in &moves {
+            self.registry
+                .moves
+                .insert(m.shard, (index_of(&m.from), index_of(&m.to)));
+        }
+        self.log(format!("committee changes: {moves:?}"));
+        self.registry.previous = Some(before);
+        self.committee = after;
+    }
+
+    /// A node's watch tick (registry mode): applies the registry's next records, and moves
+    /// shards in.
+    fn watch(&mut self, node: usize) {
+        self.follow_registry(node);
+        self.migrate(node);
+    }
+
+    fn follow_registry(&mut self, node: usize) {
+        let from = self.nodes[node].cursor.revision;
+        if self.nodes[node].batch.is_some() || self.registry.revision <= from {
+            return;
+        }
+        let mut records: Vec<(u64, [u8; 32], BlobRecord)> = self
+            .registry
+            .records
+            .iter()
+            .filter(|(_, (_, rev))| *rev > from)
+            .map(|(id, (r, rev))| (*rev, *id, *r))
+            .collect();
+        records.sort_unstable_by_key(|(rev, _, _)| *rev);
+        records.truncate(16);
+        let upto = records.last().map_or(from, |(rev, _, _)| *rev);
+        self.nodes[node].batch = Some(Batch {
+            upto,
+            open: 0,
+            applying: true,
+            pending: Vec::new(),
+            learned: Vec::new(),
+        });
+        for (_, id, record) in records {
+            self.apply_record(node, id, record, Origin::Batch);
+        }
+        if let Some(batch) = self.nodes[node].batch.as_mut() {
+            batch.applying = false;
+        }
+        self.batch_progress(node);
+    }
+
+    /// `sync::apply_record`: merged like a peer's listing entry; a blob new here has its
+    /// metadata fetched from every peer at once.
+    fn apply_record(&mut self, node: usize, id: [u8; 32], record: BlobRecord, origin: Origin) {
+        if record.end_epoch < self.epoch {
+            return self.resolved(node, id, record, origin, Outcome::Done, false);
+        }
+        let theirs = match record.state {
+            RecordState::Deletable => BlobState::Deletable,
+            RecordState::Deleted => BlobState::Deleted,
+            RecordState::Permanent => BlobState::Permanent,
+        };
+        match self.merge_here(node, id, theirs, record.end_epoch) {
+            Some(Merge::Fetch) => {}
+            Some(_) => return self.resolved(node, id, record, origin, Outcome::Done, false),
+            None => return self.resolved(node, id, record, origin, Outcome::Pending, false),
+        }
+        if self.nodes[node].fetches.contains_key(&id) {
+            // Asked for already (a batch and a pending retry): counts as pending here.
+            return self.resolved(node, id, record, origin, Outcome::Pending, false);
+        }
+        let peers: Vec<usize> = (0..self.nodes.len()).filter(|&p| p != node).collect();
+        self.nodes[node].fetches.insert(
+            id,
+            Fetch {
+                record,
+                origin,
+                left: peers.len(),
+            },
+        );
+        if origin == Origin::Batch {
+            if let Some(batch) = self.nodes[node].batch.as_mut() {
+                batch.open += 1;
+            }
+        }
+        for peer in peers {
+            self.call(
+                node,
+                peer,
+                Request::Metadata { blob: id },
+                Waiting::RegistryFetch { blob: id },
+            );
+        }
+    }
+
+    /// Merges what a peer or the registry says into `node` (`sync::merge_known`); returns
+    /// [`Merge::Fetch`] when the blob is new here, else what it did; `None` if the store
+    /// failed (the record stays pending).
+    fn merge_here(
+        &mut self,
+        node: usize,
+        id: [u8; 32],
+        theirs: BlobState,
+        end_epoch: u32,
+    ) -> Option<Merge> {
+        let stored = self.disks(node).stored(&Key::metadata(id));
+        let known = stored.map(|(end_epoch, flags)| Known {
+            end_epoch,
+            deletable: flags & FLAG_DELETABLE != 0,
+        });
+        let tombstone = self.disks(node).deleted(&id).is_some();
+        let merge = protocol::merge(theirs, end_epoch, known, tombstone);
+        let stored = match merge {
+            Merge::Done | Merge::Fetch => true,
+            Merge::Delete { end_epoch } => {
+                block_on(owner::delete(self.disks(node), id, end_epoch, true)).is_ok()
+            }
+            Merge::Update {
+                end_epoch,
+                deletable,
+            } => match self.metadata_here(node, &id) {
+                Some((_, _, bytes)) => block_on(owner::put_metadata(
+                    self.disks(node),
+                    id,
+                    bytes,
+                    end_epoch,
+                    deletable,
+                    false,
+                ))
+                .is_ok(),
+                None => true,
+            },
+        };
+        if !stored {
+            self.counts.write_errors += 1;
+        }
+        stored.then_some(merge)
+    }
+
+    fn registry_fetched(&mut self, node: usize, blob: [u8; 32], answer: Result<Answer, String>) {
+        let Some(fetch) = self.nodes[node].fetches.get_mut(&blob) else {
+            return; // another peer's answer won
+        };
+        fetch.left -= 1;
+        let verified = match &answer {
+            Ok(Answer::Metadata(body)) => {
+                let ok = checked_metadata(body, &BlobId(blob), self.scenario.n).is_ok();
+                self.counts.lies_caught += u64::from(!ok);
+                ok.then(|| body.clone())
+            }
+            _ => None,
+        };
+        let fetch = self.nodes[node].fetches.get(&blob).expect("present");
+        let (record, origin, left) = (fetch.record, fetch.origin, fetch.left);
+        match verified {
+            Some(body) => {
+                self.nodes[node].fetches.remove(&blob);
+                let deletable = record.state == RecordState::Deletable;
+                let stored = block_on(owner::put_metadata(
+                    self.disks(node),
+                    blob,
+                    body,
+                    record.end_epoch,
+                    deletable,
+                    false,
+                ));
+                match stored {
+                    Ok(MetadataStored::Stored { .. }) => {
+                        self.resolved(node, blob, record, origin, Outcome::Learned, true)
+                    }
+                    Ok(MetadataStored::Deleted { .. }) => {
+                        self.resolved(node, blob, record, origin, Outcome::Done, true)
+                    }
+                    Err(_) => {
+                        self.counts.write_errors += 1;
+                        self.resolved(node, blob, record, origin, Outcome::Pending, true)
+                    }
+                }
+            }
+            None if left == 0 => {
+                self.nodes[node].fetches.remove(&blob);
+                self.resolved(node, blob, record, origin, Outcome::Pending, true)
+            }
+            None => {}
+        }
+    }
+
+    /// A registry record is applied, learned (its metadata stored here, its slivers to heal)
+    /// or left pending; `fetched`: after a metadata fetch (which its batch counted).
+    fn resolved(
+        &mut self,
+        node: usize,
+        id: [u8; 32],
+        record: BlobRecord,
+        origin: Origin,
+        outcome: Outcome,
+        fetched: bool,
+    ) {
+        match origin {
+            Origin::Batch => {
+                let Some(batch) = self.nodes[node].batch.as_mut() else {
+                    return;
+                };
+                match outcome {
+                    Outcome::Pending => batch.pending.push((id, record)),
+                    Outcome::Learned => batch.learned.push(id),
+                    Outcome::Done => {}
+                }
+                if fetched {
+                    batch.open -= 1;
+                }
+                self.batch_progress(node);
+            }
+            Origin::Pending => {
+                if outcome != Outcome::Pending {
+                    self.nodes[node].cursor.pending.remove(&id);
+                }
+                if outcome == Outcome::Learned {
+                    let missing = self.missing(node, &[id], &self.heal_shards(node));
+                    self.heal(node, Purpose::Learned, missing);
+                }
+            }
+        }
+    }
+
+    /// Saves the batch's revision with its pending records once nothing of it is open, and
+    /// heals the blobs it brought.
+    fn batch_progress(&mut self, node: usize) {
+        let Some(batch) = self.nodes[node].batch.as_ref() else {
+            return;
+        };
+        if batch.open > 0 || batch.applying {
+            return;
+        }
+        let batch = self.nodes[node].batch.take().expect("present");
+        let cursor = &mut self.nodes[node].cursor;
+        cursor.revision = cursor.revision.max(batch.upto);
+        cursor.pending.extend(batch.pending);
+        if !batch.learned.is_empty() {
+            let missing = self.missing(node, &batch.learned, &self.heal_shards(node));
+            self.heal(node, Purpose::Learned, missing);
+        }
+    }
+
+    /// `sync::retry_pending`: the pending records again.
+    fn retry_pending(&mut self, node: usize) {
+        let pending: Vec<([u8; 32], BlobRecord)> = self.nodes[node]
+            .cursor
+            .pending
+            .iter()
+            .map(|(id, r)| (*id, *r))
+            .collect();
+        for (id, record) in pending {
+            if !self.nodes[node].fetches.contains_key(&id) {
+                self.apply_record(node, id, record, Origin::Pending);
+            }
+        }
+    }
+
+    /// `migrate::run`: pulls the shards moving in (four at once), page by page.
+    fn migrate(&mut self, node: usize) {
+        for (shard, from) in self.nodes[node].view.moving_in() {
+            let pulls = &mut self.nodes[node].pulls;
+            if !pulls.contains_key(&shard) && pulls.len() < 4 {
+                let after = self.registry.after.get(&shard).copied().flatten();
+                pulls.insert(
+                    shard,
+                    Pull {
+                        from: index_of(&from.name),
+                        after,
+                        failures: 0,
+                        stage: PullStage::Ready,
+                    },
+                );
+            }
+        }
+        let shards: Vec<u16> = self.nodes[node].pulls.keys().copied().collect();
+        for shard in shards {
+            let pull = self.nodes[node].pulls.get_mut(&shard).expect("present");
+            match pull.stage {
+                PullStage::Paused(until) if until <= self.now => {
+                    pull.stage = PullStage::Ready;
+                    pull.after = self.registry.after.get(&shard).copied().flatten();
+                }
+                _ => {}
+            }
+            let pull = self.nodes[node].pulls.get_mut(&shard).expect("present");
+            if pull.stage == PullStage::Ready {
+                pull.stage = PullStage::Asking;
+                let (from, after) = (pull.from, pull.after);
+                self.call(
+                    node,
+                    from,
+                    Request::ShardPage { shard, after },
+                    Waiting::Page { shard },
+                );
+            }
+        }
+    }
+
+    /// A page of a shard moving in: every sliver verified against its blob's metadata, then
+    /// stored; the progress reported (`migrate::pull`, `store_page`).
+    fn page(&mut self, node: usize, shard: u16, answer: Result<Answer, String>) {
+        let n = self.scenario.n;
+        let Some(pull) = self.nodes[node].pulls.get_mut(&shard) else {
+            return;
+        };
+        let body = match answer {
+            Ok(Answer::Page(body)) => body,
+            _ => {
+                pull.failures += 1;
+                if pull.failures < 3 {
+                    pull.stage = PullStage::Ready;
+                } else {
+                    self.move_heal(node, shard);
+                }
+                return;
+            }
+        };
+        pull.failures = 0;
+        let Ok((next, slivers)) = protocol::shard_page(&body) else {
+            self.counts.lies_caught += 1;
+            return self.move_heal(node, shard);
+        };
+        let mut scratch = VerifyScratch::default();
+        let mut records = Vec::new();
+        for (blob, kind, sliver) in slivers {
+            let Some((metadata, layout, _)) = self.metadata_here(node, &blob) else {
+                continue;
+            };
+            let end_epoch = self
+                .disks(node)
+                .stored(&Key::metadata(blob))
+                .map_or(0, |(end, _)| end);
+            let key = Key {
+                blob_id: blob,
+                kind: protocol::record_kind(kind),
+                shard,
+            };
+            if verify_stored(
+                &metadata,
+                &layout,
+                &BlobId(blob),
+                n,
+                &key,
+                &sliver,
+                &mut scratch,
+            )
+            .is_err()
+            {
+                self.counts.lies_caught += 1;
+                continue;
+            }
+            records.push((key, end_epoch, sliver));
+        }
+        let puts: Vec<Put> = records
+            .iter()
+            .map(|(key, end_epoch, data)| Put {
+                key: *key,
+                end_epoch: *end_epoch,
+                flags: 0,
+                data,
+            })
+            .collect();
+        if block_on(self.disks(node).put(&puts)).is_err() {
+            self.counts.write_errors += 1;
+            let pull = self.nodes[node].pulls.get_mut(&shard).expect("present");
+            pull.stage = PullStage::Paused(self.now + 5_000);
+            return;
+        }
+        self.registry.after.insert(shard, next);
+        let pull = self.nodes[node].pulls.get_mut(&shard).expect("present");
+        pull.after = next;
+        match next {
+            Some(_) => pull.stage = PullStage::Ready,
+            None => self.move_heal(node, shard),
+        }
+    }
+
+    /// The end of a pull: what the pages did not bring is rebuilt (`heal::heal_shard`).
+    fn move_heal(&mut self, node: usize, shard: u16) {
+        if let Some(pull) = self.nodes[node].pulls.get_mut(&shard) {
+            pull.stage = PullStage::Healing;
+        }
+        let missing = self.missing(node, &self.live_blobs(node), &[shard]);
+        self.heal(node, Purpose::Move(shard), missing);
+    }
+
+    /// A move's heal ended: done if nothing is missing, else it stays open and resumes.
+    fn move_healed(&mut self, node: usize, shard: u16) {
+        let missing = self.missing(node, &self.live_blobs(node), &[shard]);
+        // Only registered live blobs hold the move open (`migrate::pull`).
+        let epoch = self.epoch;
+        let blocking = missing.iter().any(|(blob, _, _)| {
+            protocol::blocks_move(self.registry.records.get(blob).map(|(r, _)| r), epoch)
+        });
+        if blocking {
+            if let Some(pull) = self.nodes[node].pulls.get_mut(&shard) {
+                pull.stage = PullStage::Paused(self.now + 5_000);
+            }
+            return;
+        }
+        self.nodes[node].pulls.remove(&shard);
+        self.registry.done.insert(shard);
+        self.counts.moves += 1;
+        self.log(format!("shard {shard} moved to n{node}"));
+        // Every node marks it done as the control plane's watch tells it.
+        for other in 0..self.nodes.len() {
+            self.nodes[other].view.mark_done(shard);
+            self.forget_unserved(other);
         }
     }
 
@@ -1738,6 +2530,17 @@ impl Sim {
         let n = self.scenario.n;
         let epoch = self.epoch;
         let honest: Vec<usize> = self.honest().collect();
+        if let Some(shard) = self
+            .registry
+            .moves
+            .keys()
+            .find(|s| !self.registry.done.contains(s))
+        {
+            let (from, to) = self.registry.moves[shard];
+            return Err(format!(
+                "the move of shard {shard} from n{from} to n{to} never finished"
+            ));
+        }
         // Convergence.
         let mut views: Vec<(usize, Listing)> = Vec::new();
         for &node in &honest {
@@ -1752,7 +2555,10 @@ impl Sim {
                 .collect();
             views.push((node, view));
         }
-        for pair in views.windows(2) {
+        if self.scenario.registry {
+            self.converged_on_registry(&views)?;
+        }
+        for pair in views.windows(2).filter(|_| !self.scenario.registry) {
             let ((a, va), (b, vb)) = (&pair[0], &pair[1]);
             if va != vb {
                 let keys: BTreeSet<_> = va.keys().chain(vb.keys()).collect();
@@ -1771,33 +2577,34 @@ impl Sim {
                 return Err(format!("n{a} and n{b} do not converge:{diff}"));
             }
         }
-        let view = views.first().map(|(_, v)| v.clone()).unwrap_or_default();
         // Every acknowledged live blob: whole on every honest node, and readable.
         let mut scratch = VerifyScratch::default();
         for (i, truth) in self.truth.clone().iter().enumerate() {
             let id = truth.blob_id;
             let must_live = truth.must_live(epoch);
-            let state = view.get(&id).map(|(s, _)| *s);
-            if truth.must_be_permanent(epoch) && state != Some(BlobState::Permanent) {
-                return Err(format!(
-                    "blob {i} ({}) was stored permanent but is {state:?}",
-                    short(&id)
-                ));
-            }
-            if truth.must_be_gone() && state.is_some() {
-                return Err(format!(
-                    "blob {i} ({}) was deleted but is {state:?}",
-                    short(&id)
-                ));
+            for (node, view) in &views {
+                let state = view.get(&id).map(|(s, _)| *s);
+                if truth.must_be_permanent(epoch) && state != Some(BlobState::Permanent) {
+                    return Err(format!(
+                        "blob {i} ({}) was stored permanent but is {state:?} on n{node}",
+                        short(&id)
+                    ));
+                }
+                if truth.must_be_gone() && state.is_some() {
+                    return Err(format!(
+                        "blob {i} ({}) was deleted but is {state:?} on n{node}",
+                        short(&id)
+                    ));
+                }
+                if must_live && state.is_none() {
+                    return Err(format!(
+                        "acknowledged blob {i} ({}) is unknown or deleted on n{node}",
+                        short(&id)
+                    ));
+                }
             }
             if !must_live {
                 continue;
-            }
-            if state.is_none() {
-                return Err(format!(
-                    "acknowledged blob {i} ({}) is unknown or deleted",
-                    short(&id)
-                ));
             }
             let mut primaries: Vec<(usize, Vec<u8>)> = Vec::new();
             let mut metadata_layout = None;
@@ -1851,6 +2658,44 @@ impl Sim {
                     short(&id)
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Sim {
+    /// Registry mode: every honest node holds every registered live blob as the registry says
+    /// (the same state, or permanent; at least its end epoch), and nothing the registry deleted
+    /// (but what a node holds permanent). What the registry never took (a store that failed
+    /// before its write quorum) may stay on the nodes that stored it until it expires: counted.
+    fn converged_on_registry(&mut self, views: &[(usize, Listing)]) -> Result<(), String> {
+        let epoch = self.epoch;
+        for (node, view) in views {
+            for (id, (record, _)) in &self.registry.records {
+                if record.end_epoch < epoch {
+                    continue;
+                }
+                let here = view.get(id).copied();
+                let fits = match (record.state, here) {
+                    (RecordState::Deleted, None | Some((BlobState::Permanent, _))) => true,
+                    (RecordState::Deleted, _) => false,
+                    (_, None) => false,
+                    (RecordState::Permanent, Some((state, end))) => {
+                        state == BlobState::Permanent && end >= record.end_epoch
+                    }
+                    (RecordState::Deletable, Some((_, end))) => end >= record.end_epoch,
+                };
+                if !fits {
+                    return Err(format!(
+                        "n{node} holds {} as {here:?}, the registry says {record:?}",
+                        short(id)
+                    ));
+                }
+            }
+            self.counts.unregistered += view
+                .keys()
+                .filter(|id| !self.registry.records.contains_key(*id))
+                .count() as u64;
         }
         Ok(())
     }
@@ -1951,6 +2796,8 @@ fn the_committee_converges_and_loses_no_acknowledged_blob_under_faults() {
         total.lies_caught += c.lies_caught;
         total.healed += c.healed;
         total.write_errors += c.write_errors;
+        total.unregistered += c.unregistered;
+        total.moves += c.moves;
     }
     println!(
         "simulation: {runs} runs ({liars} with a liar) in {:.1} s: {total:?}",

@@ -457,6 +457,11 @@ impl ControlPlane {
         self.status.connected.load(Ordering::Relaxed)
     }
 
+    /// The registry revision the control plane's thread has handed to core 0 so far.
+    pub fn watched_revision(&self) -> u64 {
+        self.status.watched_revision.load(Ordering::Relaxed)
+    }
+
     /// Why etcd cannot be used now, if it cannot.
     pub fn unavailable(&self) -> Option<String> {
         if self.connected() {

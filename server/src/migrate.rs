@@ -209,6 +209,16 @@ async fn pull(
     if state.shared.epoch() != epoch {
         return Ok(());
     }
+    // Every registered blob known here first (else its slivers were skipped in the pages and
+    // would be missed below); if not, the pull starts again once this node caught up.
+    let pending = control.cursor.pending_count().map_err(|e| e.to_string())?;
+    let applied = state.shared.sync.registry_revision.load(Ordering::Acquire);
+    if !crate::protocol::caught_up(pending, applied, control.watched_revision()) {
+        return Err(format!(
+            "this node has not applied the registry up to date yet ({pending} blobs pending); \
+             the move pulls again once it has"
+        ));
+    }
     // Blobs stored while the shard moved (the previous owner's page had passed them), slivers
     // it lacked, or everything if it is gone.
     let (rebuilt, failed) = crate::heal::heal_shard(state, shard)

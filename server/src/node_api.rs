@@ -22,7 +22,7 @@ use crate::budget::{read_body, reserve};
 use crate::http::body::{json_response, octets, Body};
 use crate::http::error::ApiError;
 use crate::metrics::ReasonLabel;
-use crate::owner::{BlobState, Deleted, Held, Record};
+use crate::owner::{BlobState, Deleted, Record};
 use crate::protocol::ShardPage;
 use crate::state::{
     held, list_metadata, load_sliver, not_deletable, record_kind, sliver_index, store_per_core,
@@ -351,18 +351,24 @@ pub(crate) async fn local_recovery_symbols(
     let source_kind = target_kind.orthogonal();
     let needed = target_kind.n_symbols(&known.layout);
     let limit = limit.map_or(needed, |l| (l as usize).min(needed));
-    let sources: Vec<Held> = held(state, blob_id)
+    let mut sources: Vec<u16> = held(state, blob_id)
         .await?
         .into_iter()
         .filter(|h| h.kind == record_kind(source_kind))
+        .map(|h| h.shard)
         .collect();
+    let target_shards: Vec<u16> = target_pairs
+        .iter()
+        .map(|&pair| blob_id.shard_for_pair(pair.into(), n) as u16)
+        .collect();
+    crate::protocol::order_sources(&mut sources, &target_shards);
     let mut symbols = Vec::with_capacity(limit.min(sources.len()) * targets.len());
     let mut used = 0;
     for source in sources {
         if used == limit {
             break;
         }
-        let Some(bytes) = load_sliver(state, blob_id, source.shard, source_kind).await? else {
+        let Some(bytes) = load_sliver(state, blob_id, source, source_kind).await? else {
             continue;
         };
         // Stored slivers were verified on arrival and passed their checksum on this read; the
@@ -371,7 +377,7 @@ pub(crate) async fn local_recovery_symbols(
             &known.metadata,
             &known.layout,
             target_kind,
-            crate::protocol::sliver_of_shard(blob_id, source.shard, source_kind, n),
+            crate::protocol::sliver_of_shard(blob_id, source, source_kind, n),
             &bytes,
             &targets,
         ) else {

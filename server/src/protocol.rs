@@ -146,12 +146,21 @@ pub enum DeleteVerdict {
     NotFound,
     /// No node that answered knows the blob, but some did not answer (503).
     Unavailable,
+    /// Deleted on nodes holding fewer than the write quorum's shards (503; the others learn it
+    /// through sync, but until they do a store through them could still succeed).
+    TooFew { shards: usize, quorum: usize },
 }
 
 /// The deleting node's count of the committee's answers (`DELETE /v1/blobs/{id}`).
 ///
 /// Invariant: a deletion is reported done only if some node deleted the blob and none holds it
 /// permanent; the end epoch answered is the latest any node kept the tombstone to.
+///
+/// Without a registry, a deletion is done once nodes holding the write quorum's shards
+/// (`n - f`) deleted the blob, as a store is: any later store's quorum then meets an honest
+/// node that refuses it (`blobDeleted`), so a deletable store acknowledged after a deletion
+/// is never undone by it (the deterministic simulation found one that was: a deletion answered
+/// after a single node deleted, a store through a node that had missed it).
 ///
 /// With a registry (nodes on etcd), the registry decides: the deleting node looked before
 /// deleting anything (a permanent blob was refused there) and registered the deletion of a
@@ -166,16 +175,27 @@ pub struct DeleteTally {
     here_unknown: bool,
     /// `None`: no registry; `Some(registered)`: a registry decides, and held the blob.
     registry: Option<bool>,
+    quorum: usize,
+    /// Shards of the nodes that deleted it; this node's count too when it remembers the
+    /// deletion after a peer deleted it (its tombstone refuses stores as well).
+    deleted_shards: usize,
+    my_shards: usize,
     pub deleted: Vec<String>,
     pub permanent: Vec<String>,
     pub failed: Vec<String>,
 }
 
 impl DeleteTally {
-    /// After this node's home core answered `here`; `registry`: `None` without one, else
-    /// whether it held the blob (see the type). `None` if the blob is permanent here and no
-    /// registry decides (refused before any peer is asked).
-    pub fn new(me: &str, here: crate::owner::Deleted, registry: Option<bool>) -> Option<Self> {
+    /// After this node (holding `shards` of the committee's `n`) answered `here`; `registry`:
+    /// `None` without one, else whether it held the blob (see the type). `None` if the blob is
+    /// permanent here and no registry decides (refused before any peer is asked).
+    pub fn new(
+        me: &str,
+        shards: usize,
+        n: usize,
+        here: crate::owner::Deleted,
+        registry: Option<bool>,
+    ) -> Option<Self> {
         use crate::owner::Deleted;
         let (end_epoch, here_unknown, deleted_here) = match here {
             Deleted::Now { end_epoch } | Deleted::Before { end_epoch } => (end_epoch, false, true),
@@ -187,6 +207,9 @@ impl DeleteTally {
             end_epoch,
             here_unknown,
             registry,
+            quorum: write_quorum(n),
+            deleted_shards: if deleted_here { shards } else { 0 },
+            my_shards: shards,
             deleted: if deleted_here {
                 vec![me.to_string()]
             } else {
@@ -197,17 +220,22 @@ impl DeleteTally {
         })
     }
 
-    /// `member`'s answer.
-    pub fn answer(&mut self, member: &str, answer: DeleteAnswer) {
+    /// `member`'s answer (it holds `shards`).
+    pub fn answer(&mut self, member: &str, shards: usize, answer: DeleteAnswer) {
         match answer {
             DeleteAnswer::Deleted { end_epoch } => {
                 self.end_epoch = self.end_epoch.max(end_epoch);
+                self.deleted_shards += shards;
                 self.deleted.push(member.to_string());
             }
             DeleteAnswer::Unknown => {}
             DeleteAnswer::Permanent => self.permanent.push(member.to_string()),
             DeleteAnswer::Failed(why) => self.failed.push(format!("{member} ({why})")),
         }
+    }
+
+    fn shards_deleted(&self) -> usize {
+        self.deleted_shards + if self.here_unknown { self.my_shards } else { 0 }
     }
 
     /// Once every peer answered (or failed).
@@ -224,6 +252,11 @@ impl DeleteTally {
             DeleteVerdict::NotFound
         } else if self.deleted.is_empty() {
             DeleteVerdict::Unavailable
+        } else if self.registry.is_none() && self.shards_deleted() < self.quorum {
+            DeleteVerdict::TooFew {
+                shards: self.shards_deleted(),
+                quorum: self.quorum,
+            }
         } else {
             DeleteVerdict::Deleted {
                 end_epoch: self.end_epoch.max(1),
@@ -329,6 +362,17 @@ pub fn shard_page(
         at = start + len;
     }
     Ok((next, slivers))
+}
+
+/// Whether a node knows every registered blob, as a shard's move must before it ends: it has
+/// applied every registry record handed to it (`applied >= watched`) and none is `pending`
+/// (metadata no peer gave yet). Why: a move's pages carry only the slivers of blobs whose
+/// metadata the new owner holds, and its last heal rebuilds only what it knows of; a new
+/// owner that was down when a blob was stored, and had not caught up, reported the move done
+/// without that blob's slivers, and the previous owner dropped them (found by the
+/// deterministic simulation: an acknowledged blob lost).
+pub fn caught_up(pending: u64, applied: u64, watched: u64) -> bool {
+    pending == 0 && applied >= watched
 }
 
 /// Whether a blob some of whose slivers of a moving shard could not be rebuilt holds the move
@@ -458,6 +502,17 @@ pub fn expand_source(
             .map(|&t| expanded.recovery_symbol(t))
             .collect(),
     )
+}
+
+/// Orders a helper's source shards for a request of recovery symbols for `target_shards`
+/// (the shards whose slivers are being rebuilt): the targets' own shards last. Why: a helper
+/// sends no more sources than asked for (`want`: what the asker still lacks), and the other
+/// sliver of a target's own pair is the one source the asker most likely holds already (a
+/// shard moving to it is served by both its previous and its new owner); sent first, it was a
+/// repeat that used up the answer, and a move never finished (found by the deterministic
+/// simulation).
+pub fn order_sources(sources: &mut [u16], target_shards: &[u16]) {
+    sources.sort_by_key(|shard| target_shards.contains(shard));
 }
 
 /// What [`Recovery::offer`] made of a symbol.
@@ -606,16 +661,40 @@ mod tests {
     fn a_deletion_is_refused_where_a_node_holds_the_blob_permanent_unless_a_registry_decides() {
         use crate::owner::Deleted;
         let now = Deleted::Now { end_epoch: 4 };
+        let deleted = |end_epoch| DeleteAnswer::Deleted { end_epoch };
+        // n = 10 over a (4 shards), b (3), c (3): a deletion needs 7 shards.
         // Without a registry: permanent here refuses at once; permanent on a peer refuses.
-        assert!(DeleteTally::new("a", Deleted::Permanent, None).is_none());
-        let mut tally = DeleteTally::new("a", now, None).unwrap();
-        tally.answer("b", DeleteAnswer::Permanent);
-        tally.answer("c", DeleteAnswer::Deleted { end_epoch: 6 });
+        assert!(DeleteTally::new("a", 4, 10, Deleted::Permanent, None).is_none());
+        let mut tally = DeleteTally::new("a", 4, 10, now, None).unwrap();
+        tally.answer("b", 3, DeleteAnswer::Permanent);
+        tally.answer("c", 3, deleted(6));
         assert_eq!(tally.verdict(), DeleteVerdict::Permanent);
-        // With one (it found the blob deletable): a node's own permanent copy does not refuse.
-        let mut tally = DeleteTally::new("a", Deleted::Permanent, Some(true)).unwrap();
-        tally.answer("b", DeleteAnswer::Permanent);
-        tally.answer("c", DeleteAnswer::Deleted { end_epoch: 6 });
+        // Deleted on fewer than the write quorum's shards: not done yet.
+        let mut tally = DeleteTally::new("a", 4, 10, now, None).unwrap();
+        tally.answer("b", 3, DeleteAnswer::Failed("timeout".into()));
+        tally.answer("c", 3, deleted(6));
+        assert_eq!(
+            tally.verdict(),
+            DeleteVerdict::Deleted {
+                end_epoch: 6,
+                remember_here: false
+            }
+        );
+        let mut tally = DeleteTally::new("a", 4, 10, now, None).unwrap();
+        tally.answer("b", 3, DeleteAnswer::Failed("timeout".into()));
+        tally.answer("c", 3, DeleteAnswer::Failed("timeout".into()));
+        assert_eq!(
+            tally.verdict(),
+            DeleteVerdict::TooFew {
+                shards: 4,
+                quorum: 7
+            }
+        );
+        // With one (it found the blob deletable): a node's own permanent copy does not refuse,
+        // and the registry carries the deletion to the nodes that did not answer.
+        let mut tally = DeleteTally::new("a", 4, 10, Deleted::Permanent, Some(true)).unwrap();
+        tally.answer("b", 3, DeleteAnswer::Permanent);
+        tally.answer("c", 3, deleted(6));
         assert_eq!(
             tally.verdict(),
             DeleteVerdict::Deleted {
@@ -624,21 +703,31 @@ mod tests {
             }
         );
         assert_eq!(tally.deleted, vec!["c".to_string()]);
-        // Registered (and registered deleted first): done whoever answers.
-        let mut tally = DeleteTally::new("a", Deleted::Unknown, Some(true)).unwrap();
-        tally.answer("b", DeleteAnswer::Failed("timeout".into()));
+        let mut tally = DeleteTally::new("a", 4, 10, Deleted::Unknown, Some(true)).unwrap();
+        tally.answer("b", 3, DeleteAnswer::Failed("timeout".into()));
         assert!(matches!(tally.verdict(), DeleteVerdict::Deleted { .. }));
-        // Unknown here: remembered once a peer deleted it; nobody knows it: 404; silence: 503.
-        let mut tally = DeleteTally::new("a", Deleted::Unknown, None).unwrap();
+        // Unknown here: remembered (and counted) once peers deleted it; nobody knows it: 404;
+        // silence: 503.
+        let mut tally = DeleteTally::new("a", 4, 10, Deleted::Unknown, None).unwrap();
         assert_eq!(tally.verdict(), DeleteVerdict::NotFound);
-        tally.answer("b", DeleteAnswer::Failed("timeout".into()));
+        tally.answer("b", 3, DeleteAnswer::Failed("timeout".into()));
         assert_eq!(tally.verdict(), DeleteVerdict::Unavailable);
-        tally.answer("c", DeleteAnswer::Deleted { end_epoch: 2 });
+        tally.answer("c", 3, deleted(2));
         assert_eq!(
             tally.verdict(),
             DeleteVerdict::Deleted {
                 end_epoch: 2,
                 remember_here: true
+            }
+        );
+        let mut tally = DeleteTally::new("b", 3, 10, Deleted::Unknown, None).unwrap();
+        tally.answer("a", 4, DeleteAnswer::Failed("timeout".into()));
+        tally.answer("c", 3, deleted(3));
+        assert_eq!(
+            tally.verdict(),
+            DeleteVerdict::TooFew {
+                shards: 6,
+                quorum: 7
             }
         );
     }

@@ -26,7 +26,7 @@ use crate::config::Member;
 use crate::http::body::{collect_source, BodySource, RequestBody};
 use crate::http::body::{json_response, Body};
 use crate::http::error::ApiError;
-use crate::owner::Record;
+use crate::owner::{Deleted, Record};
 use crate::peer_client::{
     peer_request, Patience, PeerError, PeerRequest, ACK_BYTES_MAX, LISTING_BYTES_MAX,
 };
@@ -640,7 +640,9 @@ pub(crate) fn registry_writable(state: &CoreState) -> Result<(), ApiError> {
 }
 
 /// Records a blob stored on the write quorum in the registry (nodes on etcd): 503 if etcd
-/// does not take it (the blob is stored, and a retry of the same store registers it).
+/// does not take it (the blob is stored, and a retry of the same store registers it); 409
+/// `blobDeleted` if the registry holds the blob deleted (a deletion registered before this
+/// deletable store: every node follows the registry and deletes what this store left).
 async fn register(
     state: &CoreState,
     blob_id: &BlobId,
@@ -660,19 +662,19 @@ async fn register(
             floe_control::BlobState::Permanent
         },
     };
-    control
-        .register(*blob_id, record)
-        .await
-        .map(|_| ())
-        .map_err(|why| {
-            ApiError::unavailable(
-                "registryUnavailable",
-                format!(
+    let merged = control.register(*blob_id, record).await.map_err(|why| {
+        ApiError::unavailable(
+            "registryUnavailable",
+            format!(
                 "blob {blob_id} is stored but not registered ({why}); store it again once etcd \
                  answers"
             ),
-            )
-        })
+        )
+    })?;
+    if merged.state == floe_control::BlobState::Deleted {
+        return Err(blob_deleted(blob_id, merged.end_epoch));
+    }
+    Ok(())
 }
 
 /// `DELETE /v1/blobs/{id}`: deletes a deletable blob on this node, then on every peer. A blob
@@ -722,7 +724,8 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
         None => None,
     };
     let here = state.delete_here(&blob_id, known_end).await?;
-    let Some(mut tally) = DeleteTally::new(me, here, registry) else {
+    let my_shards = state.shared.view().me.shards.len();
+    let Some(mut tally) = DeleteTally::new(me, my_shards, state.n(), here, registry) else {
         return Err(not_deletable(&blob_id, me));
     };
     let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={}", tally.end_epoch);
@@ -756,7 +759,7 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
             }
             Err(message) => DeleteAnswer::Failed(message.to_string()),
         };
-        tally.answer(&member.name, answer);
+        tally.answer(&member.name, member.shards.len(), answer);
     }
     let verdict = tally.verdict();
     let (deleted, failed) = (&mut tally.deleted, &tally.failed);
@@ -776,6 +779,20 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
                 "blobNotFound",
                 format!("no node of the committee knows blob {blob_id}"),
             ))
+        }
+        DeleteVerdict::TooFew { shards, quorum } => {
+            if here == Deleted::Unknown {
+                // Remembered here too, so that sync never brings the blob back.
+                state.delete_here(&blob_id, tally.end_epoch.max(1)).await?;
+            }
+            return Err(ApiError::unavailable(
+                "notEnoughShards",
+                format!(
+                    "blob {blob_id} was deleted on {} ({shards} shards), but a deletion needs                      nodes holding {quorum}; the others learn of it through sync, and until                      then a store through them may succeed: delete it again. Did not answer: {}",
+                    deleted.join(", "),
+                    failed.join("; ")
+                ),
+            ));
         }
         DeleteVerdict::Unavailable => {
             return Err(ApiError::unavailable(

@@ -164,8 +164,14 @@ async fn follow_registry(state: Rc<CoreState>, control: Arc<ControlPlane>) {
     }
     while let Some(batch) = batches.next().await {
         let records = batch.blobs.len() as u64;
-        let (pending, learned) = apply_records(&state, batch.blobs).await;
-        save(&state, &control, batch.revision, pending, Vec::new()).await;
+        let (pending, learned, applied) = apply_records(&state, batch.blobs).await;
+        // A record applied supersedes the blob's older pending one (retried, it would undo
+        // what came after it).
+        let superseded = applied
+            .into_iter()
+            .filter(|id| !pending.iter().any(|(p, _)| p == id))
+            .collect();
+        save(&state, &control, batch.revision, pending, superseded).await;
         state.shared.metrics.registry_records.inc_by(records);
         if let Some(revision) = batch.revision {
             state
@@ -187,21 +193,25 @@ async fn follow_registry(state: Rc<CoreState>, control: Arc<ControlPlane>) {
 }
 
 /// Applies registry records; returns those whose metadata no peer gave (pending, with their
-/// record) and the blobs learned (to heal).
+/// record), the blobs learned (to heal), and every blob applied (done or learned).
 #[allow(clippy::type_complexity)]
 async fn apply_records(
     state: &Rc<CoreState>,
     blobs: Vec<(BlobId, BlobRecord)>,
-) -> (Vec<([u8; 32], Vec<u8>)>, Vec<[u8; 32]>) {
+) -> (Vec<([u8; 32], Vec<u8>)>, Vec<[u8; 32]>, Vec<[u8; 32]>) {
     let pending = RefCell::new(Vec::new());
     let learned = RefCell::new(Vec::new());
+    let applied = RefCell::new(Vec::new());
     futures::stream::iter(blobs)
         .for_each_concurrent(APPLY_CONCURRENCY, |(id, record)| {
-            let (pending, learned) = (&pending, &learned);
+            let (pending, learned, applied) = (&pending, &learned, &applied);
             async move {
                 match apply_record(state, &id, record).await {
-                    Ok(Applied::Done) => {}
-                    Ok(Applied::Learned) => learned.borrow_mut().push(id.0),
+                    Ok(Applied::Done) => applied.borrow_mut().push(id.0),
+                    Ok(Applied::Learned) => {
+                        learned.borrow_mut().push(id.0);
+                        applied.borrow_mut().push(id.0);
+                    }
                     Ok(Applied::Pending) | Err(_) => pending.borrow_mut().push((
                         id.0,
                         serde_json::to_vec(&record).expect("records serialize"),
@@ -210,7 +220,11 @@ async fn apply_records(
             }
         })
         .await;
-    (pending.into_inner(), learned.into_inner())
+    (
+        pending.into_inner(),
+        learned.into_inner(),
+        applied.into_inner(),
+    )
 }
 
 /// What applying one registry record did.
@@ -235,7 +249,7 @@ async fn apply_record(
         floe_control::BlobState::Deleted => BlobState::Deleted,
         floe_control::BlobState::Permanent => BlobState::Permanent,
     };
-    if merge_known(state, id, theirs, record.end_epoch, "registry").await? == Merge::Done {
+    if merge_known(state, id, theirs, record.end_epoch, "registry", true).await? == Merge::Done {
         return Ok(Applied::Done);
     }
     let (body, metadata, layout) = match crate::aggregator::metadata_from_peers(state, id).await {
@@ -259,7 +273,9 @@ async fn apply_record(
             layout,
             record.end_epoch,
             deletable,
-            false,
+            // The registry's word is the latest: a live record after a deletion is a new life
+            // (the registry took a store once its deletion expired there).
+            true,
         )
         .await
     {
@@ -330,7 +346,7 @@ async fn retry_pending(state: &Rc<CoreState>, control: &Arc<ControlPlane>) {
         .iter()
         .filter_map(|(id, record)| Some((BlobId(*id), serde_json::from_slice(record).ok()?)))
         .collect();
-    let (still, learned) = apply_records(state, blobs).await;
+    let (still, learned, _) = apply_records(state, blobs).await;
     let resolved: Vec<[u8; 32]> = page
         .iter()
         .map(|(id, _)| *id)
@@ -394,7 +410,8 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
             } else {
                 BlobState::Permanent
             };
-            if merge_known(state, &id, theirs, end_epoch, &member.name).await? == Merge::Done {
+            if merge_known(state, &id, theirs, end_epoch, &member.name, false).await? == Merge::Done
+            {
                 continue;
             }
             let path = format!("/v1/blobs/{id}/metadata");
@@ -446,17 +463,22 @@ enum Merge {
 
 /// Merges what a peer or the registry says of a blob into this node's state
 /// ([`protocol::merge`]): a deletion, a later end epoch, permanence; [`Merge::Fetch`] for a
-/// blob this node does not know.
+/// blob this node does not know. From the `registry`, whose records come in revision order
+/// (and a blob's pending one is dropped once a later one is applied), a live record is the
+/// latest word on the blob: a tombstone here does not stop it (the registry took a store after
+/// its deletion expired there; the deterministic simulation found nodes that kept refusing it).
 async fn merge_known(
     state: &Rc<CoreState>,
     id: &BlobId,
     theirs: BlobState,
     end_epoch: u32,
     source: &str,
+    registry: bool,
 ) -> Result<Merge, ApiError> {
     let known = state.metadata(id).await?;
     let tombstone = match known {
         Some(_) => false,
+        None if registry && theirs != BlobState::Deleted => false,
         None => state.deleted(id).await?.is_some(),
     };
     let as_known = |end_epoch, deletable| Known {

@@ -335,6 +335,8 @@ struct Batch {
     applying: bool,
     pending: Vec<([u8; 32], BlobRecord)>,
     learned: Vec<[u8; 32]>,
+    /// Applied (done or learned): their older pending records are dropped.
+    applied: Vec<[u8; 32]>,
 }
 
 /// What applying a registry record did.
@@ -395,6 +397,7 @@ struct Publish {
 struct DeleteJob {
     blob: usize,
     call: usize,
+    here_unknown: bool,
     blob_id: [u8; 32],
     tally: DeleteTally,
     open: usize,
@@ -461,10 +464,12 @@ struct ClientCall {
 
 /// What the clients asked and were told, per blob.
 ///
-/// Expected at the end (a failed or unanswered call may or may not have taken effect; a call
-/// concurrent with another may be ordered either way):
+/// Expected at the end (a failed or unanswered call may or may not have taken effect, even
+/// later: a deletion answered 503 spreads through sync; a call concurrent with another may be
+/// ordered either way):
 /// - a blob lives if a store of it was acknowledged, its lifetime runs, and it was permanent
-///   or no deletion was asked after the store was;
+///   or no deletion that could take effect after it was asked (one asked after the store was,
+///   or one never acknowledged);
 /// - a blob is gone if a deletion was acknowledged, every store of it was answered before the
 ///   deletion was asked, and none asked for permanence.
 #[derive(Default, Clone)]
@@ -484,7 +489,7 @@ impl Truth {
                     || !self
                         .calls
                         .iter()
-                        .any(|d| !d.store && d.done.is_none_or(|t| t > s.issued)))
+                        .any(|d| !d.store && (!d.acked || d.done.is_none_or(|t| t > s.issued))))
         })
     }
 
@@ -1190,7 +1195,13 @@ impl Sim {
                 let source_kind = kind.orthogonal();
                 let mut symbols = Vec::new();
                 let mut used = 0;
-                for shard in self.served(node) {
+                let mut sources = self.served(node);
+                let target_shards: Vec<u16> = pairs
+                    .iter()
+                    .map(|&p| BlobId(blob).shard_for_pair(p.into(), n) as u16)
+                    .collect();
+                protocol::order_sources(&mut sources, &target_shards);
+                for shard in sources {
                     if used == want {
                         break;
                     }
@@ -1402,7 +1413,15 @@ impl Sim {
                         RecordState::Permanent
                     },
                 };
-                self.register(publish.blob_id, record);
+                let merged = self.register(publish.blob_id, record);
+                if merged.state == RecordState::Deleted {
+                    // A deletion registered before: 409 `blobDeleted`.
+                    self.counts.stores_failed += 1;
+                    self.log(format!(
+                        "client: store of {blob_id} refused: deleted in the registry"
+                    ));
+                    return;
+                }
             }
             self.counts.stores_acked += 1;
             let call = &mut self.truth[publish.blob].calls[publish.call];
@@ -1515,7 +1534,9 @@ impl Sim {
         };
         let me = self.nodes[node].name.clone();
         self.log(format!("client: delete {} at {me}", short(&blob_id)));
-        let Some(tally) = DeleteTally::new(&me, here, registry) else {
+        let n = self.scenario.n;
+        let my_shards = self.nodes[node].view.me.shards.len();
+        let Some(tally) = DeleteTally::new(&me, my_shards, n, here, registry) else {
             self.truth[blob].calls[call].done = Some(self.now);
             self.counts.deletes_refused += 1;
             self.log("client: refused, permanent here");
@@ -1530,6 +1551,7 @@ impl Sim {
             DeleteJob {
                 blob,
                 call,
+                here_unknown: here == Deleted::Unknown,
                 blob_id,
                 tally,
                 open: peers.len(),
@@ -1557,6 +1579,11 @@ impl Sim {
         answer: Result<Answer, String>,
     ) {
         let name = self.nodes[peer].name.clone();
+        let shards = self.nodes[node]
+            .view
+            .committee
+            .member(&name)
+            .map_or(0, |m| m.shards.len());
         let Some(deleting) = self.nodes[node].deletes.get_mut(&job) else {
             return;
         };
@@ -1565,7 +1592,7 @@ impl Sim {
             Ok(other) => DeleteAnswer::Failed(format!("{other:?}")),
             Err(why) => DeleteAnswer::Failed(why),
         };
-        deleting.tally.answer(&name, answer);
+        deleting.tally.answer(&name, shards, answer);
         deleting.open -= 1;
         self.delete_progress(node, job);
     }
@@ -1579,6 +1606,7 @@ impl Sim {
             return;
         }
         let deleting = self.nodes[node].deletes.remove(&job).expect("present");
+        let here_unknown = deleting.here_unknown;
         self.truth[deleting.blob].calls[deleting.call].done = Some(self.now);
         let blob_id = deleting.blob_id;
         match deleting.tally.verdict() {
@@ -1598,6 +1626,11 @@ impl Sim {
                 self.log(format!("client: deleted {}", short(&blob_id)));
             }
             other => {
+                if matches!(other, DeleteVerdict::TooFew { .. }) && here_unknown {
+                    // Remembered here too (`publisher::delete`).
+                    let end_epoch = deleting.tally.end_epoch.max(1);
+                    let _ = block_on(owner::delete(self.disks(node), blob_id, end_epoch, true));
+                }
                 self.counts.deletes_refused += 1;
                 self.log(format!("client: delete of {}: {other:?}", short(&blob_id)));
             }
@@ -1635,7 +1668,7 @@ impl Sim {
                 continue;
             }
             let id = entry.blob_id;
-            match self.merge_here(node, id, entry.state, entry.end_epoch) {
+            match self.merge_here(node, id, entry.state, entry.end_epoch, false) {
                 // A storage failure ends learning from this peer for the round.
                 None => return,
                 Some(Merge::Fetch) => {
@@ -2000,7 +2033,7 @@ impl Sim {
 
     /// Registers a record (`ControlPlane::register`): merged with what is there
     /// (`BlobRecord::merge`), a new revision if it changed.
-    fn register(&mut self, blob: [u8; 32], record: BlobRecord) {
+    fn register(&mut self, blob: [u8; 32], record: BlobRecord) -> BlobRecord {
         let registry = &mut self.registry;
         let merged = match registry.records.get(&blob) {
             Some((old, _)) => old.merge(record),
@@ -2010,6 +2043,7 @@ impl Sim {
             registry.revision += 1;
             registry.records.insert(blob, (merged, registry.revision));
         }
+        merged
     }
 
     /// The committee as `node` sees it now: the current committee, the moves into this epoch
@@ -2075,9 +2109,13 @@ impl Sim {
         }
         self.epoch += 1;
         let epoch = self.epoch;
+        let before = self.registry.records.len();
         self.registry
             .records
             .retain(|_, (r, _)| r.end_epoch >= epoch);
+        if self.registry.records.len() < before {
+            self.registry.revision += 1;
+        }
         self.registry.moves.clear();
         self.registry.after.clear();
         self.registry.done.clear();
@@ -2087,12 +2125,11 @@ impl Sim {
         self.refresh_views();
     }
 
-    /// A new committee: one or two shards change owner (no node left without a shard, the
-    /// liar never past f).
+    /// A new committee: one or two shards change owner (no node left without a shard, none
+    /// to the liar).
     fn propose(&mut self) {
         let before = self.committee.clone();
         let mut after = before.clone();
-        let f = (self.scenario.n - 1) / 3;
         let nodes = self.nodes.len();
         for _ in 0..self.rng.gen_range(1..=2) {
             let shard = self.rng.gen_range(0..self.scenario.n as u16);
@@ -2102,8 +2139,10 @@ impl Sim {
                 .position(|m| m.shards.contains(&shard))
                 .expect("every shard has an owner");
             let to = self.rng.gen_range(0..nodes);
-            let liar_full = self.scenario.liar == Some(to) && after.members[to].shards.len() >= f;
-            if to == from || after.members[from].shards.len() == 1 || liar_full {
+            // Never to the lying node: a shard it takes over from an honest node while the
+            // shards it gives away come back with garbage would count against f twice.
+            let to_liar = self.scenario.liar == Some(to);
+            if to == from || after.members[from].shards.len() == 1 || to_liar {
                 continue;
             }
             after.members[from].shards.retain(|&s| s != shard);
@@ -2145,6 +2184,11 @@ impl Sim {
             .collect();
         records.sort_unstable_by_key(|(rev, _, _)| *rev);
         records.truncate(16);
+        if records.is_empty() {
+            // Only removals since (expired records the leader deleted): the watch moves on.
+            self.nodes[node].cursor.revision = self.registry.revision;
+            return;
+        }
         let upto = records.last().map_or(from, |(rev, _, _)| *rev);
         self.nodes[node].batch = Some(Batch {
             upto,
@@ -2152,6 +2196,7 @@ impl Sim {
             applying: true,
             pending: Vec::new(),
             learned: Vec::new(),
+            applied: Vec::new(),
         });
         for (_, id, record) in records {
             self.apply_record(node, id, record, Origin::Batch);
@@ -2173,7 +2218,7 @@ impl Sim {
             RecordState::Deleted => BlobState::Deleted,
             RecordState::Permanent => BlobState::Permanent,
         };
-        match self.merge_here(node, id, theirs, record.end_epoch) {
+        match self.merge_here(node, id, theirs, record.end_epoch, true) {
             Some(Merge::Fetch) => {}
             Some(_) => return self.resolved(node, id, record, origin, Outcome::Done, false),
             None => return self.resolved(node, id, record, origin, Outcome::Pending, false),
@@ -2215,13 +2260,16 @@ impl Sim {
         id: [u8; 32],
         theirs: BlobState,
         end_epoch: u32,
+        registry: bool,
     ) -> Option<Merge> {
         let stored = self.disks(node).stored(&Key::metadata(id));
         let known = stored.map(|(end_epoch, flags)| Known {
             end_epoch,
             deletable: flags & FLAG_DELETABLE != 0,
         });
-        let tombstone = self.disks(node).deleted(&id).is_some();
+        // From the registry a live record is the latest word: a tombstone does not stop it.
+        let tombstone =
+            (!registry || theirs == BlobState::Deleted) && self.disks(node).deleted(&id).is_some();
         let merge = protocol::merge(theirs, end_epoch, known, tombstone);
         let stored = match merge {
             Merge::Done | Merge::Fetch => true,
@@ -2275,7 +2323,7 @@ impl Sim {
                     body,
                     record.end_epoch,
                     deletable,
-                    false,
+                    true,
                 ));
                 match stored {
                     Ok(MetadataStored::Stored { .. }) => {
@@ -2316,8 +2364,11 @@ impl Sim {
                 };
                 match outcome {
                     Outcome::Pending => batch.pending.push((id, record)),
-                    Outcome::Learned => batch.learned.push(id),
-                    Outcome::Done => {}
+                    Outcome::Learned => {
+                        batch.learned.push(id);
+                        batch.applied.push(id);
+                    }
+                    Outcome::Done => batch.applied.push(id),
                 }
                 if fetched {
                     batch.open -= 1;
@@ -2348,6 +2399,11 @@ impl Sim {
         let batch = self.nodes[node].batch.take().expect("present");
         let cursor = &mut self.nodes[node].cursor;
         cursor.revision = cursor.revision.max(batch.upto);
+        for id in &batch.applied {
+            if !batch.pending.iter().any(|(p, _)| p == id) {
+                cursor.pending.remove(id);
+            }
+        }
         cursor.pending.extend(batch.pending);
         if !batch.learned.is_empty() {
             let missing = self.missing(node, &batch.learned, &self.heal_shards(node));
@@ -2490,10 +2546,26 @@ impl Sim {
         }
     }
 
-    /// The end of a pull: what the pages did not bring is rebuilt (`heal::heal_shard`).
+    /// The end of a pull: once this node knows every registered blob, what the pages did not
+    /// bring is rebuilt (`heal::heal_shard`); until then the pull starts again later.
     fn move_heal(&mut self, node: usize, shard: u16) {
+        let cursor = &self.nodes[node].cursor;
+        let applied = if self.nodes[node].batch.is_some() {
+            0
+        } else {
+            cursor.revision
+        };
+        let caught_up =
+            protocol::caught_up(cursor.pending.len() as u64, applied, self.registry.revision);
         if let Some(pull) = self.nodes[node].pulls.get_mut(&shard) {
-            pull.stage = PullStage::Healing;
+            pull.stage = if caught_up {
+                PullStage::Healing
+            } else {
+                PullStage::Paused(self.now + 5_000)
+            };
+        }
+        if !caught_up {
+            return;
         }
         let missing = self.missing(node, &self.live_blobs(node), &[shard]);
         self.heal(node, Purpose::Move(shard), missing);

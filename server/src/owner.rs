@@ -883,10 +883,13 @@ pub async fn delete<D: Dir>(
         match stored {
             Some((_, flags)) if flags & FLAG_DELETABLE == 0 => return Ok(Deleted::Permanent),
             None => {
+                // Remembered already; a later end epoch is kept (written again).
                 if let Some(deleted_until) = disks.deleted(&blob_id) {
-                    return Ok(Deleted::Before {
-                        end_epoch: deleted_until,
-                    });
+                    if deleted_until >= end_epoch {
+                        return Ok(Deleted::Before {
+                            end_epoch: deleted_until,
+                        });
+                    }
                 }
                 if end_epoch == 0 {
                     return Ok(Deleted::Unknown);

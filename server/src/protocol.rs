@@ -384,6 +384,33 @@ pub fn blocks_move(record: Option<&floe_control::BlobRecord>, epoch: u32) -> boo
     record.is_some_and(|r| r.state != floe_control::BlobState::Deleted && r.end_epoch >= epoch)
 }
 
+/// A batch of registry records (in revision order) with only the latest of each blob, in the
+/// order of its latest. Why: records of one blob are applied at once, and an older one left
+/// pending (its metadata fetched from peers that had deleted it meanwhile) would be retried
+/// for ever while the later deletion was applied (found by the deterministic simulation: a
+/// shard's move waited on it for good).
+pub fn latest_per_blob<R>(records: Vec<(BlobId, R)>) -> Vec<(BlobId, R)> {
+    let mut last = std::collections::HashMap::with_capacity(records.len());
+    for (i, (id, _)) in records.iter().enumerate() {
+        last.insert(id.0, i);
+    }
+    records
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (id, _))| last[&id.0] == *i)
+        .map(|(_, record)| record)
+        .collect()
+}
+
+/// Whether what a peer or the registry says of a blob is past its end epoch and so ignored:
+/// not a deletion of a blob this node still holds (`held`), which applies whatever its end
+/// epoch. Why: a copy a failed store left, or one a lifetime extension stretched past the
+/// deletion's own end epoch, outlives the deletion's record; ignored, it stayed for good on
+/// the one node that had missed the deletion (found by the deterministic simulation).
+pub fn stale(theirs: BlobState, end_epoch: u32, epoch: u32, held: bool) -> bool {
+    end_epoch < epoch && !(theirs == BlobState::Deleted && held)
+}
+
 /// What a node holds of a blob's metadata, as far as a merge is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Known {
@@ -407,16 +434,24 @@ pub enum Merge {
 }
 
 /// Merges what a peer (or the registry) says of a blob, `theirs` until `end_epoch`, into what
-/// this node holds: `known` metadata, or a `tombstone` (a deletion it remembers).
+/// this node holds: `known` metadata, or a `tombstone` (a deletion it remembers, until that
+/// epoch).
 ///
 /// Invariant: the result only moves a node up the order of [`BlobState`] (deletable < deleted <
 /// permanent) and to later end epochs, so every node ends in the same state whatever order it
 /// hears things in: a deletion overrides a deletable store, a permanent store a deletion, and a
 /// node that never knew a deleted blob remembers the deletion so no peer brings it back.
-pub fn merge(theirs: BlobState, end_epoch: u32, known: Option<Known>, tombstone: bool) -> Merge {
+pub fn merge(
+    theirs: BlobState,
+    end_epoch: u32,
+    known: Option<Known>,
+    tombstone: Option<u32>,
+) -> Merge {
     match (theirs, known) {
         (BlobState::Deleted, Some(_)) => Merge::Delete { end_epoch },
-        (BlobState::Deleted, None) if tombstone => Merge::Done,
+        // Remembered as long already; a later end is taken (the deletion outlives what it
+        // deletes: a tombstone that ended first let a store through that the others refuse).
+        (BlobState::Deleted, None) if tombstone.is_some_and(|t| t >= end_epoch) => Merge::Done,
         (BlobState::Deleted, None) => Merge::Delete { end_epoch },
         (theirs, Some(known)) => {
             let permanent_now = theirs == BlobState::Permanent && known.deletable;
@@ -429,7 +464,7 @@ pub fn merge(theirs: BlobState, end_epoch: u32, known: Option<Known>, tombstone:
                 Merge::Done
             }
         }
-        (BlobState::Deletable, None) if tombstone => Merge::Done,
+        (BlobState::Deletable, None) if tombstone.is_some() => Merge::Done,
         // Permanent overrides a deletion.
         (_, None) => Merge::Fetch,
     }
@@ -733,6 +768,13 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_keeps_each_blob_s_latest_record_only() {
+        let (a, b) = (BlobId([1; 32]), BlobId([2; 32]));
+        let latest = latest_per_blob(vec![(a, 1), (b, 2), (a, 3), (b, 4), (a, 5)]);
+        assert_eq!(latest, vec![(b, 4), (a, 5)]);
+    }
+
+    #[test]
     fn merges_only_move_up_the_order_and_to_later_epochs() {
         let deletable = Some(Known {
             end_epoch: 5,
@@ -743,34 +785,30 @@ mod tests {
             deletable: false,
         });
         use BlobState::*;
+        let delete = |end_epoch| Merge::Delete { end_epoch };
+        assert_eq!(merge(Deleted, 3, deletable, None), delete(3));
+        assert_eq!(merge(Deleted, 3, None, Some(3)), Merge::Done);
+        assert_eq!(merge(Deleted, 5, None, Some(3)), delete(5));
+        assert_eq!(merge(Deleted, 3, None, None), delete(3));
+        assert_eq!(merge(Deletable, 5, deletable, None), Merge::Done);
+        assert_eq!(merge(Deletable, 4, permanent, None), Merge::Done);
         assert_eq!(
-            merge(Deleted, 3, deletable, false),
-            Merge::Delete { end_epoch: 3 }
-        );
-        assert_eq!(merge(Deleted, 3, None, true), Merge::Done);
-        assert_eq!(
-            merge(Deleted, 3, None, false),
-            Merge::Delete { end_epoch: 3 }
-        );
-        assert_eq!(merge(Deletable, 5, deletable, false), Merge::Done);
-        assert_eq!(merge(Deletable, 4, permanent, false), Merge::Done);
-        assert_eq!(
-            merge(Deletable, 6, permanent, false),
+            merge(Deletable, 6, permanent, None),
             Merge::Update {
                 end_epoch: 6,
                 deletable: true
             }
         );
         assert_eq!(
-            merge(Permanent, 5, deletable, false),
+            merge(Permanent, 5, deletable, None),
             Merge::Update {
                 end_epoch: 5,
                 deletable: false
             }
         );
-        assert_eq!(merge(Deletable, 5, None, true), Merge::Done);
-        assert_eq!(merge(Permanent, 5, None, true), Merge::Fetch);
-        assert_eq!(merge(Deletable, 5, None, false), Merge::Fetch);
+        assert_eq!(merge(Deletable, 5, None, Some(9)), Merge::Done);
+        assert_eq!(merge(Permanent, 5, None, Some(9)), Merge::Fetch);
+        assert_eq!(merge(Deletable, 5, None, None), Merge::Fetch);
     }
 
     #[test]

@@ -164,7 +164,8 @@ async fn follow_registry(state: Rc<CoreState>, control: Arc<ControlPlane>) {
     }
     while let Some(batch) = batches.next().await {
         let records = batch.blobs.len() as u64;
-        let (pending, learned, applied) = apply_records(&state, batch.blobs).await;
+        let latest = protocol::latest_per_blob(batch.blobs);
+        let (pending, learned, applied) = apply_records(&state, latest).await;
         // A record applied supersedes the blob's older pending one (retried, it would undo
         // what came after it).
         let superseded = applied
@@ -241,14 +242,18 @@ async fn apply_record(
     id: &BlobId,
     record: BlobRecord,
 ) -> Result<Applied, ApiError> {
-    if record.end_epoch < state.shared.epoch() {
-        return Ok(Applied::Done);
-    }
     let theirs = match record.state {
         floe_control::BlobState::Deletable => BlobState::Deletable,
         floe_control::BlobState::Deleted => BlobState::Deleted,
         floe_control::BlobState::Permanent => BlobState::Permanent,
     };
+    let epoch = state.shared.epoch();
+    let held = record.end_epoch < epoch
+        && theirs == BlobState::Deleted
+        && state.metadata_record(id).await?.is_some();
+    if protocol::stale(theirs, record.end_epoch, epoch, held) {
+        return Ok(Applied::Done);
+    }
     if merge_known(state, id, theirs, record.end_epoch, "registry", true).await? == Merge::Done {
         return Ok(Applied::Done);
     }
@@ -400,9 +405,6 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
             ) else {
                 continue;
             };
-            if end_epoch < state.shared.epoch() {
-                continue;
-            }
             let theirs = if entry["deleted"].as_bool() == Some(true) {
                 BlobState::Deleted
             } else if entry["deletable"].as_bool() == Some(true) {
@@ -410,6 +412,13 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
             } else {
                 BlobState::Permanent
             };
+            let epoch = state.shared.epoch();
+            let held = end_epoch < epoch
+                && theirs == BlobState::Deleted
+                && state.metadata_record(&id).await?.is_some();
+            if protocol::stale(theirs, end_epoch, epoch, held) {
+                continue;
+            }
             if merge_known(state, &id, theirs, end_epoch, &member.name, false).await? == Merge::Done
             {
                 continue;
@@ -477,9 +486,9 @@ async fn merge_known(
 ) -> Result<Merge, ApiError> {
     let known = state.metadata(id).await?;
     let tombstone = match known {
-        Some(_) => false,
-        None if registry && theirs != BlobState::Deleted => false,
-        None => state.deleted(id).await?.is_some(),
+        Some(_) => None,
+        None if registry && theirs != BlobState::Deleted => None,
+        None => state.deleted(id).await?,
     };
     let as_known = |end_epoch, deletable| Known {
         end_epoch,
@@ -507,7 +516,7 @@ async fn merge_known(
             if let protocol::Merge::Update {
                 end_epoch,
                 deletable,
-            } = protocol::merge(theirs, end_epoch, Some(stored), false)
+            } = protocol::merge(theirs, end_epoch, Some(stored), None)
             {
                 state
                     .store_metadata(

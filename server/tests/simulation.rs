@@ -309,6 +309,9 @@ enum Purpose {
 struct Registry {
     revision: u64,
     records: BTreeMap<[u8; 32], (BlobRecord, u64)>,
+    /// Every change, in revision order (etcd's history, which a watch delivers even for a
+    /// record deleted since; not compacted here).
+    history: Vec<(u64, [u8; 32], BlobRecord)>,
     /// shard -> (previous owner, new owner).
     moves: BTreeMap<u16, (usize, usize)>,
     previous: Option<Committee>,
@@ -1664,10 +1667,11 @@ impl Sim {
 
     fn listing(&mut self, node: usize, peer: usize, listing: Vec<Listed>) {
         for entry in &listing {
-            if entry.end_epoch < self.epoch {
+            let id = entry.blob_id;
+            let held = self.disks(node).stored(&Key::metadata(id)).is_some();
+            if protocol::stale(entry.state, entry.end_epoch, self.epoch, held) {
                 continue;
             }
-            let id = entry.blob_id;
             match self.merge_here(node, id, entry.state, entry.end_epoch, false) {
                 // A storage failure ends learning from this peer for the round.
                 None => return,
@@ -2042,6 +2046,7 @@ impl Sim {
         if registry.records.get(&blob).map(|(r, _)| r) != Some(&merged) {
             registry.revision += 1;
             registry.records.insert(blob, (merged, registry.revision));
+            registry.history.push((registry.revision, blob, merged));
         }
         merged
     }
@@ -2175,21 +2180,33 @@ impl Sim {
         if self.nodes[node].batch.is_some() || self.registry.revision <= from {
             return;
         }
-        let mut records: Vec<(u64, [u8; 32], BlobRecord)> = self
+        // The watch: every change after the cursor, in revision order.
+        let start = self
             .registry
-            .records
+            .history
+            .partition_point(|(rev, _, _)| *rev <= from);
+        let records: Vec<(u64, [u8; 32], BlobRecord)> = self.registry.history[start..]
             .iter()
-            .filter(|(_, (_, rev))| *rev > from)
-            .map(|(id, (r, rev))| (*rev, *id, *r))
+            .take(16)
+            .copied()
             .collect();
-        records.sort_unstable_by_key(|(rev, _, _)| *rev);
-        records.truncate(16);
+        let upto = records.last().map_or(from, |(rev, _, _)| *rev);
+        // Only each blob's latest (`sync::follow_registry`).
+        let latest = protocol::latest_per_blob(
+            records
+                .into_iter()
+                .map(|(rev, id, r)| (BlobId(id), (rev, r)))
+                .collect(),
+        );
+        let records: Vec<(u64, [u8; 32], BlobRecord)> = latest
+            .into_iter()
+            .map(|(id, (rev, r))| (rev, id.0, r))
+            .collect();
         if records.is_empty() {
             // Only removals since (expired records the leader deleted): the watch moves on.
             self.nodes[node].cursor.revision = self.registry.revision;
             return;
         }
-        let upto = records.last().map_or(from, |(rev, _, _)| *rev);
         self.nodes[node].batch = Some(Batch {
             upto,
             open: 0,
@@ -2210,14 +2227,15 @@ impl Sim {
     /// `sync::apply_record`: merged like a peer's listing entry; a blob new here has its
     /// metadata fetched from every peer at once.
     fn apply_record(&mut self, node: usize, id: [u8; 32], record: BlobRecord, origin: Origin) {
-        if record.end_epoch < self.epoch {
-            return self.resolved(node, id, record, origin, Outcome::Done, false);
-        }
         let theirs = match record.state {
             RecordState::Deletable => BlobState::Deletable,
             RecordState::Deleted => BlobState::Deleted,
             RecordState::Permanent => BlobState::Permanent,
         };
+        let held = self.disks(node).stored(&Key::metadata(id)).is_some();
+        if protocol::stale(theirs, record.end_epoch, self.epoch, held) {
+            return self.resolved(node, id, record, origin, Outcome::Done, false);
+        }
         match self.merge_here(node, id, theirs, record.end_epoch, true) {
             Some(Merge::Fetch) => {}
             Some(_) => return self.resolved(node, id, record, origin, Outcome::Done, false),
@@ -2268,8 +2286,10 @@ impl Sim {
             deletable: flags & FLAG_DELETABLE != 0,
         });
         // From the registry a live record is the latest word: a tombstone does not stop it.
-        let tombstone =
-            (!registry || theirs == BlobState::Deleted) && self.disks(node).deleted(&id).is_some();
+        let tombstone = self
+            .disks(node)
+            .deleted(&id)
+            .filter(|_| !registry || theirs == BlobState::Deleted);
         let merge = protocol::merge(theirs, end_epoch, known, tombstone);
         let stored = match merge {
             Merge::Done | Merge::Fetch => true,

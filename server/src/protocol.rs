@@ -166,7 +166,7 @@ pub enum DeleteVerdict {
 /// deleting anything (a permanent blob was refused there) and registered the deletion of a
 /// registered blob first, so every node follows it whatever answers; a node's own permanent
 /// copy that the registry never took (a permanent store that failed before its write quorum)
-/// is kept there and does not refuse the deletion. Without one, a node that holds the blob
+/// does not refuse the deletion (it stays there until its end epoch). Without one, a node that holds the blob
 /// permanent refuses it, and sync brings the permanent copy back to the nodes that deleted
 /// theirs.
 #[derive(Debug)]

@@ -499,7 +499,8 @@ async fn merge_known(
         protocol::Merge::Done => Ok(Merge::Done),
         protocol::Merge::Fetch => Ok(Merge::Fetch),
         protocol::Merge::Delete { end_epoch } => {
-            // The home core keeps a permanent blob.
+            // The home core keeps a permanent blob (from the registry too: a permanent store
+            // under way registers after the deletion it raced, and wins there).
             let outcome = state.delete_here(id, end_epoch).await?;
             if matches!(outcome, Deleted::Now { .. }) && known.is_some() {
                 tracing::info!(blob = %id, source, "sync: deleted a blob a peer deleted");

@@ -2757,9 +2757,10 @@ impl Sim {
 
 impl Sim {
     /// Registry mode: every honest node holds every registered live blob as the registry says
-    /// (the same state, or permanent; at least its end epoch), and nothing the registry deleted
-    /// (but what a node holds permanent). What the registry never took (a store that failed
-    /// before its write quorum) may stay on the nodes that stored it until it expires: counted.
+    /// (the same state, or permanent; at least its end epoch). What the registry never took, or
+    /// holds deleted (what a store that failed before its write quorum left, a permanent copy
+    /// kept against a deletion, a store refused after one), may stay on the nodes that stored
+    /// it until it expires: counted. What clients were told is checked apart.
     fn converged_on_registry(&mut self, views: &[(usize, Listing)]) -> Result<(), String> {
         let epoch = self.epoch;
         for (node, view) in views {
@@ -2769,8 +2770,7 @@ impl Sim {
                 }
                 let here = view.get(id).copied();
                 let fits = match (record.state, here) {
-                    (RecordState::Deleted, None | Some((BlobState::Permanent, _))) => true,
-                    (RecordState::Deleted, _) => false,
+                    (RecordState::Deleted, _) => true,
                     (_, None) => false,
                     (RecordState::Permanent, Some((state, end))) => {
                         state == BlobState::Permanent && end >= record.end_epoch
@@ -2786,7 +2786,12 @@ impl Sim {
             }
             self.counts.unregistered += view
                 .keys()
-                .filter(|id| !self.registry.records.contains_key(*id))
+                .filter(|id| {
+                    self.registry
+                        .records
+                        .get(*id)
+                        .is_none_or(|(r, _)| r.state == RecordState::Deleted)
+                })
                 .count() as u64;
         }
         Ok(())

@@ -1,8 +1,10 @@
 //! The cluster protocol's decisions, apart from their I/O ("sans-I/O"): how many shards a write
-//! needs and when the publisher may answer ([`Tally`]), how a node merges what a peer or the
-//! registry says of a blob into what it holds ([`merge`]), how healing groups the slivers a
-//! node lacks ([`heal_plan`]), and how recovery symbols are made ([`expand_source`]) and
-//! gathered until a lost sliver can be rebuilt ([`Recovery`]).
+//! needs and when the publisher may answer ([`Tally`]), when a deletion is done
+//! ([`DeleteTally`]), how a node merges what a peer or the registry says of a blob into what it
+//! holds ([`merge`], [`stale`], [`latest_per_blob`]), how healing groups the slivers a node
+//! lacks ([`heal_plan`]), how recovery symbols are made ([`expand_source`], [`order_sources`])
+//! and gathered until a lost sliver can be rebuilt ([`Recovery`]), and a shard's move: its
+//! pages ([`ShardPage`], [`shard_page`]) and when it may end ([`caught_up`], [`blocks_move`]).
 //!
 //! The server drives these with HTTP, glommio tasks and timers (`publisher`, `sync`, `heal`,
 //! `recover`, `node_api`); the deterministic simulation (`server/tests/simulation.rs`) drives

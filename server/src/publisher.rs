@@ -813,6 +813,19 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
                 state.delete_here(&blob_id, end_epoch).await?;
                 deleted.insert(0, me.clone());
             }
+            if let Some(control) = &state.shared.control {
+                // The registry's record lives as long as the nodes' tombstones: registered
+                // first with what this node knew, it could expire (and let a store racing
+                // this deletion register a live record the nodes had deleted) before them.
+                let record = floe_control::BlobRecord {
+                    size: 0,
+                    end_epoch,
+                    state: floe_control::BlobState::Deleted,
+                };
+                if let Err(why) = control.register(blob_id, record).await {
+                    tracing::warn!(blob = %blob_id, %why, "the deletion's end epoch is not registered; the first registration stands");
+                }
+            }
             end_epoch
         }
     };

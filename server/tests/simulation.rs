@@ -1624,6 +1624,15 @@ impl Sim {
                     self.log("client: deletion not remembered here (write error): 5xx");
                     return;
                 }
+                if self.scenario.registry {
+                    // Registered again as long as the nodes' tombstones (`publisher::delete`).
+                    let record = BlobRecord {
+                        size: 0,
+                        end_epoch,
+                        state: RecordState::Deleted,
+                    };
+                    self.register(blob_id, record);
+                }
                 self.counts.deletes_acked += 1;
                 self.truth[deleting.blob].calls[deleting.call].acked = true;
                 self.log(format!("client: deleted {}", short(&blob_id)));

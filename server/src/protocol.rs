@@ -706,7 +706,8 @@ mod tests {
         tally.answer("b", 3, DeleteAnswer::Permanent);
         tally.answer("c", 3, deleted(6));
         assert_eq!(tally.verdict(), DeleteVerdict::Permanent);
-        // Deleted on fewer than the write quorum's shards: not done yet.
+        // Deleted on the write quorum's shards (a 4 + c 3 = 7): done, though b did not answer;
+        // on fewer (a alone): not yet.
         let mut tally = DeleteTally::new("a", 4, 10, now, None).unwrap();
         tally.answer("b", 3, DeleteAnswer::Failed("timeout".into()));
         tally.answer("c", 3, deleted(6));

@@ -989,6 +989,17 @@ impl Sim {
         }
     }
 
+    /// Every node but `node`.
+    fn peers(&self, node: usize) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&p| p != node).collect()
+    }
+
+    fn next_job(&mut self, node: usize) -> u64 {
+        let job = self.nodes[node].next_job;
+        self.nodes[node].next_job += 1;
+        job
+    }
+
     /// The shards whose slivers `node` answers for: held, or given away and still moving.
     fn served(&self, node: usize) -> Vec<u16> {
         let view = &self.nodes[node].view;
@@ -1359,9 +1370,8 @@ impl Sim {
                 tally.failed_by(&me, &why)
             }
         }
-        let job = self.nodes[node].next_job;
-        self.nodes[node].next_job += 1;
-        let peers: Vec<usize> = (0..self.nodes.len()).filter(|&p| p != node).collect();
+        let job = self.next_job(node);
+        let peers = self.peers(node);
         self.nodes[node].publishes.insert(
             job,
             Publish {
@@ -1546,9 +1556,8 @@ impl Sim {
             return;
         };
         let end_epoch = tally.end_epoch;
-        let job = self.nodes[node].next_job;
-        self.nodes[node].next_job += 1;
-        let peers: Vec<usize> = (0..self.nodes.len()).filter(|&p| p != node).collect();
+        let job = self.next_job(node);
+        let peers = self.peers(node);
         self.nodes[node].deletes.insert(
             job,
             DeleteJob {
@@ -1655,7 +1664,7 @@ impl Sim {
         if self.nodes[node].sync_open > 0 || self.nodes[node].heals.contains_key(&Purpose::Sync) {
             return; // the last round is still under way
         }
-        let peers: Vec<usize> = (0..self.nodes.len()).filter(|&p| p != node).collect();
+        let peers: Vec<usize> = self.peers(node);
         for peer in peers {
             self.nodes[node].sync_open += 1;
             self.call(
@@ -2254,7 +2263,7 @@ impl Sim {
             // Asked for already (a batch and a pending retry): counts as pending here.
             return self.resolved(node, id, record, origin, Outcome::Pending, false);
         }
-        let peers: Vec<usize> = (0..self.nodes.len()).filter(|&p| p != node).collect();
+        let peers: Vec<usize> = self.peers(node);
         self.nodes[node].fetches.insert(
             id,
             Fetch {

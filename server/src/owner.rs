@@ -403,17 +403,7 @@ pub async fn run_owner<D: Dir>(
                     }
                 }
                 Op::ExpireMetadata { epoch, reply } => {
-                    let mut lapsed = Vec::new();
-                    for (store, dir) in disks.stores_mut().iter_mut().zip(&dir_labels) {
-                        let expired = store.expire_metadata(epoch);
-                        if expired > 0 {
-                            tracing::info!(dir, expired, "metadata and tombstones expired");
-                        }
-                        lapsed.extend(store.lapsed_slivers(epoch));
-                    }
-                    lapsed.sort_unstable();
-                    lapsed.dedup();
-                    let _ = reply.send(lapsed);
+                    let _ = reply.send(expire_metadata(&mut disks, epoch, &dir_labels));
                 }
                 Op::EndEpochs { blobs, reply } => {
                     let ends = blobs
@@ -749,20 +739,33 @@ pub fn settle_plan(
 /// their blob's metadata ([`settle_plan`]). What the deterministic simulation runs at each
 /// epoch.
 pub fn sweep_one_core<D: Dir>(disks: &mut Disks<D>, epoch: u32) {
-    let mut lapsed = Vec::new();
-    for store in disks.stores_mut() {
-        store.expire_metadata(epoch);
-        lapsed.extend(store.lapsed_slivers(epoch));
-    }
-    lapsed.sort_unstable();
-    lapsed.dedup();
-    let ends: Vec<([u8; 32], Option<u32>)> = lapsed
+    let labels = vec![String::new(); disks.stores().len()];
+    let ends: Vec<([u8; 32], Option<u32>)> = expire_metadata(disks, epoch, &labels)
         .into_iter()
         .map(|id| (id, disks.stored(&Key::metadata(id)).map(|(end, _)| end)))
         .collect();
     let (extend, expire) = settle_plan(ends, epoch);
-    let labels = vec![String::new(); disks.stores().len()];
     settle_and_start_reclaim(disks, &extend, &expire, &labels);
+}
+
+/// [`Op::ExpireMetadata`]: metadata and tombstones past `epoch` leave every directory's index;
+/// returns the blobs with slivers whose own end epoch passed (each once).
+fn expire_metadata<D: Dir>(
+    disks: &mut Disks<D>,
+    epoch: u32,
+    dir_labels: &[String],
+) -> Vec<[u8; 32]> {
+    let mut lapsed = Vec::new();
+    for (store, dir) in disks.stores_mut().iter_mut().zip(dir_labels) {
+        let expired = store.expire_metadata(epoch);
+        if expired > 0 {
+            tracing::info!(dir, expired, "metadata and tombstones expired");
+        }
+        lapsed.extend(store.lapsed_slivers(epoch));
+    }
+    lapsed.sort_unstable();
+    lapsed.dedup();
+    lapsed
 }
 
 /// [`Op::Missing`]: the slivers of `shards` of `blobs` not stored here.

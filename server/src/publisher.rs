@@ -707,13 +707,8 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
             let end_epoch = registered
                 .map_or(known_end, |r| r.end_epoch.max(known_end))
                 .max(state.shared.epoch());
-            let deleted = floe_control::BlobRecord {
-                size: 0,
-                end_epoch,
-                state: floe_control::BlobState::Deleted,
-            };
             let merged = control
-                .register(blob_id, deleted)
+                .register(blob_id, deletion(end_epoch))
                 .await
                 .map_err(unavailable)?;
             if merged.state == floe_control::BlobState::Permanent {
@@ -724,12 +719,12 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
         None => None,
     };
     let here = state.delete_here(&blob_id, known_end).await?;
-    let my_shards = state.shared.view().me.shards.len();
-    let Some(mut tally) = DeleteTally::new(me, my_shards, state.n(), here, registry) else {
+    let view = state.shared.view();
+    let Some(mut tally) = DeleteTally::new(me, view.me.shards.len(), state.n(), here, registry)
+    else {
         return Err(not_deletable(&blob_id, me));
     };
     let path = format!("/v1/blobs/{blob_id}/metadata?endEpoch={}", tally.end_epoch);
-    let view = state.shared.view();
     let peers = view.peers().map(|member| {
         let path = &path;
         async move {
@@ -788,7 +783,9 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
             return Err(ApiError::unavailable(
                 "notEnoughShards",
                 format!(
-                    "blob {blob_id} was deleted on {} ({shards} shards), but a deletion needs                      nodes holding {quorum}; the others learn of it through sync, and until                      then a store through them may succeed: delete it again. Did not answer: {}",
+                    "blob {blob_id} was deleted on {} ({shards} shards), but a deletion needs \
+                     nodes holding {quorum}; the others learn of it through sync, and until \
+                     then a store through them may succeed: delete it again. Did not answer: {}",
                     deleted.join(", "),
                     failed.join("; ")
                 ),
@@ -817,12 +814,7 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
                 // The registry's record lives as long as the nodes' tombstones: registered
                 // first with what this node knew, it could expire (and let a store racing
                 // this deletion register a live record the nodes had deleted) before them.
-                let record = floe_control::BlobRecord {
-                    size: 0,
-                    end_epoch,
-                    state: floe_control::BlobState::Deleted,
-                };
-                if let Err(why) = control.register(blob_id, record).await {
+                if let Err(why) = control.register(blob_id, deletion(end_epoch)).await {
                     tracing::warn!(blob = %blob_id, %why, "the deletion's end epoch is not registered; the first registration stands");
                 }
             }
@@ -843,4 +835,13 @@ pub async fn delete(state: &Rc<CoreState>, blob_id: BlobId) -> Result<Response<B
             }
         }),
     ))
+}
+
+/// A registry record of a deletion kept until `end_epoch`.
+fn deletion(end_epoch: u32) -> floe_control::BlobRecord {
+    floe_control::BlobRecord {
+        size: 0,
+        end_epoch,
+        state: floe_control::BlobState::Deleted,
+    }
 }

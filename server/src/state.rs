@@ -484,7 +484,6 @@ pub(crate) fn not_deletable(blob_id: &BlobId, node: &str) -> ApiError {
     )
 }
 
-/// The index of the sliver of `kind` in pair `pair`.
 pub(crate) async fn load_sliver(
     state: &Rc<CoreState>,
     blob_id: &BlobId,

@@ -247,13 +247,6 @@ async fn apply_record(
         floe_control::BlobState::Deleted => BlobState::Deleted,
         floe_control::BlobState::Permanent => BlobState::Permanent,
     };
-    let epoch = state.shared.epoch();
-    let held = record.end_epoch < epoch
-        && theirs == BlobState::Deleted
-        && state.metadata_record(id).await?.is_some();
-    if protocol::stale(theirs, record.end_epoch, epoch, held) {
-        return Ok(Applied::Done);
-    }
     if merge_known(state, id, theirs, record.end_epoch, "registry", true).await? == Merge::Done {
         return Ok(Applied::Done);
     }
@@ -412,13 +405,6 @@ async fn learn_from(state: &Rc<CoreState>, member: &Member) -> Result<(), SyncEr
             } else {
                 BlobState::Permanent
             };
-            let epoch = state.shared.epoch();
-            let held = end_epoch < epoch
-                && theirs == BlobState::Deleted
-                && state.metadata_record(&id).await?.is_some();
-            if protocol::stale(theirs, end_epoch, epoch, held) {
-                continue;
-            }
             if merge_known(state, &id, theirs, end_epoch, &member.name, false).await? == Merge::Done
             {
                 continue;
@@ -472,7 +458,8 @@ enum Merge {
 
 /// Merges what a peer or the registry says of a blob into this node's state
 /// ([`protocol::merge`]): a deletion, a later end epoch, permanence; [`Merge::Fetch`] for a
-/// blob this node does not know. From the `registry`, whose records come in revision order
+/// blob this node does not know; nothing for what is past its end epoch
+/// ([`protocol::stale`]: but a deletion of a blob held here). From the `registry`, whose records come in revision order
 /// (and a blob's pending one is dropped once a later one is applied), a live record is the
 /// latest word on the blob: a tombstone here does not stop it (the registry took a store after
 /// its deletion expired there; the deterministic simulation found nodes that kept refusing it).
@@ -484,7 +471,15 @@ async fn merge_known(
     source: &str,
     registry: bool,
 ) -> Result<Merge, ApiError> {
+    let epoch = state.shared.epoch();
+    // Past its end whatever is held here: no lookup (most of what an expired listing holds).
+    if protocol::stale(theirs, end_epoch, epoch, true) {
+        return Ok(Merge::Done);
+    }
     let known = state.metadata(id).await?;
+    if protocol::stale(theirs, end_epoch, epoch, known.is_some()) {
+        return Ok(Merge::Done);
+    }
     let tombstone = match known {
         Some(_) => None,
         None if registry && theirs != BlobState::Deleted => None,

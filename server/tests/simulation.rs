@@ -817,6 +817,12 @@ impl Sim {
         self.nodes[node].disks.is_some()
     }
 
+    /// `node` is up and still the incarnation an event was scheduled for (a crash since
+    /// cancels it).
+    fn current(&self, node: usize, incarnation: u64) -> bool {
+        incarnation == self.nodes[node].incarnation && self.up(node)
+    }
+
     fn step(&mut self, event: Event) {
         match event {
             Event::Deliver { from, to, message } => {
@@ -860,7 +866,7 @@ impl Sim {
                 incarnation,
                 rpc,
             } => {
-                if incarnation != self.nodes[node].incarnation || !self.up(node) {
+                if !self.current(node, incarnation) {
                     return;
                 }
                 if let Some(waiting) = self.nodes[node].waiting.remove(&rpc) {
@@ -868,7 +874,7 @@ impl Sim {
                 }
             }
             Event::SyncTick { node, incarnation } => {
-                if incarnation != self.nodes[node].incarnation || !self.up(node) {
+                if !self.current(node, incarnation) {
                     return;
                 }
                 self.at(
@@ -886,7 +892,7 @@ impl Sim {
                 }
             }
             Event::Watch { node, incarnation } => {
-                if incarnation != self.nodes[node].incarnation || !self.up(node) {
+                if !self.current(node, incarnation) {
                     return;
                 }
                 self.at(

@@ -66,8 +66,9 @@ async fn missing_of(
     Ok(missing)
 }
 
-/// Finds the slivers this node lacks, of every blob it knows, and rebuilds them.
-pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
+/// Finds the slivers this node lacks, of every blob it knows, and rebuilds them. Returns how
+/// many blobs still lack some.
+pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<usize, ApiError> {
     let shards_of_core = shards_by_core(state);
     let epoch = state.shared.epoch();
     let mut after = None;
@@ -96,8 +97,8 @@ pub(crate) async fn heal(state: &Rc<CoreState>) -> Result<(), ApiError> {
         .store(missing.len() as u64, Ordering::Relaxed);
     metrics.sync_blobs_known.set(known as i64);
     metrics.heal_missing_slivers.set(missing.len() as i64);
-    rebuild_missing(state, missing).await;
-    Ok(())
+    let (_, failed) = rebuild_missing(state, missing).await;
+    Ok(failed.len())
 }
 
 /// Rebuilds the slivers of `blobs` (just learned) this node lacks.

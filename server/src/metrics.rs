@@ -75,6 +75,9 @@ pub struct Metrics {
     pub disk_io_errors: Family<DirLabel, Counter>,
     /// Cores whose last commit to the directory failed (no success since).
     pub disk_failing_cores: Family<DirLabel, Gauge>,
+    /// 1 once a data directory is retired (its device failed; its shards moved to the other
+    /// directories, `owner::RetiredDirs`).
+    pub disk_retired: Family<DirLabel, Gauge>,
     /// 1 while a data directory is healthy ([`disk_health`]), else 0; set at every render.
     pub disk_healthy: Family<DirLabel, Gauge>,
     pub corrupt_records: Family<DirLabel, Counter>,
@@ -162,6 +165,7 @@ impl Metrics {
             disk_free_bytes: Family::default(),
             disk_io_errors: Family::default(),
             disk_failing_cores: Family::default(),
+            disk_retired: Family::default(),
             disk_healthy: Family::default(),
             corrupt_records: Family::default(),
             mapped_read_faults: Counter::default(),
@@ -404,6 +408,11 @@ impl Metrics {
             metrics.reclaim_freed_bytes.clone(),
         );
         r.register(
+            "disk_retired",
+            "1 once a data directory is retired: its device failed, its shards moved to the other data directories and are healed there",
+            metrics.disk_retired.clone(),
+        );
+        r.register(
             "disk_healthy",
             "1 while the data directory is present, writable, not full, and its last commit succeeded",
             metrics.disk_healthy.clone(),
@@ -463,10 +472,17 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// Whether data directory `dir` can take writes now, or what is wrong with it: present,
+    /// Whether data directory `dir` can take writes now, or what is wrong with it: not retired,
+    /// present,
     /// writable (a file system remounted read-only after errors fails here), not full, and the
     /// last commit of every core to it succeeded.
     pub fn disk_health(&self, dir: &Path) -> Result<(), &'static str> {
+        let label = DirLabel {
+            dir: dir.display().to_string(),
+        };
+        if self.disk_retired.get_or_create(&label).get() > 0 {
+            return Err("retired");
+        }
         match fs_space(dir) {
             None => return Err("missing"),
             Some((0, _)) => return Err("full"),
@@ -479,9 +495,6 @@ impl Metrics {
                 _ => "not writable",
             });
         }
-        let label = DirLabel {
-            dir: dir.display().to_string(),
-        };
         if self.disk_failing_cores.get_or_create(&label).get() > 0 {
             return Err("commits failing");
         }

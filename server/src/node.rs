@@ -117,8 +117,28 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
     let me = view.me.clone();
     let cores = config.core_count();
     check_memlock(cores, config.io_memory_bytes)?;
+    let mut working = Vec::new();
+    let mut failed = None;
     for dir in &config.data_dirs {
-        prepare_data_dir(dir, cores)?;
+        match prepare_data_dir(dir, cores) {
+            Ok(()) => working.push(dir.clone()),
+            // A failed disk among several: the node starts without it (`floe_storage::disks`).
+            Err(DirProblem::DeviceFailed(err)) if config.data_dirs.len() > 1 => {
+                warn!("{err}; the node starts without it: its shards are served from the other data directories and healed there");
+                failed = Some(err);
+            }
+            Err(DirProblem::DeviceFailed(err) | DirProblem::Unusable(err)) => return Err(err),
+        }
+    }
+    let Some(first_working) = working.first() else {
+        return Err(failed.expect("a directory failed"));
+    };
+    // The spool and the cache default to the first data directory: the first that works.
+    if config.spool_dir.is_none() {
+        config.spool_dir = Some(first_working.join("spool"));
+    }
+    if config.cache_dir.is_none() {
+        config.cache_dir = Some(first_working.clone());
     }
     let address = probe_listen(config.listen_addr()?)?;
     let s3_address = match config.s3_listen_addr()? {
@@ -219,6 +239,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         spool_dir,
         spool: Default::default(),
         s3,
+        retired: Arc::new(crate::owner::RetiredDirs::new(config.data_dirs.len())),
     });
 
     let (events, events_rx) = std_mpsc::channel::<Event>();
@@ -416,13 +437,39 @@ fn open_cursor(config: &NodeConfig) -> Result<floe_storage::cursor::Cursor, Node
     })
 }
 
-fn prepare_data_dir(dir: &Path, cores: usize) -> Result<(), NodeError> {
+/// Why a data directory cannot be used.
+enum DirProblem {
+    /// Its device failed (`EIO`, read-only after errors, gone).
+    DeviceFailed(NodeError),
+    /// Anything else: permissions, another node's layout.
+    Unusable(NodeError),
+}
+
+fn prepare_data_dir(dir: &Path, cores: usize) -> Result<(), DirProblem> {
     let fail = |what: &str, err: std::io::Error| {
-        NodeError(format!(
-            "data directory {} is not usable ({what}: {err}). Fix: create it and make it \
-             writable by this user, or choose another with --data-dir or `data_dirs` in node.toml",
-            dir.display()
-        ))
+        const EIO: i32 = 5;
+        const ENXIO: i32 = 6;
+        const ENODEV: i32 = 19;
+        const EROFS: i32 = 30;
+        const EUCLEAN: i32 = 117;
+        let device = matches!(
+            err.raw_os_error(),
+            Some(EIO | ENXIO | ENODEV | EROFS | EUCLEAN)
+        );
+        if device {
+            DirProblem::DeviceFailed(NodeError(format!(
+                "data directory {}'s device failed ({what}: {err}). Fix: replace the disk and \
+                 mount an empty file system at the same path",
+                dir.display()
+            )))
+        } else {
+            DirProblem::Unusable(NodeError(format!(
+                "data directory {} is not usable ({what}: {err}). Fix: create it and make it \
+                 writable by this user, or choose another with --data-dir or `data_dirs` in \
+                 node.toml",
+                dir.display()
+            )))
+        }
     };
     std::fs::create_dir_all(dir).map_err(|e| fail("creating it", e))?;
     let probe = dir.join(".floe-write-test");
@@ -439,12 +486,12 @@ fn prepare_data_dir(dir: &Path, cores: usize) -> Result<(), NodeError> {
             continue;
         };
         if of.parse::<usize>().ok() != Some(cores) {
-            return Err(NodeError(format!(
+            return Err(DirProblem::Unusable(NodeError(format!(
                 "data directory {} was written by a node with {of} cores ({name}), this one \
                  runs {cores}: each core owns its shards' files. Fix: start with --cores {of} \
                  (or `cores = {of}` in node.toml)",
                 dir.display()
-            )));
+            ))));
         }
     }
     Ok(())
@@ -502,24 +549,19 @@ async fn core_main(
     let mut dirs = Vec::new();
     for data_dir in &config.data_dirs {
         let path = core_dir(data_dir, core, cores);
-        match GlommioDir::open(&path).await {
-            Ok(dir) => dirs.push(dir),
-            Err(err) => {
-                let _ = events.send(Event::Failed(format!(
-                    "core {core}: opening {}: {err}",
-                    path.display()
-                )));
-                return;
-            }
-        }
+        dirs.push(
+            GlommioDir::open(&path)
+                .await
+                .map_err(|err| format!("opening {}: {err}", path.display())),
+        );
     }
-    let disks = match Disks::open(dirs, StoreOptions::default()).await {
-        Ok((mut disks, reports)) => {
+    let disks = match Disks::open_each(dirs, StoreOptions::default()).await {
+        Ok((mut disks, opened)) => {
             // Before anything is served: metadata of blobs past their end epoch stays out, also
             // that a dropped tombstone no longer shadows; their slivers follow at the first
             // expiry sweep (`owner::run_maintenance`), which asks the metadata's home core.
             let epoch = shared.epoch();
-            for store in disks.stores_mut() {
+            for (_, store) in disks.live_mut() {
                 store.expire_metadata(epoch);
             }
             // Shards this node gave away (moves done): their records come back with the
@@ -528,16 +570,46 @@ async fn core_main(
                 let forget = shared.view().unserved();
                 disks.forget_shards(|s| forget.get(usize::from(s)) == Some(&true));
             }
-            for (dir, report) in config.data_dirs.iter().zip(reports) {
-                info!(
-                    core,
-                    dir = %dir.display(),
-                    records = report.records,
-                    segments = report.segments,
-                    corrupt_regions = report.corrupt_regions.len(),
-                    torn_tail_bytes = report.torn_tail_bytes,
-                    "store opened"
-                );
+            // Retired at open (it failed now or in an earlier run): published, so that the
+            // other cores, health and the healer know.
+            for (index, (dir, opened)) in config.data_dirs.iter().zip(opened).enumerate() {
+                match opened {
+                    floe_storage::disks::Opened::Serving(report) => info!(
+                        core,
+                        dir = %dir.display(),
+                        records = report.records,
+                        segments = report.segments,
+                        corrupt_regions = report.corrupt_regions.len(),
+                        torn_tail_bytes = report.torn_tail_bytes,
+                        "store opened"
+                    ),
+                    floe_storage::disks::Opened::Replaced(_) => {
+                        info!(
+                            core,
+                            dir = %dir.display(),
+                            "a retired data directory was replaced by an empty one: its shards \
+                             move back there and are healed"
+                        );
+                        shared.retired.want_heal();
+                    }
+                    floe_storage::disks::Opened::Retired(why) => {
+                        tracing::error!(
+                            core,
+                            dir = %dir.display(),
+                            why,
+                            "data directory retired: its shards are served from the other data \
+                             directories and healed there"
+                        );
+                        shared.retired.retire(index);
+                        shared
+                            .metrics
+                            .disk_retired
+                            .get_or_create(&crate::metrics::DirLabel {
+                                dir: dir.display().to_string(),
+                            })
+                            .set(1);
+                    }
+                }
             }
             disks
         }
@@ -575,6 +647,7 @@ async fn core_main(
         disks,
         queue,
         shared.metrics.clone(),
+        shared.retired.clone(),
         labels,
         commit_bytes_max,
         scrubbers,

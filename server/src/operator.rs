@@ -28,17 +28,19 @@ pub(crate) fn health(state: &CoreState) -> Response<Body> {
         }));
     }
     let view = shared.view();
+    // Where each shard lives now: a retired directory's shards moved to the live ones.
+    let live = shared.retired.live();
     let healthy = view
         .me
         .shards
         .iter()
-        .filter(|s| healthy_dirs[usize::from(**s) % dirs.len()])
+        .filter(|s| floe_storage::disks::place(**s, &live).is_some_and(|d| healthy_dirs[d]))
         .count();
     let owned = view.me.shards.len();
     json_response(
         StatusCode::OK,
         json!({
-            "status": if healthy == owned { "ok" } else { "degraded" },
+            "status": if healthy == owned && healthy_dirs.iter().all(|h| *h) { "ok" } else { "degraded" },
             "name": view.me.name,
             "epoch": shared.epoch(),
             "nShards": shared.n_shards,

@@ -284,11 +284,101 @@ pub fn home_core(blob_id: &[u8; 32], cores: usize) -> usize {
     (head % cores as u64) as usize
 }
 
+/// The node's retired data directories (node-wide: the first core that finds a directory's
+/// device failed retires it, and every other core follows at its next operation, within a
+/// second), and whether their shards still want healing.
+#[derive(Debug, Default)]
+pub struct RetiredDirs {
+    dirs: Vec<std::sync::atomic::AtomicBool>,
+    /// Set when a directory is retired or replaced; the healer takes it ([`crate::sync`]).
+    pub heal_wanted: std::sync::atomic::AtomicBool,
+}
+
+impl RetiredDirs {
+    pub fn new(dirs: usize) -> Self {
+        Self {
+            dirs: (0..dirs).map(|_| Default::default()).collect(),
+            heal_wanted: Default::default(),
+        }
+    }
+
+    /// Directory `index` is retired; its shards want healing elsewhere.
+    pub fn retire(&self, index: usize) {
+        self.dirs[index].store(true, std::sync::atomic::Ordering::Release);
+        self.want_heal();
+    }
+
+    pub fn want_heal(&self) {
+        self.heal_wanted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_retired(&self, index: usize) -> bool {
+        self.dirs[index].load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Which directories are live, in order (for [`floe_storage::disks::place`]).
+    pub fn live(&self) -> Vec<bool> {
+        (0..self.dirs.len()).map(|i| !self.is_retired(i)).collect()
+    }
+}
+
+/// Retirements between this core's `disks` and the node's `retired`: what another core
+/// retired is retired here too; what this core retired is published, logged and counted.
+async fn follow_retirements<D: Dir>(
+    disks: &mut Disks<D>,
+    retired: &RetiredDirs,
+    dir_labels: &[String],
+    metrics: &Metrics,
+) {
+    for index in 0..dir_labels.len() {
+        if retired.is_retired(index) && !disks.is_retired(index) {
+            disks
+                .retire(index, "another core found its device failed".into())
+                .await;
+        }
+    }
+    for (index, why) in disks.take_retired() {
+        let dir = &dir_labels[index];
+        tracing::error!(
+            dir,
+            why,
+            "data directory retired: its device failed; its shards move to the other data \
+             directories and are healed there. Replace the disk and restart with an empty \
+             directory at the same path to use it again"
+        );
+        retired.retire(index);
+        metrics
+            .disk_retired
+            .get_or_create(&DirLabel { dir: dir.clone() })
+            .set(1);
+    }
+}
+
+/// Retires the live directories that are gone or read-only (checked every second: a disk
+/// pulled, unmounted or remounted read-only after errors may fail no operation of the store,
+/// whose files stay open, until much later).
+async fn retire_vanished<D: Dir>(disks: &mut Disks<D>, dir_labels: &[String], metrics: &Metrics) {
+    for (index, dir) in dir_labels.iter().enumerate() {
+        if disks.is_retired(index) {
+            continue;
+        }
+        if let Err(problem @ ("missing" | "read-only")) =
+            metrics.disk_health(std::path::Path::new(dir))
+        {
+            disks
+                .retire(index, format!("the data directory is {problem}"))
+                .await;
+        }
+    }
+}
+
 /// The owner task of one core: serves operations until every sender is gone.
 pub async fn run_owner<D: Dir>(
     mut disks: Disks<D>,
     mut queue: mpsc::Receiver<Op>,
     metrics: Arc<Metrics>,
+    retired: Arc<RetiredDirs>,
     dir_labels: Vec<String>,
     commit_bytes_max: u64,
     mut scrubbers: Vec<ScrubPacer>,
@@ -299,12 +389,12 @@ pub async fn run_owner<D: Dir>(
     // request for long.
     let mut scrub_budget = vec![0u64; dir_labels.len()];
     let mut last_step = Instant::now();
-    for (pacer, store) in scrubbers.iter_mut().zip(disks.stores_mut()) {
-        pacer.resume(store);
+    for (index, store) in disks.live_mut() {
+        scrubbers[index].resume(store);
     }
     loop {
-        let background = scrub_budget.iter().any(|b| *b > 0)
-            || disks.stores().iter().any(|s| s.reclaim_pending());
+        let background =
+            scrub_budget.iter().any(|b| *b > 0) || disks.live().any(|(_, s)| s.reclaim_pending());
         // Under constant load the queue is never empty: still make some progress.
         if background && last_step.elapsed() >= BACKGROUND_BUSY_INTERVAL {
             background_step(&mut disks, &mut scrub_budget, &mut scrubbers, &dir_labels).await;
@@ -341,6 +431,7 @@ pub async fn run_owner<D: Dir>(
             other => others.push(other),
         };
         sort(first, &mut bytes);
+        follow_retirements(&mut disks, &retired, &dir_labels, &metrics).await;
         // Bounds the commit buffer and the time one commit holds up reads queued behind it
         // (`io_plan`).
         while (bytes as u64) < commit_bytes_max {
@@ -392,14 +483,11 @@ pub async fn run_owner<D: Dir>(
                     let _ = reply.send(result);
                 }
                 Op::Maintain => {
+                    retire_vanished(&mut disks, &dir_labels, &metrics).await;
                     // A new second's allowance: what the pace makes due, at most the ceiling.
                     let now = Instant::now();
-                    for ((budget, pacer), store) in scrub_budget
-                        .iter_mut()
-                        .zip(&mut scrubbers)
-                        .zip(disks.stores_mut())
-                    {
-                        *budget = pacer.due(store, now);
+                    for (index, store) in disks.live_mut() {
+                        scrub_budget[index] = scrubbers[index].due(store, now);
                     }
                 }
                 Op::ExpireMetadata { epoch, reply } => {
@@ -462,7 +550,7 @@ pub async fn run_owner<D: Dir>(
                 }
                 Op::Keys { blob_id, reply } => {
                     let mut held: Vec<Held> = Vec::new();
-                    for store in disks.stores() {
+                    for (_, store) in disks.live() {
                         for key in store.keys_of(&blob_id) {
                             if key.kind == RecordKind::Metadata
                                 && held.iter().any(|h| h.kind == RecordKind::Metadata)
@@ -482,6 +570,7 @@ pub async fn run_owner<D: Dir>(
                 }
             }
         }
+        follow_retirements(&mut disks, &retired, &dir_labels, &metrics).await;
         update_disk_metrics(&disks, &dir_labels, &mut seen, &metrics);
     }
 }
@@ -507,7 +596,8 @@ fn update_disk_metrics<D: Dir>(
     seen: &mut [DiskCounters],
     metrics: &Metrics,
 ) {
-    for ((store, label), last) in disks.stores().iter().zip(dir_labels).zip(seen) {
+    for (index, store) in disks.live() {
+        let (label, last) = (&dir_labels[index], &mut seen[index]);
         let c = store.counters();
         // Failed since the last look and nothing succeeded: failing; a success: recovered.
         let failing = if c.commits > last.commits {
@@ -566,12 +656,14 @@ async fn background_step<D: Dir>(
     scrubbers: &mut [ScrubPacer],
     dir_labels: &[String],
 ) {
-    let reclaiming = disks.stores().iter().position(|s| s.reclaim_pending());
-    let Some(index) = reclaiming else {
+    let reclaiming = disks
+        .live()
+        .find(|(_, s)| s.reclaim_pending())
+        .map(|(i, _)| i);
+    let Some(store) = reclaiming.and_then(|i| disks.store_mut(i)) else {
         return scrub_step(disks, budget, scrubbers, dir_labels).await;
     };
-    let dir = &dir_labels[index];
-    let store = &mut disks.stores_mut()[index];
+    let dir = &dir_labels[reclaiming.expect("found")];
     match store.reclaim_step(RECLAIM_STEP_BYTES).await {
         Ok(report) if report.segments_removed > 0 => tracing::info!(
             dir,
@@ -599,7 +691,11 @@ async fn scrub_step<D: Dir>(
         return;
     };
     let dir = &dir_labels[index];
-    let store = &mut disks.stores_mut()[index];
+    let Some(store) = disks.store_mut(index) else {
+        // Retired: nothing more to scrub there.
+        budget[index] = 0;
+        return;
+    };
     match store.scrub(budget[index].min(SCRUB_STEP_BYTES)).await {
         Ok(report) => {
             for key in &report.corrupt {
@@ -628,7 +724,8 @@ fn settle_and_start_reclaim<D: Dir>(
     expire: &[[u8; 32]],
     dir_labels: &[String],
 ) {
-    for (store, dir) in disks.stores_mut().iter_mut().zip(dir_labels) {
+    for (index, store) in disks.live_mut() {
+        let dir = &dir_labels[index];
         for (blob_id, end_epoch) in extend {
             store.extend_blob(blob_id, *end_epoch);
         }
@@ -739,7 +836,7 @@ pub fn settle_plan(
 /// their blob's metadata ([`settle_plan`]). What the deterministic simulation runs at each
 /// epoch.
 pub fn sweep_one_core<D: Dir>(disks: &mut Disks<D>, epoch: u32) {
-    let labels = vec![String::new(); disks.stores().len()];
+    let labels = vec![String::new(); disks.directories()];
     let ends: Vec<([u8; 32], Option<u32>)> = expire_metadata(disks, epoch, &labels)
         .into_iter()
         .map(|id| (id, disks.stored(&Key::metadata(id)).map(|(end, _)| end)))
@@ -756,7 +853,8 @@ fn expire_metadata<D: Dir>(
     dir_labels: &[String],
 ) -> Vec<[u8; 32]> {
     let mut lapsed = Vec::new();
-    for (store, dir) in disks.stores_mut().iter_mut().zip(dir_labels) {
+    for (index, store) in disks.live_mut() {
+        let dir = &dir_labels[index];
         let expired = store.expire_metadata(epoch);
         if expired > 0 {
             tracing::info!(dir, expired, "metadata and tombstones expired");
@@ -800,7 +898,7 @@ pub fn list<D: Dir>(
     home: impl Fn(&[u8; 32]) -> bool,
 ) -> Vec<Listed> {
     let mut all: Vec<Listed> = Vec::new();
-    for store in disks.stores() {
+    for (_, store) in disks.live() {
         for (blob_id, end_epoch) in store.metadata_after(after.as_ref(), limit) {
             let flags = store.flags(&Key::metadata(blob_id)).unwrap_or(0);
             let state = if flags & FLAG_DELETABLE != 0 {

@@ -52,6 +52,8 @@ pub struct Shared {
     pub changes: ChangeLog,
     /// The S3 API, when this node serves it (`s3_listen`).
     pub s3: Option<Arc<crate::s3::S3>>,
+    /// Data directories retired after their device failed (`floe_storage::disks`).
+    pub retired: Arc<crate::owner::RetiredDirs>,
 }
 
 impl Shared {

@@ -70,12 +70,43 @@ pub async fn run(state: Rc<CoreState>) {
         return follow_registry(state, control).await;
     }
     let interval = state.shared.config.sync_interval_seconds;
-    if interval == 0 || state.shared.view().committee.members.len() < 2 {
+    if interval == 0 {
         return;
+    }
+    if state.shared.view().committee.members.len() < 2 {
+        return heal_retired(&state, interval).await;
     }
     loop {
         glommio::timer::sleep(Duration::from_secs(interval)).await;
         round(&state).await;
+    }
+}
+
+/// A committee of one: every `interval` seconds, if a data directory was retired or replaced
+/// since, heals its shards from the node's own other shards (until nothing is left to heal).
+async fn heal_retired(state: &Rc<CoreState>, interval: u64) {
+    let retired = &state.shared.retired;
+    loop {
+        glommio::timer::sleep(Duration::from_secs(interval)).await;
+        if !retired.heal_wanted.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        match crate::heal::heal(state).await {
+            Ok(0) => tracing::info!("healed the shards of retired or replaced data directories"),
+            Ok(left) => {
+                tracing::warn!(left, "some slivers could not be rebuilt yet; trying again");
+                retired.want_heal();
+            }
+            Err(err) => {
+                tracing::warn!(%err, "healing stopped early; trying again");
+                retired.want_heal();
+            }
+        }
+        state
+            .shared
+            .sync
+            .last_run_unix_seconds
+            .store(now_unix_seconds(), Ordering::Relaxed);
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Faults {
     pub sync_error_per_mille: u32,
     /// Total bytes the directory's files may occupy; a write past it fails with `ENOSPC`.
     pub capacity_bytes: Option<u64>,
+    /// The device is gone: every operation fails with `EIO`, as on a dead disk.
+    pub device_failed: bool,
 }
 
 #[derive(Clone, Default)]
@@ -123,6 +125,20 @@ pub struct MemFile {
 
 fn injected(what: &str) -> io::Error {
     io::Error::other(format!("injected {what} error"))
+}
+
+/// The errno of a failed device (`EIO` on Linux).
+pub const EIO: i32 = 5;
+
+impl MemDirState {
+    /// `EIO` while the device is failed ([`Faults::device_failed`]).
+    fn alive(&self) -> io::Result<()> {
+        if self.faults.device_failed {
+            Err(io::Error::from_raw_os_error(EIO))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl MemDir {
@@ -236,6 +252,7 @@ impl Dir for MemDir {
 
     async fn create(&self, name: &str) -> io::Result<MemFile> {
         let mut state = self.state.borrow_mut();
+        state.alive()?;
         if state.files.contains_key(name) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -252,6 +269,7 @@ impl Dir for MemDir {
 
     async fn open(&self, name: &str) -> io::Result<MemFile> {
         let state = self.state.borrow();
+        state.alive()?;
         let file = state
             .files
             .get(name)
@@ -264,6 +282,7 @@ impl Dir for MemDir {
 
     async fn remove(&self, name: &str) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
+        state.alive()?;
         state
             .files
             .remove(name)
@@ -272,11 +291,14 @@ impl Dir for MemDir {
     }
 
     async fn list(&self) -> io::Result<Vec<String>> {
-        Ok(self.state.borrow().files.keys().cloned().collect())
+        let state = self.state.borrow();
+        state.alive()?;
+        Ok(state.files.keys().cloned().collect())
     }
 
     async fn sync(&self) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
+        state.alive()?;
         state.durable_names = state.files.keys().cloned().collect();
         Ok(())
     }
@@ -285,6 +307,7 @@ impl Dir for MemDir {
 impl File for MemFile {
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut dir = self.dir.borrow_mut();
+        dir.alive()?;
         let per_mille = dir.faults.read_error_per_mille;
         if dir.roll(per_mille) {
             return Err(injected("read"));
@@ -306,6 +329,7 @@ impl File for MemFile {
             "block-aligned"
         );
         let mut dir = self.dir.borrow_mut();
+        dir.alive()?;
         let grows = (offset as usize + data.len()).saturating_sub(self.file.borrow().current.len());
         if let Some(capacity) = dir.faults.capacity_bytes {
             if dir.used_bytes() + grows as u64 > capacity {
@@ -331,6 +355,7 @@ impl File for MemFile {
 
     async fn sync(&self) -> io::Result<()> {
         let mut dir = self.dir.borrow_mut();
+        dir.alive()?;
         let per_mille = dir.faults.sync_error_per_mille;
         if dir.roll(per_mille) {
             return Err(injected("sync"));

@@ -1745,6 +1745,11 @@ impl<D: Dir> Store<D> {
     pub fn counters(&self) -> &StoreCounters {
         &self.counters
     }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &D {
+        &self.dir
+    }
 }
 
 mod lifetimes;

@@ -133,7 +133,7 @@ fn acknowledged_records_survive_crashes_and_failed_writes_never_tear() {
                 read_error_per_mille: 20,
                 write_error_per_mille: 80,
                 sync_error_per_mille: 40,
-                capacity_bytes: None,
+                ..Faults::default()
             });
             match rng.gen_range(0..11) {
                 0..=5 => {
@@ -762,6 +762,182 @@ fn losing_one_disk_loses_only_its_shards() {
             assert_eq!(got.as_deref(), Some(&data[..]), "{key:?} survives");
         }
     }
+}
+
+/// One blob's metadata and a primary sliver of each of `shards` shards.
+fn blob_records(blob: u8, shards: u16) -> Vec<(Key, Vec<u8>)> {
+    let mut records = vec![(
+        Key {
+            blob_id: [blob; 32],
+            kind: RecordKind::Metadata,
+            shard: 0,
+        },
+        vec![blob; 300],
+    )];
+    for shard in 0..shards {
+        records.push((
+            Key {
+                blob_id: [blob; 32],
+                kind: RecordKind::Primary,
+                shard,
+            },
+            vec![blob ^ shard as u8; 500],
+        ));
+    }
+    records
+}
+
+fn put_all(disks: &mut floe_storage::disks::Disks<MemDir>, records: &[(Key, Vec<u8>)]) {
+    let batch: Vec<Put> = records
+        .iter()
+        .map(|(key, data)| Put {
+            key: *key,
+            end_epoch: 1,
+            flags: 0,
+            data,
+        })
+        .collect();
+    block_on(disks.put(&batch)).unwrap();
+}
+
+/// A directory whose device fails under a running store is retired at its first failed write
+/// (which is stored on the other directories instead: the caller sees no error); its shards
+/// move to the live directories (missing there until healed), and no other shard moves. The
+/// retirement survives a restart, also once the old disk answers again with its old records;
+/// an empty replacement takes the shards back, and the copies healed elsewhere leave the index.
+/// Regression (issue 18): one failed disk failed every write (metadata goes to every
+/// directory), and its shards were never healed onto the other disks.
+#[test]
+fn a_failed_disk_is_retired_its_shards_move_and_an_empty_replacement_takes_them_back() {
+    use floe_storage::disks::{Disks, Opened};
+    let dirs: Vec<MemDir> = (0..3).map(MemDir::new).collect();
+    let options = StoreOptions::default();
+    let (mut disks, _) = block_on(Disks::open(dirs.clone(), options)).unwrap();
+    let before: Vec<usize> = (0..9).map(|s| disks.disk_of(s)).collect();
+    let first = blob_records(1, 9);
+    put_all(&mut disks, &first);
+
+    dirs[1].set_faults(Faults {
+        device_failed: true,
+        ..Faults::default()
+    });
+    let second = blob_records(2, 9);
+    put_all(&mut disks, &second);
+    let retired = disks.take_retired();
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert_eq!(retired[0].0, 1);
+    assert_eq!(disks.retired(), vec![1]);
+    for shard in 0..9u16 {
+        let now = disks.disk_of(shard);
+        if before[usize::from(shard)] == 1 {
+            assert_ne!(now, 1, "shard {shard} moved off the failed disk");
+        } else {
+            assert_eq!(now, before[usize::from(shard)], "shard {shard} stays");
+        }
+    }
+    let reads = |disks: &mut Disks<MemDir>, records: &[(Key, Vec<u8>)], moved_missing: bool| {
+        for (key, data) in records {
+            let got = block_on(disks.get(key)).unwrap();
+            let moved = key.kind == RecordKind::Primary && before[usize::from(key.shard)] == 1;
+            if moved && moved_missing {
+                assert_eq!(
+                    got, None,
+                    "{key:?} was on the failed disk: missing, to heal"
+                );
+                assert_eq!(disks.stored(key), None);
+            } else {
+                assert_eq!(got.as_deref(), Some(&data[..]), "{key:?}");
+            }
+        }
+    };
+    reads(&mut disks, &first, true);
+    reads(&mut disks, &second, false);
+    // Healed: the moved shards' slivers of the first blob written again.
+    let healed: Vec<(Key, Vec<u8>)> = first
+        .iter()
+        .filter(|(k, _)| k.kind == RecordKind::Primary && before[usize::from(k.shard)] == 1)
+        .cloned()
+        .collect();
+    put_all(&mut disks, &healed);
+    reads(&mut disks, &first, false);
+    drop(disks);
+
+    // Restarted with the disk still dead, then with the old disk back: retired either way.
+    for device_failed in [true, false] {
+        dirs[1].set_faults(Faults {
+            device_failed,
+            ..Faults::default()
+        });
+        let (mut disks, opened) = block_on(Disks::open_each(
+            dirs.iter().cloned().map(Ok).collect(),
+            options,
+        ))
+        .unwrap();
+        assert!(matches!(opened[1], Opened::Retired(_)), "{opened:?}");
+        assert_eq!(disks.retired(), vec![1]);
+        reads(&mut disks, &first, false);
+        reads(&mut disks, &second, false);
+    }
+    assert!(
+        block_on(Disks::open(dirs.clone(), options)).is_err(),
+        "open() wants every directory"
+    );
+
+    // Replaced by an empty disk: its shards go back (missing there until healed again).
+    let mut replaced = dirs.clone();
+    replaced[1] = MemDir::new(77);
+    let (mut disks, opened) = block_on(Disks::open_each(
+        replaced.iter().cloned().map(Ok).collect(),
+        options,
+    ))
+    .unwrap();
+    assert!(matches!(opened[1], Opened::Replaced(_)), "{opened:?}");
+    assert!(disks.retired().is_empty());
+    for shard in 0..9u16 {
+        assert_eq!(disks.disk_of(shard), before[usize::from(shard)]);
+    }
+    reads(&mut disks, &first, true);
+    reads(&mut disks, &second, true);
+    // A restart keeps it serving (the marker says none is retired).
+    drop(disks);
+    let (disks, opened) = block_on(Disks::open_each(
+        replaced.iter().cloned().map(Ok).collect(),
+        options,
+    ))
+    .unwrap();
+    assert!(matches!(opened[1], Opened::Serving(_)), "{opened:?}");
+    assert!(disks.retired().is_empty());
+}
+
+/// The last live directory is never retired: a node with one disk answers errors while it
+/// fails, and serves again when it comes back.
+#[test]
+fn the_last_directory_is_never_retired() {
+    use floe_storage::disks::Disks;
+    let dir = MemDir::new(4);
+    let (mut disks, _) = block_on(Disks::open(vec![dir.clone()], StoreOptions::default())).unwrap();
+    let records = blob_records(3, 4);
+    dir.set_faults(Faults {
+        device_failed: true,
+        ..Faults::default()
+    });
+    let batch: Vec<Put> = records
+        .iter()
+        .map(|(key, data)| Put {
+            key: *key,
+            end_epoch: 1,
+            flags: 0,
+            data,
+        })
+        .collect();
+    assert!(block_on(disks.put(&batch)).is_err());
+    assert!(disks.take_retired().is_empty());
+    dir.set_faults(Faults::default());
+    block_on(disks.put(&batch)).unwrap();
+    assert_eq!(
+        block_on(disks.get(&records[1].0)).unwrap().as_deref(),
+        Some(&records[1].1[..])
+    );
 }
 
 /// Listing metadata pages through blobs in ID order, skipping their slivers, with end epochs.

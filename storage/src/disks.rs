@@ -312,8 +312,15 @@ impl<D: Dir> Disks<D> {
             return false;
         }
         self.probed[index] = Some(now);
-        let Err(probe) = probe(store.dir()).await else {
-            return false;
+        let probe = match probe(store.dir()).await {
+            // A full disk fails the probe too, and is not failed.
+            Err(probe)
+                if probe.raw_os_error() != Some(crate::device::ENOSPC)
+                    && probe.kind() != std::io::ErrorKind::StorageFull =>
+            {
+                probe
+            }
+            _ => return false,
         };
         self.retire(index, format!("{err}; then a probe write failed: {probe}"))
             .await
@@ -425,10 +432,14 @@ fn rank(shard: u16, dir: usize) -> u64 {
 async fn probe<D: Dir>(dir: &D) -> std::io::Result<()> {
     let _ = dir.remove(PROBE_NAME).await;
     let file = dir.create(PROBE_NAME).await?;
-    file.write_at(0, &[0u8; BLOCK_BYTES]).await?;
-    file.sync().await?;
+    let written = match file.write_at(0, &[0u8; BLOCK_BYTES]).await {
+        Ok(()) => file.sync().await,
+        Err(err) => Err(err),
+    };
     drop(file);
-    dir.remove(PROBE_NAME).await?;
+    let removed = dir.remove(PROBE_NAME).await;
+    written?;
+    removed?;
     dir.sync().await
 }
 

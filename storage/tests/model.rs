@@ -909,6 +909,47 @@ fn a_failed_disk_is_retired_its_shards_move_and_an_empty_replacement_takes_them_
     assert!(disks.retired().is_empty());
 }
 
+/// A full disk is not a failed one: a store that does not fit answers `NoSpace`, and a read
+/// error on a full disk (its probe write fails with ENOSPC too) retires nothing.
+#[test]
+fn a_full_disk_is_not_retired() {
+    use floe_storage::disks::Disks;
+    let dirs: Vec<MemDir> = (0..2).map(MemDir::new).collect();
+    let (mut disks, _) = block_on(Disks::open(dirs.clone(), StoreOptions::default())).unwrap();
+    let records = blob_records(5, 4);
+    put_all(&mut disks, &records);
+    dirs[1].set_faults(Faults {
+        capacity_bytes: Some(0),
+        ..Faults::default()
+    });
+    let more = blob_records(6, 4);
+    let batch: Vec<Put> = more
+        .iter()
+        .map(|(key, data)| Put {
+            key: *key,
+            end_epoch: 1,
+            flags: 0,
+            data,
+        })
+        .collect();
+    assert!(matches!(
+        block_on(disks.put(&batch)),
+        Err(StoreError::NoSpace { .. })
+    ));
+    dirs[1].set_faults(Faults {
+        capacity_bytes: Some(0),
+        read_error_per_mille: 1000,
+        ..Faults::default()
+    });
+    let on_full = records
+        .iter()
+        .find(|(k, _)| k.kind == RecordKind::Primary && disks.disk_of(k.shard) == 1)
+        .unwrap();
+    assert!(block_on(disks.get(&on_full.0)).is_err());
+    assert!(disks.take_retired().is_empty());
+    assert!(disks.retired().is_empty());
+}
+
 /// The last live directory is never retired: a node with one disk answers errors while it
 /// fails, and serves again when it comes back.
 #[test]

@@ -598,7 +598,16 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
+        // Also what a test mounted over it.
+        for _ in 0..3 {
+            let unmounted = Command::new("umount")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .status();
+            if !unmounted.is_ok_and(|s| s.success()) {
+                break;
+            }
+        }
     }
 }
 
@@ -1758,7 +1767,7 @@ fn a_mapped_page_the_disk_cannot_read_fails_the_record_not_the_node() {
 
 /// Data directories that fail under a running node are retired and their shards healed onto
 /// the other disks, from the node's own other shards:
-/// - one removed (moved away) is retired within a second or two;
+/// - one removed (moved away) or remounted read-only is retired within a second or two;
 /// - one whose disk fails (ext4 shut down: EIO) is retired at its first failed write, and that
 ///   write, like every later one, lands on the other disks;
 /// - `/v1/health` and `/metrics` say which and why; the node is degraded until they are
@@ -1936,6 +1945,21 @@ fn failed_data_directories_are_retired_and_their_shards_heal_onto_the_other_disk
     assert_eq!(h["status"], "ok", "{h}");
     assert!(h["sync"]["healedSlivers"].as_u64().unwrap() > 0, "{h}");
     assert_eq!(dir_metric(&node, "disk_retired", a), 0.0);
+    reads_back(&node, &blobs);
+
+    // `d` turned read-only (as ext4 does after errors with `errors=remount-ro`; a plain
+    // remount is refused while files are open for writing, so a read-only bind mount over it).
+    for args in [&["--bind"][..], &["-o", "remount,bind,ro"][..]] {
+        let mounted = Command::new("mount")
+            .args(args)
+            .args([&disks[3].path, &disks[3].path])
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount {args:?}");
+    }
+    let h = until_retired(&node, d);
+    assert_eq!(h["status"], "degraded", "{h}");
+    all_held(&node, &blobs);
     reads_back(&node, &blobs);
     drop(node);
 }

@@ -719,6 +719,102 @@ fn wiped_node_heals(mode: Mode) {
     }
 }
 
+/// A node of a committee whose data directory's disk fails retires it; its shards move to
+/// the node's other disk and are rebuilt there from peers' recovery symbols (about one sliver
+/// of traffic per sliver, as for a wiped node), byte for byte the encoder's slivers, while
+/// writes through the node go on. Regression (issue 18): a failed disk's shards were never
+/// healed onto the node's healthy disks, and every write to the node failed.
+#[test]
+fn a_failed_disk_of_a_node_heals_onto_its_other_disk_from_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let disks: Vec<common::SmallDisk> = match ["a", "b"]
+        .iter()
+        .map(|name| common::SmallDisk::mount_loop(&dir.path().join(name), 32))
+        .collect::<Result<_, _>>()
+    {
+        Ok(disks) => disks,
+        Err(why) => {
+            assert!(
+                std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
+                "CI runs as root with loop devices: {why}"
+            );
+            println!("skipped: loop devices need root ({why})");
+            return;
+        }
+    };
+    let mut cluster = Cluster::start(4, 10);
+    let config = EncodingConfig::new(10).unwrap();
+    let mut blobs: Vec<Vec<u8>> = (0..3).map(|s| blob_bytes(1_500_000, 300 + s)).collect();
+    let mut ids: Vec<BlobId> = blobs
+        .iter()
+        .map(|blob| store_new(&cluster.url(0), blob, 2).parse().unwrap())
+        .collect();
+    // Node 1 (shards 3, 4 and 5) moves onto two disks: shard 3 on `b`, 4 on `a`, 5 on `b`.
+    cluster.stop(1);
+    let data: Vec<String> = disks
+        .iter()
+        .map(|d| d.path.join("data").display().to_string())
+        .collect();
+    let toml = std::fs::read_to_string(&cluster.nodes[1].config).unwrap();
+    let toml: String = toml
+        .lines()
+        .map(|l| {
+            if l.starts_with("data_dirs") {
+                format!("data_dirs = {data:?}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&cluster.nodes[1].config, toml).unwrap();
+    cluster.restart(1);
+    for id in &ids {
+        wait_healed(&cluster, 1, id);
+    }
+    let url = cluster.url(1);
+    let rebuilt_before = metric(&url, "floe_heal_rebuilt_bytes_total");
+    let fetched_before = metric(&url, "floe_heal_fetched_bytes_total");
+
+    common::shut_down_ext4(&disks[0].path);
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    // A store through the failed node: its commit to `a` fails, and lands on `b`.
+    blobs.push(blob_bytes(1_500_000, 310));
+    ids.push(store_new(&url, &blobs[3], 2).parse().unwrap());
+    let health = json(&get(&url, "/v1/health").1);
+    let disk_a = health["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dir"] == data[0])
+        .cloned()
+        .unwrap();
+    assert_eq!(disk_a["problem"], "retired", "{health}");
+    assert_eq!(health["shardsHealthy"], 3, "{health}");
+    for id in &ids {
+        wait_healed(&cluster, 1, id);
+    }
+    let mut rebuilt_expected = 0usize;
+    for (id, blob) in ids.iter().zip(&blobs) {
+        let encoded = encode(&config, blob).unwrap();
+        check_slivers(&cluster, 1, id, &encoded);
+        if *id != ids[3] {
+            let layout = encoded.layout();
+            rebuilt_expected += layout.primary_sliver_bytes() + layout.secondary_sliver_bytes();
+        }
+        let (status, body) = get(&url, &format!("/v1/blobs/{id}"));
+        assert_eq!(status, 200);
+        assert!(body == *blob, "{id} reads back through the node");
+    }
+    // Shard 4's two slivers of each of the three earlier blobs, from peers.
+    let rebuilt = metric(&url, "floe_heal_rebuilt_bytes_total") - rebuilt_before;
+    let fetched = metric(&url, "floe_heal_fetched_bytes_total") - fetched_before;
+    assert_eq!(rebuilt as usize, rebuilt_expected);
+    let ratio = fetched / rebuilt;
+    eprintln!("healed {rebuilt} bytes of slivers with {fetched} bytes fetched (ratio {ratio:.3})");
+    assert!(ratio < 1.2, "fetched {fetched} bytes to rebuild {rebuilt}");
+    cluster.stop(1);
+}
+
 #[test]
 fn cluster_up_store_read_and_down_with_the_cli() {
     let dir = tempfile::tempdir().unwrap();

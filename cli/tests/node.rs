@@ -546,71 +546,6 @@ fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
     assert_eq!(answer.body, body);
 }
 
-/// A small file system mounted for the test (root only; skipped, and said so, elsewhere).
-struct SmallDisk {
-    path: std::path::PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(path: &std::path::Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(path).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then(|| Self {
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl SmallDisk {
-    /// An ext4 file system of `megabytes` in an image file, on a loop device (`mount -o loop`),
-    /// mounted at `path`: the real backend (O_DIRECT, io_uring) on a real file system.
-    fn mount_loop(path: &std::path::Path, megabytes: u32) -> Result<Self, String> {
-        std::fs::create_dir_all(path).unwrap();
-        let image = path.with_extension("img");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(u64::from(megabytes) << 20))
-            .map_err(|e| e.to_string())?;
-        let run = |command: &mut Command| -> Result<(), String> {
-            let out = command.output().map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).into_owned())
-            }
-        };
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-O", "^has_journal"])
-            .arg(&image))?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(path))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        // Also what a test mounted over it.
-        for _ in 0..3 {
-            let unmounted = Command::new("umount")
-                .arg(&self.path)
-                .stderr(Stdio::null())
-                .status();
-            if !unmounted.is_ok_and(|s| s.success()) {
-                break;
-            }
-        }
-    }
-}
-
 /// A full disk answers 507 with a JSON error, and everything stored before stays readable.
 #[test]
 fn a_full_disk_answers_507_and_keeps_what_it_stored() {
@@ -1962,24 +1897,6 @@ fn failed_data_directories_are_retired_and_their_shards_heal_onto_the_other_disk
     all_held(&node, &blobs);
     reads_back(&node, &blobs);
     drop(node);
-}
-
-/// Shuts down the ext4 file system mounted at `path` (`EXT4_IOC_SHUTDOWN`, without flushing
-/// its log): from then on its reads and writes fail with EIO, as after a fatal device error.
-fn shut_down_ext4(path: &std::path::Path) {
-    const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
-    const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
-    let dir = std::fs::File::open(path).unwrap();
-    let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
-    // SAFETY: the ioctl reads one u32 from a valid pointer.
-    let done = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&dir),
-            EXT4_IOC_SHUTDOWN,
-            &flags as *const u32,
-        )
-    };
-    assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
 }
 
 /// A panic in a background task (here a streamed read's producer, made to panic by a

@@ -620,11 +620,6 @@ async fn core_main(
             return;
         }
     };
-    let labels = config
-        .data_dirs
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect();
     let commit_bytes_max = shared
         .io
         .iter()
@@ -648,7 +643,7 @@ async fn core_main(
         queue,
         shared.metrics.clone(),
         shared.retired.clone(),
-        labels,
+        config.data_dirs.clone(),
         commit_bytes_max,
         scrubbers,
     ));

@@ -358,14 +358,16 @@ async fn follow_retirements<D: Dir>(
 /// Retires the live directories that are gone or read-only (checked every second: a disk
 /// pulled, unmounted or remounted read-only after errors may fail no operation of the store,
 /// whose files stay open, until much later).
-async fn retire_vanished<D: Dir>(disks: &mut Disks<D>, dir_labels: &[String], metrics: &Metrics) {
-    for (index, dir) in dir_labels.iter().enumerate() {
+async fn retire_vanished<D: Dir>(
+    disks: &mut Disks<D>,
+    data_dirs: &[std::path::PathBuf],
+    metrics: &Metrics,
+) {
+    for (index, dir) in data_dirs.iter().enumerate() {
         if disks.is_retired(index) {
             continue;
         }
-        if let Err(problem @ ("missing" | "read-only")) =
-            metrics.disk_health(std::path::Path::new(dir))
-        {
+        if let Err(problem @ ("missing" | "read-only")) = metrics.disk_health(dir) {
             disks
                 .retire(index, format!("the data directory is {problem}"))
                 .await;
@@ -379,10 +381,11 @@ pub async fn run_owner<D: Dir>(
     mut queue: mpsc::Receiver<Op>,
     metrics: Arc<Metrics>,
     retired: Arc<RetiredDirs>,
-    dir_labels: Vec<String>,
+    data_dirs: Vec<std::path::PathBuf>,
     commit_bytes_max: u64,
     mut scrubbers: Vec<ScrubPacer>,
 ) {
+    let dir_labels: Vec<String> = data_dirs.iter().map(|d| d.display().to_string()).collect();
     let mut seen = vec![DiskCounters::default(); dir_labels.len()];
     // Bytes each directory's scrubber may still check this second. Scrubbing and reclaiming
     // run only while the queue is empty, one small step at a time, so they never hold up a
@@ -483,7 +486,7 @@ pub async fn run_owner<D: Dir>(
                     let _ = reply.send(result);
                 }
                 Op::Maintain => {
-                    retire_vanished(&mut disks, &dir_labels, &metrics).await;
+                    retire_vanished(&mut disks, &data_dirs, &metrics).await;
                     // A new second's allowance: what the pace makes due, at most the ceiling.
                     let now = Instant::now();
                     for (index, store) in disks.live_mut() {

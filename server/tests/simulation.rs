@@ -4,6 +4,10 @@
 //! a simulated network (loss, duplication, delays that reorder, links cut and restored) on a
 //! simulated clock, while clients store, extend, make permanent and delete blobs through
 //! random nodes, nodes crash and restart, disks fail writes, epochs pass, and one node may lie.
+//! In runs without a liar nodes may have several data directories, and one directory's device
+//! may die (every operation fails): the node retires it and heals its shards onto the others
+//! (`floe_storage::disks`); when the faults end it is replaced by an empty one or comes back
+//! with its old records, and the node restarts.
 //!
 //! The nodes run floe's own rules: the publisher's write tally (`protocol::Tally`), the deletion
 //! tally (`protocol::DeleteTally`), sync's merge (`protocol::merge`), heal's plan and recovery
@@ -27,11 +31,13 @@
 //! Each run is a seed: `FLOE_SIM_RUNS=N` runs N of them (default 200), `FLOE_SIM_SEED=S`
 //! replays one and prints its trace. A failure prints its seed and the trace's end.
 //!
+//! Half the runs coordinate through a simulated etcd: the registry with its history, its watch,
+//! pending records, and committee changes that move shards (`control::View`, `migrate.rs`).
+//!
 //! Outside the model: a lying node forging the deletion of a deletable blob or a longer lifetime
 //! (peers are authenticated by signatures, and a signed deletion or extension is honoured, as
-//! an operator's would be), committee changes (a shard's
-//! move, `migrate.rs`, is not driven by these rules yet), and the publisher's
-//! `alreadyCertified` short cut (every store here stores again).
+//! an operator's would be), a dead disk together with a liar (the two could exceed f), and the
+//! publisher's `alreadyCertified` short cut (every store here stores again).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -56,7 +62,7 @@ use floe_server::protocol::{
     Tally,
 };
 use floe_storage::device::{Faults, MemDir};
-use floe_storage::disks::Disks;
+use floe_storage::disks::{Disks, Opened};
 use floe_storage::format::{RecordKind, FLAG_DELETABLE};
 use floe_storage::store::{Key, Put, StoreOptions};
 use rand::rngs::StdRng;
@@ -106,6 +112,12 @@ struct Scenario {
     /// The committee on etcd (`sync::follow_registry`, `migrate`), with committee changes;
     /// else peers list each other (`sync::round`).
     registry: bool,
+    /// Data directories of each node (`Disks`): several only in runs without a liar.
+    dirs: Vec<usize>,
+    /// One node's directory whose device dies during the faults (its shards there number at
+    /// most f, so that with no liar the fault stays within the model); at the end it is
+    /// replaced by an empty one or comes back with what it held.
+    disk_death: Option<(usize, usize)>,
 }
 
 impl Scenario {
@@ -146,7 +158,36 @@ impl Scenario {
             },
             ops: rng.gen_range(10..50),
             registry: rng.gen_bool(0.5),
+            dirs: vec![1; nodes],
+            disk_death: None,
         }
+        .draw_disks(rng)
+    }
+
+    fn draw_disks(mut self, rng: &mut StdRng) -> Self {
+        if self.liar.is_some() || rng.gen_bool(0.5) {
+            return self;
+        }
+        let f = (self.n - 1) / 3;
+        self.dirs = self
+            .shards_of
+            .iter()
+            .map(|_| rng.gen_range(1..=3))
+            .collect();
+        let mut deaths = Vec::new();
+        for (node, shards) in self.shards_of.iter().enumerate() {
+            let dirs = self.dirs[node];
+            for dir in (0..dirs).filter(|_| dirs > 1) {
+                let on_it = shards.iter().filter(|s| usize::from(**s) % dirs == dir);
+                if on_it.count() <= f {
+                    deaths.push((node, dir));
+                }
+            }
+        }
+        if !deaths.is_empty() && rng.gen_bool(0.7) {
+            self.disk_death = Some(deaths[rng.gen_range(0..deaths.len())]);
+        }
+        self
     }
 }
 
@@ -251,6 +292,8 @@ enum Event {
     },
     Crash(usize),
     Restart(usize),
+    /// A node's data directory's device dies (every operation fails with EIO).
+    DiskDies(usize, usize),
     Cut(usize, usize),
     Mend(usize, usize),
     Epoch,
@@ -432,7 +475,10 @@ struct Node {
     name: String,
     /// The committee as this node sees it (`control::View`): what it holds, serves and heals.
     view: View,
-    dir: MemDir,
+    /// Its data directories (`Disks`), as they are now (a crash replaces them by images).
+    dirs: Vec<MemDir>,
+    /// The directory whose device is dead, until the faults end.
+    dead: Option<usize>,
     disks: Option<Disks<MemDir>>,
     incarnation: u64,
     liar: bool,
@@ -529,6 +575,11 @@ struct Counts {
     /// Blobs a node holds that the registry never took (registry mode; failed stores).
     unregistered: u64,
     moves: u64,
+    /// Data directories whose device died, and those replaced by empty ones afterwards.
+    disk_deaths: u64,
+    /// Retired by a running node (an I/O error, then a failed probe).
+    disks_retired: u64,
+    disks_replaced: u64,
 }
 
 struct Sim {
@@ -597,13 +648,16 @@ impl Sim {
         };
         let nodes = (0..scenario.shards_of.len())
             .map(|i| {
-                let dir = MemDir::new(seed ^ ((i as u64 + 1) * 0x9e37_79b9));
+                let dirs: Vec<MemDir> = (0..scenario.dirs[i] as u64)
+                    .map(|d| MemDir::new(seed ^ ((i as u64 + 1) * 0x9e37_79b9) ^ (d << 40)))
+                    .collect();
                 let (disks, _) =
-                    block_on(Disks::open(vec![dir.clone()], options)).expect("a fresh store opens");
+                    block_on(Disks::open(dirs.clone(), options)).expect("a fresh store opens");
                 Node {
                     name: format!("n{i}"),
                     view: View::new(committee.clone(), &format!("n{i}"), Some(1)),
-                    dir,
+                    dirs,
+                    dead: None,
                     disks: Some(disks),
                     incarnation: 1,
                     liar: scenario.liar == Some(i),
@@ -738,13 +792,17 @@ impl Sim {
             let mend = (time + self.rng.gen_range(500..10_000)).min(FAULTS_END);
             self.at(mend, Event::Mend(a, b));
         }
+        if let Some((node, dir)) = self.scenario.disk_death {
+            let time = self.rng.gen_range(0..FAULTS_END - 2_000);
+            self.at(time, Event::DiskDies(node, dir));
+        }
         self.at(FAULTS_END, Event::FaultsEnd);
-        for (i, node) in self.nodes.iter().enumerate() {
-            if !node.liar {
-                node.dir
-                    .set_faults(honest_faults(self.scenario.write_error_per_mille));
+        for node in &self.nodes {
+            // Several directories: no random write errors, whose failed probe would retire a
+            // healthy directory, and with it more shards than the model allows.
+            if !node.liar && node.dirs.len() == 1 {
+                node.dirs[0].set_faults(honest_faults(self.scenario.write_error_per_mille));
             }
-            let _ = i;
         }
     }
 
@@ -810,6 +868,17 @@ impl Sim {
             self.now = time;
             let event = self.events.remove(&id).expect("queued events exist");
             self.step(event);
+            if self.scenario.disk_death.is_some() {
+                for node in 0..self.nodes.len() {
+                    if let Some(disks) = self.nodes[node].disks.as_mut() {
+                        let retired = disks.take_retired();
+                        self.counts.disks_retired += retired.len() as u64;
+                        for (dir, why) in retired {
+                            self.log(format!("n{node}: directory {dir} retired: {why}"));
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -902,28 +971,17 @@ impl Sim {
                 self.watch(node);
             }
             Event::Client { node, op } => self.client(node, op),
-            Event::Crash(node) => {
-                if !self.up(node) {
-                    return;
-                }
-                self.counts.crashes += 1;
-                let image_seed = self.rng.gen();
-                let n = &mut self.nodes[node];
-                n.disks = None;
-                n.dir = n.dir.crash_image(image_seed);
-                n.waiting.clear();
-                n.publishes.clear();
-                n.deletes.clear();
-                n.sync_open = 0;
-                n.heals.clear();
-                n.batch = None;
-                n.fetches.clear();
-                n.pulls.clear();
-                n.incarnation += 1;
-                let name = n.name.clone();
-                self.log(format!("{name} crashes"));
-            }
+            Event::Crash(node) => self.crash(node),
             Event::Restart(node) => self.restart(node),
+            Event::DiskDies(node, dir) => {
+                self.counts.disk_deaths += 1;
+                self.nodes[node].dead = Some(dir);
+                self.nodes[node].dirs[dir].set_faults(Faults {
+                    device_failed: true,
+                    ..Faults::default()
+                });
+                self.log(format!("n{node}'s data directory {dir} dies"));
+            }
             Event::Cut(a, b) => {
                 if self.faults {
                     self.cut.insert((a.min(b), a.max(b)));
@@ -957,7 +1015,20 @@ impl Sim {
                 self.faults = false;
                 self.cut.clear();
                 for node in 0..self.nodes.len() {
-                    self.nodes[node].dir.set_faults(Faults::default());
+                    for dir in &self.nodes[node].dirs {
+                        dir.set_faults(Faults::default());
+                    }
+                    if let Some(dead) = self.nodes[node].dead.take() {
+                        // Replaced by an empty one, or back with what it held; the node
+                        // restarts to take it.
+                        if self.rng.gen_bool(0.5) {
+                            self.nodes[node].dirs[dead] = MemDir::new(self.rng.gen());
+                            self.log(format!("n{node}'s data directory {dead} replaced"));
+                        } else {
+                            self.log(format!("n{node}'s data directory {dead} back"));
+                        }
+                        self.crash(node);
+                    }
                     self.restart(node);
                 }
                 self.log("faults end");
@@ -965,13 +1036,60 @@ impl Sim {
         }
     }
 
+    /// Node `node` crashes: its directories keep what was durable and a random part of what
+    /// was not.
+    fn crash(&mut self, node: usize) {
+        if !self.up(node) {
+            return;
+        }
+        self.counts.crashes += 1;
+        let image_seed: u64 = self.rng.gen();
+        let n = &mut self.nodes[node];
+        n.disks = None;
+        n.dirs = n
+            .dirs
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| dir.crash_image(image_seed ^ ((i as u64) << 40)))
+            .collect();
+        if let Some(dead) = n.dead {
+            n.dirs[dead].set_faults(Faults {
+                device_failed: true,
+                ..Faults::default()
+            });
+        }
+        n.waiting.clear();
+        n.publishes.clear();
+        n.deletes.clear();
+        n.sync_open = 0;
+        n.heals.clear();
+        n.batch = None;
+        n.fetches.clear();
+        n.pulls.clear();
+        n.incarnation += 1;
+        let name = n.name.clone();
+        self.log(format!("{name} crashes"));
+    }
+
     fn restart(&mut self, node: usize) {
         if self.up(node) {
             return;
         }
-        let dir = self.nodes[node].dir.clone();
-        match block_on(Disks::open(vec![dir], self.options)) {
-            Ok((mut disks, _)) => {
+        let dirs = self.nodes[node].dirs.iter().cloned().map(Ok).collect();
+        match block_on(Disks::open_each(dirs, self.options)) {
+            Ok((mut disks, opened)) => {
+                for (dir, opened) in opened.iter().enumerate() {
+                    match opened {
+                        Opened::Serving(_) => {}
+                        Opened::Replaced(_) => {
+                            self.counts.disks_replaced += 1;
+                            self.log(format!("n{node}: directory {dir} takes its shards back"));
+                        }
+                        Opened::Retired(why) => {
+                            self.log(format!("n{node}: directory {dir} retired: {why}"))
+                        }
+                    }
+                }
                 // The sweep at start; the committee as etcd (or the saved view) says, and what
                 // it no longer serves dropped.
                 owner::sweep_one_core(&mut disks, self.epoch);
@@ -2866,7 +2984,8 @@ fn run_one(seed: u64) -> (Result<(), String>, Sim) {
 }
 
 /// Thousands of seeded runs of the committee under message loss, duplication and reordering,
-/// cut links, crashes with torn writes, failed disk writes, passing epochs and a lying node:
+/// cut links, crashes with torn writes, failed disk writes, dead disks, passing epochs and a
+/// lying node:
 /// every honest node converges, and no acknowledged blob becomes unreadable.
 #[test]
 fn the_committee_converges_and_loses_no_acknowledged_blob_under_faults() {
@@ -2919,6 +3038,9 @@ fn the_committee_converges_and_loses_no_acknowledged_blob_under_faults() {
         total.write_errors += c.write_errors;
         total.unregistered += c.unregistered;
         total.moves += c.moves;
+        total.disk_deaths += c.disk_deaths;
+        total.disks_retired += c.disks_retired;
+        total.disks_replaced += c.disks_replaced;
     }
     println!(
         "simulation: {runs} runs ({liars} with a liar) in {:.1} s: {total:?}",

@@ -323,21 +323,14 @@ impl RetiredDirs {
     }
 }
 
-/// Retirements between this core's `disks` and the node's `retired`: what another core
-/// retired is retired here too; what this core retired is published, logged and counted.
+/// Retirements between this core's `disks` and the node's `retired`: what this core retired
+/// is published, logged and counted; what another core retired is retired here too.
 async fn follow_retirements<D: Dir>(
     disks: &mut Disks<D>,
     retired: &RetiredDirs,
     dir_labels: &[String],
     metrics: &Metrics,
 ) {
-    for index in 0..dir_labels.len() {
-        if retired.is_retired(index) && !disks.is_retired(index) {
-            disks
-                .retire(index, "another core found its device failed".into())
-                .await;
-        }
-    }
     for (index, why) in disks.take_retired() {
         let dir = &dir_labels[index];
         tracing::error!(
@@ -352,6 +345,15 @@ async fn follow_retirements<D: Dir>(
             .disk_retired
             .get_or_create(&DirLabel { dir: dir.clone() })
             .set(1);
+    }
+    for index in 0..dir_labels.len() {
+        if retired.is_retired(index) && !disks.is_retired(index) {
+            disks
+                .retire(index, "another core found its device failed".into())
+                .await;
+            // Published and logged by the core that found it.
+            disks.take_retired();
+        }
     }
 }
 

@@ -91,8 +91,9 @@ impl<D: Dir> Disks<D> {
     }
 
     /// Opens one store per directory; a directory that cannot be opened (`Err` here, or its
-    /// store fails to open) is retired, as is one retired in an earlier run that still holds
-    /// records. Fails only if no directory is left.
+    /// store fails to open with an I/O error) is retired, as is one retired in an earlier run
+    /// that still holds records. Fails if no directory is left, or if a store fails to open
+    /// for another reason (a segment it cannot read).
     pub async fn open_each(
         dirs: Vec<Result<D, String>>,
         options: StoreOptions,
@@ -117,11 +118,14 @@ impl<D: Dir> Disks<D> {
             let (store, outcome) = match dir {
                 Err(why) => (None, Opened::Retired(why)),
                 Ok(dir) => match Store::open_with(dir, options).await {
-                    Err(err) => {
+                    // The device failed; anything else (a segment this version cannot read)
+                    // stops the open, as it would for one directory.
+                    Err(err @ StoreError::Io { .. }) => {
                         let why = err.to_string();
                         first_error.get_or_insert(err);
                         (None, Opened::Retired(why))
                     }
+                    Err(err) => return Err(err),
                     Ok((store, report)) if was_retired.contains(&index) => {
                         if report.records == 0 && report.segments == 0 {
                             (Some(store), Opened::Replaced(report))

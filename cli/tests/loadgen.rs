@@ -173,8 +173,13 @@ fn every_workload_runs_against_a_real_node_and_its_counts_add_up() {
         assert!(report.errors.is_empty(), "{workload}: {}", report.table());
         // Every answer was checked: reads against the manifest, stores by their answer.
         assert_eq!(report.verified, 60, "{workload}");
-        // Four kept-alive connections, each opened once.
-        assert_eq!(report.connects, 4, "{workload}");
+        // Four kept-alive connections, each opened once at most: a connection opens at its
+        // first request, and on a fast run the other three may take all 60 before one starts.
+        assert!(
+            (1..=4).contains(&report.connects),
+            "{workload}: {} connects",
+            report.connects
+        );
         assert!(report.bytes > 0);
         let stores = report.by_op.get("store").map_or(0, |o| o.ok) as usize;
         assert_eq!(blob_count(&node), stores_before + stores, "{workload}");

@@ -787,8 +787,9 @@ fn blob_records(blob: u8, shards: u16) -> Vec<(Key, Vec<u8>)> {
     records
 }
 
-fn put_all(disks: &mut floe_storage::disks::Disks<MemDir>, records: &[(Key, Vec<u8>)]) {
-    let batch: Vec<Put> = records
+/// `records` as one batch, ending at epoch 1.
+fn batch_of(records: &[(Key, Vec<u8>)]) -> Vec<Put<'_>> {
+    records
         .iter()
         .map(|(key, data)| Put {
             key: *key,
@@ -796,8 +797,11 @@ fn put_all(disks: &mut floe_storage::disks::Disks<MemDir>, records: &[(Key, Vec<
             flags: 0,
             data,
         })
-        .collect();
-    block_on(disks.put(&batch)).unwrap();
+        .collect()
+}
+
+fn put_all(disks: &mut floe_storage::disks::Disks<MemDir>, records: &[(Key, Vec<u8>)]) {
+    block_on(disks.put(&batch_of(records))).unwrap();
 }
 
 /// A directory whose device fails under a running store is retired at its first failed write
@@ -923,15 +927,7 @@ fn a_full_disk_is_not_retired() {
         ..Faults::default()
     });
     let more = blob_records(6, 4);
-    let batch: Vec<Put> = more
-        .iter()
-        .map(|(key, data)| Put {
-            key: *key,
-            end_epoch: 1,
-            flags: 0,
-            data,
-        })
-        .collect();
+    let batch = batch_of(&more);
     assert!(matches!(
         block_on(disks.put(&batch)),
         Err(StoreError::NoSpace { .. })
@@ -962,15 +958,7 @@ fn the_last_directory_is_never_retired() {
         device_failed: true,
         ..Faults::default()
     });
-    let batch: Vec<Put> = records
-        .iter()
-        .map(|(key, data)| Put {
-            key: *key,
-            end_epoch: 1,
-            flags: 0,
-            data,
-        })
-        .collect();
+    let batch = batch_of(&records);
     assert!(block_on(disks.put(&batch)).is_err());
     assert!(disks.take_retired().is_empty());
     dir.set_faults(Faults::default());

@@ -572,6 +572,28 @@ impl SmallDisk {
     }
 }
 
+impl SmallDisk {
+    /// [`SmallDisk::mount_loop`] for each of `names` under `dir`, or `None` (said) where loop
+    /// devices cannot be used; CI runs as root and must have them.
+    pub fn mount_loops(dir: &std::path::Path, names: &[&str], megabytes: u32) -> Option<Vec<Self>> {
+        match names
+            .iter()
+            .map(|name| Self::mount_loop(&dir.join(name), megabytes))
+            .collect::<Result<_, _>>()
+        {
+            Ok(disks) => Some(disks),
+            Err(why) => {
+                assert!(
+                    std::env::var_os("FLOE_REQUIRE_PYTHON_CLIENTS").is_none(),
+                    "CI runs as root with loop devices: {why}"
+                );
+                println!("skipped: loop devices need root ({why})");
+                None
+            }
+        }
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         // Also what a test mounted over it.

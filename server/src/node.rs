@@ -600,14 +600,9 @@ async fn core_main(
                             "data directory retired: its shards are served from the other data \
                              directories and healed there"
                         );
-                        shared.retired.retire(index);
                         shared
-                            .metrics
-                            .disk_retired
-                            .get_or_create(&crate::metrics::DirLabel {
-                                dir: dir.display().to_string(),
-                            })
-                            .set(1);
+                            .retired
+                            .retire(index, &dir.display().to_string(), &shared.metrics);
                     }
                 }
             }

@@ -285,7 +285,7 @@ pub fn home_core(blob_id: &[u8; 32], cores: usize) -> usize {
 }
 
 /// The node's retired data directories (node-wide: the first core that finds a directory's
-/// device failed retires it, and every other core follows at its next operation, within a
+/// device failed retires it, and every other core follows after its next operations, within a
 /// second), and whether their shards still want healing.
 #[derive(Debug, Default)]
 pub struct RetiredDirs {
@@ -302,9 +302,14 @@ impl RetiredDirs {
         }
     }
 
-    /// Directory `index` is retired; its shards want healing elsewhere.
-    pub fn retire(&self, index: usize) {
+    /// Directory `index` (`dir`) is retired: counted in `/metrics`; its shards want healing
+    /// elsewhere.
+    pub fn retire(&self, index: usize, dir: &str, metrics: &Metrics) {
         self.dirs[index].store(true, std::sync::atomic::Ordering::Release);
+        metrics
+            .disk_retired
+            .get_or_create(&DirLabel { dir: dir.into() })
+            .set(1);
         self.want_heal();
     }
 
@@ -340,11 +345,7 @@ async fn follow_retirements<D: Dir>(
              directories and are healed there. Replace the disk and restart with an empty \
              directory at the same path to use it again"
         );
-        retired.retire(index);
-        metrics
-            .disk_retired
-            .get_or_create(&DirLabel { dir: dir.clone() })
-            .set(1);
+        retired.retire(index, dir, metrics);
     }
     for index in 0..dir_labels.len() {
         if retired.is_retired(index) && !disks.is_retired(index) {
@@ -436,7 +437,6 @@ pub async fn run_owner<D: Dir>(
             other => others.push(other),
         };
         sort(first, &mut bytes);
-        follow_retirements(&mut disks, &retired, &dir_labels, &metrics).await;
         // Bounds the commit buffer and the time one commit holds up reads queued behind it
         // (`io_plan`).
         while (bytes as u64) < commit_bytes_max {

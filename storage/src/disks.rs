@@ -58,16 +58,6 @@ pub enum Opened {
     Replaced(RecoveryReport),
 }
 
-impl Opened {
-    /// What recovery found, for a directory that serves.
-    pub fn report(&self) -> Option<&RecoveryReport> {
-        match self {
-            Opened::Serving(report) | Opened::Replaced(report) => Some(report),
-            Opened::Retired(_) => None,
-        }
-    }
-}
-
 impl<D: Dir> Disks<D> {
     /// Opens one store per directory (at least one), every one of which must open.
     pub async fn open(
@@ -159,10 +149,13 @@ impl<D: Dir> Disks<D> {
             disks.write_marker().await;
         }
         // Copies of shards that live elsewhere now (left where a replaced directory's shards
-        // were healed meanwhile) leave the index, to be reclaimed.
-        let live = disks.live.clone();
-        for (index, store) in disks.live_mut() {
-            store.forget_shards(|shard| place(shard, &live) != Some(index));
+        // were healed meanwhile) leave the index, to be reclaimed. None where no directory was
+        // ever retired (no marker): no scan of the index at every start.
+        if disks.generation > 0 {
+            let live = disks.live.clone();
+            for (index, store) in disks.live_mut() {
+                store.forget_shards(|shard| place(shard, &live) != Some(index));
+            }
         }
         Ok((disks, opened))
     }

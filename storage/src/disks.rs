@@ -149,13 +149,10 @@ impl<D: Dir> Disks<D> {
             disks.write_marker().await;
         }
         // Copies of shards that live elsewhere now (left where a replaced directory's shards
-        // were healed meanwhile) leave the index, to be reclaimed. None where no directory was
-        // ever retired (no marker): no scan of the index at every start.
-        if disks.generation > 0 {
-            let live = disks.live.clone();
-            for (index, store) in disks.live_mut() {
-                store.forget_shards(|shard| place(shard, &live) != Some(index));
-            }
+        // were healed meanwhile) leave the index, to be reclaimed.
+        let live = disks.live.clone();
+        for (index, store) in disks.live_mut() {
+            store.forget_shards(|shard| place(shard, &live) != Some(index));
         }
         Ok((disks, opened))
     }
